@@ -1,0 +1,72 @@
+"""The ``rectrain`` console command.
+
+``rectrain run SPEC`` trains locally (or on the Ray cluster at ``RAY_ADDRESS``).
+Other packages add their subcommands through a ``register(subparsers)`` function:
+``services.cli`` (serve, submit, jobs, cancel) and ``bench.cli`` (bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from trainer.errors import RectrainError
+
+_PLUGINS = ("services.cli", "bench.cli")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from trainer.launch import run_job
+    from trainer.report import format_pass_table
+    from trainer.spec import load_spec
+
+    spec = load_spec(args.spec)
+    result = run_job(
+        spec,
+        run_dir=args.run_dir,
+        job_id=args.job_id,
+        redis_url=args.redis_url,
+        progress=not args.no_progress,
+    )
+    print()
+    print(format_pass_table(result))
+    print(f"\nresults: {result['run_dir']}/results.json")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rectrain", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train a job spec (YAML/JSON) and print NE per pass")
+    r.add_argument("spec", help="path to a job spec (.yaml/.yml/.json)")
+    r.add_argument("--run-dir", default=None, help="where checkpoints, events and results go (default: runs/<name>-<time>)")
+    r.add_argument("--job-id", default=None, help="control-plane job id (with --redis-url: stream metrics to Redis)")
+    r.add_argument("--redis-url", default=None, help="Redis URL for the job's metrics stream")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+    for mod in _PLUGINS:
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plugin exists but its own import failed
+                raise
+            continue
+        m.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RectrainError as e:
+        print(f"rectrain: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rectrain: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

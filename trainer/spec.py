@@ -1,0 +1,512 @@
+"""The job spec: the one pydantic model shared by api/, services/ and trainer/.
+
+A spec says what to train (model capacity), on what (data), how (training,
+regularizers), where (scaling) and how to report (metrics). It is loaded from
+YAML or JSON; unknown fields and out-of-range values are refused with a message
+that names the field. This module imports no torch, so the API can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainer.errors import CapacityError, SpecError
+
+_BYTES_PER_FLOAT = 4
+_GIB = 1024**3
+
+
+class _Strict(BaseModel):
+    """Base for every spec section: unknown fields are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Interaction(str, Enum):
+    CONCAT = "concat"  # concatenate dense output and pooled embeddings
+    DOT = "dot"  # DLRM pairwise dot products (needs dense_arch[-1] == embedding_dim)
+
+
+class ModelSpec(_Strict):
+    """Model capacity and dense-architecture options.
+
+    Args:
+        embedding_dim (int): width of every embedding row.
+        hash_size (int): rows per embedding table; ids are hashed into it.
+        num_replicas (int): independent hashed tables per sparse feature (different
+            hash seeds); their pooled outputs are summed.
+        dense_arch (list[int]): hidden sizes of the MLP on dense features.
+        over_arch (list[int]): hidden sizes of the MLP after the interaction; a final
+            1-unit logit layer is always added.
+        interaction: ``concat`` or ``dot``.
+        batch_norm (bool): batch norm after each hidden layer.
+        xavier_init (bool): Xavier-uniform initialisation of dense weights.
+    """
+
+    embedding_dim: int = Field(16, ge=4, le=1024, multiple_of=4)
+    hash_size: int = Field(100_000, ge=2, le=2**31 - 1)
+    num_replicas: int = Field(1, ge=1, le=16)
+    dense_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 16], min_length=1
+    )
+    over_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
+        default_factory=lambda: [64, 32]
+    )
+    interaction: Interaction = Interaction.DOT
+    batch_norm: bool = False
+    xavier_init: bool = True
+
+    @model_validator(mode="after")
+    def _dot_needs_matching_width(self) -> "ModelSpec":
+        if self.interaction == Interaction.DOT and self.dense_arch[-1] != self.embedding_dim:
+            raise ValueError(
+                f"model.dense_arch: the last layer ({self.dense_arch[-1]}) must equal "
+                f"model.embedding_dim ({self.embedding_dim}) when interaction is 'dot'; "
+                "change one of them or use interaction: concat"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Shuffle(str, Enum):
+    NONE = "none"  # read in file order
+    WITHIN_PARTITION = "within_partition"  # shuffle examples inside each day
+    ACROSS_PARTITIONS = "across_partitions"  # shuffle the order of days, not examples
+    ALL = "all"  # shuffle all training examples together
+
+
+class SyntheticSpec(_Strict):
+    """Generator of day-partitioned user x ad click logs.
+
+    Args:
+        num_users / num_ads (int): id universe sizes.
+        examples_per_day (int): rows per day partition.
+        rank (int): rank of the ground-truth low-rank click model.
+        user_zipf / ad_zipf (float): power-law exponents of id frequency.
+        history_length (int): max clicked-ad history ids per example (multi-hot).
+        num_context_features (int): categorical context features.
+        context_cardinality (int): distinct values per context feature.
+        num_dense_features (int): dense features.
+        base_ctr (float): average click rate of the ground truth.
+        signal_scale (float): scale of the low-rank interaction logit.
+        label_noise (float): std of the Gaussian logit noise.
+        seed (int): generator seed (same seed -> identical data).
+    """
+
+    num_users: int = Field(20_000, ge=1)
+    num_ads: int = Field(5_000, ge=1)
+    examples_per_day: int = Field(100_000, ge=1, le=100_000_000)
+    rank: int = Field(8, ge=1, le=256)
+    user_zipf: float = Field(1.05, gt=0.0, le=4.0)
+    ad_zipf: float = Field(1.1, gt=0.0, le=4.0)
+    history_length: int = Field(5, ge=0, le=256)
+    num_context_features: int = Field(3, ge=0, le=64)
+    context_cardinality: int = Field(50, ge=1)
+    num_dense_features: int = Field(4, ge=0, le=1024)
+    base_ctr: float = Field(0.1, gt=0.0, lt=1.0)
+    signal_scale: float = Field(1.5, ge=0.0)
+    label_noise: float = Field(0.5, ge=0.0)
+    seed: int = 0
+
+
+class SparseColumn(_Strict):
+    """A sparse (categorical) column of a table source.
+
+    Args:
+        name (str): column name.
+        multi_valued (bool): the cell holds several ids joined by ``separator``.
+        separator (str): separator for multi-valued cells.
+    """
+
+    name: str = Field(min_length=1)
+    multi_valued: bool = False
+    separator: str = Field("|", min_length=1)
+
+
+class TableColumns(_Strict):
+    """Column mapping of a Parquet/CSV table source.
+
+    Args:
+        label (str): label column.
+        label_threshold (float | None): if set, label = value >= threshold (e.g. a
+            rating >= 4 counts as a click); else the column must hold 0/1.
+        day (str): integer day-partition column.
+        sparse (list[SparseColumn | str]): categorical columns.
+        dense (list[str]): numeric columns (missing values become 0).
+    """
+
+    label: str = Field(min_length=1)
+    label_threshold: float | None = None
+    day: str = Field(min_length=1)
+    sparse: list[SparseColumn] = Field(min_length=1)
+    dense: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sparse_names_as_strings(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("sparse"), list):
+            data = dict(data)
+            data["sparse"] = [{"name": s} if isinstance(s, str) else s for s in data["sparse"]]
+        return data
+
+
+class DataSource(str, Enum):
+    SYNTHETIC = "synthetic"
+    CRITEO = "criteo"
+    TABLE = "table"
+
+
+CRITEO_NUM_DENSE = 13
+CRITEO_NUM_SPARSE = 26
+
+
+class DataSpec(_Strict):
+    """Where examples come from and how they are batched.
+
+    Args:
+        source: ``synthetic``, ``criteo`` (TSV: label, I1-I13, C1-C26 hex) or
+            ``table`` (Parquet or CSV).
+        path (str | None): criteo: a file pattern with ``{day}`` (e.g.
+            ``data/day_{day}.tsv``); table: a .parquet/.csv file (or pattern with
+            ``{day}``) holding the day column.
+        columns (TableColumns | None): required for ``table``.
+        synthetic (SyntheticSpec): generator settings for ``synthetic``.
+        train_days / test_days (list[int]): day partitions to train / evaluate on.
+        shuffle: none / within_partition / across_partitions / all.
+        batch_size (int): examples per step *per worker*.
+        max_examples_per_day (int | None): cap rows read per day.
+        stratum_feature (str | None): the sparse feature whose id frequency in the
+            training days defines the stratum (default: ``ad_id`` for synthetic,
+            ``C1`` for criteo, the first sparse column for table).
+        frequent_min_count (int): ids seen at least this often are "frequent".
+        rare_max_count (int): ids seen at most this often are "rare".
+        prefetch_batches (int): batches prepared ahead by a background thread.
+    """
+
+    source: DataSource = DataSource.SYNTHETIC
+    path: str | None = None
+    columns: TableColumns | None = None
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    train_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    test_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [1])
+    shuffle: Shuffle = Shuffle.WITHIN_PARTITION
+    batch_size: int = Field(1024, ge=1, le=1_048_576)
+    max_examples_per_day: int | None = Field(None, ge=1)
+    stratum_feature: str | None = None
+    frequent_min_count: int = Field(100, ge=2)
+    rare_max_count: int = Field(10, ge=0)
+    prefetch_batches: int = Field(4, ge=0, le=256)
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> "DataSpec":
+        if self.source in (DataSource.CRITEO, DataSource.TABLE) and not self.path:
+            raise ValueError(f"data.path: required when data.source is '{self.source.value}'")
+        if self.source == DataSource.TABLE and self.columns is None:
+            raise ValueError("data.columns: required when data.source is 'table'")
+        if self.source != DataSource.TABLE and self.columns is not None:
+            raise ValueError("data.columns: only allowed when data.source is 'table'")
+        if self.rare_max_count >= self.frequent_min_count:
+            raise ValueError(
+                "data.rare_max_count: must be below data.frequent_min_count "
+                f"({self.rare_max_count} >= {self.frequent_min_count})"
+            )
+        overlap = sorted(set(self.train_days) & set(self.test_days))
+        if overlap:
+            raise ValueError(f"data.test_days: days {overlap} are also training days")
+        names = self.sparse_feature_names()
+        if self.stratum_feature is not None and self.stratum_feature not in names:
+            raise ValueError(
+                f"data.stratum_feature: '{self.stratum_feature}' is not a sparse feature; "
+                f"choose one of {names}"
+            )
+        return self
+
+    def sparse_feature_names(self) -> list[str]:
+        """Names of the sparse features this source yields, in order."""
+        if self.source == DataSource.SYNTHETIC:
+            names = ["user_id", "ad_id"]
+            if self.synthetic.history_length > 0:
+                names.append("ad_history")
+            names += [f"ctx_{i}" for i in range(self.synthetic.num_context_features)]
+            return names
+        if self.source == DataSource.CRITEO:
+            return [f"C{i + 1}" for i in range(CRITEO_NUM_SPARSE)]
+        assert self.columns is not None
+        return [c.name for c in self.columns.sparse]
+
+    def num_dense_features(self) -> int:
+        if self.source == DataSource.SYNTHETIC:
+            return self.synthetic.num_dense_features
+        if self.source == DataSource.CRITEO:
+            return CRITEO_NUM_DENSE
+        assert self.columns is not None
+        return len(self.columns.dense)
+
+    def resolved_stratum_feature(self) -> str:
+        if self.stratum_feature:
+            return self.stratum_feature
+        if self.source == DataSource.SYNTHETIC:
+            return "ad_id"
+        return self.sparse_feature_names()[0]
+
+
+# --------------------------------------------------------------------------- training
+
+
+class SparseOptimizerSpec(_Strict):
+    """FBGEMM fused optimizer for embedding tables.
+
+    Args:
+        type: ``rowwise_adagrad`` (FBGEMM EXACT_ROWWISE_ADAGRAD, the fast path).
+        lr (float): learning rate.
+        eps (float): AdaGrad epsilon.
+        gradient_clipping (bool): FBGEMM per-row gradient clipping.
+        max_gradient (float): clip value when ``gradient_clipping`` is on.
+    """
+
+    type: Literal["rowwise_adagrad"] = "rowwise_adagrad"
+    lr: float = Field(0.04, gt=0.0, le=100.0)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+    gradient_clipping: bool = False
+    max_gradient: float = Field(1.0, gt=0.0)
+
+
+class DenseOptimizerType(str, Enum):
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    ADAGRAD = "adagrad"
+    RMSPROP = "rmsprop"
+    ADAM = "adam"
+
+
+class DenseOptimizerSpec(_Strict):
+    """Torch optimizer for the dense (MLP) parameters.
+
+    Args:
+        type: sgd / momentum / adagrad / rmsprop / adam.
+        lr (float): learning rate.
+        momentum (float): for ``momentum`` (and rmsprop).
+        eps (float): for adagrad / rmsprop / adam.
+        betas (tuple[float, float]): for adam.
+    """
+
+    type: DenseOptimizerType = DenseOptimizerType.ADAM
+    lr: float = Field(1e-3, gt=0.0, le=100.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (
+        0.9,
+        0.999,
+    )
+
+
+class TrainingSpec(_Strict):
+    """How to train.
+
+    Args:
+        num_passes (int): passes over the training days.
+        sparse_optimizer / dense_optimizer: see their sections.
+        reset_lr_each_pass (bool): reset the AdaGrad accumulators (and dense optimizer
+            state) at the start of every pass.
+        dense_grad_clip_norm (float | None): clip dense gradients by global norm.
+        seed (int): model init and shuffling seed.
+        checkpoint_every_steps (int | None): also checkpoint every N steps (a
+            checkpoint is always written at the end of every pass).
+        max_failures (int): worker-group restarts Ray Train may do (resuming from
+            the last checkpoint) before the run fails.
+    """
+
+    num_passes: int = Field(1, ge=1, le=1000)
+    sparse_optimizer: SparseOptimizerSpec = Field(default_factory=SparseOptimizerSpec)
+    dense_optimizer: DenseOptimizerSpec = Field(default_factory=DenseOptimizerSpec)
+    reset_lr_each_pass: bool = False
+    dense_grad_clip_norm: float | None = Field(None, gt=0.0)
+    seed: int = 0
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    max_failures: int = Field(0, ge=0, le=100)
+
+
+# --------------------------------------------------------------------------- regularizers
+
+
+class SparseL2(_Strict):
+    """``sparse_l2``: adds lambda * w to the gradient of each embedding row activated
+    in the batch (FBGEMM ``weight_decay`` with mode L2), or, with ``decouple``,
+    shrinks those rows by lr * lambda * w after the step (mode DECOUPLE)."""
+
+    type: Literal["sparse_l2"]
+    weight: float = Field(gt=0.0, le=10.0, description="lambda")
+    decouple: bool = False
+
+
+Regularizer = Annotated[Union[SparseL2], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- scaling / metrics
+
+
+class ScalingSpec(_Strict):
+    """Where to run.
+
+    Args:
+        num_workers (int): Ray Train workers (data-parallel dense, model-parallel
+            sparse).
+        use_gpu (bool): one GPU per worker, CUDA + NCCL; else CPU + gloo.
+        cpus_per_worker (float): Ray CPUs reserved per worker.
+        memory_per_worker_gb (float): memory each worker has; specs whose embedding
+            estimate exceeds it are refused.
+    """
+
+    num_workers: int = Field(1, ge=1, le=1024)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
+    memory_per_worker_gb: float = Field(8.0, gt=0.0, le=4096.0)
+
+
+class MetricsSpec(_Strict):
+    """Metric cadence.
+
+    Args:
+        window_size (int): examples (over all workers) in the windowed train NE.
+        report_every_steps (int): emit windowed train NE every N steps.
+    """
+
+    window_size: int = Field(100_000, ge=1)
+    report_every_steps: int = Field(50, ge=1)
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class JobSpec(_Strict):
+    """A complete training job."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    regularizers: list[Regularizer] = Field(default_factory=list)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "JobSpec":
+        per_rank_window = self.metrics.window_size // self.scaling.num_workers
+        if per_rank_window < self.data.batch_size:
+            raise ValueError(
+                f"metrics.window_size: {self.metrics.window_size} gives "
+                f"{per_rank_window} examples per worker, below data.batch_size "
+                f"({self.data.batch_size}); raise it to at least "
+                f"{self.data.batch_size * self.scaling.num_workers}"
+            )
+        kinds = [r.type for r in self.regularizers]
+        dup = sorted({k for k in kinds if kinds.count(k) > 1})
+        if dup:
+            raise ValueError(f"regularizers: each type may appear once; repeated: {dup}")
+        return self
+
+    # ---- capacity estimate -------------------------------------------------
+
+    def num_tables(self) -> int:
+        return len(self.data.sparse_feature_names()) * self.model.num_replicas
+
+    def table_bytes(self) -> int:
+        """Bytes of one table: fp32 weights plus the row-wise AdaGrad accumulator."""
+        rows, dim = self.model.hash_size, self.model.embedding_dim
+        return rows * dim * _BYTES_PER_FLOAT + rows * _BYTES_PER_FLOAT
+
+    def embedding_bytes_per_worker(self) -> int:
+        """Estimate of embedding memory on the busiest worker.
+
+        Tables are spread over workers by the planner (table-wise or row-wise); the
+        busiest worker holds at least its even share, and never less than one whole
+        table under table-wise sharding. The estimate uses the even share rounded up
+        to whole tables, which is what table-wise placement gives.
+        """
+        tables_per_worker = math.ceil(self.num_tables() / self.scaling.num_workers)
+        return tables_per_worker * self.table_bytes()
+
+    def check_capacity(self) -> None:
+        """Refuse a model whose embeddings do not fit the workers' memory."""
+        need = self.embedding_bytes_per_worker()
+        have = self.scaling.memory_per_worker_gb * _GIB
+        if need > have:
+            raise CapacityError(
+                f"model: embedding tables need about {need / _GIB:.2f} GiB per worker "
+                f"({self.num_tables()} tables x {self.model.hash_size} rows x "
+                f"{self.model.embedding_dim} dims over {self.scaling.num_workers} workers) "
+                f"but each worker has {self.scaling.memory_per_worker_gb:g} GiB "
+                "(scaling.memory_per_worker_gb); lower model.hash_size, "
+                "model.embedding_dim or model.num_replicas, or raise scaling.num_workers"
+            )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, each starting with the dotted field path."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        # model validators already name their field; avoid "x: x: ..."
+        lines.append(msg if (not loc or msg.split(":", 1)[0] in _FIELD_PATHS) else f"{loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for name, f in model.model_fields.items():
+        path = f"{prefix}{name}"
+        out.add(path)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out |= _field_paths(ann, path + ".")
+    return out
+
+
+_FIELD_PATHS = _field_paths(JobSpec) | {"regularizers", "model", "data"}
+
+
+def parse_spec(data: dict[str, Any], *, check_capacity: bool = True) -> JobSpec:
+    """Validate a spec dict; raise :class:`SpecError` naming each bad field."""
+    if not isinstance(data, dict):
+        raise SpecError("spec: the top level must be a mapping of sections (model, data, ...)")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(format_validation_error(e)) from None
+    if check_capacity:
+        spec.check_capacity()
+    return spec
+
+
+def load_spec(path: str | Path, *, check_capacity: bool = True) -> JobSpec:
+    """Load a spec from a YAML (.yaml/.yml) or JSON (.json) file."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"spec file {p} does not exist")
+    text = p.read_text()
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SpecError(f"spec file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+    return parse_spec(data or {}, check_capacity=check_capacity)
+
+
+def spec_to_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
