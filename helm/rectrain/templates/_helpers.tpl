@@ -1,0 +1,194 @@
+{{/* Chart name. */}}
+{{- define "rectrain.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name prefix of every resource. Kept to 40 characters so that derived names
+(<fullname>-ray-head-svc, KubeRay's pod names) stay within Kubernetes limits.
+*/}}
+{{- define "rectrain.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rectrain.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "rectrain.labels" -}}
+helm.sh/chart: {{ include "rectrain.chart" . }}
+{{ include "rectrain.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: rectrain
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "rectrain.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rectrain.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Label that the Redis NetworkPolicy admits (API and Ray pods). */}}
+{{- define "rectrain.redisClientLabel" -}}
+rectrain.io/redis-client: "true"
+{{- end }}
+
+{{- define "rectrain.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rectrain.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* API image. */}}
+{{- define "rectrain.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default (printf "%s-cpu" .Chart.AppVersion) .Values.image.tag) }}
+{{- end }}
+
+{{/* Ray head/worker image (defaults to the API image). */}}
+{{- define "rectrain.rayImage" -}}
+{{- $repo := default .Values.image.repository .Values.ray.image.repository }}
+{{- $tag := default (default (printf "%s-cpu" .Chart.AppVersion) .Values.image.tag) .Values.ray.image.tag }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
+{{- define "rectrain.rayPullPolicy" -}}
+{{- default .Values.image.pullPolicy .Values.ray.image.pullPolicy }}
+{{- end }}
+
+{{/* Secret holding the API tokens. */}}
+{{- define "rectrain.tokenSecretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else }}
+{{- printf "%s-api-tokens" (include "rectrain.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "rectrain.tokenSecretKey" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecretKey }}
+{{- else }}
+{{- print "api-tokens" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The "token:owner,..." string for the chart-made Secret: from auth.tokens, else the
+value already in the cluster (kept on upgrade), else one random token for "admin".
+*/}}
+{{- define "rectrain.apiTokens" -}}
+{{- if .Values.auth.tokens }}
+{{- $pairs := list }}
+{{- range $i, $t := .Values.auth.tokens }}
+{{- if or (not $t.token) (not $t.owner) }}
+{{- fail (printf "auth.tokens[%d]: both token and owner are required" $i) }}
+{{- end }}
+{{- if or (regexMatch "[,:\\s]" (toString $t.token)) (regexMatch "[,:\\s]" (toString $t.owner)) }}
+{{- fail (printf "auth.tokens[%d]: token and owner may not contain ',', ':' or spaces" $i) }}
+{{- end }}
+{{- $pairs = append $pairs (printf "%s:%s" (toString $t.token) (toString $t.owner)) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "rectrain.tokenSecretName" .) }}
+{{- if and $existing $existing.data (hasKey $existing.data "api-tokens") }}
+{{- index $existing.data "api-tokens" | b64dec }}
+{{- else }}
+{{- printf "%s:admin" (randAlphaNum 40) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the in-release Redis (StatefulSet and Service). */}}
+{{- define "rectrain.redisName" -}}
+{{- printf "%s-redis" (include "rectrain.fullname" .) }}
+{{- end }}
+
+{{- define "rectrain.externalRedisSecretName" -}}
+{{- if .Values.externalRedis.existingSecret }}
+{{- .Values.externalRedis.existingSecret }}
+{{- else }}
+{{- printf "%s-redis-url" (include "rectrain.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "rectrain.externalRedisSecretKey" -}}
+{{- if .Values.externalRedis.existingSecret }}
+{{- .Values.externalRedis.existingSecretKey }}
+{{- else }}
+{{- print "redis-url" }}
+{{- end }}
+{{- end }}
+
+{{/* REDIS_URL env entry: the in-release Redis, or the external URL from a Secret. */}}
+{{- define "rectrain.redisUrlEnv" -}}
+- name: REDIS_URL
+{{- if .Values.redis.enabled }}
+  value: {{ printf "redis://%s.%s.svc:6379/0" (include "rectrain.redisName" .) .Release.Namespace | quote }}
+{{- else }}
+{{- if not (or .Values.externalRedis.url .Values.externalRedis.existingSecret) }}
+{{- fail "redis.enabled=false needs externalRedis.url or externalRedis.existingSecret" }}
+{{- end }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rectrain.externalRedisSecretName" . }}
+      key: {{ include "rectrain.externalRedisSecretKey" . }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the RayCluster; KubeRay names its head service <name>-head-svc. */}}
+{{- define "rectrain.rayClusterName" -}}
+{{- printf "%s-ray" (include "rectrain.fullname" .) }}
+{{- end }}
+
+{{/* The Ray Jobs API URL the API submits to. */}}
+{{- define "rectrain.rayAddress" -}}
+{{- if .Values.ray.address }}
+{{- .Values.ray.address }}
+{{- else if .Values.ray.enabled }}
+{{- printf "http://%s-head-svc.%s.svc:8265" (include "rectrain.rayClusterName" .) .Release.Namespace }}
+{{- else }}
+{{- fail "ray.enabled=false needs ray.address (the Ray Jobs API URL of an existing cluster)" }}
+{{- end }}
+{{- end }}
+
+{{/* /data volume (shared claim or emptyDir). */}}
+{{- define "rectrain.dataVolume" -}}
+- name: data
+{{- if .Values.data.existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.data.existingClaim }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.data.sizeLimit }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of the Ray head and worker containers. */}}
+{{- define "rectrain.rayEnv" -}}
+{{ include "rectrain.redisUrlEnv" . }}
+- name: RECTRAIN_ENV
+  value: {{ .Values.api.environment | quote }}
+- name: RECTRAIN_DATA_DIR
+  value: /data
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- with .Values.ray.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

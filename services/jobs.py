@@ -1,0 +1,397 @@
+"""The job store: job records in Redis and their status machine.
+
+A job is a Redis hash (``keys.job_key``) plus index sorted sets by owner and status.
+Every status change is one WATCH/MULTI transaction that checks the current status
+against :data:`TRANSITIONS`, moves the id between index sets, stamps timestamps and
+appends a ``status`` event to the job's metrics stream, so SSE readers see status
+changes in order with the metrics. Illegal transitions raise :class:`IllegalTransition`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+
+from services import keys
+from services.metrics_bus import stream_fields
+from trainer.errors import RectrainError
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"  # accepted; its launcher has not claimed it yet
+    STARTING = "starting"  # a launcher claimed it and is starting the trainer
+    RUNNING = "running"  # the trainer process / Ray job is running
+    SUCCEEDED = "succeeded"  # the trainer exited 0 (results recorded)
+    FAILED = "failed"  # the trainer or its launcher failed; ``error`` says why
+    CANCELLED = "cancelled"  # stopped on request
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_active(self) -> bool:
+        """Has (or should have) a live launcher heartbeat."""
+        return self in (JobStatus.STARTING, JobStatus.RUNNING)
+
+    def can_become(self, other: "JobStatus") -> bool:
+        return other in TRANSITIONS[self]
+
+
+_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.STARTING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.STARTING: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+class JobNotFound(RectrainError):
+    """No job with this id (or not visible to this owner)."""
+
+
+class IllegalTransition(RectrainError):
+    """The job's current status does not allow the requested change."""
+
+    def __init__(self, message: str, current: "JobStatus | None" = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(8)
+
+
+# fields of the job hash that hold JSON; the rest are strings ("" = unset)
+_JSON_FIELDS = ("labels", "spec")
+_FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
+_INT_FIELDS = ("num_passes", "runner_pid", "trainer_pid")
+
+
+@dataclass
+class JobRecord:
+    """A job as stored in Redis."""
+
+    id: str
+    owner: str
+    status: JobStatus
+    spec: dict[str, Any]
+    created_at: float
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    num_passes: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    launcher: str | None = None
+    runner_host: str | None = None
+    runner_pid: int | None = None
+    trainer_pid: int | None = None
+    ray_submission_id: str | None = None
+    run_dir: str | None = None
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> "JobRecord":
+        kw: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            v = h.get(name)
+            if v is None or v == "":
+                continue
+            if name in _JSON_FIELDS:
+                kw[name] = json.loads(v)
+            elif name in _FLOAT_FIELDS:
+                kw[name] = float(v)
+            elif name in _INT_FIELDS:
+                kw[name] = int(v)
+            elif name == "status":
+                kw[name] = JobStatus(v)
+            elif name == "cancel_requested":
+                kw[name] = v == "1"
+            else:
+                kw[name] = v
+        return cls(**kw)
+
+
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in fields.items():
+        if k not in JobRecord.__dataclass_fields__:
+            raise KeyError(f"unknown job field {k!r}")
+        if v is None:
+            out[k] = ""
+        elif k in _JSON_FIELDS:
+            out[k] = json.dumps(v)
+        elif isinstance(v, bool):
+            out[k] = "1" if v else "0"
+        elif isinstance(v, Enum):
+            out[k] = v.value
+        else:
+            out[k] = str(v)
+    return out
+
+
+def status_event(status: JobStatus, previous: JobStatus | None, error: str | None, ts: float) -> dict:
+    """The stream event a transition appends (``step``/``pass`` -1: not a training event)."""
+    ev: dict[str, Any] = {"type": "status", "status": status.value, "step": -1, "pass": -1, "ts": ts}
+    if previous is not None:
+        ev["previous"] = previous.value
+    if error:
+        ev["error"] = error
+    return ev
+
+
+def summarize_progress(progress: dict[str, str]) -> dict[str, Any]:
+    """The job summary from its progress hash: per-pass table, best test NE, throughput."""
+    passes = []
+    for k, v in progress.items():
+        if k.startswith("pass:"):
+            try:
+                passes.append(json.loads(v))
+            except ValueError:
+                continue
+    passes.sort(key=lambda p: p.get("pass", 0))
+    best_ne = best_pass = None
+    for p in passes:
+        ne = p.get("test_ne")
+        if isinstance(ne, (int, float)) and ne == ne and (best_ne is None or ne < best_ne):
+            best_ne, best_pass = float(ne), int(p.get("pass", 0))
+    if progress.get("best_test_ne"):  # the trainer's results.json is authoritative
+        best_ne = float(progress["best_test_ne"])
+        best_pass = int(progress.get("best_pass") or 0)
+    eps = progress.get("last_examples_per_s")
+    return {
+        "best_test_ne": best_ne,
+        "best_pass": best_pass,
+        "passes": passes,
+        "last_examples_per_s": float(eps) if eps else None,
+    }
+
+
+class JobStore:
+    """Async job store over one Redis connection pool."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.r = redis
+
+    # ------------------------------------------------------------------ create / read
+
+    async def create(self, *, owner: str, spec: dict[str, Any], num_passes: int, name: str | None = None,
+                     labels: dict[str, str] | None = None, launcher: str | None = None) -> JobRecord:
+        job = JobRecord(id=new_job_id(), owner=owner, status=JobStatus.QUEUED, spec=spec,
+                        created_at=time.time(), name=name, labels=labels or {}, num_passes=num_passes,
+                        launcher=launcher)
+        mapping = encode_fields({k: getattr(job, k) for k in JobRecord.__dataclass_fields__})
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.job_key(job.id), mapping=mapping)
+            pipe.zadd(keys.jobs_index_key(), {job.id: job.created_at})
+            pipe.zadd(keys.owner_jobs_key(owner), {job.id: job.created_at})
+            pipe.zadd(keys.status_index_key(job.status.value), {job.id: job.created_at})
+            pipe.zadd(keys.owner_status_key(owner, job.status.value), {job.id: job.created_at})
+            pipe.xadd(keys.events_stream_key(job.id),
+                      stream_fields(status_event(job.status, None, None, job.created_at)),
+                      maxlen=keys.METRICS_STREAM_MAXLEN, approximate=True)
+            await pipe.execute()
+        return job
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        if not keys.is_job_id(job_id):
+            return None
+        h = await self.r.hgetall(keys.job_key(job_id))
+        return JobRecord.from_hash(h) if h else None
+
+    async def get_for_owner(self, job_id: str, owner: str) -> JobRecord:
+        """The job if it exists and belongs to ``owner``; else :class:`JobNotFound`."""
+        job = await self.get(job_id)
+        if job is None or job.owner != owner:
+            raise JobNotFound("Job not found")
+        return job
+
+    async def list(self, owner: str, status: JobStatus | None = None, limit: int = 50,
+                   offset: int = 0) -> tuple[list[JobRecord], int]:
+        """An owner's jobs, newest first, and how many match in all."""
+        index = keys.owner_status_key(owner, status.value) if status else keys.owner_jobs_key(owner)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.zcard(index)
+            pipe.zrevrange(index, offset, offset + limit - 1)
+            count, ids = await pipe.execute()
+        if not ids:
+            return [], count
+        async with self.r.pipeline(transaction=False) as pipe:
+            for i in ids:
+                pipe.hgetall(keys.job_key(i))
+            hashes = await pipe.execute()
+        return [JobRecord.from_hash(h) for h in hashes if h], count
+
+    async def summary(self, job_id: str) -> dict[str, Any]:
+        return summarize_progress(await self.r.hgetall(keys.progress_key(job_id)))
+
+    async def summaries(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for i in job_ids:
+                pipe.hgetall(keys.progress_key(i))
+            return [summarize_progress(p) for p in await pipe.execute()]
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for s in JobStatus:
+                pipe.zcard(keys.status_index_key(s.value))
+            counts = await pipe.execute()
+        return dict(zip(JobStatus, counts))
+
+    async def ids_in_status(self, status: JobStatus) -> list[str]:
+        return await self.r.zrange(keys.status_index_key(status.value), 0, -1)
+
+    # ------------------------------------------------------------------ changes
+
+    async def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Set non-status fields (launcher bookkeeping) of an existing job."""
+        if "status" in fields:
+            raise KeyError("use transition() to change status")
+        key = keys.job_key(job_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    if not await pipe.exists(key):
+                        raise JobNotFound("Job not found")
+                    pipe.multi()
+                    pipe.hset(key, mapping=encode_fields(fields))
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    def _queue_transition(self, pipe, job_id: str, owner: str, created: float, cur: JobStatus,
+                          to: JobStatus, fields: dict[str, Any], now: float) -> None:
+        fields = dict(fields)
+        if to == JobStatus.STARTING and "started_at" not in fields:
+            fields["started_at"] = now
+        if to.is_terminal and "finished_at" not in fields:
+            fields["finished_at"] = now
+        pipe.hset(keys.job_key(job_id), mapping={"status": to.value, **encode_fields(fields)})
+        pipe.zrem(keys.status_index_key(cur.value), job_id)
+        pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
+        pipe.zadd(keys.status_index_key(to.value), {job_id: created})
+        pipe.zadd(keys.owner_status_key(owner, to.value), {job_id: created})
+        pipe.xadd(keys.events_stream_key(job_id),
+                  stream_fields(status_event(to, cur, fields.get("error"), now)),
+                  maxlen=keys.METRICS_STREAM_MAXLEN, approximate=True)
+
+    async def transition(self, job_id: str, to: JobStatus, *, expect: set[JobStatus] | None = None,
+                         **fields: Any) -> JobStatus:
+        """Atomically move a job to ``to``; returns the status it left.
+
+        Raises :class:`JobNotFound`, or :class:`IllegalTransition` when the current status
+        cannot become ``to`` (or is not in ``expect``).
+        """
+        key = keys.job_key(job_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    cur_s, owner, created = await pipe.hmget(key, "status", "owner", "created_at")
+                    if cur_s is None:
+                        raise JobNotFound("Job not found")
+                    cur = JobStatus(cur_s)
+                    if not cur.can_become(to) or (expect is not None and cur not in expect):
+                        raise IllegalTransition(f"job {job_id} is {cur.value}; cannot become {to.value}", cur)
+                    pipe.multi()
+                    self._queue_transition(pipe, job_id, owner, float(created), cur, to, fields, time.time())
+                    await pipe.execute()
+                    return cur
+                except WatchError:
+                    continue
+
+    async def request_cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job: queued ones at once, active ones by flagging their launcher.
+
+        Returns the status after the call; raises :class:`IllegalTransition` if it is finished.
+        """
+        key = keys.job_key(job_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    cur_s, owner, created = await pipe.hmget(key, "status", "owner", "created_at")
+                    if cur_s is None:
+                        raise JobNotFound("Job not found")
+                    cur = JobStatus(cur_s)
+                    if cur.is_terminal:
+                        raise IllegalTransition(f"Job already {cur.value}", cur)
+                    pipe.multi()
+                    if cur == JobStatus.QUEUED:
+                        self._queue_transition(pipe, job_id, owner, float(created), cur, JobStatus.CANCELLED,
+                                               {"error": "cancelled before it started", "cancel_requested": True},
+                                               time.time())
+                        new = JobStatus.CANCELLED
+                    else:
+                        pipe.hset(key, mapping=encode_fields({"cancel_requested": True}))
+                        new = cur
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    async def reap_if_heartbeat_lost(self, job_id: str, reason: str) -> JobStatus | None:
+        """Fail (or, if cancel was requested, cancel) an active job whose launcher
+        heartbeat has expired. Atomic against a heartbeat refresh. Returns the new status."""
+        key, hb = keys.job_key(job_id), keys.heartbeat_key(job_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, hb)
+                    if await pipe.exists(hb):
+                        await pipe.unwatch()
+                        return None
+                    cur_s, owner, created, cancel = await pipe.hmget(
+                        key, "status", "owner", "created_at", "cancel_requested")
+                    if cur_s is None or not JobStatus(cur_s).is_active:
+                        await pipe.unwatch()
+                        return None
+                    cur = JobStatus(cur_s)
+                    to = JobStatus.CANCELLED if cancel == "1" else JobStatus.FAILED
+                    error = reason if to == JobStatus.FAILED else f"cancelled; {reason}"
+                    pipe.multi()
+                    self._queue_transition(pipe, job_id, owner, float(created), cur, to, {"error": error},
+                                           time.time())
+                    await pipe.execute()
+                    return to
+                except WatchError:
+                    continue
+
+    async def delete(self, job_id: str) -> None:
+        """Remove a finished job: its record, stream, progress and index entries."""
+        key = keys.job_key(job_id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    cur_s, owner = await pipe.hmget(key, "status", "owner")
+                    if cur_s is None:
+                        raise JobNotFound("Job not found")
+                    cur = JobStatus(cur_s)
+                    if not cur.is_terminal:
+                        raise IllegalTransition(f"Job is {cur.value}; cancel it first", cur)
+                    pipe.multi()
+                    pipe.delete(key, keys.events_stream_key(job_id), keys.progress_key(job_id),
+                                keys.heartbeat_key(job_id))
+                    pipe.zrem(keys.jobs_index_key(), job_id)
+                    pipe.zrem(keys.owner_jobs_key(owner), job_id)
+                    pipe.zrem(keys.status_index_key(cur.value), job_id)
+                    pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue

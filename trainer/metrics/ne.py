@@ -1,0 +1,71 @@
+"""NE, calibration, AUC and per-stratum NE through ``torchrec.metrics``.
+
+NE = average log loss / entropy of the background CTR of the same examples
+(He et al., 2014). We never compute it by hand in the trainer: a
+``RecMetricModule`` holds the (windowed and lifetime) states, and ``compute()``
+all-reduces them across ranks, so every rank must call it at the same point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchrec.metrics.metric_module import RecMetricModule, generate_metric_module
+from torchrec.metrics.metrics_config import MetricsConfig, RecMetricDef, RecMetricEnum, RecTaskInfo
+
+from trainer.data.dataset import STRATA, Batch
+
+TASK = RecTaskInfo(name="ctr", label_name="label", prediction_name="prediction", weight_name="weight")
+_P = f"{TASK.name}|"
+
+
+def make_metric_module(*, window_size: int, batch_size: int, world_size: int, rank: int, device: torch.device,
+                       with_auc: bool = False, with_strata: bool = False) -> RecMetricModule:
+    """A metric module for one phase: NE + calibration (+ AUC, + NE per stratum)."""
+    window = max(window_size, batch_size * world_size)
+    metrics = {
+        RecMetricEnum.NE: RecMetricDef(rec_tasks=[TASK], window_size=window),
+        RecMetricEnum.CALIBRATION: RecMetricDef(rec_tasks=[TASK], window_size=window),
+    }
+    if with_auc:
+        metrics[RecMetricEnum.AUC] = RecMetricDef(rec_tasks=[TASK], window_size=window)
+    if with_strata:
+        metrics[RecMetricEnum.SEGMENTED_NE] = RecMetricDef(
+            rec_tasks=[TASK], window_size=window,
+            arguments={"grouping_keys": "stratum", "num_groups": len(STRATA)},
+        )
+    cfg = MetricsConfig(rec_tasks=[TASK], rec_metrics=metrics, throughput_metric=None, state_metrics=[])
+    return generate_metric_module(RecMetricModule, cfg, batch_size=batch_size, world_size=world_size,
+                                  my_rank=rank, state_metrics_mapping={}, device=device)
+
+
+def update(module: RecMetricModule, logits: torch.Tensor, batch: Batch) -> None:
+    module.update({
+        "prediction": torch.sigmoid(logits.detach()).to(torch.float32),
+        "label": batch.labels,
+        "weight": batch.weights,
+        "stratum": batch.strata,
+    })
+
+
+def _f(x: Any) -> float | None:
+    v = float(x.reshape(-1)[0]) if isinstance(x, torch.Tensor) else float(x)
+    return None if math.isnan(v) or math.isinf(v) else v
+
+
+def summarize(computed: dict[str, Any]) -> dict[str, Any]:
+    """Flatten torchrec's ``'ne-ctr|window_ne'``-style keys into our field names."""
+    out: dict[str, Any] = {}
+    by_stratum: dict[str, float | None] = {}
+    for key, val in computed.items():
+        metric = key.split("|", 1)[1] if "|" in key else key
+        if metric.startswith(("lifetime_segmented_ne_", "window_segmented_ne_")):
+            if metric.startswith("lifetime_"):
+                by_stratum[STRATA[int(metric.rsplit("_", 1)[1])]] = _f(val)
+            continue
+        out[metric] = _f(val)
+    if by_stratum:
+        out["ne_by_stratum"] = by_stratum
+    return out
