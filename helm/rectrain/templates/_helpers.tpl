@@ -101,6 +101,9 @@ value already in the cluster (kept on upgrade), else one random token for "admin
 {{- if or (regexMatch "[,:\\s]" (toString $t.token)) (regexMatch "[,:\\s]" (toString $t.owner)) }}
 {{- fail (printf "auth.tokens[%d]: token and owner may not contain ',', ':' or spaces" $i) }}
 {{- end }}
+{{- if lt (len (toString $t.token)) 24 }}
+{{- fail (printf "auth.tokens[%d]: tokens need at least 24 characters (the API refuses shorter ones in production)" $i) }}
+{{- end }}
 {{- $pairs = append $pairs (printf "%s:%s" (toString $t.token) (toString $t.owner)) }}
 {{- end }}
 {{- join "," $pairs }}

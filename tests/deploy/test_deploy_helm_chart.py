@@ -1,0 +1,530 @@
+"""The Helm chart (helm/rectrain), rendered and linted by Helm's own engine, validated
+against the Kubernetes schemas and KubeRay's RayCluster schema, and checked for the
+properties a GPU deployment depends on."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from deploy_helpers import (
+    CHART,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    VALUES_SETS,
+    env_of,
+    load_values,
+    objs,
+    one,
+    pod_specs,
+    raycluster_validator,
+    render,
+    render_raw,
+    render_set,
+)
+
+SETS = sorted(VALUES_SETS)
+
+
+# --------------------------------------------------------------------------- chart / lint
+
+
+def test_chart_metadata():
+    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert meta["apiVersion"] == "v2"
+    assert meta["name"] == "rectrain"
+    assert meta["type"] == "application"
+    with helm.Chart.load(str(CHART)) as c:
+        assert c.metadata["version"] == meta["version"]
+        assert c.values["ray"]["worker"]["gpus"] == 0  # CPU by default; values-gpu.yaml adds GPUs
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_helm_lint_strict(values_set):
+    for kube in KUBE_VERSIONS:
+        report = helm.lint(
+            str(CHART), load_values(VALUES_SETS[values_set]), strict=True, kube_version=f"v{kube}.0"
+        )
+        assert report["total_charts_linted"] == 1
+        assert report["errors"] == [], report
+        # severity: 1 info, 2 warning, 3 error. Only "icon is recommended" style infos allowed.
+        bad = [m for m in report["messages"] if m["severity"] >= 2]
+        assert bad == [], bad
+
+
+def test_helm_lint_is_not_a_no_op(tmp_path):
+    """Lint does find problems: a copy of the chart with a template emitting a
+    malformed manifest fails it. (Helm's lint mode logs `fail` calls instead of
+    failing, so bad values are covered by test_invalid_values_fail_to_render.)"""
+    import shutil
+
+    broken = tmp_path / "rectrain"
+    shutil.copytree(CHART, broken)
+    (broken / "templates" / "broken.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: [not, a, map\n"
+    )
+    report = helm.lint(str(broken), {}, strict=True)
+    assert report["errors"] or any(m["severity"] >= 3 for m in report["messages"]), report
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_every_manifest_validates_against_kubernetes_schemas(values_set):
+    docs = render_set(values_set)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "Secret"} <= kinds or "Deployment" in kinds
+    checked = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith("ray.io/"):
+            continue  # CRD: checked against KubeRay's schema below
+        for kube in KUBE_VERSIONS:
+            # strict: additionalProperties=false everywhere, as kubectl's strict field validation
+            kubernetes_validate.validate(doc, kube, strict=True)
+        checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize("values_set", [s for s in SETS if s != "ci-existing-ray"])
+def test_raycluster_validates_against_kuberay_crd_schema(values_set):
+    docs = render_set(values_set)
+    rc = one(docs, "RayCluster")
+    assert rc["apiVersion"] == "ray.io/v1"
+    raycluster_validator().validate(rc)
+
+
+def test_kuberay_schema_rejects_what_the_crd_rejects():
+    """The vendored schema is not a rubber stamp."""
+    import jsonschema
+
+    rc = one(render_set("gpu"), "RayCluster")
+    v = raycluster_validator()
+    bad = []
+    r = yaml.safe_load(yaml.safe_dump(rc))
+    r["spec"]["workerGroupSpecs"][0]["rayStartParams"] = {"num-gpus": 1}  # must be strings
+    bad.append(r)
+    r = yaml.safe_load(yaml.safe_dump(rc))
+    del r["spec"]["workerGroupSpecs"][0]["groupName"]
+    bad.append(r)
+    r = yaml.safe_load(yaml.safe_dump(rc))
+    r["spec"]["workerGroupSpecs"][0]["maxReplica"] = 3  # typo'd field
+    bad.append(r)
+    r = yaml.safe_load(yaml.safe_dump(rc))
+    r["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resource"] = {}  # core/v1 typo
+    bad.append(r)
+    r = yaml.safe_load(yaml.safe_dump(rc))
+    r["apiVersion"] = "ray.io/v1alpha1"
+    bad.append(r)
+    for b in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            v.validate(b)
+
+
+# --------------------------------------------------------------------------- Ray / GPU
+
+
+def _worker_group(docs):
+    groups = one(docs, "RayCluster")["spec"]["workerGroupSpecs"]
+    assert len(groups) == 1
+    return groups[0]
+
+
+def test_gpu_values_give_gpu_workers_on_gpu_nodes():
+    docs = render_set("gpu")
+    rc = one(docs, "RayCluster")
+    g = _worker_group(docs)
+    c = g["template"]["spec"]["containers"][0]
+    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert g["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in g["template"]["spec"][
+        "tolerations"
+    ]
+    assert (g["minReplicas"], g["replicas"], g["maxReplicas"]) == (0, 1, 8)
+    assert g["groupName"] == "gpu-workers"
+    assert rc["spec"]["enableInTreeAutoscaling"] is True
+    assert rc["spec"]["autoscalerOptions"]["upscalingMode"] == "Default"
+    assert c["image"].endswith(":0.1.0-cuda")
+    # head and workers share one image (Ray needs the same Python/Ray everywhere); the head has no GPU
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == c["image"]
+    assert "nvidia.com/gpu" not in str(head)
+    # the API stays on the CPU image
+    api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert api["image"].endswith(":0.1.0-cpu")
+
+
+def test_gpu_count_and_cpu_memory_kept_together():
+    docs = render_set("ci-gpu")
+    c = _worker_group(docs)["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}
+    assert c["resources"]["requests"] == {"cpu": "8", "memory": "32Gi"}
+
+
+def test_default_values_are_cpu_only():
+    docs = render_set("default")
+    rc = one(docs, "RayCluster")
+    assert "nvidia.com/gpu" not in yaml.safe_dump(rc)
+    assert rc["spec"]["enableInTreeAutoscaling"] is False
+    assert "autoscalerOptions" not in rc["spec"]
+    g = _worker_group(docs)
+    assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+    head = rc["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
+    assert ports["dashboard"] == 8265 and ports["gcs-server"] == 6379
+
+
+def test_ray_pods_get_shared_memory_and_data():
+    for _, _, spec in pod_specs(render_set("default")):
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        if "dshm" in vols:
+            assert vols["dshm"]["emptyDir"]["medium"] == "Memory"
+            mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+            assert {"/dev/shm", "/data"} <= mounts
+
+
+def test_api_submits_to_the_kuberay_head_service():
+    docs = render_set("default")
+    rc = one(docs, "RayCluster")
+    api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(api)
+    # KubeRay names the head service <raycluster>-head-svc; the Jobs API is on the dashboard port
+    assert env["RAY_ADDRESS"]["value"] == f"http://{rc['metadata']['name']}-head-svc.{NAMESPACE}.svc:8265"
+    assert env["RECTRAIN_ENV"]["value"] == "production"
+    assert env["RECTRAIN_DATA_DIR"]["value"] == "/data"
+    assert env["REDIS_URL"]["value"] == f"redis://rt-rectrain-redis.{NAMESPACE}.svc:6379/0"
+
+
+def test_existing_ray_cluster_instead_of_raycluster():
+    docs = render_set("ci-existing-ray")
+    assert objs(docs, "RayCluster") == []
+    api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(api)["RAY_ADDRESS"]["value"] == "http://ray-head.ray-system.svc:8265"
+    sts = one(docs, "StatefulSet", "-redis")
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert {"name": "redis-data", "emptyDir": {}} in sts["spec"]["template"]["spec"]["volumes"]
+
+
+# --------------------------------------------------------------------------- API pod
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_api_probes_and_resources(values_set):
+    dep = one(render_set(values_set), "Deployment", "-api")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    port_names = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] in port_names
+    assert port_names["http"] == 8000
+    assert c["args"] == ["api"]
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_api_service_and_ingress():
+    docs = render_set("ci-gpu")
+    svc = one(docs, "Service", "-api")
+    dep = one(docs, "Deployment", "-api")
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+    ing = one(docs, "Ingress", "-api")
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": svc["metadata"]["name"], "port": {"name": "http"}}
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"][0]["secretName"] == "rectrain-tls"
+    assert objs(render_set("default"), "Ingress") == []
+
+
+# --------------------------------------------------------------------------- security
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_every_pod_runs_as_non_root(values_set):
+    docs = render_set(values_set)
+    specs = pod_specs(docs)
+    assert len(specs) >= 1
+    for label, _, spec in specs:
+        psc = spec["securityContext"]
+        assert psc["runAsNonRoot"] is True, label
+        assert psc["runAsUser"] != 0, label
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", label
+        assert spec["automountServiceAccountToken"] is False, label
+        assert spec["enableServiceLinks"] is False, label
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, (label, c["name"])
+            assert sc["capabilities"]["drop"] == ["ALL"], (label, c["name"])
+            assert sc.get("privileged") is not True
+
+
+def test_api_and_redis_have_read_only_root_with_writable_tmp_and_data():
+    docs = render_set("default")
+    for suffix in ("-api",):
+        spec = one(docs, "Deployment", suffix)["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        vols = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in vols[mounts["/tmp"]]
+        assert "emptyDir" in vols[mounts["/data"]]
+        assert env_of(c)["HOME"]["value"] == "/tmp"
+    redis = one(docs, "StatefulSet", "-redis")["spec"]["template"]["spec"]["containers"][0]
+    assert redis["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_service_account():
+    docs = render_set("default")
+    sa = one(docs, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+    for label, _, spec in pod_specs(docs):
+        assert spec["serviceAccountName"] == sa["metadata"]["name"], label
+    docs = render_set("ci-external-redis")
+    assert objs(docs, "ServiceAccount") == []
+    for label, _, spec in pod_specs(docs):
+        assert spec["serviceAccountName"] == "ml-jobs", label
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _secret_leaks(docs, raw_text: dict[str, str], secret_value: str) -> list[str]:
+    """Places other than a Secret's data where the value (or its base64) appears."""
+    b64 = base64.b64encode(secret_value.encode()).decode()
+    leaks = []
+    for d in docs:
+        if d["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(d)
+        if secret_value in text or b64 in text:
+            leaks.append(f"{d['kind']}/{d['metadata']['name']}")
+    notes = raw_text.get("rectrain/templates/NOTES.txt", "")
+    if secret_value in notes or b64 in notes:
+        leaks.append("NOTES.txt")
+    return leaks
+
+
+def test_tokens_only_in_the_secret():
+    values = load_values(VALUES_SETS["ci-gpu"])
+    raw = render_raw(values)
+    docs = render(values)
+    token = "ci-token-0123456789abcdef"
+    secret = one(docs, "Secret", "-api-tokens")
+    assert base64.b64decode(secret["data"]["api-tokens"]).decode() == f"{token}:ci-owner"
+    assert "stringData" not in secret
+    assert _secret_leaks(docs, raw, token) == []
+    assert _secret_leaks(docs, raw, f"{token}:ci-owner") == []
+    api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    ref = env_of(api)["RECTRAIN_API_TOKENS"]
+    assert "value" not in ref
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "api-tokens"}
+    # Ray pods never see the API tokens
+    for label, _, spec in pod_specs(docs):
+        if label.startswith("RayCluster"):
+            assert "RECTRAIN_API_TOKENS" not in env_of(spec["containers"][0])
+
+
+def test_generated_token_when_none_given():
+    values = load_values(VALUES_SETS["default"])
+    raw = render_raw(values)
+    docs = render(values)
+    secret = one(docs, "Secret", "-api-tokens")
+    tokens = base64.b64decode(secret["data"]["api-tokens"]).decode()
+    token, owner = tokens.split(":")
+    assert owner == "admin" and len(token) == 40 and token.isalnum()
+    assert _secret_leaks(docs, raw, token) == []
+
+
+def test_existing_secret_is_referenced_not_created():
+    docs = render_set("ci-external-redis")
+    names = [s["metadata"]["name"] for s in objs(docs, "Secret")]
+    assert not any(n.endswith("-api-tokens") for n in names), names
+    api = one(docs, "Deployment", "-api")["spec"]["template"]
+    ref = env_of(api["spec"]["containers"][0])["RECTRAIN_API_TOKENS"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "team-rectrain-tokens", "key": "tokens"}
+    assert "checksum/api-tokens" not in (api["metadata"].get("annotations") or {})
+
+
+def test_external_redis_url_kept_in_a_secret_and_no_statefulset():
+    values = load_values(VALUES_SETS["ci-external-redis"])
+    raw = render_raw(values)
+    docs = render(values)
+    assert objs(docs, "StatefulSet") == []
+    assert not [s for s in objs(docs, "Service") if "redis" in s["metadata"]["name"]]
+    assert objs(docs, "NetworkPolicy") == []  # nothing in the release to protect
+    url = "redis://:ci-redis-password@redis.example.internal:6379/2"
+    sec = one(docs, "Secret", "-redis-url")
+    assert base64.b64decode(sec["data"]["redis-url"]).decode() == url
+    assert _secret_leaks(docs, raw, "ci-redis-password") == []
+    for label, _, spec in pod_specs(docs):
+        ref = env_of(spec["containers"][0])["REDIS_URL"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": sec["metadata"]["name"], "key": "redis-url"}, label
+    # the shared data claim is mounted everywhere
+    for label, _, spec in pod_specs(docs):
+        vols = {v["name"]: v for v in spec["volumes"]}
+        assert vols["data"]["persistentVolumeClaim"]["claimName"] == "rectrain-data-rwx", label
+
+
+def test_external_redis_from_existing_secret():
+    docs = render(
+        {
+            "redis": {"enabled": False},
+            "externalRedis": {"existingSecret": "redis-creds", "existingSecretKey": "url"},
+        }
+    )
+    assert objs(docs, "StatefulSet") == []
+    assert not [s for s in objs(docs, "Secret") if s["metadata"]["name"].endswith("-redis-url")]
+    api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(api)["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "redis-creds", "key": "url"}
+
+
+# --------------------------------------------------------------------------- Redis + NetworkPolicy
+
+
+def test_redis_statefulset_with_pvc_and_aof():
+    docs = render_set("default")
+    sts = one(docs, "StatefulSet", "-redis")
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    args = c["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--dir") + 1] == "/data"
+    assert c["livenessProbe"]["exec"]["command"] == ["redis-cli", "ping"]
+    vct = sts["spec"]["volumeClaimTemplates"][0]
+    assert vct["spec"]["resources"]["requests"]["storage"] == "8Gi"
+    assert {"name": "redis-data", "mountPath": "/data"} in c["volumeMounts"]
+    headless = one(docs, "Service", "-redis-headless")
+    assert sts["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert ":" in c["image"] and not c["image"].endswith(":latest")
+
+
+def _matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("values_set", ["default", "gpu", "ci-existing-ray"])
+def test_network_policy_admits_only_api_and_ray_to_redis(values_set):
+    docs = render_set(values_set)
+    np_ = one(docs, "NetworkPolicy", "-redis")
+    sts = one(docs, "StatefulSet", "-redis")
+    redis_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert _matches(np_["spec"]["podSelector"]["matchLabels"], redis_labels)
+    assert np_["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = np_["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    [peer] = rule["from"]
+    assert set(peer) == {"podSelector"}  # same namespace, no ipBlock / namespaceSelector
+    sel = peer["podSelector"]["matchLabels"]
+    admitted, refused = [], []
+    for label, meta, _ in pod_specs(docs):
+        (admitted if _matches(sel, meta["labels"]) else refused).append(label)
+    assert any(a.startswith("Deployment/") and a.endswith("-api") for a in admitted)
+    if objs(docs, "RayCluster"):
+        assert "RayCluster/head" in admitted
+        assert any(a.startswith("RayCluster/worker/") for a in admitted)
+    assert refused == [f"StatefulSet/{sts['metadata']['name']}"]
+    # a random pod of another release, or without the client label, is not admitted
+    assert not _matches(sel, {"app.kubernetes.io/instance": "other", "rectrain.io/redis-client": "true"})
+    assert not _matches(sel, {"app.kubernetes.io/instance": "rt"})
+
+
+def test_network_policy_can_be_disabled():
+    assert objs(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+# --------------------------------------------------------------------------- bad values fail loudly
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"redis": {"enabled": False}}, "externalRedis"),
+        ({"ray": {"enabled": False}}, "ray.address"),
+        ({"auth": {"tokens": [{"owner": "a", "token": "x" * 30 + ",y"}]}}, "may not contain"),
+        ({"auth": {"tokens": [{"owner": "a"}]}}, "both token and owner"),
+        ({"auth": {"tokens": [{"owner": "a", "token": "short"}]}}, "at least 24 characters"),
+        ({"ray": {"worker": {"minReplicas": 3, "maxReplicas": 2, "replicas": 2}}}, "maxReplicas"),
+        ({"ray": {"worker": {"minReplicas": 1, "maxReplicas": 2, "replicas": 5}}}, "replicas must lie"),
+    ],
+)
+def test_invalid_values_fail_to_render(values, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render(values)
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def _documented_paths() -> tuple[set[str], set[str]]:
+    """(paths with a '# --' comment right above them, all key paths) in values.yaml."""
+    documented, all_paths = set(), set()
+    stack: list[tuple[int, str]] = []
+    prev_comment = False
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if not stripped:
+            prev_comment = False
+            continue
+        if stripped.startswith("#"):
+            prev_comment = prev_comment or stripped.startswith("# --")
+            continue
+        indent = len(line) - len(line.lstrip())
+        m = re.match(r"^([A-Za-z0-9_.-]+):", stripped)
+        if stripped.startswith("- ") or not m:
+            prev_comment = False
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([p for _, p in stack] + [m.group(1)])
+        stack.append((indent, m.group(1)))
+        all_paths.add(path)
+        if prev_comment:
+            documented.add(path)
+        prev_comment = False
+    return documented, all_paths
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        p = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += _leaves(v, p + ".")
+        else:
+            out.append(p)
+    return out
+
+
+def test_every_value_is_documented_in_values_yaml():
+    documented, _ = _documented_paths()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    undocumented = [
+        leaf for leaf in _leaves(values) if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
+    ]
+    assert undocumented == [], f"values without a '# --' comment: {undocumented}"
+
+
+def test_every_value_is_documented_in_the_chart_readme():
+    documented, _ = _documented_paths()
+    readme = (CHART / "README.md").read_text()
+    missing = sorted(p for p in documented if f"`{p}`" not in readme)
+    assert missing == [], f"values missing from helm/rectrain/README.md: {missing}"
+    # and the README documents nothing that does not exist
+    in_readme = {
+        k for k in re.findall(r"^\| `([A-Za-z0-9_.-]+)` \|", readme, flags=re.M) if not k.endswith(".yaml")
+    }
+    assert in_readme and in_readme <= documented, sorted(in_readme - documented)
+
+
+def test_notes_render_with_instructions():
+    notes = render_raw(load_values(VALUES_SETS["gpu"]))["rectrain/templates/NOTES.txt"]
+    assert "port-forward" in notes and "/healthz" in notes
+    assert "GPU" in notes and "KubeRay" in notes
+    assert "get secret rt-rectrain-api-tokens" in notes
