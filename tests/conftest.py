@@ -23,6 +23,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
+# One auth mode for the session cluster, the pytest process and every subprocess a
+# test starts (Ray 2.60 otherwise turns token auth on for whoever finds ~/.ray/auth_token).
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,23 +47,39 @@ def _wait_port(port: int, timeout_s: float) -> None:
 
 @pytest.fixture(scope="session")
 def ray_address(tmp_path_factory):
-    """Address of a real Ray head started once for the whole session."""
+    """Address of a real Ray head started once for the whole session.
+
+    ``ray start --block`` runs in its own process group, so teardown stops exactly
+    this cluster (``ray stop`` would stop every Ray on the machine).
+    """
     port, dash = free_port(), free_port()
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
-    ray_bin = str(VENV_BIN / "ray")
-    subprocess.run(
-        [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"],
-        check=True, env=env, stdout=subprocess.DEVNULL,
+    temp_dir = tmp_path_factory.mktemp("ray")
+    log = open(temp_dir / "ray-start.log", "w")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=4",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    address = f"127.0.0.1:{port}"
-    os.environ["RECTRAIN_TEST_RAY_DASHBOARD"] = f"http://127.0.0.1:{dash}"
     try:
+        _wait_port(port, 90)
+        _wait_port(dash, 90)
+        address = f"127.0.0.1:{port}"
+        os.environ["RECTRAIN_TEST_RAY_DASHBOARD"] = f"http://127.0.0.1:{dash}"
         yield address
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(20)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        log.close()
 
 
 @pytest.fixture(scope="session")

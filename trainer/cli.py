@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from trainer.errors import RectrainError
@@ -56,16 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancel from the control plane): unwind like Ctrl-C, exit 143."""
+
+
+_terminated = False
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    global _terminated
+    _terminated = True  # Ray may re-raise a plain KeyboardInterrupt: remember why
+    raise _Terminated()
+
+
+def _shutdown_ray() -> None:
+    """Stop Ray Train's workers: ending the driver's Ray session aborts the run."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except RectrainError as e:
         print(f"rectrain: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rectrain: interrupted", file=sys.stderr)
-        return 130
+        _shutdown_ray()
+        print("rectrain: cancelled" if _terminated else "rectrain: interrupted", file=sys.stderr)
+        return 143 if _terminated else 130
 
 
 if __name__ == "__main__":

@@ -120,18 +120,18 @@ class Trainer:
     """Builds data, model, optimizers and metrics for one worker and runs the passes."""
 
     def __init__(self, spec: JobSpec, session: Session, run_dir: str | Path,
-                 sink: MetricsSink | None = None, progress: bool = False) -> None:
+                 sink: MetricsSink | None = None) -> None:
         self.spec = spec
         self.session = session
         self.run_dir = Path(run_dir)
         self.sink = sink if session.rank == 0 else None
-        self.progress = progress and session.rank == 0
         self.device = session.device
         torch.manual_seed(spec.training.seed)
 
         self.data = RankData(spec, session.rank, session.world_size)
         self.regs = RegularizerSet(spec)
         model = DLRM(spec, dense_dropout=self.regs.dense_dropout, dense_device=self.device)
+        model.init_output_bias(float(self.data.train.label.mean()))
         self.dmp = shard_model(model, spec, self.device, self.regs.fused_params())
         self.regs.attach(self.dmp)
         named = dense_named_parameters(self.dmp)
@@ -173,17 +173,23 @@ class Trainer:
             save_rank_state(d, self.session.rank, self.dmp, self.dense_opt, progress)
             self.session.report({**metrics, "global_step": self.global_step, "passes": self.passes}, d)
 
+    def _plan(self) -> dict[str, int]:
+        steps = self.data.steps_per_pass
+        return {"steps_per_pass": steps, "num_passes": self.spec.training.num_passes,
+                "total_steps": steps * self.spec.training.num_passes, "num_workers": self.session.world_size}
+
     def _resume(self) -> tuple[int, int]:
         ckpt = self.session.checkpoint_dir()
         if ckpt is None:
             self.emit(EventType.LIFECYCLE, -1, phase=Phase.STARTED.value,
-                      message=f"{self.session.world_size} worker(s), {self.data.steps_per_pass} steps/pass")
+                      message=f"{self.session.world_size} worker(s), {self.data.steps_per_pass} steps/pass",
+                      **self._plan())
             return 0, 0
         prog = load_rank_state(ckpt, self.session.rank, self.dmp, self.dense_opt)
         self.global_step = prog["global_step"]
         self.passes = list(prog["passes"])
         self.emit(EventType.LIFECYCLE, prog["pass"], phase=Phase.RESUMED.value,
-                  message=f"resumed at pass {prog['pass'] + 1} step {prog['step_in_pass']}")
+                  message=f"resumed at pass {prog['pass'] + 1} step {prog['step_in_pass']}", **self._plan())
         return prog["pass"], prog["step_in_pass"]
 
     # ------------------------------------------------------------------ passes
@@ -197,6 +203,8 @@ class Trainer:
                     reset_sparse_optimizer_state(self.dmp)
                     self.dense_opt.state.clear()
                 self.regs.on_pass_start(p, self.dmp, self.dense_opt)
+            else:  # resumed inside pass p: re-apply its learning rates (lr is not checkpointed), no resets
+                self.regs.on_pass_start(p, self.dmp, self.dense_opt, resumed=True)
             self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_STARTED.value,
                       message=f"pass {p + 1}/{spec.training.num_passes}")
             train_summary, seconds, examples = self._train_pass(p, start_step)
@@ -220,6 +228,8 @@ class Trainer:
             self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
             self.checkpoint(p + 1, 0, {"pass": p})
             self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_FINISHED.value, message=f"pass {p + 1} done")
+        self.emit(EventType.LIFECYCLE, spec.training.num_passes - 1, phase=Phase.FINISHED.value,
+                  message=f"{spec.training.num_passes} passes, {self.global_step} steps")
         return self.passes
 
     def _train_pass(self, p: int, start_step: int) -> tuple[dict[str, Any], float, int]:
@@ -227,7 +237,6 @@ class Trainer:
         metrics = self._train_metric_module()
         steps = self.data.steps_per_pass
         global_batch = spec.data.batch_size * self.session.world_size
-        bar = self._bar(steps, start_step, f"pass {p + 1}/{spec.training.num_passes}")
         self.dmp.train()
         t0 = time.perf_counter()
         t_window, ex_window = t0, 0
@@ -240,8 +249,6 @@ class Trainer:
             ne.update(metrics, logits, batch)
             self.global_step += 1
             ex_window += global_batch
-            if bar is not None:
-                bar.update(1)
             if self.global_step % spec.metrics.report_every_steps == 0:
                 s = ne.summarize(metrics.compute())
                 now = time.perf_counter()
@@ -252,8 +259,6 @@ class Trainer:
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
                 self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1})
         seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
         done = (steps - start_step) * global_batch
         return ne.summarize(metrics.compute()), seconds, done
 
@@ -286,21 +291,6 @@ class Trainer:
                                 for s, v in out.get("ne_by_stratum", {}).items()}
         return out
 
-    def _bar(self, total: int, initial: int, desc: str):
-        if not self.progress:
-            return None
-        try:
-            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
-
-            import ray.train
-
-            ray.train.get_context()
-            return ray_tqdm(total=total, desc=desc, position=0)
-        except Exception:
-            from tqdm import tqdm
-
-            return tqdm(total=total, initial=initial, desc=desc, leave=False)
-
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (runs on every worker)."""
@@ -314,9 +304,9 @@ def train_worker(config: dict[str, Any]) -> None:
     (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
     sink = None
     if session.rank == 0:
-        sink = make_sink(run_dir, stdout=True, redis_url=config.get("redis_url"), job_id=config.get("job_id"))
+        sink = make_sink(run_dir, stdout=config.get("stdout_sink", True), redis_url=config.get("redis_url"), job_id=config.get("job_id"))
     try:
-        trainer = Trainer(spec, session, run_dir, sink=sink, progress=config.get("progress", False))
+        trainer = Trainer(spec, session, run_dir, sink=sink)
         trainer.run()
     finally:
         if sink is not None:

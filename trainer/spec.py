@@ -341,6 +341,10 @@ class TrainingSpec(_Strict):
 # --------------------------------------------------------------------------- regularizers
 
 
+_Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
+_Factor = Annotated[float, Field(ge=0.0, le=100.0)]
+
+
 class SparseL2(_Strict):
     """``sparse_l2``: adds lambda * w to the gradient of each embedding row activated
     in the batch (FBGEMM ``weight_decay`` with mode L2), or, with ``decouple``,
@@ -351,7 +355,102 @@ class SparseL2(_Strict):
     decouple: bool = False
 
 
-Regularizer = Annotated[Union[SparseL2], Field(discriminator="type")]
+class SparseL1(_Strict):
+    """``sparse_l1``: after each step, soft-threshold every element of each activated
+    row towards zero by lr * lambda without crossing it:
+    w <- sign(w) * max(|w| - lr * lambda, 0) (lr: the current sparse learning rate)."""
+
+    type: Literal["sparse_l1"]
+    weight: float = Field(gt=0.0, le=10.0, description="lambda")
+
+
+class MaxNorm(_Strict):
+    """``max_norm``: after each step, every activated row with L2 norm > c is
+    rescaled to norm c."""
+
+    type: Literal["max_norm"]
+    c: float = Field(gt=0.0, le=1e6, description="maximum row norm")
+
+
+class ConstNorm(_Strict):
+    """``const_norm``: after each step, every activated (non-zero) row is rescaled
+    to L2 norm exactly c."""
+
+    type: Literal["const_norm"]
+    c: float = Field(gt=0.0, le=1e6, description="row norm")
+
+
+class SparseDropout(_Strict):
+    """``sparse_dropout``: training only, each sparse id is dropped with probability
+    p (``per_feature`` overrides p for the named sparse features). All replicas of a
+    feature drop the same ids."""
+
+    type: Literal["sparse_dropout"]
+    p: _Prob
+    per_feature: dict[str, _Prob] = Field(default_factory=dict)
+
+
+class Dropout(_Strict):
+    """``dropout``: training only, dropout with probability p on the hidden units of
+    the dense and over arch."""
+
+    type: Literal["dropout"]
+    p: _Prob
+
+
+class DenseL2(_Strict):
+    """``dense_l2``: weight decay lambda on dense weight matrices (the dense
+    optimizer's ``weight_decay``); biases and other 1-D parameters are never decayed."""
+
+    type: Literal["dense_l2"]
+    weight: float = Field(gt=0.0, le=10.0, description="lambda")
+
+
+class SseSe(_Strict):
+    """``sse_se``: Stochastic Shared Embeddings, training only: each id is replaced
+    with probability p by a uniformly random row of the same table (after hashing);
+    ``per_feature`` overrides p for the named sparse features."""
+
+    type: Literal["sse_se"]
+    p: _Prob
+    per_feature: dict[str, _Prob] = Field(default_factory=dict)
+
+
+class FreezeWhat(str, Enum):
+    EMBEDDINGS = "embeddings"
+    DENSE = "dense"
+    BOTH = "both"
+
+
+class Freeze(_Strict):
+    """``freeze``: from pass ``from_pass`` on (0-based, as the ``pass`` of the
+    results: 1 = from the second pass), stop updating the embeddings, the dense
+    part or both (learning rate 0)."""
+
+    type: Literal["freeze"]
+    from_pass: int = Field(ge=0, le=1000)
+    what: FreezeWhat = FreezeWhat.EMBEDDINGS
+
+
+class LrSchedule(_Strict):
+    """``lr_schedule``: per-pass learning-rate factors for the sparse and dense
+    optimizers (``sparse[k]`` multiplies the sparse lr during pass k; passes beyond
+    the list keep its last factor; an empty list means 1), and with ``reset`` the
+    AdaGrad accumulators (and dense optimizer state) are zeroed at every pass start
+    after the first."""
+
+    type: Literal["lr_schedule"]
+    sparse: list[_Factor] = Field(default_factory=list)
+    dense: list[_Factor] = Field(default_factory=list)
+    reset: bool = False
+
+
+Regularizer = Annotated[
+    Union[SparseL2, SparseL1, MaxNorm, ConstNorm, SparseDropout, Dropout, DenseL2, SseSe, Freeze, LrSchedule],
+    Field(discriminator="type"),
+]
+REGULARIZER_TYPES = ("sparse_l2", "sparse_l1", "max_norm", "const_norm", "sparse_dropout", "dropout",
+                     "dense_l2", "sse_se", "freeze", "lr_schedule")
 
 
 # --------------------------------------------------------------------------- scaling / metrics
@@ -414,7 +513,28 @@ class JobSpec(_Strict):
         dup = sorted({k for k in kinds if kinds.count(k) > 1})
         if dup:
             raise ValueError(f"regularizers: each type may appear once; repeated: {dup}")
+        self._check_regularizers()
         return self
+
+    def _check_regularizers(self) -> None:
+        """Cross-checks of regularizer parameters against the data and training."""
+        names = self.data.sparse_feature_names()
+        passes = self.training.num_passes
+        for i, r in enumerate(self.regularizers):
+            if isinstance(r, (SparseDropout, SseSe)):
+                for f in r.per_feature:
+                    if f not in names:
+                        raise ValueError(f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; "
+                                         f"choose among {names}")
+            elif isinstance(r, Freeze) and r.from_pass >= passes:
+                raise ValueError(f"regularizers.{i}.from_pass: {r.from_pass} is beyond training.num_passes "
+                                 f"({passes}); passes are numbered from 0, so use 0..{passes - 1}")
+            elif isinstance(r, LrSchedule):
+                for field in ("sparse", "dense"):
+                    n = len(getattr(r, field))
+                    if n > passes:
+                        raise ValueError(f"regularizers.{i}.{field}: {n} factors for training.num_passes "
+                                         f"= {passes}; give at most one factor per pass")
 
     # ---- capacity estimate -------------------------------------------------
 
@@ -459,8 +579,21 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per problem, each starting with the dotted field path."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc_parts = list(e["loc"])
+        # a regularizer's own fields: drop pydantic's union tag from the path
+        # (regularizers.0.max_norm.c -> regularizers.0.c)
+        if len(loc_parts) > 2 and loc_parts[0] == "regularizers" and loc_parts[2] in REGULARIZER_TYPES:
+            del loc_parts[2]
         msg = e["msg"]
+        is_reg = bool(loc_parts) and loc_parts[0] == "regularizers"
+        if is_reg and e["type"] == "union_tag_invalid":
+            loc_parts.append("type")
+            msg = (f"unknown regularizer type '{e['ctx']['tag']}'; "
+                   f"choose one of {', '.join(REGULARIZER_TYPES)}")
+        elif is_reg and e["type"] == "union_tag_not_found":
+            loc_parts.append("type")
+            msg = f"required (one of {', '.join(REGULARIZER_TYPES)})"
+        loc = ".".join(str(p) for p in loc_parts)
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         # model validators already name their field; avoid "x: x: ..."

@@ -43,9 +43,9 @@ def base_hash_strings(values) -> np.ndarray:
     s = pd.Series(values, dtype="object")
     missing = s.isna().to_numpy()
     s = s.where(~missing, "").astype(str)
-    missing |= (s == "").to_numpy()
+    missing = missing | (s == "").to_numpy()
     h = pd.util.hash_array(s.to_numpy(dtype=object), hash_key=_HASH_KEY, categorize=True)
-    h = np.asarray(h, dtype=np.uint64)
+    h = np.array(h, dtype=np.uint64, copy=True)
     h[missing] = MISSING
     return h
 
@@ -59,7 +59,7 @@ def base_hash_column(col: pd.Series) -> np.ndarray:
         arr = col.to_numpy(dtype=np.float64, na_value=np.nan)
         missing = ~np.isfinite(arr)
         whole = ~missing & (np.abs(arr) < 2**63) & (np.floor(arr) == arr)
-        out = base_hash_strings(col.astype(str).to_numpy())
+        out = np.array(base_hash_strings(col.astype(str).to_numpy()), copy=True)
         out[whole] = base_hash_ints(arr[whole].astype(np.int64))
         out[missing] = MISSING
         return out

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 
 class EventType(str, Enum):
-    LIFECYCLE = "lifecycle"  # phase: started|resumed|pass_started|pass_finished|finished|failed; message
+    LIFECYCLE = "lifecycle"  # phase: started|resumed|pass_started|pass_finished|finished|failed; message;
+    #                          started/resumed add steps_per_pass, num_passes, total_steps, num_workers
     TRAIN_WINDOW = "train_window"  # ne_window, ne_lifetime, examples, examples_per_s, steps_in_pass
     PASS = "pass"  # train_ne, test_ne, test_calibration, test_auc, test_ne_by_stratum{...},
     #               test_examples_by_stratum{...}, train_examples, examples_per_s, train_seconds
@@ -63,29 +64,35 @@ class JsonlFileSink:
         self._f.close()
 
 
+def format_event(event: dict[str, Any]) -> str | None:
+    """One human-readable line for an event (None for events not worth a line)."""
+    t = event["type"]
+    if t == EventType.TRAIN_WINDOW.value:
+        return (f"[pass {event['pass'] + 1}] step {event['step']:>7}  window NE {_num(event.get('ne_window'))}"
+                f"  {event['examples_per_s']:,.0f} ex/s")
+    if t == EventType.PASS.value:
+        return (f"[pass {event['pass'] + 1}] train NE {_num(event.get('train_ne'))}  test NE "
+                f"{_num(event.get('test_ne'))}  calib {_num(event.get('test_calibration'), '.3f')}  "
+                f"AUC {_num(event.get('test_auc'))}")
+    if t == EventType.LIFECYCLE.value:
+        return f"[{event['phase']}] {event.get('message', '')}".rstrip()
+    return None
+
+
+def _num(v: Any, fmt: str = ".4f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
 class StdoutSink:
-    """Human-readable lines on stdout for windowed NE and pass summaries."""
+    """Human-readable lines on stdout (see :func:`format_event`)."""
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stdout
 
     def emit(self, event: dict[str, Any]) -> None:
-        t = event["type"]
-        if t == EventType.TRAIN_WINDOW.value:
-            line = (
-                f"[pass {event['pass'] + 1}] step {event['step']:>7}  window NE {event['ne_window']:.4f}"
-                f"  {event['examples_per_s']:,.0f} ex/s"
-            )
-        elif t == EventType.PASS.value:
-            line = (
-                f"[pass {event['pass'] + 1}] train NE {event['train_ne']:.4f}  test NE {event['test_ne']:.4f}"
-                f"  calib {event['test_calibration']:.3f}  AUC {event['test_auc']:.4f}"
-            )
-        elif t == EventType.LIFECYCLE.value:
-            line = f"[{event['phase']}] {event.get('message', '')}".rstrip()
-        else:
-            return
-        print(line, file=self.stream, flush=True)
+        line = format_event(event)
+        if line is not None:
+            print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
         pass

@@ -7,6 +7,8 @@ by DistributedModelParallel on the shards each rank owns (see ``sharding.py``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
@@ -82,6 +84,14 @@ class DLRM(nn.Module):
                                  xavier=m.xavier_init, final_activation=False)
             if self.interaction == Interaction.DOT:
                 self.register_buffer("_triu", torch.triu_indices(n_vec, n_vec, offset=1), persistent=False)
+
+    def init_output_bias(self, ctr: float) -> None:
+        """Start the logit at the training CTR instead of 0.5 (saves the first
+        hundreds of steps that would otherwise only learn the base rate)."""
+        ctr = min(max(ctr, 1e-4), 1 - 1e-4)
+        last = [m for m in self.over_arch if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.bias.fill_(math.log(ctr / (1 - ctr)))
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(sparse).to_dict()

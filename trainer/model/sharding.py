@@ -16,6 +16,8 @@ from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.types import ShardingType
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from trainer.spec import DenseOptimizerType, JobSpec
@@ -52,7 +54,13 @@ def shard_model(model: torch.nn.Module, spec: JobSpec, device: torch.device,
         local_world_size=world if device.type == "cpu" else None,
         **({"ddr_cap": mem} if device.type == "cpu" else {}),
     )
-    planner = EmbeddingShardingPlanner(topology=topology)
+    # Whole rows on one rank, always with the fused FBGEMM kernel: the planner would
+    # otherwise pick data_parallel for small tables (dense grads, no fused AdaGrad)
+    # and column-wise splits rows (post-step row norms need whole rows).
+    allowed = [ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
+    constraints = {cfg.name: ParameterConstraints(sharding_types=allowed)
+                   for cfg in model.ebc.embedding_bag_configs()}
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
     return DistributedModelParallel(module=model, device=device, plan=plan, sharders=[sharder])
 

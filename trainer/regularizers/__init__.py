@@ -3,12 +3,21 @@
 :class:`RegularizerSet` is what the train loop talks to; it gathers every
 regularizer in the spec behind a few hooks:
 
-- ``fused_params()``      FBGEMM TBE kwargs (e.g. ``sparse_l2`` -> weight_decay);
-- ``dense_dropout``       dropout probability for the dense MLPs;
-- ``dense_param_groups``  torch optimizer param groups (weight decay, never biases);
-- ``transform(batch)``    rewrite the KJT before the model (training only);
-- ``after_step(dmp)``     post-step row updates on the rows this step touched;
-- ``on_pass_start(...)``  per-pass learning-rate factors, resets, freezing.
+- ``fused_params()``      FBGEMM TBE kwargs (``sparse_l2`` -> weight_decay / mode, where
+                          the kernel honours them; else the exact fallback of
+                          :mod:`.sparse_l2` runs through the hooks below);
+- ``dense_dropout``       dropout probability for the dense MLPs (``dropout``);
+- ``dense_param_groups``  torch optimizer param groups (``dense_l2``, never biases);
+- ``transform(batch)``    rewrite the KJT before the model, training only
+                          (``sparse_dropout``, ``sse_se``);
+- ``attach(dmp)``         after sharding: hooks that record the rows each step reads;
+- ``after_step(dmp)``     post-step updates of exactly those rows (``sparse_l1``,
+                          ``max_norm``, ``const_norm``);
+- ``on_pass_start(...)``  per-pass learning-rate factors, resets, freezing
+                          (``lr_schedule``, ``freeze``).
+
+Modules: :mod:`.touched` (which rows a step touched), :mod:`.post_step` (row maps),
+:mod:`.ids` (KJT rewrites), :mod:`.sparse_l2`, :mod:`.dense`, :mod:`.schedule`.
 """
 
 from __future__ import annotations
@@ -16,10 +25,26 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+import torch.distributed as dist
 
 from trainer.data.dataset import Batch
-from trainer.spec import JobSpec, SparseL2
+from trainer.regularizers import dense, ids, post_step
+from trainer.regularizers.schedule import PassSchedule
+from trainer.regularizers.sparse_l2 import ExactSparseL2, fused_weight_decay_works, weight_decay_mode
+from trainer.regularizers.touched import RowFn, TouchedRows
+from trainer.spec import (
+    ConstNorm,
+    DenseL2,
+    Dropout,
+    JobSpec,
+    MaxNorm,
+    SparseDropout,
+    SparseL1,
+    SparseL2,
+    SseSe,
+)
+
+_SALT_DROPOUT, _SALT_SSE = 0x5D, 0x55E
 
 
 class RegularizerSet:
@@ -28,35 +53,127 @@ class RegularizerSet:
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
         self.by_type = {r.type: r for r in spec.regularizers}
+        get = self.by_type.get
+        self.sparse_l2: SparseL2 | None = get("sparse_l2")  # type: ignore[assignment]
+        self.sparse_l1: SparseL1 | None = get("sparse_l1")  # type: ignore[assignment]
+        self.max_norm: MaxNorm | None = get("max_norm")  # type: ignore[assignment]
+        self.const_norm: ConstNorm | None = get("const_norm")  # type: ignore[assignment]
+        self.sparse_dropout: SparseDropout | None = get("sparse_dropout")  # type: ignore[assignment]
+        self.dropout: Dropout | None = get("dropout")  # type: ignore[assignment]
+        self.dense_l2: DenseL2 | None = get("dense_l2")  # type: ignore[assignment]
+        self.sse_se: SseSe | None = get("sse_se")  # type: ignore[assignment]
+        self.schedule = PassSchedule(spec, get("freeze"), get("lr_schedule"))  # type: ignore[arg-type]
+        self.sparse_lr = spec.training.sparse_optimizer.lr  # current fused learning rate
+        self.touched: TouchedRows | None = None
+        # sparse_l2 through FBGEMM's fused weight decay, or (kernel ignores it) exactly by hand
+        self.sparse_l2_fused = self.sparse_l2 is not None and fused_weight_decay_works(
+            "cuda" if spec.scaling.use_gpu else "cpu", self.sparse_l2.decouple
+        )
+        self.exact_l2 = (
+            ExactSparseL2(self.sparse_l2.weight, self.sparse_l2.decouple)
+            if self.sparse_l2 is not None and not self.sparse_l2_fused
+            else None
+        )
+        self._dmp: torch.nn.Module | None = None
+        self._rank = 0
+        self._keys: list[str] | None = None
+        self._dropout_rates: list[float] = []
+        self._sse_rates: list[float] = []
+
+    @property
+    def has_post_step(self) -> bool:
+        return any(r is not None for r in (self.sparse_l1, self.max_norm, self.const_norm))
 
     # ---- configuration hooks (before sharding / optimizer creation)
 
     def fused_params(self) -> dict[str, Any]:
-        l2 = self.by_type.get("sparse_l2")
-        if isinstance(l2, SparseL2):
-            return {
-                "weight_decay": l2.weight,
-                "weight_decay_mode": WeightDecayMode.DECOUPLE if l2.decouple else WeightDecayMode.L2,
-            }
-        return {}
+        l2 = self.sparse_l2
+        if l2 is None or not self.sparse_l2_fused:
+            return {}
+        return {"weight_decay": l2.weight, "weight_decay_mode": weight_decay_mode(l2.decouple)}
 
     @property
     def dense_dropout(self) -> float:
-        return 0.0
+        return self.dropout.p if self.dropout is not None else 0.0
 
     def dense_param_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict[str, Any]]:
-        return [{"params": [p for _, p in named]}]
+        return dense.param_groups(named, self.dense_l2.weight if self.dense_l2 else None)
 
     # ---- per-step / per-pass hooks
 
+    def _seed(self, step: int, salt: int) -> int:
+        s = self.spec.training.seed
+        return ((((s * 1_000_003) ^ self._rank) * 1_000_033 + step) * 131 + salt) % (2**62)
+
     def transform(self, batch: Batch, *, step: int) -> Batch:
-        return batch
+        """Training only: ``sparse_dropout`` then ``sse_se`` on the batch's KJT (a new
+        Batch; the input is not modified). Identity when the model is in eval mode."""
+        if self.sparse_dropout is None and self.sse_se is None:
+            return batch
+        if self._dmp is not None and not self._dmp.training:
+            return batch
+        kjt = batch.sparse
+        if self._keys != kjt.keys():
+            self._keys = list(kjt.keys())
+            if self.sparse_dropout is not None:
+                self._dropout_rates = ids.rates_per_key(
+                    self._keys, self.sparse_dropout.p, self.sparse_dropout.per_feature
+                )
+            if self.sse_se is not None:
+                self._sse_rates = ids.rates_per_key(self._keys, self.sse_se.p, self.sse_se.per_feature)
+        dev = kjt.values().device
+        if self.sparse_dropout is not None:
+            kjt = ids.sparse_dropout(
+                kjt, self._dropout_rates, ids.make_generator(dev, self._seed(step, _SALT_DROPOUT))
+            )
+        if self.sse_se is not None:
+            kjt = ids.sse_se(
+                kjt,
+                self._sse_rates,
+                self.spec.model.hash_size,
+                ids.make_generator(dev, self._seed(step, _SALT_SSE)),
+            )
+        return Batch(batch.dense, kjt, batch.labels, batch.weights, batch.strata)
 
     def attach(self, dmp: torch.nn.Module) -> None:
         """Called once after sharding (post-step regularizers install hooks here)."""
+        self._dmp = dmp
+        self._rank = dist.get_rank() if dist.is_initialized() else 0
+        if (self.has_post_step or self.exact_l2 is not None) and self.touched is None:
+            self.touched = TouchedRows(dmp, grad_hook=self.exact_l2)
+
+    def row_fn(self) -> RowFn | None:
+        """The composed post-step row map at the current sparse learning rate."""
+        fns: list[RowFn] = []
+        if self.sparse_l1 is not None:
+            t = self.sparse_lr * self.sparse_l1.weight
+            fns.append(lambda w: post_step.soft_threshold(w, t))
+        if self.max_norm is not None:
+            c = self.max_norm.c
+            fns.append(lambda w: post_step.clip_norm(w, c))
+        if self.const_norm is not None:
+            c2 = self.const_norm.c
+            fns.append(lambda w: post_step.set_norm(w, c2))
+        if not fns:
+            return None
+
+        def composed(w: torch.Tensor) -> torch.Tensor:
+            for f in fns:
+                w = f(w)
+            return w
+
+        return composed
 
     def after_step(self, dmp: torch.nn.Module) -> None:
-        pass
+        if self.touched is None:
+            return
+        # embeddings frozen (lr 0): the post-step maps must not change them either
+        self.touched.finish(self.row_fn() if self.sparse_lr != 0.0 else None)
 
-    def on_pass_start(self, pass_idx: int, dmp: torch.nn.Module, dense_opt: torch.optim.Optimizer) -> None:
-        pass
+    def on_pass_start(
+        self, pass_idx: int, dmp: torch.nn.Module, dense_opt: torch.optim.Optimizer, resumed: bool = False
+    ) -> None:
+        """Learning rates of pass ``pass_idx`` (and ``lr_schedule.reset``, except when
+        ``resumed`` inside the pass from a checkpoint)."""
+        if self.schedule.active:
+            self.sparse_lr = self.schedule.apply(pass_idx, dmp, dense_opt, resumed)

@@ -1,0 +1,164 @@
+"""Real Ray Train runs on the session Ray cluster: 2 workers, sharded tables, NE per pass,
+the overfitting phenomenon at quickstart capacity, and resume after a killed worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainer.launch import run_job
+from trainer.spec import load_spec, parse_spec
+
+from tests.trainer.specs import REPO, tiny_spec_dict
+
+pytestmark = pytest.mark.ray
+
+PASS_FIELDS = ("train_ne", "test_ne", "test_calibration", "test_auc", "test_ne_by_stratum", "examples_per_s")
+
+
+def _events(run_dir: Path) -> list[dict]:
+    p = run_dir / "events.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+@pytest.fixture(scope="module")
+def quickstart(ray_session, tmp_path_factory):
+    """The README's quickstart job itself: 2 workers, 3 passes over day 0, test on day 1."""
+    run_dir = tmp_path_factory.mktemp("quickstart")
+    spec = load_spec(REPO / "examples" / "quickstart.yaml")
+    assert spec.scaling.num_workers == 2
+    result = run_job(spec, run_dir=run_dir, progress=False)
+    return spec, run_dir, result
+
+
+def test_two_worker_run_reports_every_metric_per_pass(quickstart):
+    spec, run_dir, result = quickstart
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk["passes"] == result["passes"]
+    assert [p["pass"] for p in result["passes"]] == list(range(spec.training.num_passes))
+    for p in result["passes"]:
+        for f in PASS_FIELDS:
+            assert p[f] is not None, f
+        assert set(p["test_ne_by_stratum"]) == {"frequent", "medium", "rare"}
+        assert all(v is not None and 0 < v < 2 for v in p["test_ne_by_stratum"].values())
+        assert 0 < p["test_ne"] < 1.5  # finite
+        assert 0.5 < p["test_auc"] < 1.0
+        assert p["examples_per_s"] > 0
+    assert result["best_test_ne"] < 1.0  # the model learns
+    events = _events(run_dir)
+    kinds = {e["type"] for e in events}
+    assert {"lifecycle", "train_window", "pass"} <= kinds
+    steps = [e["step"] for e in events if e["type"] == "train_window"]
+    assert steps == sorted(steps) and len(steps) >= 3
+    assert events[-1]["phase"] == "finished"
+
+
+def test_tables_are_sharded_across_both_workers(quickstart):
+    _, run_dir, _ = quickstart
+    ckpts = sorted(p for p in (run_dir / "ray" / "train").glob("checkpoint_*") if p.is_dir())
+    assert ckpts, "no Ray Train checkpoint written"
+    import torch
+
+    owned = []
+    for r in (0, 1):
+        state = torch.load(ckpts[-1] / f"rank_{r}.pt", weights_only=False)
+        owned.append({k for k, v in state["model"].items()
+                      if isinstance(v, dict) and v["__shards__"] and v["__shards__"][0].numel() > 0})
+    assert owned[0] and owned[1], "each rank should own some embedding shards"
+
+
+def test_multi_pass_training_overfits_at_quickstart_capacity(quickstart):
+    """The seeds' phenomenon: more passes over day 0 make day-1 test NE worse
+    after the first pass or two, while train NE keeps falling."""
+    _, _, result = quickstart
+    test_ne = [p["test_ne"] for p in result["passes"]]
+    train_ne = [p["train_ne"] for p in result["passes"]]
+    best = min(range(len(test_ne)), key=test_ne.__getitem__)
+    assert best <= 1, test_ne
+    assert test_ne[-1] > test_ne[best] + 0.01, test_ne
+    assert train_ne[-1] < train_ne[0], train_ne
+
+
+def _registered_checkpoints(run_dir: Path) -> int:
+    snap = run_dir / "ray" / "train" / "checkpoint_manager_snapshot.json"
+    try:
+        return len(json.loads(snap.read_text()).get("checkpoint_results", []))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def _cli_env(ray_address: str) -> dict:
+    return dict(os.environ, RAY_ADDRESS=ray_address, PYTHONUNBUFFERED="1")
+
+
+def test_resume_after_a_killed_worker(ray_address, tmp_path):
+    """SIGKILL rank 1 after the first pass's checkpoint: Ray Train restarts the worker group from
+    the last checkpoint and the job still finishes every pass exactly once."""
+    d = tiny_spec_dict()
+    d["data"]["synthetic"]["examples_per_day"] = 40_000
+    d["data"]["batch_size"] = 512
+    d["training"] = {"num_passes": 4, "max_failures": 1}
+    d["scaling"] = {"num_workers": 2}
+    d["metrics"] = {"window_size": 4096, "report_every_steps": 10}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "run", str(spec_path), "--run-dir", str(run_dir),
+                             "--no-progress"], env=_cli_env(ray_address), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        killed = None
+        while time.time() < deadline and killed is None:
+            # kill once Ray Train's controller has registered the first pass's checkpoint
+            if _registered_checkpoints(run_dir) >= 1:
+                pid = int((run_dir / "pids" / "rank_1.pid").read_text())
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+            elif proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert killed, "the job ended before a worker could be killed"
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    result = json.loads((run_dir / "results.json").read_text())
+    assert [p["pass"] for p in result["passes"]] == [0, 1, 2, 3]
+    phases = [e.get("phase") for e in _events(run_dir) if e["type"] == "lifecycle"]
+    assert "resumed" in phases
+    assert int((run_dir / "pids" / "rank_1.pid").read_text()) != killed  # a new worker process
+    assert "best test NE" in out
+
+
+def test_cli_prints_the_table_and_rejects_bad_specs(ray_address, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(tiny_spec_dict(model={"embedding_dim": -3})))
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "run", str(bad)], env=_cli_env(ray_address),
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "model.embedding_dim" in r.stderr
+
+
+def test_sigterm_cancels_the_run(ray_address, tmp_path):
+    d = tiny_spec_dict(training={"num_passes": 50})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "run", str(spec_path), "--run-dir", str(run_dir),
+                             "--no-progress"], env=_cli_env(ray_address), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(e["type"] == "train_window" for e in _events(run_dir)):
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out[-2000:]
+    assert not (run_dir / "results.json").exists()
