@@ -105,8 +105,9 @@ def example_spec() -> PlainTextResponse:
         text = _QUICKSTART.read_text(encoding="utf-8")
     except OSError:
         text = DEFAULT_EXAMPLE_SPEC
-    return PlainTextResponse(text, media_type="text/yaml; charset=utf-8",
-                             headers={"Cache-Control": "no-cache"})
+    return PlainTextResponse(
+        text, media_type="text/yaml; charset=utf-8", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @router.api_route("/static/{path:path}", methods=["GET", "HEAD"])

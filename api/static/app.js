@@ -199,7 +199,7 @@
   class JobStream {
     constructor(jobId, handlers) {
       this.jobId = jobId;
-      this.h = handlers;  // onEvent(ev), onBatch(), onState(state), onDrop()
+      this.h = handlers;  // onEvent(ev), onBatch(), onState(state), onDrop(), onEnd()
       this.cursor = null;
       this.keys = new Set();
       this.es = null;
@@ -209,17 +209,19 @@
       this.lastCatchUp = 0;
       this.state = "connecting";
       this.reconnects = 0;
+      this.sseEvents = 0;  // new events that arrived live (not through the poll)
     }
 
     setState(s) { if (s !== this.state) { this.state = s; this.h.onState(s); } }
 
     accept(id, ev) {
       if (id && (this.cursor == null || cmpId(id, this.cursor) > 0)) this.cursor = id;
-      if (!ev || typeof ev !== "object" || !ev.type) return;
+      if (!ev || typeof ev !== "object" || !ev.type) return false;
       const k = eventKey(ev);
-      if (this.keys.has(k)) return;
+      if (this.keys.has(k)) return false;
       this.keys.add(k);
       this.h.onEvent(ev);
+      return true;
     }
 
     /** Page through GET /metrics from the cursor until the stream's end. */
@@ -258,10 +260,16 @@
         let ev;
         try { ev = JSON.parse(e.data); } catch (ex) { return; }
         if (ev && typeof ev === "object" && !ev.type && e.type !== "message") ev.type = e.type;
-        this.accept(e.lastEventId || null, ev);
+        if (this.accept(e.lastEventId || null, ev)) this.sseEvents++;
         this.h.onBatch();
       };
       for (const t of ["train_window", "pass", "lifecycle", "status", "message"]) es.addEventListener(t, onMessage);
+      // The API sends `end` once the job has finished and every event was sent, then closes.
+      es.addEventListener("end", () => {
+        es.close();
+        if (this.es === es) this.es = null;
+        this.h.onEnd();
+      });
       es.onopen = () => {
         this.backoff = 1000;
         this.setState("live");
@@ -435,7 +443,7 @@
     const regs = (spec && spec.regularizers) || [];
     if (!regs.length) return "none";
     return regs.map((r) => {
-      const params = Object.entries(r).filter(([k]) => k !== "type").map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
+      const params = Object.entries(r).filter(([k, v]) => k !== "type" && v !== false && v != null).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`);
       return params.length ? `${r.type}(${params.join(", ")})` : r.type;
     }).join(" + ");
   }
@@ -506,6 +514,7 @@
     function renderHeader() {
       title.textContent = jobTitle(job);
       badgeSlot.replaceChildren(statusBadge(job.status));
+      if (job.cancel_requested && ACTIVE.has(job.status)) badgeSlot.appendChild(h("span", { class: "muted" }, " cancelling…"));
       const s = job.summary || {};
       const lastWin = m.windows.size ? m.windows.get(Math.max(...m.windows.keys())) : null;
       const parts = [
@@ -555,11 +564,15 @@
       trainChart.setData([steps, wins.map((w) => val(w.ne_window)), wins.map((w) => val(w.ne_lifetime))], markers);
       rateChart.setData([steps, wins.map((w) => val(w.examples_per_s))], markers);
       const rows = mergePasses(job, m.passes);
-      const xs = rows.map((p) => p.pass + 1);
-      gapChart.setData([xs, rows.map((p) => val(p.train_ne)), rows.map((p) => val(p.test_ne))]);
-      strataChart.setData([xs, rows.map((p) => val(stratum(p, "frequent"))), rows.map((p) => val(stratum(p, "medium"))),
-        rows.map((p) => val(stratum(p, "rare"))), rows.map((p) => val(p.test_ne))]);
-      calibChart.setData([xs, rows.map((p) => val(p.test_calibration))]);
+      // x spans every planned pass from the start, so the axis does not jump as passes land.
+      const nPasses = Math.max(job.num_passes || 0, ...rows.map((p) => p.pass + 1), 1);
+      const xs = Array.from({ length: nPasses }, (_, i) => i + 1);
+      const byPass = new Map(rows.map((p) => [p.pass, p]));
+      const col = (f) => xs.map((x) => { const p = byPass.get(x - 1); return p ? val(f(p)) : null; });
+      gapChart.setData([xs, col((p) => p.train_ne), col((p) => p.test_ne)]);
+      strataChart.setData([xs, col((p) => stratum(p, "frequent")), col((p) => stratum(p, "medium")),
+        col((p) => stratum(p, "rare")), col((p) => p.test_ne)]);
+      calibChart.setData([xs, col((p) => p.test_calibration)]);
       renderPassTable(rows);
     }
 
@@ -644,6 +657,10 @@
         conn.textContent = { live: "live", reconnecting: "reconnecting…", closed: TERMINAL.has(job.status) ? "finished" : "not connected", connecting: "connecting…" }[s] || s;
       },
       onDrop: () => refreshJob(),
+      onEnd: async () => {
+        await refreshJob();
+        if (!stream.stopped) stream.scheduleReconnect();  // `end` raced a status we have not seen yet
+      },
     });
     window.rectrainDebug = { stream, model: m, get job() { return job; } };
 
@@ -762,7 +779,7 @@
       if (!chosen.some((c) => c.job.id === state.baseline)) state.baseline = chosen.length ? chosen[0].job.id : "";
       baselineSel.value = state.baseline;
 
-      const maxPass = Math.max(0, ...chosen.map((c) => c.passes.length ? Math.max(...c.passes.map((p) => p.pass)) + 1 : 0));
+      const maxPass = Math.max(0, ...chosen.map((c) => Math.max(c.job.num_passes || 0, ...c.passes.map((p) => p.pass + 1))));
       const xs = Array.from({ length: maxPass }, (_, i) => i + 1);
       const series = chosen.map((c, i) => ({ label: jobTitle(c.job), color: PALETTE[i % PALETTE.length] }));
       const byPass = (c, f) => xs.map((x) => { const p = c.passes.find((q) => q.pass === x - 1); const v = p ? f(p) : null; return isNum(v) ? v : null; });

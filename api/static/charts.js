@@ -50,7 +50,8 @@
 
   function passRange(u, min, max) {
     if (min == null || !isFinite(min)) return [0.5, 3.5];
-    return [Math.min(min, 1) - 0.3, Math.max(max, min + 1) + 0.3];
+    if (max <= min) return [min - 0.5, min + 0.5];
+    return [min - 0.3, max + 0.3];
   }
 
   class Chart {
@@ -150,7 +151,13 @@
         const x = u.valToPos(m.x, "x", true);
         if (x < b.left || x > b.left + b.width) continue;
         ctx.beginPath(); ctx.moveTo(x, b.top); ctx.lineTo(x, b.top + b.height); ctx.stroke();
-        if (m.label) ctx.fillText(m.label, x + 4 * r, b.top + 12 * r);
+        if (m.label) {
+          const w = ctx.measureText(m.label).width;
+          const right = x + 4 * r + w > b.left + b.width;  // keep the label inside the plot
+          ctx.textAlign = right ? "right" : "left";
+          ctx.fillText(m.label, right ? x - 4 * r : x + 4 * r, b.top + 12 * r);
+          ctx.textAlign = "left";
+        }
       }
       for (const ref of this.opts.refLines || []) {
         const y = u.valToPos(ref.y, "y", true);
