@@ -142,7 +142,11 @@ class TableColumns(_Strict):
         label (str): label column.
         label_threshold (float | None): if set, label = value >= threshold (e.g. a
             rating >= 4 counts as a click); else the column must hold 0/1.
-        day (str): integer day-partition column.
+        day (str): integer day-partition column, or with ``day_seconds`` a unix
+            timestamp column turned into days: ``floor((t - day_origin) / day_seconds)``.
+        day_seconds (int | None): partition length in seconds for timestamp days
+            (86400 for calendar days; MovieLens-100k uses e.g. 2592000, 30 days).
+        day_origin (int): timestamp of the start of day 0 (with ``day_seconds``).
         sparse (list[SparseColumn | str]): categorical columns.
         dense (list[str]): numeric columns (missing values become 0).
     """
@@ -150,6 +154,8 @@ class TableColumns(_Strict):
     label: str = Field(min_length=1)
     label_threshold: float | None = None
     day: str = Field(min_length=1)
+    day_seconds: int | None = Field(None, ge=1)
+    day_origin: int = 0
     sparse: list[SparseColumn] = Field(min_length=1)
     dense: list[str] = Field(default_factory=list)
 

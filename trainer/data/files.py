@@ -123,7 +123,9 @@ class Table:
         seen = 0
         for df in self._frames(path):
             days = pd.to_numeric(df[cols.day], errors="coerce")
-            df = df[days == day]
+            if cols.day_seconds is not None:
+                days = np.floor((days - cols.day_origin) / cols.day_seconds)
+            df = df[(days == day).to_numpy()]
             if max_rows is not None:
                 df = df.iloc[: max_rows - seen]
             if len(df) == 0:
