@@ -248,7 +248,7 @@ class JobStore:
             for s in JobStatus:
                 pipe.zcard(keys.status_index_key(s.value))
             counts = await pipe.execute()
-        return dict(zip(JobStatus, counts))
+        return dict(zip(JobStatus, counts, strict=False))
 
     async def ids_in_status(self, status: JobStatus) -> list[str]:
         return await self.r.zrange(keys.status_index_key(status.value), 0, -1)

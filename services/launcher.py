@@ -25,13 +25,15 @@ Ray job.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from services.settings import Settings
 _POLL_S = 0.5
 _STDERR_TAIL_CHARS = 1500
 _REDIS_RETRY_FOR_S = 600.0
+_RAY_UNREACHABLE_S = 60.0  # a Ray dashboard unreachable this long fails the job
 
 # Environment the runner passes to itself (so a runner started from settings built in
 # code, e.g. by tests, sees the same settings). Tokens never reach the trainer.
@@ -183,7 +186,7 @@ class LocalBackend:
         if rc is None:
             try:
                 rc = await asyncio.wait_for(self.proc.wait(), 0.01)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
         self._kill_group()  # leftovers (e.g. a local Ray the trainer started)
         if rc == 0:
@@ -207,7 +210,7 @@ class LocalBackend:
             return
         try:
             await asyncio.wait_for(self.proc.wait(), grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._kill_group()
             await self.proc.wait()
 
@@ -226,32 +229,66 @@ class RayJobsBackend:
     kind = "ray"
 
     def __init__(self, settings: Settings, job: JobRecord, trainer_redis_url: str) -> None:
-        from ray.job_submission import JobSubmissionClient  # only the Ray launcher needs Ray
-
         self.settings = settings
         self.job = job
         self.redis_url = trainer_redis_url
-        self.client = JobSubmissionClient(settings.ray_address)
         self.submission_id = job.ray_submission_id or f"rectrain-{job.id}"
+        self._client = None
+        self._unreachable_since: float | None = None
+
+    def _get_client(self):
+        from ray.job_submission import JobSubmissionClient  # only the Ray launcher needs Ray
+
+        if self._client is None:
+            self._client = JobSubmissionClient(self.settings.ray_address)
+        return self._client
+
+    async def _call(self, method: str, *args, **kw):
+        """A JobSubmissionClient call, retried while the dashboard is unreachable (bounded)."""
+        deadline = time.monotonic() + _RAY_UNREACHABLE_S
+        delay = 0.5
+        while True:
+            try:
+                client = await asyncio.to_thread(self._get_client)
+                return await asyncio.to_thread(getattr(client, method), *args, **kw)
+            except (ConnectionError, OSError, RuntimeError) as e:
+                transient = not isinstance(e, RuntimeError) or "try again" in str(e).lower()
+                if method == "submit_job" and "already exists" in str(e):
+                    return kw.get("submission_id")  # an earlier try got through
+                if not transient:
+                    raise
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"Ray dashboard at {self.settings.ray_address} unreachable: {e}") from e
+                self._client = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def start(self) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix=f"rectrain-{self.job.id}-") as d:
-            Path(d, "spec.json").write_text(json.dumps(self.job.spec, indent=1))
-            entrypoint = (
-                f"{self.settings.ray_python} -m {self.settings.trainer_module} run spec.json "
-                f"--run-dir runs/{self.job.id} --job-id {self.job.id} --redis-url {self.redis_url} --no-progress"
-            )
-            await asyncio.to_thread(
-                self.client.submit_job, entrypoint=entrypoint, submission_id=self.submission_id,
-                runtime_env={"working_dir": d, "env_vars": {"PYTHONUNBUFFERED": "1"}},
-                metadata={"rectrain_job_id": self.job.id, "owner": self.job.owner},
-            )
+        # The spec travels in the job's env (not a working_dir package: Ray Train workers
+        # then need that package too); the driver writes it to a temp dir on the head.
+        spec_b64 = base64.b64encode(json.dumps(self.job.spec).encode()).decode()
+        py = shlex.quote(self.settings.ray_python)
+        entrypoint = (
+            'd="$(mktemp -d)" && '
+            f"{py} -c 'import base64, os, sys; open(sys.argv[1], \"wb\").write("
+            f"base64.b64decode(os.environ[\"RECTRAIN_SPEC_B64\"]))' \"$d/spec.json\" && "
+            f"exec {py} -m {shlex.quote(self.settings.trainer_module)} run \"$d/spec.json\" "
+            f"--run-dir \"$d/run\" --job-id {self.job.id} --redis-url {shlex.quote(self.redis_url)} --no-progress"
+        )
+        await self._call(
+            "submit_job", entrypoint=entrypoint, submission_id=self.submission_id,
+            runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}},
+            metadata={"rectrain_job_id": self.job.id, "owner": self.job.owner},
+        )
         return {"ray_submission_id": self.submission_id}
 
     async def poll(self) -> Outcome | None:
         from ray.job_submission import JobStatus as RayStatus
 
-        info = await asyncio.to_thread(self.client.get_job_info, self.submission_id)
+        try:
+            info = await self._call("get_job_info", self.submission_id)
+        except ConnectionError as e:
+            return Outcome(ok=False, reason=f"lost contact with the Ray cluster: {e}")
         if info.status in (RayStatus.PENDING, RayStatus.RUNNING):
             return None
         if info.status == RayStatus.SUCCEEDED:
@@ -260,7 +297,7 @@ class RayJobsBackend:
         if info.message:
             reason += f": {info.message.strip()}"
         try:
-            logs = await asyncio.to_thread(self.client.get_job_logs, self.submission_id)
+            logs = await self._call("get_job_logs", self.submission_id)
             tail = "\n".join([ln for ln in logs.strip().splitlines() if ln.strip()][-8:])
             if tail:
                 reason += f"\n{tail[-_STDERR_TAIL_CHARS:]}"
@@ -269,7 +306,10 @@ class RayJobsBackend:
         return Outcome(ok=False, reason=reason)
 
     async def stop(self, grace_s: float) -> None:
-        await asyncio.to_thread(self.client.stop_job, self.submission_id)
+        try:
+            await self._call("stop_job", self.submission_id)
+        except ConnectionError:
+            return
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             if await self.poll() is not None:
@@ -311,6 +351,13 @@ if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
 return 0
 """
+_CLAIM_LUA = """
+local v = redis.call('GET', KEYS[1])
+if (not v) or v == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end
+return 0
+"""
+# what the reaper puts in a dead runner's heartbeat key while an adopting runner starts
+ADOPT_PLACEHOLDER = "adopting"
 _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -330,9 +377,12 @@ class Heartbeat:
         self.lapsed = asyncio.Event()  # it expired while we could not refresh it
         self._refresh = r.register_script(_REFRESH_LUA)
         self._release = r.register_script(_RELEASE_LUA)
+        self._claim = r.register_script(_CLAIM_LUA)
 
-    async def claim(self) -> bool:
-        return bool(await self.r.set(self.key, self.token, nx=True, px=self.ttl_ms))
+    async def claim(self, *, adopt: bool = False) -> bool:
+        """Take the lease if free (or, adopting, if the reaper reserved it for us)."""
+        reserved = ADOPT_PLACEHOLDER if adopt else "\x00"
+        return bool(await self._claim(keys=[self.key], args=[self.token, reserved, self.ttl_ms]))
 
     async def run(self) -> None:
         while not self.lost.is_set():
@@ -384,7 +434,7 @@ async def run_job(settings: Settings, job_id: str, *, adopt: bool = False) -> in
 async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bool) -> int:
     store = JobStore(r)
     hb = Heartbeat(r, job_id, settings.heartbeat_ttl_s, settings.heartbeat_interval_s)
-    if not await _retry(hb.claim):
+    if not await _retry(hb.claim, adopt=adopt):
         _log(job_id, "another runner holds this job; exiting")
         return 0
     hb_task = asyncio.create_task(hb.run())
@@ -427,7 +477,15 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
                 await backend.stop(settings.cancel_grace_s)
                 return 1
             _log(job_id, f"running ({info})")
-        return await _supervise(settings, store, hb, backend, job_id)
+        try:
+            return await _supervise(settings, store, hb, backend, job_id)
+        except Exception as e:
+            _log(job_id, f"launcher error: {e!r}")
+            with contextlib.suppress(Exception):
+                await backend.stop(settings.cancel_grace_s)
+            with contextlib.suppress(IllegalTransition):
+                await _retry(store.transition, job_id, JobStatus.FAILED, error=f"launcher error: {e}")
+            return 1
     finally:
         hb_task.cancel()
         await hb.release()
@@ -446,13 +504,18 @@ async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend
         try:
             job = await store.get(job_id)
         except (RedisConnectionError, RedisTimeoutError, OSError):
-            job = None  # Redis briefly away; the trainer buffers its events
-        if job is not None and job.status.is_terminal:
+            await asyncio.sleep(_POLL_S)  # Redis briefly away; the trainer buffers its events
+            continue
+        if job is None:
+            _log(job_id, "the job record is gone; stopping the trainer")
+            await backend.stop(settings.cancel_grace_s)
+            return 1
+        if job.status.is_terminal:
             # the reaper gave up on us (heartbeat lapsed during an outage): honour it
             _log(job_id, f"job was marked {job.status.value} meanwhile; stopping the trainer")
             await backend.stop(settings.cancel_grace_s)
             return 1
-        if job is not None and job.cancel_requested:
+        if job.cancel_requested:
             _log(job_id, "cancel requested; stopping the trainer")
             cancelled = True
             await backend.stop(settings.cancel_grace_s)

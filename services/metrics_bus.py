@@ -210,6 +210,12 @@ async def read_events(r, job_id: str, after: str | None = None, limit: int = 100
     return [(eid, decode_entry(f)) for eid, f in entries]
 
 
+async def read_events_raw(r, job_id: str, after: str | None = None, limit: int = 100) -> list[tuple[str, str]]:
+    """Like :func:`read_events` but each event as its stored JSON text (no decode)."""
+    entries = await r.xrange(keys.events_stream_key(job_id), min=_exclusive_start(after), max="+", count=limit)
+    return [(eid, f.get("data") or json.dumps({"type": f.get("type", "unknown")})) for eid, f in entries]
+
+
 async def wait_events(r, job_id: str, after: str, block_ms: int, count: int = 500) -> list[tuple[str, dict]]:
     """Like :func:`read_events` but waits up to ``block_ms`` for the first new event."""
     res = await r.xread({keys.events_stream_key(job_id): after or "0-0"}, count=count, block=block_ms)

@@ -19,7 +19,7 @@ import time
 
 from services import keys
 from services.jobs import JobStatus, JobStore
-from services.launcher import JobLauncher, stop_orphan
+from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, stop_orphan
 
 log = logging.getLogger("rectrain.reaper")
 
@@ -41,8 +41,11 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
             if job.launcher == "ray" and job.ray_submission_id and not job.cancel_requested:
                 attempts = await store.r.hincrby(keys.job_key(job_id), "adopt_attempts", 1)
                 if attempts <= MAX_ADOPT_ATTEMPTS:
-                    launcher.launch(job_id, adopt=True)
-                    done[job_id] = "adopt"
+                    # reserve the lease for the adopting runner so the next sweep leaves it be
+                    ttl_ms = int(settings.heartbeat_ttl_s * 1000) * 3
+                    if await store.r.set(keys.heartbeat_key(job_id), ADOPT_PLACEHOLDER, nx=True, px=ttl_ms):
+                        launcher.launch(job_id, adopt=True)
+                        done[job_id] = "adopt"
                     continue
             where = f"{job.runner_host}:{job.runner_pid}" if job.runner_pid else "unknown"
             reason = (f"launcher lost: no heartbeat for {settings.heartbeat_ttl_s:g} s "
@@ -71,6 +74,6 @@ async def reaper_loop(store: JobStore, launcher: JobLauncher, interval_s: float)
             await reap_once(store, launcher)
         except asyncio.CancelledError:
             raise
-        except Exception:  # Redis away, etc.: try again next tick
-            log.exception("reaper sweep failed")
+        except Exception as e:  # Redis away, etc.: try again next tick
+            log.warning("reaper sweep failed: %s: %s", type(e).__name__, e)
         await asyncio.sleep(interval_s)

@@ -32,10 +32,8 @@ from services import keys
 DEV_TOKEN = "rectrain-dev-token"
 DEV_OWNER = "dev"
 MIN_PRODUCTION_TOKEN_CHARS = 24
-_PLACEHOLDER_TOKENS = {
-    DEV_TOKEN, "changeme", "change-me", "changethis", "change_me", "secret", "token", "dev",
-    "test", "password", "example", "xxx",
-}
+_PLACEHOLDER_TOKENS = {DEV_TOKEN, "secret", "token", "dev", "test", "password", "example", "xxx"}
+_PLACEHOLDER_PARTS = ("changeme", "change-me", "change_me", "changethis", "placeholder", "replace-me")
 _OWNER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
@@ -100,6 +98,9 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("RECTRAIN_CANCEL_GRACE_S", "cancel_grace_s")
     )
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, validation_alias=AliasChoices("RECTRAIN_SSE_KEEPALIVE_S", "sse_keepalive_s")
+    )
     # The interpreter that runs the trainer (local launcher) and the module it runs;
     # tests point trainer_module at a stand-in.
     trainer_python: str = Field(
@@ -122,7 +123,9 @@ class Settings(BaseSettings):
             if not tokens:
                 raise ValueError("RECTRAIN_API_TOKENS: required when RECTRAIN_ENV=production")
             for token, owner in tokens.items():
-                if token.lower() in _PLACEHOLDER_TOKENS or len(token) < MIN_PRODUCTION_TOKEN_CHARS:
+                low = token.lower()
+                if (low in _PLACEHOLDER_TOKENS or any(p in low for p in _PLACEHOLDER_PARTS)
+                        or len(token) < MIN_PRODUCTION_TOKEN_CHARS):
                     raise ValueError(
                         f"RECTRAIN_API_TOKENS: the token of owner {owner!r} is a placeholder or "
                         f"shorter than {MIN_PRODUCTION_TOKEN_CHARS} characters; generate one with "

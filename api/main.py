@@ -1,0 +1,124 @@
+"""The FastAPI application: wiring only (settings, Redis, middleware, routers).
+
+Run it with ``rectrain serve``, or ``uvicorn api.main:create_app --factory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.middleware import BodySizeLimit, RequestTelemetry, Telemetry
+from api.routes import health, jobs
+from services.jobs import JobStore
+from services.launcher import JobLauncher
+from services.reaper import reaper_loop
+from services.redis_conn import EmbeddedRedis, async_client
+from services.settings import Settings
+from trainer.spec import _FIELD_PATHS
+
+log = logging.getLogger("rectrain.api")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    embedded = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+        log.info("embedded Redis at %s", url)
+    redis = async_client(url)
+    # blocking stream reads (SSE) wait up to the keepalive interval: a longer socket timeout
+    stream_redis = async_client(url, socket_timeout=settings.sse_keepalive_s + 10)
+    app.state.redis_url = url
+    app.state.store = JobStore(redis)
+    app.state.stream_redis = stream_redis
+    app.state.launcher = JobLauncher(settings, url)
+    reaper = asyncio.create_task(reaper_loop(app.state.store, app.state.launcher, settings.reaper_interval_s))
+    try:
+        yield
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        await redis.aclose()
+        await stream_redis.aclose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def _spec_loc(err: dict) -> tuple[list, str]:
+    """Point a spec model-validator error at the field its message names."""
+    loc, msg = list(err.get("loc", ())), str(err.get("msg", ""))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    head = msg.split(":", 1)[0]
+    if loc[:2] == ["body", "spec"] and head in _FIELD_PATHS:
+        loc = ["body", "spec", *head.split(".")]
+    return loc, msg
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    detail = []
+    for e in exc.errors():
+        loc, msg = _spec_loc(e)
+        detail.append({"loc": loc, "msg": msg, "type": e.get("type", "value_error")})
+    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unavailable: %s", exc)
+    return JSONResponse({"detail": "Redis unavailable"}, status_code=503)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="rectrain",
+        version="0.1.0",
+        summary="Submit recommender training jobs, follow their normalized entropy live.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.telemetry = Telemetry()
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetry, telemetry=app.state.telemetry)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    try:
+        from api.dashboard import router as dashboard_router
+    except ModuleNotFoundError as e:
+        if e.name != "api.dashboard":  # the dashboard exists but its own import failed
+            raise
+    else:
+        app.include_router(dashboard_router)
+    return app
+
+
+def __getattr__(name: str):
+    # ``uvicorn api.main:app`` works too; the app is built on first access, not import
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -1,0 +1,109 @@
+"""Request and response models of the REST API: JobCreate -> JobPublic -> JobsPublic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from services.jobs import JobRecord, JobStatus
+from trainer.spec import JobSpec
+
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=256)]
+
+
+class JobCreate(BaseModel):
+    """Body of ``POST /v1/jobs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: JobSpec = Field(description="the job spec (see trainer/spec.py)")
+    name: str | None = Field(None, min_length=1, max_length=200, description="display name")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="free-form key/value labels (at most 32)"
+    )
+
+
+class PassResult(BaseModel):
+    """One pass's results, as in the trainer's ``pass`` events and ``results.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pass_: int = Field(alias="pass", description="0-based pass index")
+    train_ne: float | None = None
+    test_ne: float | None = None
+    test_calibration: float | None = None
+    test_auc: float | None = None
+    test_ne_by_stratum: dict[str, float | None] = Field(default_factory=dict)
+    examples_per_s: float | None = None
+
+
+class JobSummary(BaseModel):
+    """Latest metrics of a job."""
+
+    best_test_ne: float | None = Field(None, description="lowest test NE over finished passes")
+    best_pass: int | None = Field(None, description="the pass that reached it (0-based)")
+    passes: list[PassResult] = Field(default_factory=list, description="per-pass table")
+    last_examples_per_s: float | None = Field(None, description="latest training throughput")
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    name: str | None
+    owner: str
+    status: JobStatus
+    labels: dict[str, str]
+    spec: JobSpec
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None = Field(description="why it failed or was cancelled")
+    cancel_requested: bool = False
+    passes_done: int
+    num_passes: int
+    summary: JobSummary
+
+    @classmethod
+    def from_record(cls, job: JobRecord, summary: dict[str, Any]) -> "JobPublic":
+        return cls(
+            id=job.id, name=job.name, owner=job.owner, status=job.status, labels=job.labels,
+            spec=JobSpec.model_validate(job.spec), created_at=_ts(job.created_at),
+            started_at=_ts(job.started_at), finished_at=_ts(job.finished_at), error=job.error,
+            cancel_requested=job.cancel_requested, passes_done=len(summary["passes"]),
+            num_passes=job.num_passes, summary=JobSummary.model_validate(summary),
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="jobs matching the filter in all (for paging)")
+
+
+class MetricEvent(BaseModel):
+    """One entry of a job's event stream."""
+
+    id: str = Field(description="stream id; pass it as ``after`` (or Last-Event-ID) to resume")
+    event: dict[str, Any] = Field(description="the event: type, step, pass, ts and its payload")
+
+
+class MetricsPage(BaseModel):
+    data: list[MetricEvent]
+    next: str = Field(description="cursor for the next page (``after``)")
+
+
+class Message(BaseModel):
+    """An error."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _ts(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, tz=UTC)

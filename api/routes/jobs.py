@@ -1,0 +1,200 @@
+"""``/v1/jobs``: submit, list, read, cancel and delete jobs; poll or stream their events."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from redis.exceptions import RedisError
+
+from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep
+from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage
+from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore
+from services.metrics_bus import read_events, read_events_raw, wait_events
+from trainer.errors import CapacityError
+
+log = logging.getLogger("rectrain.api")
+
+_CURSOR = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+_JOB_ID = r"^[0-9a-f]{16}$"
+
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    responses={
+        401: {"model": Message, "description": "missing or invalid token"},
+        413: {"model": Message, "description": "request body too large"},
+        503: {"model": Message, "description": "Redis unavailable"},
+    },
+)
+
+_NOT_FOUND = {404: {"model": Message, "description": "no such job for this token's owner"}}
+_CONFLICT = {409: {"model": Message, "description": "not allowed in the job's current status"}}
+
+
+async def _job_or_404(store: JobStore, job_id: str, owner: str) -> JobRecord:
+    try:
+        return await store.get_for_owner(job_id, owner)
+    except JobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found") from None
+
+
+async def _public(store: JobStore, job: JobRecord) -> JobPublic:
+    return JobPublic.from_record(job, await store.summary(job.id))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+async def create_job(body: JobCreate, owner: CurrentOwner, store: StoreDep, launcher: LauncherDep) -> JobPublic:
+    """Submit a job: validate its spec (fields and memory estimate), queue it and launch it."""
+    try:
+        body.spec.check_capacity()
+    except CapacityError as e:
+        raise RequestValidationError(
+            [{"type": "capacity", "loc": ("body", "spec", "model"), "msg": e.message, "input": None}]
+        ) from None
+    job = await store.create(owner=owner, spec=body.spec.model_dump(mode="json"),
+                             num_passes=body.spec.training.num_passes, name=body.name, labels=body.labels,
+                             launcher=launcher.kind)
+    try:
+        launcher.launch(job.id)
+    except OSError as e:
+        log.exception("could not start the launcher of job %s", job.id)
+        await store.transition(job.id, JobStatus.FAILED, error=f"could not start its launcher: {e}")
+        job = await store.get(job.id) or job
+    return await _public(store, job)
+
+
+@router.get("", response_model=JobsPublic)
+async def list_jobs(
+    owner: CurrentOwner,
+    store: StoreDep,
+    status_: Annotated[JobStatus | None, Query(alias="status", description="only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobsPublic:
+    """List the caller's jobs, newest first."""
+    jobs, count = await store.list(owner, status_, limit=limit, offset=offset)
+    summaries = await store.summaries([j.id for j in jobs])
+    return JobsPublic(data=[JobPublic.from_record(j, s) for j, s in zip(jobs, summaries, strict=False)], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
+async def read_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPublic:
+    """A job's status, spec and latest metrics summary (best test NE, per-pass table)."""
+    return await _public(store, await _job_or_404(store, job_id, owner))
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={**_NOT_FOUND, **_CONFLICT})
+async def cancel_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPublic:
+    """Cancel a job: a queued job at once, a running one gracefully (watch for ``cancelled``)."""
+    await _job_or_404(store, job_id, owner)
+    try:
+        await store.request_cancel(job_id)
+    except IllegalTransition as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+    except JobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found") from None
+    return await _public(store, await _job_or_404(store, job_id, owner))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+               responses={**_NOT_FOUND, **_CONFLICT})
+async def delete_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> Response:
+    """Delete a finished job with its events and results."""
+    await _job_or_404(store, job_id, owner)
+    try:
+        await store.delete(job_id)
+    except IllegalTransition as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+    except JobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found") from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPage, responses=_NOT_FOUND)
+async def read_job_metrics(
+    job_id: str,
+    owner: CurrentOwner,
+    store: StoreDep,
+    after: Annotated[str | None, Query(pattern=_CURSOR, description="return events after this stream id "
+                                                                    "(the previous page's ``next``)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Response:
+    """Poll a job's events (NE by step, per-pass results, status changes) by cursor."""
+    await _job_or_404(store, job_id, owner)
+    entries = await read_events_raw(store.r, job_id, after, limit)
+    nxt = entries[-1][0] if entries else (after or "0-0")
+    # the events are stored as JSON already: splice them into the page instead of
+    # decoding, validating and re-encoding every one (same shape as MetricsPage)
+    items = ",".join(f'{{"id":"{i}","event":{raw}}}' for i, raw in entries)
+    return Response(f'{{"data":[{items}],"next":"{nxt}"}}', media_type="application/json")
+
+
+def _sse(event_id: str | None, event: str, data: Any) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+_SSE_DOC = {
+    200: {
+        "description": (
+            "Server-Sent Events. Each message: ``id`` = stream id, ``event`` = the event type "
+            "(``train_window``, ``pass``, ``lifecycle``, ``status``), ``data`` = the event JSON. "
+            "Comments keep the connection alive. When the job has finished and every event was "
+            "sent, a final ``end`` event (``data``: ``{\"status\": ...}``) is sent and the stream closes."
+        ),
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_NOT_FOUND,
+}
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses=_SSE_DOC)
+async def stream_job_events(
+    job_id: str,
+    request: Request,
+    owner: CurrentOwnerSSE,
+    store: StoreDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=_CURSOR,
+                                                description="resume after this stream id")] = None,
+    after: Annotated[str | None, Query(pattern=_CURSOR, description="resume after this stream id "
+                                                                    "(Last-Event-ID wins)")] = None,
+) -> StreamingResponse:
+    """Stream a job's events live (Server-Sent Events), from the start or resumed."""
+    await _job_or_404(store, job_id, owner)
+    keepalive_ms = int(settings.sse_keepalive_s * 1000)
+
+    stream_redis = request.app.state.stream_redis
+
+    async def events():
+        cursor = last_event_id or after or "0-0"
+        yield "retry: 3000\n\n"
+        try:
+            while True:
+                entries = await read_events(store.r, job_id, cursor, 500)
+                if not entries:
+                    job = await store.get(job_id)
+                    if job is None or job.status.is_terminal:
+                        yield _sse(None, "end", {"status": job.status.value if job else "deleted"})
+                        return
+                    entries = await wait_events(stream_redis, job_id, cursor, block_ms=keepalive_ms)
+                    if not entries:
+                        if await request.is_disconnected():
+                            return
+                        yield ": keepalive\n\n"
+                        continue
+                for eid, ev in entries:
+                    cursor = eid
+                    yield _sse(eid, str(ev.get("type", "message")), ev)
+        except RedisError as e:
+            # the client reconnects with Last-Event-ID and resumes where this stopped
+            log.warning("SSE stream of job %s ended: Redis error %s", job_id, e)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

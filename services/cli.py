@@ -1,0 +1,286 @@
+"""``rectrain serve | submit | jobs | cancel``: the control plane's commands.
+
+``serve`` runs the API (embedded Redis when REDIS_URL is unset, local launcher when
+RAY_ADDRESS is unset). The others are thin REST clients of the API at
+``RECTRAIN_API_URL`` (default http://127.0.0.1:8000) with the token ``RECTRAIN_TOKEN``
+(default: the development token ``rectrain serve`` prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+_FOLLOW_RECONNECT_FOR_S = 120.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="run the API (embedded Redis and local launcher by default)")
+    s.add_argument("--host", default=os.environ.get("RECTRAIN_API_HOST", "127.0.0.1"))
+    s.add_argument("--port", type=int, default=int(os.environ.get("RECTRAIN_API_PORT", "8000")))
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=_cmd_serve)
+
+    s = sub.add_parser("submit", help="submit a job spec (YAML/JSON) to the API")
+    s.add_argument("spec", help="path to a job spec (.yaml/.yml/.json)")
+    s.add_argument("--name", default=None, help="display name (default: the file name)")
+    s.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
+    s.add_argument("--follow", "-f", action="store_true", help="stream NE live until the job ends")
+    s.set_defaults(func=_cmd_submit)
+
+    s = sub.add_parser("jobs", help="list your jobs")
+    s.add_argument("--status", default=None, help="only jobs in this status")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true", help="print the API's JSON")
+    s.set_defaults(func=_cmd_jobs)
+
+    s = sub.add_parser("cancel", help="cancel a job")
+    s.add_argument("id")
+    s.set_defaults(func=_cmd_cancel)
+
+    s = sub.add_parser("follow", help="stream a job's NE live until it ends")
+    s.add_argument("id")
+    s.set_defaults(func=_cmd_follow)
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from services.settings import DEV_TOKEN, Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"rectrain serve: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"rectrain API on http://{host}:{args.port}  (dashboard: /, docs: /docs)")
+    if settings.uses_dev_token:
+        print(f"dev token: {DEV_TOKEN}  (owner 'dev'; set RECTRAIN_API_TOKENS to use your own)")
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print("warning: the dev token is public; do not expose this port", file=sys.stderr)
+    else:
+        print(f"tokens: {len(settings.tokens)} from RECTRAIN_API_TOKENS")
+    print(f"redis: {settings.redis_url or 'embedded, data in ' + str(Path(settings.data_dir).resolve())}")
+    print(f"launcher: {settings.effective_launcher}"
+          + (f" (Ray Jobs API at {settings.ray_address})" if settings.effective_launcher == "ray" else ""),
+          flush=True)
+    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+# ---------------------------------------------------------------------------- client
+
+
+def _client():
+    import httpx
+
+    from services.settings import DEV_TOKEN
+
+    url = os.environ.get("RECTRAIN_API_URL", DEFAULT_API_URL).rstrip("/")
+    token = os.environ.get("RECTRAIN_TOKEN", DEV_TOKEN)
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+class _ApiError(Exception):
+    pass
+
+
+def _check(r) -> Any:
+    if r.status_code < 400:
+        return r.json() if r.content else None
+    try:
+        detail = r.json().get("detail")
+    except ValueError:
+        detail = r.text
+    if isinstance(detail, list):  # validation errors: one line each, field path first
+        lines = []
+        for d in detail:
+            loc = [str(p) for p in d.get("loc", []) if p not in ("body",)]
+            if loc[:1] == ["spec"]:
+                loc = loc[1:]
+            lines.append(f"  {'.'.join(loc) or 'body'}: {d.get('msg')}")
+        detail = "invalid job:\n" + "\n".join(lines)
+    raise _ApiError(f"{r.status_code}: {detail}")
+
+
+def _run_client(fn) -> int:
+    import httpx
+
+    try:
+        return fn()
+    except _ApiError as e:
+        print(f"rectrain: {e}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as e:
+        url = os.environ.get("RECTRAIN_API_URL", DEFAULT_API_URL)
+        print(f"rectrain: cannot reach the API at {url} ({e}); is `rectrain serve` running?", file=sys.stderr)
+        return 1
+
+
+def _load(path: str) -> dict:
+    import yaml
+
+    from trainer.errors import SpecError
+
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"spec file {p} does not exist")
+    try:
+        data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (ValueError, yaml.YAMLError) as e:
+        raise SpecError(f"spec file {p} is not valid: {e}") from None
+    return data or {}
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    labels = {}
+    for kv in args.label:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            print(f"rectrain: --label {kv!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        labels[k] = v
+    body = {"spec": _load(args.spec), "name": args.name or Path(args.spec).stem, "labels": labels}
+
+    def go() -> int:
+        with _client() as c:
+            job = _check(c.post("/v1/jobs", json=body))
+            print(f"submitted job {job['id']} ({job['status']})", flush=True)
+            if not args.follow:
+                return 0
+            return _follow(c, job["id"])
+
+    return _run_client(go)
+
+
+def _cmd_follow(args: argparse.Namespace) -> int:
+    def go() -> int:
+        with _client() as c:
+            return _follow(c, args.id)
+
+    return _run_client(go)
+
+
+def _print_event(ev: dict) -> None:
+    from trainer.metrics.events import StdoutSink
+
+    if ev.get("type") == "status":
+        extra = f": {ev['error']}" if ev.get("error") else ""
+        print(f"[status] {ev.get('status')}{extra}", flush=True)
+        return
+    try:
+        StdoutSink().emit(ev)
+    except (KeyError, TypeError, ValueError):
+        pass
+
+
+def _follow(c, job_id: str) -> int:
+    """Print the job's events as they stream; reconnect (resuming) if the API goes away."""
+    import httpx
+
+    from trainer.report import format_pass_table
+
+    last_id: str | None = None
+    seen: set[tuple] = set()
+    down_since: float | None = None
+    try:
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with c.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None) as r:
+                    if r.status_code >= 400:
+                        r.read()
+                        _check(r)
+                    down_since = None
+                    ended = False
+                    event, data, eid = None, None, None
+                    for line in r.iter_lines():
+                        if line == "":
+                            if event == "end":
+                                ended = True
+                                break
+                            if data is not None:
+                                ev = json.loads(data)
+                                key = (ev.get("type"), ev.get("step"), ev.get("pass"), ev.get("status"))
+                                if key not in seen:  # a resumed writer may repeat an event
+                                    seen.add(key)
+                                    _print_event(ev)
+                                last_id = eid or last_id
+                            event, data, eid = None, None, None
+                        elif line.startswith("event:"):
+                            event = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data = line[5:].strip()
+                        elif line.startswith("id:"):
+                            eid = line[3:].strip()
+                    if ended:
+                        break
+            except httpx.TransportError as e:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > _FOLLOW_RECONNECT_FOR_S:
+                    raise
+                print(f"rectrain: lost the API ({e.__class__.__name__}); reconnecting...", file=sys.stderr)
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; job {job_id} keeps running (`rectrain cancel {job_id}` stops it)")
+        return 130
+    job = _check(c.get(f"/v1/jobs/{job_id}"))
+    summary = job.get("summary") or {}
+    if summary.get("passes"):
+        print()
+        print(format_pass_table(summary))
+    print(f"\njob {job_id} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def _ts(iso: str | None) -> str:
+    return (iso or "")[:19].replace("T", " ")
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    def go() -> int:
+        params: dict[str, Any] = {"limit": args.limit}
+        if args.status:
+            params["status"] = args.status
+        with _client() as c:
+            page = _check(c.get("/v1/jobs", params=params))
+        if args.json:
+            print(json.dumps(page, indent=1))
+            return 0
+        print(f"{'id':<16}  {'name':<20}  {'status':<9}  {'passes':>6}  {'best test NE':>12}  created (UTC)")
+        for j in page["data"]:
+            best = j["summary"]["best_test_ne"]
+            print(f"{j['id']:<16}  {(j['name'] or '')[:20]:<20}  {j['status']:<9}  "
+                  f"{j['passes_done']:>2}/{j['num_passes']:<3}  {'-' if best is None else f'{best:.4f}':>12}  "
+                  f"{_ts(j['created_at'])}")
+        if page["count"] > len(page["data"]):
+            print(f"({len(page['data'])} of {page['count']})")
+        return 0
+
+    return _run_client(go)
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    def go() -> int:
+        with _client() as c:
+            job = _check(c.post(f"/v1/jobs/{args.id}/cancel"))
+        state = job["status"] if job["status"] == "cancelled" else f"{job['status']}, cancel requested"
+        print(f"job {job['id']}: {state}")
+        return 0
+
+    return _run_client(go)

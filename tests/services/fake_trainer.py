@@ -1,0 +1,91 @@
+"""A stand-in for ``python -m trainer.cli run`` used by launcher tests (seconds, no Ray).
+
+Same command line and outputs as the real trainer: events through
+services.metrics_bus.RedisStreamSink, ``results.json`` in the run dir, exit 0 / non-zero,
+143 on SIGTERM. What it does is picked by the job's ``mode`` label (read from Redis):
+    ok (default)  a few train_window events and one pass event per pass, then exit 0
+    slow          emit train_window events every 0.1 s until SIGTERM, then exit 143
+    fail          print an error to stderr and exit 3
+    stubborn      like slow but ignores SIGTERM (the launcher must kill it)
+    quiet         like slow but emits nothing after ``started``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from services import keys
+from services.metrics_bus import RedisStreamSink
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("cmd")
+    p.add_argument("spec")
+    p.add_argument("--run-dir")
+    p.add_argument("--job-id")
+    p.add_argument("--redis-url")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args()
+    spec = json.loads(Path(a.spec).read_text())
+    r = redis.Redis.from_url(a.redis_url, decode_responses=True)
+    labels = json.loads(r.hget(keys.job_key(a.job_id), "labels") or "{}")
+    mode = labels.get("mode", "ok")
+    sink = RedisStreamSink(a.redis_url, a.job_id)
+    stop = {"flag": False}
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    sink.emit({"type": "lifecycle", "phase": "started", "step": 0, "pass": -1, "ts": time.time()})
+    if mode == "fail":
+        sink.close()
+        print("rectrain: data.path: no such file (fake failure)", file=sys.stderr)
+        return 3
+    step = 0
+    passes = []
+    num_passes = spec.get("training", {}).get("num_passes", 1)
+    if mode in ("slow", "stubborn", "quiet"):
+        while not stop["flag"]:
+            if mode == "quiet":
+                time.sleep(0.1)
+                continue
+            step += 1
+            sink.emit({"type": "train_window", "step": step, "pass": 0, "ts": time.time(),
+                       "ne_window": 0.9, "ne_lifetime": 0.9, "examples": 256, "examples_per_s": 1000.0,
+                       "steps_in_pass": step})
+            time.sleep(0.1)
+        sink.emit({"type": "lifecycle", "phase": "failed", "step": step, "pass": 0, "ts": time.time(),
+                   "message": "aborted by SIGTERM"})
+        sink.close()
+        return 143
+    for pas in range(num_passes):
+        for _ in range(3):
+            step += 1
+            sink.emit({"type": "train_window", "step": step, "pass": pas, "ts": time.time(),
+                       "ne_window": 0.95 - 0.01 * step, "ne_lifetime": 0.95, "examples": 256,
+                       "examples_per_s": 5000.0 + step, "steps_in_pass": 3})
+            time.sleep(0.05)
+        res = {"pass": pas, "train_ne": 0.9 - 0.05 * pas, "test_ne": 0.92 + 0.01 * (pas - 1) ** 2,
+               "test_calibration": 1.0, "test_auc": 0.7,
+               "test_ne_by_stratum": {"frequent": 0.9, "medium": 0.93, "rare": 0.97},
+               "examples_per_s": 5000.0}
+        passes.append(res)
+        sink.emit({"type": "pass", "step": step, "ts": time.time(), **res})
+    sink.emit({"type": "lifecycle", "phase": "finished", "step": step, "pass": -1, "ts": time.time()})
+    sink.close()
+    best = min(passes, key=lambda x: x["test_ne"])
+    Path(a.run_dir, "results.json").write_text(
+        json.dumps({"passes": passes, "best_test_ne": best["test_ne"], "best_pass": best["pass"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

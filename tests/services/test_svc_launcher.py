@@ -1,0 +1,147 @@
+"""Runners (services.runner) driving the fake trainer: success, failure, cancel, kills, reaper."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from svc_helpers import open_store, run
+
+from services import keys
+from services.jobs import JobStatus
+from services.launcher import JobLauncher
+from services.reaper import reap_once
+
+SPEC = {"training": {"num_passes": 2}}
+
+
+def create(settings, labels=None):
+    async def go():
+        async with open_store(settings.redis_url) as store:
+            return (await store.create(owner="alice", spec=SPEC, num_passes=2, labels=labels or {},
+                                       launcher="local")).id
+    return run(go())
+
+
+def get(settings, job_id):
+    async def go():
+        async with open_store(settings.redis_url) as store:
+            return await store.get(job_id), await store.summary(job_id)
+    return run(go())
+
+
+def wait_for(settings, job_id, pred, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job, summary = get(settings, job_id)
+        if pred(job):
+            return job, summary
+        time.sleep(0.1)
+    raise AssertionError(f"{what} not reached in {timeout}s; job is {job}; runner log:\n{_log(settings, job_id)}")
+
+
+def _log(settings, job_id):
+    p = settings.data_dir / "runs" / job_id / "runner.log"
+    return p.read_text() if p.exists() else "(none)"
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for a non-reaping init counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def is_(status):
+    return lambda j: j.status == status
+
+
+def test_job_succeeds_with_results(settings):
+    jid = create(settings)
+    JobLauncher(settings, settings.redis_url).launch(jid)
+    job, summary = wait_for(settings, jid, lambda j: j.status.is_terminal, what="terminal")
+    assert job.status == JobStatus.SUCCEEDED, _log(settings, jid)
+    assert [p["pass"] for p in summary["passes"]] == [0, 1]
+    assert summary["best_test_ne"] == pytest.approx(0.92) and summary["best_pass"] == 1
+    assert job.trainer_pid and job.run_dir and job.started_at <= job.finished_at
+
+
+def test_trainer_failure_is_reported_with_its_reason(settings):
+    jid = create(settings, {"mode": "fail"})
+    JobLauncher(settings, settings.redis_url).launch(jid)
+    job, _ = wait_for(settings, jid, lambda j: j.status.is_terminal)
+    assert job.status == JobStatus.FAILED
+    assert "exited with code 3" in job.error and "fake failure" in job.error
+
+
+@pytest.mark.parametrize("mode", ["slow", "stubborn"])
+def test_cancel_stops_the_trainer(settings, mode):
+    jid = create(settings, {"mode": mode})
+    JobLauncher(settings, settings.redis_url).launch(jid)
+    job, _ = wait_for(settings, jid, is_(JobStatus.RUNNING))
+
+    async def cancel():
+        async with open_store(settings.redis_url) as store:
+            return await store.request_cancel(jid)
+
+    assert run(cancel()) == JobStatus.RUNNING
+    t0 = time.monotonic()
+    job, _ = wait_for(settings, jid, lambda j: j.status.is_terminal, timeout=settings.cancel_grace_s + 5)
+    assert job.status == JobStatus.CANCELLED and time.monotonic() - t0 < settings.cancel_grace_s + 3
+    assert not alive(job.trainer_pid)
+
+
+def test_killed_trainer_marks_the_job_failed_with_the_reason(settings):
+    jid = create(settings, {"mode": "slow"})
+    JobLauncher(settings, settings.redis_url).launch(jid)
+    job, _ = wait_for(settings, jid, lambda j: j.status == JobStatus.RUNNING and j.trainer_pid)
+    os.kill(job.trainer_pid, signal.SIGKILL)
+    job, _ = wait_for(settings, jid, lambda j: j.status.is_terminal)
+    assert job.status == JobStatus.FAILED and "killed by SIGKILL" in job.error
+
+
+def test_dead_runner_is_reaped_and_its_trainer_stopped(settings):
+    launcher = JobLauncher(settings, settings.redis_url)
+    jid = create(settings, {"mode": "slow"})
+    launcher.launch(jid)
+    job, _ = wait_for(settings, jid, lambda j: j.status == JobStatus.RUNNING and j.trainer_pid)
+    os.kill(job.runner_pid, signal.SIGKILL)
+
+    async def reap_until_done():
+        async with open_store(settings.redis_url) as store:
+            deadline = time.monotonic() + settings.heartbeat_ttl_s + 5
+            while time.monotonic() < deadline:
+                done = await reap_once(store, launcher)
+                if jid in done:
+                    return done[jid]
+                await __import__("asyncio").sleep(0.2)
+
+    assert run(reap_until_done()) == "failed"
+    job, _ = get(settings, jid)
+    assert job.status == JobStatus.FAILED and "launcher lost" in job.error and "no heartbeat" in job.error
+    time.sleep(0.3)
+    assert not alive(job.trainer_pid)  # the orphan was killed
+
+
+def test_only_one_runner_per_job(settings, redis_client):
+    launcher = JobLauncher(settings, settings.redis_url)
+    jid = create(settings, {"mode": "slow"})
+    a = launcher.launch(jid)
+    wait_for(settings, jid, is_(JobStatus.RUNNING))
+    b = launcher.launch(jid)
+    assert b.wait(20) == 0  # the second runner found the heartbeat taken and left
+    assert a.poll() is None
+    owner_token = redis_client.get(keys.heartbeat_key(jid))
+    assert owner_token and owner_token.split(":")[1] == str(a.pid)
+
+    async def cancel():
+        async with open_store(settings.redis_url) as store:
+            await store.request_cancel(jid)
+
+    run(cancel())
+    wait_for(settings, jid, lambda j: j.status.is_terminal)
+    assert a.wait(10) == 0
