@@ -84,7 +84,28 @@ def ray_address(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_dashboard_url(ray_address) -> str:
-    return os.environ["RECTRAIN_TEST_RAY_DASHBOARD"]
+    """The session cluster's dashboard, once its Jobs API really runs jobs (its job
+    agent starts well after the port opens: 'No available agent to submit job')."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    url = os.environ["RECTRAIN_TEST_RAY_DASHBOARD"]
+    deadline = time.time() + 180
+    last: Exception | None = None
+    while time.time() < deadline:
+        try:
+            client = JobSubmissionClient(url)
+            job = client.submit_job(entrypoint="true")
+            while time.time() < deadline:
+                status = client.get_job_status(job)
+                if status == JobStatus.SUCCEEDED:
+                    return url
+                if status in (JobStatus.FAILED, JobStatus.STOPPED):
+                    raise RuntimeError(client.get_job_logs(job))
+                time.sleep(0.5)
+        except Exception as e:  # not ready yet
+            last = e
+            time.sleep(2)
+    pytest.fail(f"Ray Jobs API at {url} never ran a job: {last}")
 
 
 @pytest.fixture(scope="session")

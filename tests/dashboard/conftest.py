@@ -162,8 +162,10 @@ def dashboard_api(redis_url, ray_address):
         server.http.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    # module scope: Playwright's sync API keeps an event loop running on this thread
+    # while it is open, which breaks asyncio.run() in the tests that follow
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: run scripts/setup-test-tools.sh (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")

@@ -83,7 +83,10 @@ class DLRM(nn.Module):
             self.over_arch = MLP(inter_out, [*m.over_arch, 1], batch_norm=m.batch_norm, dropout=dense_dropout,
                                  xavier=m.xavier_init, final_activation=False)
             if self.interaction == Interaction.DOT:
-                self.register_buffer("_triu", torch.triu_indices(n_vec, n_vec, offset=1), persistent=False)
+                triu = torch.triu_indices(n_vec, n_vec, offset=1)
+                # flat upper-triangle positions: index_select's backward is a plain
+                # index_add (faster than advanced indexing's accumulating index_put)
+                self.register_buffer("_triu_flat", triu[0] * n_vec + triu[1], persistent=False)
 
     def init_output_bias(self, ctr: float) -> None:
         """Start the logit at the training CTR instead of 0.5 (saves the first
@@ -111,7 +114,7 @@ class DLRM(nn.Module):
         if self.interaction == Interaction.DOT:
             stacked = torch.stack(vecs, dim=1)  # [B, n, D]
             gram = torch.bmm(stacked, stacked.transpose(1, 2))
-            parts.append(gram[:, self._triu[0], self._triu[1]])
+            parts.append(gram.flatten(1).index_select(1, self._triu_flat))
         else:
             parts.extend(embs)
         return self.over_arch(torch.cat(parts, dim=1)).squeeze(1)
