@@ -13,7 +13,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	.venv/bin/ruff check api services trainer bench tests
+	.venv/bin/ruff check api services trainer bench tests examples
 	.venv/bin/ruff format --check api services trainer bench tests
 
 bench: setup

@@ -34,20 +34,23 @@ LauncherDep = Annotated[JobLauncher, Depends(get_launcher)]
 
 def _owner_of(settings: Settings, token: str | None) -> str:
     if not token:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Not authenticated",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Not authenticated", headers={"WWW-Authenticate": "Bearer"}
+        )
     owner = None
     for known, who in settings.tokens.items():  # constant time per token
         if hmac.compare_digest(known.encode(), token.encode()):
             owner = who
     if owner is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid token",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "Invalid token", headers={"WWW-Authenticate": "Bearer"}
+        )
     return owner
 
 
-def current_owner(settings: SettingsDep,
-                  creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+def current_owner(
+    settings: SettingsDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
     """The owner name of the bearer token (401 without a valid one)."""
     return _owner_of(settings, creds.credentials if creds else None)
 
@@ -55,8 +58,10 @@ def current_owner(settings: SettingsDep,
 def current_owner_sse(
     settings: SettingsDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    token: Annotated[str | None, Query(description="API token, for EventSource clients that cannot "
-                                                   "send an Authorization header")] = None,
+    token: Annotated[
+        str | None,
+        Query(description="API token, for EventSource clients that cannot send an Authorization header"),
+    ] = None,
 ) -> str:
     """Like :func:`current_owner`, also accepting ``?token=`` (browsers' EventSource)."""
     return _owner_of(settings, creds.credentials if creds else token)

@@ -62,7 +62,7 @@ def _spec_loc(err: dict) -> tuple[list, str]:
     """Point a spec model-validator error at the field its message names."""
     loc, msg = list(err.get("loc", ())), str(err.get("msg", ""))
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     head = msg.split(":", 1)[0]
     if loc[:2] == ["body", "spec"] and head in _FIELD_PATHS:
         loc = ["body", "spec", *head.split(".")]

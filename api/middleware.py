@@ -51,15 +51,20 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("rectrain_http_requests", "HTTP requests", ["method", "route", "status"],
-                                registry=self.registry)
+        self.requests = Counter(
+            "rectrain_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
         self.latency = Histogram(
-            "rectrain_http_request_duration_seconds", "HTTP request latency (SSE streams excluded)",
-            ["method", "route"], registry=self.registry,
+            "rectrain_http_request_duration_seconds",
+            "HTTP request latency (SSE streams excluded)",
+            ["method", "route"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
         self.jobs = Gauge("rectrain_jobs", "Jobs by status", ["status"], registry=self.registry)
-        self.redis_up = Gauge("rectrain_redis_up", "1 if Redis answered the last scrape", registry=self.registry)
+        self.redis_up = Gauge(
+            "rectrain_redis_up", "1 if Redis answered the last scrape", registry=self.registry
+        )
 
 
 class RequestTelemetry:

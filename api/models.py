@@ -70,11 +70,20 @@ class JobPublic(BaseModel):
     @classmethod
     def from_record(cls, job: JobRecord, summary: dict[str, Any]) -> "JobPublic":
         return cls(
-            id=job.id, name=job.name, owner=job.owner, status=job.status, labels=job.labels,
-            spec=JobSpec.model_validate(job.spec), created_at=_ts(job.created_at),
-            started_at=_ts(job.started_at), finished_at=_ts(job.finished_at), error=job.error,
-            cancel_requested=job.cancel_requested, passes_done=len(summary["passes"]),
-            num_passes=job.num_passes, summary=JobSummary.model_validate(summary),
+            id=job.id,
+            name=job.name,
+            owner=job.owner,
+            status=job.status,
+            labels=job.labels,
+            spec=JobSpec.model_validate(job.spec),
+            created_at=_ts(job.created_at),
+            started_at=_ts(job.started_at),
+            finished_at=_ts(job.finished_at),
+            error=job.error,
+            cancel_requested=job.cancel_requested,
+            passes_done=len(summary["passes"]),
+            num_passes=job.num_passes,
+            summary=JobSummary.model_validate(summary),
         )
 
 

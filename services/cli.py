@@ -73,11 +73,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     else:
         print(f"tokens: {len(settings.tokens)} from RECTRAIN_API_TOKENS")
     print(f"redis: {settings.redis_url or 'embedded, data in ' + str(Path(settings.data_dir).resolve())}")
-    print(f"launcher: {settings.effective_launcher}"
-          + (f" (Ray Jobs API at {settings.ray_address})" if settings.effective_launcher == "ray" else ""),
-          flush=True)
-    uvicorn.run("api.main:create_app", factory=True, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+    print(
+        f"launcher: {settings.effective_launcher}"
+        + (f" (Ray Jobs API at {settings.ray_address})" if settings.effective_launcher == "ray" else ""),
+        flush=True,
+    )
+    uvicorn.run(
+        "api.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
     return 0
 
 
@@ -265,9 +273,11 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         print(f"{'id':<16}  {'name':<20}  {'status':<9}  {'passes':>6}  {'best test NE':>12}  created (UTC)")
         for j in page["data"]:
             best = j["summary"]["best_test_ne"]
-            print(f"{j['id']:<16}  {(j['name'] or '')[:20]:<20}  {j['status']:<9}  "
-                  f"{j['passes_done']:>2}/{j['num_passes']:<3}  {'-' if best is None else f'{best:.4f}':>12}  "
-                  f"{_ts(j['created_at'])}")
+            print(
+                f"{j['id']:<16}  {(j['name'] or '')[:20]:<20}  {j['status']:<9}  "
+                f"{j['passes_done']:>2}/{j['num_passes']:<3}  {'-' if best is None else f'{best:.4f}':>12}  "
+                f"{_ts(j['created_at'])}"
+            )
         if page["count"] > len(page["data"]):
             print(f"({len(page['data'])} of {page['count']})")
         return 0

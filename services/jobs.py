@@ -187,11 +187,27 @@ class JobStore:
 
     # ------------------------------------------------------------------ create / read
 
-    async def create(self, *, owner: str, spec: dict[str, Any], num_passes: int, name: str | None = None,
-                     labels: dict[str, str] | None = None, launcher: str | None = None) -> JobRecord:
-        job = JobRecord(id=new_job_id(), owner=owner, status=JobStatus.QUEUED, spec=spec,
-                        created_at=time.time(), name=name, labels=labels or {}, num_passes=num_passes,
-                        launcher=launcher)
+    async def create(
+        self,
+        *,
+        owner: str,
+        spec: dict[str, Any],
+        num_passes: int,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        launcher: str | None = None,
+    ) -> JobRecord:
+        job = JobRecord(
+            id=new_job_id(),
+            owner=owner,
+            status=JobStatus.QUEUED,
+            spec=spec,
+            created_at=time.time(),
+            name=name,
+            labels=labels or {},
+            num_passes=num_passes,
+            launcher=launcher,
+        )
         mapping = encode_fields({k: getattr(job, k) for k in JobRecord.__dataclass_fields__})
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(keys.job_key(job.id), mapping=mapping)
@@ -199,9 +215,12 @@ class JobStore:
             pipe.zadd(keys.owner_jobs_key(owner), {job.id: job.created_at})
             pipe.zadd(keys.status_index_key(job.status.value), {job.id: job.created_at})
             pipe.zadd(keys.owner_status_key(owner, job.status.value), {job.id: job.created_at})
-            pipe.xadd(keys.events_stream_key(job.id),
-                      stream_fields(status_event(job.status, None, None, job.created_at)),
-                      maxlen=keys.METRICS_STREAM_MAXLEN, approximate=True)
+            pipe.xadd(
+                keys.events_stream_key(job.id),
+                stream_fields(status_event(job.status, None, None, job.created_at)),
+                maxlen=keys.METRICS_STREAM_MAXLEN,
+                approximate=True,
+            )
             await pipe.execute()
         return job
 
@@ -218,8 +237,9 @@ class JobStore:
             raise JobNotFound("Job not found")
         return job
 
-    async def list(self, owner: str, status: JobStatus | None = None, limit: int = 50,
-                   offset: int = 0) -> tuple[list[JobRecord], int]:
+    async def list(
+        self, owner: str, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[JobRecord], int]:
         """An owner's jobs, newest first, and how many match in all."""
         index = keys.owner_status_key(owner, status.value) if status else keys.owner_jobs_key(owner)
         async with self.r.pipeline(transaction=False) as pipe:
@@ -273,8 +293,17 @@ class JobStore:
                 except WatchError:
                     continue
 
-    def _queue_transition(self, pipe, job_id: str, owner: str, created: float, cur: JobStatus,
-                          to: JobStatus, fields: dict[str, Any], now: float) -> None:
+    def _queue_transition(
+        self,
+        pipe,
+        job_id: str,
+        owner: str,
+        created: float,
+        cur: JobStatus,
+        to: JobStatus,
+        fields: dict[str, Any],
+        now: float,
+    ) -> None:
         fields = dict(fields)
         if to == JobStatus.STARTING and "started_at" not in fields:
             fields["started_at"] = now
@@ -285,12 +314,16 @@ class JobStore:
         pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
         pipe.zadd(keys.status_index_key(to.value), {job_id: created})
         pipe.zadd(keys.owner_status_key(owner, to.value), {job_id: created})
-        pipe.xadd(keys.events_stream_key(job_id),
-                  stream_fields(status_event(to, cur, fields.get("error"), now)),
-                  maxlen=keys.METRICS_STREAM_MAXLEN, approximate=True)
+        pipe.xadd(
+            keys.events_stream_key(job_id),
+            stream_fields(status_event(to, cur, fields.get("error"), now)),
+            maxlen=keys.METRICS_STREAM_MAXLEN,
+            approximate=True,
+        )
 
-    async def transition(self, job_id: str, to: JobStatus, *, expect: set[JobStatus] | None = None,
-                         **fields: Any) -> JobStatus:
+    async def transition(
+        self, job_id: str, to: JobStatus, *, expect: set[JobStatus] | None = None, **fields: Any
+    ) -> JobStatus:
         """Atomically move a job to ``to``; returns the status it left.
 
         Raises :class:`JobNotFound`, or :class:`IllegalTransition` when the current status
@@ -332,9 +365,16 @@ class JobStore:
                         raise IllegalTransition(f"Job already {cur.value}", cur)
                     pipe.multi()
                     if cur == JobStatus.QUEUED:
-                        self._queue_transition(pipe, job_id, owner, float(created), cur, JobStatus.CANCELLED,
-                                               {"error": "cancelled before it started", "cancel_requested": True},
-                                               time.time())
+                        self._queue_transition(
+                            pipe,
+                            job_id,
+                            owner,
+                            float(created),
+                            cur,
+                            JobStatus.CANCELLED,
+                            {"error": "cancelled before it started", "cancel_requested": True},
+                            time.time(),
+                        )
                         new = JobStatus.CANCELLED
                     else:
                         pipe.hset(key, mapping=encode_fields({"cancel_requested": True}))
@@ -356,7 +396,8 @@ class JobStore:
                         await pipe.unwatch()
                         return None
                     cur_s, owner, created, cancel = await pipe.hmget(
-                        key, "status", "owner", "created_at", "cancel_requested")
+                        key, "status", "owner", "created_at", "cancel_requested"
+                    )
                     if cur_s is None or not JobStatus(cur_s).is_active:
                         await pipe.unwatch()
                         return None
@@ -364,8 +405,9 @@ class JobStore:
                     to = JobStatus.CANCELLED if cancel == "1" else JobStatus.FAILED
                     error = reason if to == JobStatus.FAILED else f"cancelled; {reason}"
                     pipe.multi()
-                    self._queue_transition(pipe, job_id, owner, float(created), cur, to, {"error": error},
-                                           time.time())
+                    self._queue_transition(
+                        pipe, job_id, owner, float(created), cur, to, {"error": error}, time.time()
+                    )
                     await pipe.execute()
                     return to
                 except WatchError:
@@ -385,8 +427,12 @@ class JobStore:
                     if not cur.is_terminal:
                         raise IllegalTransition(f"Job is {cur.value}; cancel it first", cur)
                     pipe.multi()
-                    pipe.delete(key, keys.events_stream_key(job_id), keys.progress_key(job_id),
-                                keys.heartbeat_key(job_id))
+                    pipe.delete(
+                        key,
+                        keys.events_stream_key(job_id),
+                        keys.progress_key(job_id),
+                        keys.heartbeat_key(job_id),
+                    )
                     pipe.zrem(keys.jobs_index_key(), job_id)
                     pipe.zrem(keys.owner_jobs_key(owner), job_id)
                     pipe.zrem(keys.status_index_key(cur.value), job_id)

@@ -56,11 +56,18 @@ _RAY_UNREACHABLE_S = 60.0  # a Ray dashboard unreachable this long fails the job
 # Environment the runner passes to itself (so a runner started from settings built in
 # code, e.g. by tests, sees the same settings). Tokens never reach the trainer.
 _SETTINGS_ENV = {
-    "env": "RECTRAIN_ENV", "redis_url": "REDIS_URL", "trainer_redis_url": "RECTRAIN_TRAINER_REDIS_URL",
-    "api_tokens": "RECTRAIN_API_TOKENS", "data_dir": "RECTRAIN_DATA_DIR", "ray_address": "RAY_ADDRESS",
-    "launcher": "RECTRAIN_LAUNCHER", "heartbeat_interval_s": "RECTRAIN_HEARTBEAT_INTERVAL_S",
-    "heartbeat_ttl_s": "RECTRAIN_HEARTBEAT_TTL_S", "cancel_grace_s": "RECTRAIN_CANCEL_GRACE_S",
-    "trainer_python": "RECTRAIN_TRAINER_PYTHON", "trainer_module": "RECTRAIN_TRAINER_MODULE",
+    "env": "RECTRAIN_ENV",
+    "redis_url": "REDIS_URL",
+    "trainer_redis_url": "RECTRAIN_TRAINER_REDIS_URL",
+    "api_tokens": "RECTRAIN_API_TOKENS",
+    "data_dir": "RECTRAIN_DATA_DIR",
+    "ray_address": "RAY_ADDRESS",
+    "launcher": "RECTRAIN_LAUNCHER",
+    "heartbeat_interval_s": "RECTRAIN_HEARTBEAT_INTERVAL_S",
+    "heartbeat_ttl_s": "RECTRAIN_HEARTBEAT_TTL_S",
+    "cancel_grace_s": "RECTRAIN_CANCEL_GRACE_S",
+    "trainer_python": "RECTRAIN_TRAINER_PYTHON",
+    "trainer_module": "RECTRAIN_TRAINER_MODULE",
     "ray_python": "RECTRAIN_RAY_PYTHON",
 }
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +116,15 @@ class JobLauncher:
         cmd = [sys.executable, "-m", "services.runner", job_id] + (["--adopt"] if adopt else [])
         with open(d / "runner.log", "ab") as log:
             # own session: survives the API process and its terminal's signals
-            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=settings_env(self.settings, self.redis_url), start_new_session=True,
-                                 cwd=str(_REPO_ROOT))
+            p = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=settings_env(self.settings, self.redis_url),
+                start_new_session=True,
+                cwd=str(_REPO_ROOT),
+            )
         self._children.append(p)
         return p
 
@@ -169,15 +182,32 @@ class LocalBackend:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.run_dir / "spec.json"
         spec_path.write_text(json.dumps(self.job.spec, indent=1))
-        cmd = [self.settings.trainer_python, "-m", self.settings.trainer_module, "run", str(spec_path),
-               "--run-dir", str(self.run_dir), "--job-id", self.job.id, "--redis-url", self.redis_url,
-               "--no-progress"]
+        cmd = [
+            self.settings.trainer_python,
+            "-m",
+            self.settings.trainer_module,
+            "run",
+            str(spec_path),
+            "--run-dir",
+            str(self.run_dir),
+            "--job-id",
+            self.job.id,
+            "--redis-url",
+            self.redis_url,
+            "--no-progress",
+        ]
         env = {k: v for k, v in os.environ.items() if k != "RECTRAIN_API_TOKENS"}
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.run_dir / "stdout.log", "ab") as out, open(self.run_dir / "stderr.log", "ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                cwd=str(self.run_dir))
+                *cmd,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                cwd=str(self.run_dir),
+            )
         return {"trainer_pid": self.proc.pid, "run_dir": str(self.run_dir)}
 
     async def poll(self) -> Outcome | None:
@@ -258,7 +288,9 @@ class RayJobsBackend:
                 if not transient:
                     raise
                 if time.monotonic() > deadline:
-                    raise ConnectionError(f"Ray dashboard at {self.settings.ray_address} unreachable: {e}") from e
+                    raise ConnectionError(
+                        f"Ray dashboard at {self.settings.ray_address} unreachable: {e}"
+                    ) from e
                 self._client = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -270,13 +302,15 @@ class RayJobsBackend:
         py = shlex.quote(self.settings.ray_python)
         entrypoint = (
             'd="$(mktemp -d)" && '
-            f"{py} -c 'import base64, os, sys; open(sys.argv[1], \"wb\").write("
-            f"base64.b64decode(os.environ[\"RECTRAIN_SPEC_B64\"]))' \"$d/spec.json\" && "
-            f"exec {py} -m {shlex.quote(self.settings.trainer_module)} run \"$d/spec.json\" "
-            f"--run-dir \"$d/run\" --job-id {self.job.id} --redis-url {shlex.quote(self.redis_url)} --no-progress"
+            f'{py} -c \'import base64, os, sys; open(sys.argv[1], "wb").write('
+            f'base64.b64decode(os.environ["RECTRAIN_SPEC_B64"]))\' "$d/spec.json" && '
+            f'exec {py} -m {shlex.quote(self.settings.trainer_module)} run "$d/spec.json" '
+            f'--run-dir "$d/run" --job-id {self.job.id} --redis-url {shlex.quote(self.redis_url)} --no-progress'
         )
         await self._call(
-            "submit_job", entrypoint=entrypoint, submission_id=self.submission_id,
+            "submit_job",
+            entrypoint=entrypoint,
+            submission_id=self.submission_id,
             runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}},
             metadata={"rectrain_job_id": self.job.id, "owner": self.job.owner},
         )
@@ -453,9 +487,15 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
             _log(job_id, f"re-attached to Ray job {job.ray_submission_id}")
         else:
             try:
-                await _retry(store.transition, job_id, JobStatus.STARTING, expect={JobStatus.QUEUED},
-                             launcher=settings.effective_launcher, runner_host=socket.gethostname(),
-                             runner_pid=os.getpid())
+                await _retry(
+                    store.transition,
+                    job_id,
+                    JobStatus.STARTING,
+                    expect={JobStatus.QUEUED},
+                    launcher=settings.effective_launcher,
+                    runner_host=socket.gethostname(),
+                    runner_pid=os.getpid(),
+                )
             except IllegalTransition as e:
                 _log(job_id, f"not starting: {e}")
                 return 0
@@ -466,8 +506,9 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
                 info = await backend.start()
             except Exception as e:
                 _log(job_id, f"could not start the trainer: {e!r}")
-                await _retry(store.transition, job_id, JobStatus.FAILED,
-                             error=f"could not start the trainer: {e}")
+                await _retry(
+                    store.transition, job_id, JobStatus.FAILED, error=f"could not start the trainer: {e}"
+                )
                 return 1
             await _retry(store.set_fields, job_id, **info)
             try:
@@ -531,8 +572,9 @@ async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend
         assert outcome is not None
         if outcome.ok:
             if outcome.results:
-                await _retry(store.r.hset, keys.progress_key(job_id),
-                             mapping=progress_from_results(outcome.results))
+                await _retry(
+                    store.r.hset, keys.progress_key(job_id), mapping=progress_from_results(outcome.results)
+                )
             await _retry(store.transition, job_id, JobStatus.SUCCEEDED)
             _log(job_id, "succeeded")
             return 0

@@ -84,8 +84,15 @@ class RedisStreamSink:
         close_timeout_s (float): how long ``close`` waits for the buffer to drain.
     """
 
-    def __init__(self, redis_url: str, job_id: str, *, maxlen: int = keys.METRICS_STREAM_MAXLEN,
-                 buffer_max: int = BUFFER_MAX_EVENTS, close_timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        job_id: str,
+        *,
+        maxlen: int = keys.METRICS_STREAM_MAXLEN,
+        buffer_max: int = BUFFER_MAX_EVENTS,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
         self.job_id = job_id
         self.maxlen = maxlen
         self.buffer_max = buffer_max
@@ -94,8 +101,9 @@ class RedisStreamSink:
         self.written = 0
         self._stream = keys.events_stream_key(job_id)
         self._progress = keys.progress_key(job_id)
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                                            retry_on_timeout=False)
+        self._client = redis.Redis.from_url(
+            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, retry_on_timeout=False
+        )
         self._buf: deque[tuple[int, dict[str, Any]]] = deque()
         self._seq = 0
         self._cond = threading.Condition()
@@ -135,8 +143,11 @@ class RedisStreamSink:
         self._thread.join(self.close_timeout_s + 1.0)
         left = len(self._buf)
         if left or self.dropped:
-            print(f"rectrain: metrics stream of job {self.job_id}: {left} events not written "
-                  f"(Redis unreachable), {self.dropped} dropped", file=sys.stderr)
+            print(
+                f"rectrain: metrics stream of job {self.job_id}: {left} events not written "
+                f"(Redis unreachable), {self.dropped} dropped",
+                file=sys.stderr,
+            )
         self._client.close()
 
     # ---------------------------------------------------------------- writer thread
@@ -163,8 +174,11 @@ class RedisStreamSink:
                 self._write([ev for _, ev in batch])
             except (redis.RedisError, OSError) as e:
                 if not self._warned:
-                    print(f"rectrain: metrics stream of job {self.job_id}: Redis unreachable ({e}); "
-                          "buffering and retrying", file=sys.stderr)
+                    print(
+                        f"rectrain: metrics stream of job {self.job_id}: Redis unreachable ({e}); "
+                        "buffering and retrying",
+                        file=sys.stderr,
+                    )
                     self._warned = True
                 with self._cond:
                     if self._closing and time.monotonic() >= self._deadline:
@@ -173,7 +187,9 @@ class RedisStreamSink:
                 backoff = min(backoff * 2, _RETRY_MAX_S)
                 continue
             if self._warned:
-                print(f"rectrain: metrics stream of job {self.job_id}: Redis reachable again", file=sys.stderr)
+                print(
+                    f"rectrain: metrics stream of job {self.job_id}: Redis reachable again", file=sys.stderr
+                )
                 self._warned = False
             backoff = _RETRY_MIN_S
             last = batch[-1][0]
@@ -206,13 +222,19 @@ def _exclusive_start(after: str | None) -> str:
 
 async def read_events(r, job_id: str, after: str | None = None, limit: int = 100) -> list[tuple[str, dict]]:
     """Events after stream id ``after`` (exclusive), oldest first, at most ``limit``."""
-    entries = await r.xrange(keys.events_stream_key(job_id), min=_exclusive_start(after), max="+", count=limit)
+    entries = await r.xrange(
+        keys.events_stream_key(job_id), min=_exclusive_start(after), max="+", count=limit
+    )
     return [(eid, decode_entry(f)) for eid, f in entries]
 
 
-async def read_events_raw(r, job_id: str, after: str | None = None, limit: int = 100) -> list[tuple[str, str]]:
+async def read_events_raw(
+    r, job_id: str, after: str | None = None, limit: int = 100
+) -> list[tuple[str, str]]:
     """Like :func:`read_events` but each event as its stored JSON text (no decode)."""
-    entries = await r.xrange(keys.events_stream_key(job_id), min=_exclusive_start(after), max="+", count=limit)
+    entries = await r.xrange(
+        keys.events_stream_key(job_id), min=_exclusive_start(after), max="+", count=limit
+    )
     return [(eid, f.get("data") or json.dumps({"type": f.get("type", "unknown")})) for eid, f in entries]
 
 

@@ -48,8 +48,10 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
                         done[job_id] = "adopt"
                     continue
             where = f"{job.runner_host}:{job.runner_pid}" if job.runner_pid else "unknown"
-            reason = (f"launcher lost: no heartbeat for {settings.heartbeat_ttl_s:g} s "
-                      f"(runner {where} died or cannot reach Redis)")
+            reason = (
+                f"launcher lost: no heartbeat for {settings.heartbeat_ttl_s:g} s "
+                f"(runner {where} died or cannot reach Redis)"
+            )
             new = await store.reap_if_heartbeat_lost(job_id, reason)
             if new is not None:
                 what = await asyncio.to_thread(stop_orphan, job, settings)
@@ -58,8 +60,11 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
     now = time.time()
     for job_id in await store.ids_in_status(JobStatus.QUEUED):
         job = await store.get(job_id)
-        if (job is None or job.status != JobStatus.QUEUED
-                or now - job.created_at < keys.QUEUED_RELAUNCH_AFTER_S):
+        if (
+            job is None
+            or job.status != JobStatus.QUEUED
+            or now - job.created_at < keys.QUEUED_RELAUNCH_AFTER_S
+        ):
             continue
         if await store.r.exists(keys.heartbeat_key(job_id)):
             continue

@@ -82,18 +82,35 @@ class EmbeddedRedis:
         if self.socket.exists():
             self.socket.unlink()
         cmd = [
-            _redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
-            "--unixsocketperm", "700", "--dir", str(self.dir), "--appendonly", "yes",
-            "--appendfsync", "everysec", "--save", "", "--logfile", str(self.dir / "redis.log"),
+            _redis_server_binary(),
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--logfile",
+            str(self.dir / "redis.log"),
         ]
         # its own session: Ctrl-C in the terminal must not kill Redis before the API
         # has shut down cleanly
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"embedded redis-server exited ({self.proc.returncode}); see {self.dir}/redis.log")
+                raise RuntimeError(
+                    f"embedded redis-server exited ({self.proc.returncode}); see {self.dir}/redis.log"
+                )
             if self._ping():
                 return self.url
             time.sleep(0.05)

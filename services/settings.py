@@ -47,9 +47,7 @@ def parse_tokens(raw: str) -> dict[str, str]:
         token, sep, owner = item.rpartition(":")
         token, owner = token.strip(), owner.strip()
         if not sep or not token or not owner:
-            raise ValueError(
-                f"RECTRAIN_API_TOKENS: entry {item[:4]}... is not 'token:owner'"
-            )
+            raise ValueError(f"RECTRAIN_API_TOKENS: entry {item[:4]}... is not 'token:owner'")
         if not _OWNER_RE.match(owner):
             raise ValueError(f"RECTRAIN_API_TOKENS: owner {owner!r} must match {_OWNER_RE.pattern}")
         if token in out and out[token] != owner:
@@ -70,12 +68,8 @@ class Settings(BaseSettings):
     trainer_redis_url: str | None = Field(
         None, validation_alias=AliasChoices("RECTRAIN_TRAINER_REDIS_URL", "trainer_redis_url")
     )
-    api_tokens: str | None = Field(
-        None, validation_alias=AliasChoices("RECTRAIN_API_TOKENS", "api_tokens")
-    )
-    data_dir: Path = Field(
-        Path(".rectrain"), validation_alias=AliasChoices("RECTRAIN_DATA_DIR", "data_dir")
-    )
+    api_tokens: str | None = Field(None, validation_alias=AliasChoices("RECTRAIN_API_TOKENS", "api_tokens"))
+    data_dir: Path = Field(Path(".rectrain"), validation_alias=AliasChoices("RECTRAIN_DATA_DIR", "data_dir"))
     ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"))
     launcher: Literal["auto", "local", "ray"] = Field(
         "auto", validation_alias=AliasChoices("RECTRAIN_LAUNCHER", "launcher")
@@ -84,15 +78,18 @@ class Settings(BaseSettings):
         1 << 20, ge=1024, validation_alias=AliasChoices("RECTRAIN_MAX_BODY_BYTES", "max_body_bytes")
     )
     heartbeat_interval_s: float = Field(
-        keys.HEARTBEAT_INTERVAL_S, gt=0,
+        keys.HEARTBEAT_INTERVAL_S,
+        gt=0,
         validation_alias=AliasChoices("RECTRAIN_HEARTBEAT_INTERVAL_S", "heartbeat_interval_s"),
     )
     heartbeat_ttl_s: float = Field(
-        keys.HEARTBEAT_TTL_S, gt=0,
+        keys.HEARTBEAT_TTL_S,
+        gt=0,
         validation_alias=AliasChoices("RECTRAIN_HEARTBEAT_TTL_S", "heartbeat_ttl_s"),
     )
     reaper_interval_s: float = Field(
-        keys.REAPER_INTERVAL_S, gt=0,
+        keys.REAPER_INTERVAL_S,
+        gt=0,
         validation_alias=AliasChoices("RECTRAIN_REAPER_INTERVAL_S", "reaper_interval_s"),
     )
     cancel_grace_s: float = Field(
@@ -124,8 +121,11 @@ class Settings(BaseSettings):
                 raise ValueError("RECTRAIN_API_TOKENS: required when RECTRAIN_ENV=production")
             for token, owner in tokens.items():
                 low = token.lower()
-                if (low in _PLACEHOLDER_TOKENS or any(p in low for p in _PLACEHOLDER_PARTS)
-                        or len(token) < MIN_PRODUCTION_TOKEN_CHARS):
+                if (
+                    low in _PLACEHOLDER_TOKENS
+                    or any(p in low for p in _PLACEHOLDER_PARTS)
+                    or len(token) < MIN_PRODUCTION_TOKEN_CHARS
+                ):
                     raise ValueError(
                         f"RECTRAIN_API_TOKENS: the token of owner {owner!r} is a placeholder or "
                         f"shorter than {MIN_PRODUCTION_TOKEN_CHARS} characters; generate one with "

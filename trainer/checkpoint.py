@@ -39,8 +39,10 @@ def _copy_into(live: Any, saved: Any, path: str) -> None:
     if isinstance(live, ShardedTensor):
         shards = live.local_shards()
         if not (isinstance(saved, dict) and "__shards__" in saved) or len(saved["__shards__"]) != len(shards):
-            raise RectrainError(f"checkpoint: {path} was saved with another sharding plan "
-                                "(resume needs the same scaling.num_workers)")
+            raise RectrainError(
+                f"checkpoint: {path} was saved with another sharding plan "
+                "(resume needs the same scaling.num_workers)"
+            )
         for s, t in zip(shards, saved["__shards__"], strict=True):
             s.tensor.detach().copy_(t)
     elif isinstance(live, torch.Tensor):
@@ -57,8 +59,13 @@ def rank_file(directory: str | Path, rank: int) -> Path:
     return Path(directory) / f"rank_{rank}.pt"
 
 
-def save_rank_state(directory: str | Path, rank: int, dmp: torch.nn.Module,
-                    dense_opt: torch.optim.Optimizer, progress: dict[str, Any]) -> Path:
+def save_rank_state(
+    directory: str | Path,
+    rank: int,
+    dmp: torch.nn.Module,
+    dense_opt: torch.optim.Optimizer,
+    progress: dict[str, Any],
+) -> Path:
     path = rank_file(directory, rank)
     with torch.no_grad():
         state = {
@@ -73,8 +80,9 @@ def save_rank_state(directory: str | Path, rank: int, dmp: torch.nn.Module,
     return path
 
 
-def load_rank_state(directory: str | Path, rank: int, dmp: torch.nn.Module,
-                    dense_opt: torch.optim.Optimizer) -> dict[str, Any]:
+def load_rank_state(
+    directory: str | Path, rank: int, dmp: torch.nn.Module, dense_opt: torch.optim.Optimizer
+) -> dict[str, Any]:
     """Restore this rank's shards and optimizer states in place; return progress."""
     path = rank_file(directory, rank)
     if not path.exists():

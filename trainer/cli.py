@@ -41,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train a job spec (YAML/JSON) and print NE per pass")
     r.add_argument("spec", help="path to a job spec (.yaml/.yml/.json)")
-    r.add_argument("--run-dir", default=None, help="where checkpoints, events and results go (default: runs/<name>-<time>)")
-    r.add_argument("--job-id", default=None, help="control-plane job id (with --redis-url: stream metrics to Redis)")
+    r.add_argument(
+        "--run-dir",
+        default=None,
+        help="where checkpoints, events and results go (default: runs/<name>-<time>)",
+    )
+    r.add_argument(
+        "--job-id", default=None, help="control-plane job id (with --redis-url: stream metrics to Redis)"
+    )
     r.add_argument("--redis-url", default=None, help="Redis URL for the job's metrics stream")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)

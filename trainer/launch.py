@@ -40,8 +40,14 @@ def _ensure_ray(spec: JobSpec, ray_address: str | None) -> bool:
         return address.startswith(("127.", "localhost"))
     need = spec.scaling.num_workers * spec.scaling.cpus_per_worker
     # Worker logs stay in Ray's log files; the driver prints rank 0's events instead.
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(need + 0.999)), include_dashboard=False,
-             log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="ERROR",
+    )
     return True
 
 
@@ -72,7 +78,10 @@ class _EventFollower(threading.Thread):
                         ev = json.loads(line)
                         if bar is not None and "total_steps" in ev:
                             bar.total = ev["total_steps"]
-                        if bar is not None and ev["type"] in (EventType.TRAIN_WINDOW.value, EventType.PASS.value):
+                        if bar is not None and ev["type"] in (
+                            EventType.TRAIN_WINDOW.value,
+                            EventType.PASS.value,
+                        ):
                             bar.n = ev["step"]
                             bar.refresh()
                         text = format_event(ev)
@@ -96,8 +105,15 @@ def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_job(spec: JobSpec, *, run_dir: str | Path | None = None, job_id: str | None = None,
-            redis_url: str | None = None, progress: bool = True, ray_address: str | None = None) -> dict[str, Any]:
+def run_job(
+    spec: JobSpec,
+    *,
+    run_dir: str | Path | None = None,
+    job_id: str | None = None,
+    redis_url: str | None = None,
+    progress: bool = True,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """Train ``spec`` to the end; return (and write to run_dir/results.json) the results."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -117,10 +133,18 @@ def run_job(spec: JobSpec, *, run_dir: str | Path | None = None, job_id: str | N
     scaling = spec.scaling
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir), "job_id": job_id,
-                           "redis_url": redis_url, "stdout_sink": not local},
-        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-                                     resources_per_worker={"CPU": scaling.cpus_per_worker}),
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "job_id": job_id,
+            "redis_url": redis_url,
+            "stdout_sink": not local,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker},
+        ),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=RunConfig(
             name="train",

@@ -119,8 +119,9 @@ def reset_sparse_optimizer_state(dmp: torch.nn.Module) -> None:
 class Trainer:
     """Builds data, model, optimizers and metrics for one worker and runs the passes."""
 
-    def __init__(self, spec: JobSpec, session: Session, run_dir: str | Path,
-                 sink: MetricsSink | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, session: Session, run_dir: str | Path, sink: MetricsSink | None = None
+    ) -> None:
         self.spec = spec
         self.session = session
         self.run_dir = Path(run_dir)
@@ -148,9 +149,13 @@ class Trainer:
 
     def _train_metric_module(self):
         s = self.spec
-        return ne.make_metric_module(window_size=s.metrics.window_size, batch_size=s.data.batch_size,
-                                     world_size=self.session.world_size, rank=self.session.rank,
-                                     device=self.device)
+        return ne.make_metric_module(
+            window_size=s.metrics.window_size,
+            batch_size=s.data.batch_size,
+            world_size=self.session.world_size,
+            rank=self.session.rank,
+            device=self.device,
+        )
 
     def train_step(self, batch) -> torch.Tensor:
         """One step: forward, weighted BCE, backward (fused sparse update), dense step."""
@@ -167,29 +172,46 @@ class Trainer:
         return logits
 
     def checkpoint(self, pass_idx: int, step_in_pass: int, metrics: dict[str, Any]) -> None:
-        progress = {"pass": pass_idx, "step_in_pass": step_in_pass, "global_step": self.global_step,
-                    "passes": self.passes}
+        progress = {
+            "pass": pass_idx,
+            "step_in_pass": step_in_pass,
+            "global_step": self.global_step,
+            "passes": self.passes,
+        }
         with tempfile.TemporaryDirectory(prefix="rectrain-ckpt-") as d:
             save_rank_state(d, self.session.rank, self.dmp, self.dense_opt, progress)
             self.session.report({**metrics, "global_step": self.global_step, "passes": self.passes}, d)
 
     def _plan(self) -> dict[str, int]:
         steps = self.data.steps_per_pass
-        return {"steps_per_pass": steps, "num_passes": self.spec.training.num_passes,
-                "total_steps": steps * self.spec.training.num_passes, "num_workers": self.session.world_size}
+        return {
+            "steps_per_pass": steps,
+            "num_passes": self.spec.training.num_passes,
+            "total_steps": steps * self.spec.training.num_passes,
+            "num_workers": self.session.world_size,
+        }
 
     def _resume(self) -> tuple[int, int]:
         ckpt = self.session.checkpoint_dir()
         if ckpt is None:
-            self.emit(EventType.LIFECYCLE, -1, phase=Phase.STARTED.value,
-                      message=f"{self.session.world_size} worker(s), {self.data.steps_per_pass} steps/pass",
-                      **self._plan())
+            self.emit(
+                EventType.LIFECYCLE,
+                -1,
+                phase=Phase.STARTED.value,
+                message=f"{self.session.world_size} worker(s), {self.data.steps_per_pass} steps/pass",
+                **self._plan(),
+            )
             return 0, 0
         prog = load_rank_state(ckpt, self.session.rank, self.dmp, self.dense_opt)
         self.global_step = prog["global_step"]
         self.passes = list(prog["passes"])
-        self.emit(EventType.LIFECYCLE, prog["pass"], phase=Phase.RESUMED.value,
-                  message=f"resumed at pass {prog['pass'] + 1} step {prog['step_in_pass']}", **self._plan())
+        self.emit(
+            EventType.LIFECYCLE,
+            prog["pass"],
+            phase=Phase.RESUMED.value,
+            message=f"resumed at pass {prog['pass'] + 1} step {prog['step_in_pass']}",
+            **self._plan(),
+        )
         return prog["pass"], prog["step_in_pass"]
 
     # ------------------------------------------------------------------ passes
@@ -205,8 +227,12 @@ class Trainer:
                 self.regs.on_pass_start(p, self.dmp, self.dense_opt)
             else:  # resumed inside pass p: re-apply its learning rates (lr is not checkpointed), no resets
                 self.regs.on_pass_start(p, self.dmp, self.dense_opt, resumed=True)
-            self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_STARTED.value,
-                      message=f"pass {p + 1}/{spec.training.num_passes}")
+            self.emit(
+                EventType.LIFECYCLE,
+                p,
+                phase=Phase.PASS_STARTED.value,
+                message=f"pass {p + 1}/{spec.training.num_passes}",
+            )
             train_summary, seconds, examples = self._train_pass(p, start_step)
             start_step = 0
             test = self.evaluate()
@@ -228,8 +254,12 @@ class Trainer:
             self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
             self.checkpoint(p + 1, 0, {"pass": p})
             self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_FINISHED.value, message=f"pass {p + 1} done")
-        self.emit(EventType.LIFECYCLE, spec.training.num_passes - 1, phase=Phase.FINISHED.value,
-                  message=f"{spec.training.num_passes} passes, {self.global_step} steps")
+        self.emit(
+            EventType.LIFECYCLE,
+            spec.training.num_passes - 1,
+            phase=Phase.FINISHED.value,
+            message=f"{spec.training.num_passes} passes, {self.global_step} steps",
+        )
         return self.passes
 
     def _train_pass(self, p: int, start_step: int) -> tuple[dict[str, Any], float, int]:
@@ -242,8 +272,9 @@ class Trainer:
         t_window, ex_window = t0, 0
         every_n = spec.training.checkpoint_every_steps
         step = start_step
-        for step, batch in enumerate(prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches),
-                                     start=start_step):
+        for step, batch in enumerate(
+            prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches), start=start_step
+        ):
             batch = batch.to(self.device, non_blocking=True)
             logits = self.train_step(batch)
             ne.update(metrics, logits, batch)
@@ -252,9 +283,16 @@ class Trainer:
             if self.global_step % spec.metrics.report_every_steps == 0:
                 s = ne.summarize(metrics.compute())
                 now = time.perf_counter()
-                self.emit(EventType.TRAIN_WINDOW, p, ne_window=s.get("window_ne"), ne_lifetime=s.get("lifetime_ne"),
-                          calibration_window=s.get("window_calibration"), examples=ex_window,
-                          examples_per_s=ex_window / max(now - t_window, 1e-9), steps_in_pass=step + 1)
+                self.emit(
+                    EventType.TRAIN_WINDOW,
+                    p,
+                    ne_window=s.get("window_ne"),
+                    ne_lifetime=s.get("lifetime_ne"),
+                    calibration_window=s.get("window_calibration"),
+                    examples=ex_window,
+                    examples_per_s=ex_window / max(now - t_window, 1e-9),
+                    steps_in_pass=step + 1,
+                )
                 t_window, ex_window = now, 0
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
                 self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1})
@@ -270,9 +308,15 @@ class Trainer:
         spec = self.spec
         world = self.session.world_size
         window = min(self.data.eval_steps * spec.data.batch_size * world, _EVAL_AUC_WINDOW_MAX)
-        metrics = ne.make_metric_module(window_size=window, batch_size=spec.data.batch_size, world_size=world,
-                                        rank=self.session.rank, device=self.device, with_auc=True,
-                                        with_strata=True)
+        metrics = ne.make_metric_module(
+            window_size=window,
+            batch_size=spec.data.batch_size,
+            world_size=world,
+            rank=self.session.rank,
+            device=self.device,
+            with_auc=True,
+            with_strata=True,
+        )
         counts = torch.zeros(3, dtype=torch.float64)
         self.dmp.eval()
         for batch in prefetch(self.data.eval_batches(), spec.data.prefetch_batches):
@@ -287,8 +331,10 @@ class Trainer:
 
         out["examples_by_stratum"] = {s: int(c) for s, c in zip(STRATA, counts.tolist(), strict=True)}
         # a stratum with no test examples has no NE
-        out["ne_by_stratum"] = {s: (v if out["examples_by_stratum"][s] > 0 else None)
-                                for s, v in out.get("ne_by_stratum", {}).items()}
+        out["ne_by_stratum"] = {
+            s: (v if out["examples_by_stratum"][s] > 0 else None)
+            for s, v in out.get("ne_by_stratum", {}).items()
+        }
         return out
 
 
@@ -304,7 +350,12 @@ def train_worker(config: dict[str, Any]) -> None:
     (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
     sink = None
     if session.rank == 0:
-        sink = make_sink(run_dir, stdout=config.get("stdout_sink", True), redis_url=config.get("redis_url"), job_id=config.get("job_id"))
+        sink = make_sink(
+            run_dir,
+            stdout=config.get("stdout_sink", True),
+            redis_url=config.get("redis_url"),
+            job_id=config.get("job_id"),
+        )
     try:
         trainer = Trainer(spec, session, run_dir, sink=sink)
         trainer.run()

@@ -11,8 +11,10 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 def format_pass_table(result: dict[str, Any]) -> str:
     """One row per pass: train/test NE, calibration, AUC, NE per stratum, throughput."""
-    head = (f"{'pass':>4}  {'train NE':>8}  {'test NE':>8}  {'calib':>6}  {'AUC':>6}  "
-            f"{'NE freq':>8}  {'NE med':>8}  {'NE rare':>8}  {'ex/s':>9}")
+    head = (
+        f"{'pass':>4}  {'train NE':>8}  {'test NE':>8}  {'calib':>6}  {'AUC':>6}  "
+        f"{'NE freq':>8}  {'NE med':>8}  {'NE rare':>8}  {'ex/s':>9}"
+    )
     lines = [head, "-" * len(head)]
     best = result.get("best_pass")
     for p in result.get("passes", []):

@@ -59,9 +59,7 @@ class ModelSpec(_Strict):
     dense_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default_factory=lambda: [64, 16], min_length=1
     )
-    over_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
-        default_factory=lambda: [64, 32]
-    )
+    over_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 32])
     interaction: Interaction = Interaction.DOT
     batch_norm: bool = False
     xavier_init: bool = True
@@ -455,8 +453,18 @@ Regularizer = Annotated[
     Union[SparseL2, SparseL1, MaxNorm, ConstNorm, SparseDropout, Dropout, DenseL2, SseSe, Freeze, LrSchedule],
     Field(discriminator="type"),
 ]
-REGULARIZER_TYPES = ("sparse_l2", "sparse_l1", "max_norm", "const_norm", "sparse_dropout", "dropout",
-                     "dense_l2", "sse_se", "freeze", "lr_schedule")
+REGULARIZER_TYPES = (
+    "sparse_l2",
+    "sparse_l1",
+    "max_norm",
+    "const_norm",
+    "sparse_dropout",
+    "dropout",
+    "dense_l2",
+    "sse_se",
+    "freeze",
+    "lr_schedule",
+)
 
 
 # --------------------------------------------------------------------------- scaling / metrics
@@ -530,17 +538,23 @@ class JobSpec(_Strict):
             if isinstance(r, (SparseDropout, SseSe)):
                 for f in r.per_feature:
                     if f not in names:
-                        raise ValueError(f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; "
-                                         f"choose among {names}")
+                        raise ValueError(
+                            f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; "
+                            f"choose among {names}"
+                        )
             elif isinstance(r, Freeze) and r.from_pass >= passes:
-                raise ValueError(f"regularizers.{i}.from_pass: {r.from_pass} is beyond training.num_passes "
-                                 f"({passes}); passes are numbered from 0, so use 0..{passes - 1}")
+                raise ValueError(
+                    f"regularizers.{i}.from_pass: {r.from_pass} is beyond training.num_passes "
+                    f"({passes}); passes are numbered from 0, so use 0..{passes - 1}"
+                )
             elif isinstance(r, LrSchedule):
                 for field in ("sparse", "dense"):
                     n = len(getattr(r, field))
                     if n > passes:
-                        raise ValueError(f"regularizers.{i}.{field}: {n} factors for training.num_passes "
-                                         f"= {passes}; give at most one factor per pass")
+                        raise ValueError(
+                            f"regularizers.{i}.{field}: {n} factors for training.num_passes "
+                            f"= {passes}; give at most one factor per pass"
+                        )
 
     # ---- capacity estimate -------------------------------------------------
 
@@ -594,8 +608,9 @@ def format_validation_error(err: ValidationError) -> str:
         is_reg = bool(loc_parts) and loc_parts[0] == "regularizers"
         if is_reg and e["type"] == "union_tag_invalid":
             loc_parts.append("type")
-            msg = (f"unknown regularizer type '{e['ctx']['tag']}'; "
-                   f"choose one of {', '.join(REGULARIZER_TYPES)}")
+            msg = (
+                f"unknown regularizer type '{e['ctx']['tag']}'; choose one of {', '.join(REGULARIZER_TYPES)}"
+            )
         elif is_reg and e["type"] == "union_tag_not_found":
             loc_parts.append("type")
             msg = f"required (one of {', '.join(REGULARIZER_TYPES)})"
@@ -643,7 +658,9 @@ def load_spec(path: str | Path, *, check_capacity: bool = True) -> JobSpec:
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SpecError(f"spec file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+        raise SpecError(
+            f"spec file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
+        ) from None
     return parse_spec(data or {}, check_capacity=check_capacity)
 
 

@@ -18,7 +18,9 @@ async def read_health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health, "description": "Redis unreachable"}})
+@router.get(
+    "/readyz", response_model=Health, responses={503: {"model": Health, "description": "Redis unreachable"}}
+)
 async def read_ready(store: StoreDep):
     """Readiness: Redis answers."""
     try:
@@ -28,9 +30,16 @@ async def read_ready(store: StoreDep):
     return Health(status="ok")
 
 
-@router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-                             "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        }
+    },
+)
 async def read_metrics(request: Request, store: StoreDep) -> Response:
     """Prometheus metrics: jobs by status, request counts and latency."""
     telemetry = request.app.state.telemetry

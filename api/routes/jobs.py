@@ -48,7 +48,9 @@ async def _public(store: JobStore, job: JobRecord) -> JobPublic:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
-async def create_job(body: JobCreate, owner: CurrentOwner, store: StoreDep, launcher: LauncherDep) -> JobPublic:
+async def create_job(
+    body: JobCreate, owner: CurrentOwner, store: StoreDep, launcher: LauncherDep
+) -> JobPublic:
     """Submit a job: validate its spec (fields and memory estimate), queue it and launch it."""
     try:
         body.spec.check_capacity()
@@ -56,9 +58,14 @@ async def create_job(body: JobCreate, owner: CurrentOwner, store: StoreDep, laun
         raise RequestValidationError(
             [{"type": "capacity", "loc": ("body", "spec", "model"), "msg": e.message, "input": None}]
         ) from None
-    job = await store.create(owner=owner, spec=body.spec.model_dump(mode="json"),
-                             num_passes=body.spec.training.num_passes, name=body.name, labels=body.labels,
-                             launcher=launcher.kind)
+    job = await store.create(
+        owner=owner,
+        spec=body.spec.model_dump(mode="json"),
+        num_passes=body.spec.training.num_passes,
+        name=body.name,
+        labels=body.labels,
+        launcher=launcher.kind,
+    )
     try:
         launcher.launch(job.id)
     except OSError as e:
@@ -72,14 +79,18 @@ async def create_job(body: JobCreate, owner: CurrentOwner, store: StoreDep, laun
 async def list_jobs(
     owner: CurrentOwner,
     store: StoreDep,
-    status_: Annotated[JobStatus | None, Query(alias="status", description="only jobs in this status")] = None,
+    status_: Annotated[
+        JobStatus | None, Query(alias="status", description="only jobs in this status")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobsPublic:
     """List the caller's jobs, newest first."""
     jobs, count = await store.list(owner, status_, limit=limit, offset=offset)
     summaries = await store.summaries([j.id for j in jobs])
-    return JobsPublic(data=[JobPublic.from_record(j, s) for j, s in zip(jobs, summaries, strict=False)], count=count)
+    return JobsPublic(
+        data=[JobPublic.from_record(j, s) for j, s in zip(jobs, summaries, strict=False)], count=count
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
@@ -88,8 +99,12 @@ async def read_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPubl
     return await _public(store, await _job_or_404(store, job_id, owner))
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             responses={**_NOT_FOUND, **_CONFLICT})
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={**_NOT_FOUND, **_CONFLICT},
+)
 async def cancel_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPublic:
     """Cancel a job: a queued job at once, a running one gracefully (watch for ``cancelled``)."""
     await _job_or_404(store, job_id, owner)
@@ -102,8 +117,12 @@ async def cancel_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPu
     return await _public(store, await _job_or_404(store, job_id, owner))
 
 
-@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
-               responses={**_NOT_FOUND, **_CONFLICT})
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**_NOT_FOUND, **_CONFLICT},
+)
 async def delete_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> Response:
     """Delete a finished job with its events and results."""
     await _job_or_404(store, job_id, owner)
@@ -121,8 +140,12 @@ async def read_job_metrics(
     job_id: str,
     owner: CurrentOwner,
     store: StoreDep,
-    after: Annotated[str | None, Query(pattern=_CURSOR, description="return events after this stream id "
-                                                                    "(the previous page's ``next``)")] = None,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=_CURSOR, description="return events after this stream id (the previous page's ``next``)"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
     """Poll a job's events (NE by step, per-pass results, status changes) by cursor."""
@@ -146,7 +169,7 @@ _SSE_DOC = {
             "Server-Sent Events. Each message: ``id`` = stream id, ``event`` = the event type "
             "(``train_window``, ``pass``, ``lifecycle``, ``status``), ``data`` = the event JSON. "
             "Comments keep the connection alive. When the job has finished and every event was "
-            "sent, a final ``end`` event (``data``: ``{\"status\": ...}``) is sent and the stream closes."
+            'sent, a final ``end`` event (``data``: ``{"status": ...}``) is sent and the stream closes.'
         ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
@@ -161,10 +184,12 @@ async def stream_job_events(
     owner: CurrentOwnerSSE,
     store: StoreDep,
     settings: SettingsDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", pattern=_CURSOR,
-                                                description="resume after this stream id")] = None,
-    after: Annotated[str | None, Query(pattern=_CURSOR, description="resume after this stream id "
-                                                                    "(Last-Event-ID wins)")] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", pattern=_CURSOR, description="resume after this stream id")
+    ] = None,
+    after: Annotated[
+        str | None, Query(pattern=_CURSOR, description="resume after this stream id (Last-Event-ID wins)")
+    ] = None,
 ) -> StreamingResponse:
     """Stream a job's events live (Server-Sent Events), from the start or resumed."""
     await _job_or_404(store, job_id, owner)
@@ -196,5 +221,8 @@ async def stream_job_events(
             # the client reconnects with Last-Event-ID and resumes where this stopped
             log.warning("SSE stream of job %s ended: Redis error %s", job_id, e)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

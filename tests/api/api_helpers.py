@@ -30,8 +30,9 @@ class ThreadServer:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> "ThreadServer":
@@ -66,7 +67,11 @@ class ProcessServer:
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=str(REPO))
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO),
+        )
         _wait_port(self.port, 30)
         return self
 

@@ -12,15 +12,26 @@ from services.settings import Settings
 
 @pytest.fixture
 def fake_trainer_path(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(FAKE_TRAINER_DIR), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(FAKE_TRAINER_DIR), os.environ.get("PYTHONPATH", "")])
+    )
 
 
 @pytest.fixture
 def settings(redis_url, redis_client, tmp_path, fake_trainer_path) -> Settings:
     return Settings(
-        redis_url=redis_url, api_tokens=TOKENS, data_dir=tmp_path / "data", launcher="local", ray_address=None,
-        heartbeat_interval_s=0.3, heartbeat_ttl_s=1.5, reaper_interval_s=0.3, cancel_grace_s=3.0,
-        trainer_module="fake_trainer", sse_keepalive_s=0.5, max_body_bytes=64 * 1024,
+        redis_url=redis_url,
+        api_tokens=TOKENS,
+        data_dir=tmp_path / "data",
+        launcher="local",
+        ray_address=None,
+        heartbeat_interval_s=0.3,
+        heartbeat_ttl_s=1.5,
+        reaper_interval_s=0.3,
+        cancel_grace_s=3.0,
+        trainer_module="fake_trainer",
+        sse_keepalive_s=0.5,
+        max_body_bytes=64 * 1024,
     )
 
 

@@ -21,7 +21,9 @@ def test_openapi_lists_every_route_with_auth(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     paths = {p: set(ops) for p, ops in spec["paths"].items()}
     assert paths == {
-        "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+        "/metrics": {"get"},
         "/v1/jobs": {"get", "post"},
         "/v1/jobs/{job_id}": {"get", "delete"},
         "/v1/jobs/{job_id}/cancel": {"post"},
@@ -69,9 +71,13 @@ def test_auth_required_and_owners_isolated(server, alice, bob):
     job = alice.post("/v1/jobs", json={"spec": TINY, "name": "a", "labels": {"mode": "slow"}}).json()
     jid = job["id"]
     assert job["owner"] == "alice"
-    for method, path in [("GET", f"/v1/jobs/{jid}"), ("POST", f"/v1/jobs/{jid}/cancel"),
-                         ("DELETE", f"/v1/jobs/{jid}"), ("GET", f"/v1/jobs/{jid}/metrics"),
-                         ("GET", f"/v1/jobs/{jid}/events")]:
+    for method, path in [
+        ("GET", f"/v1/jobs/{jid}"),
+        ("POST", f"/v1/jobs/{jid}/cancel"),
+        ("DELETE", f"/v1/jobs/{jid}"),
+        ("GET", f"/v1/jobs/{jid}/metrics"),
+        ("GET", f"/v1/jobs/{jid}/events"),
+    ]:
         r = bob.request(method, path)
         assert r.status_code == 404 and r.json() == {"detail": "Job not found"}, (method, path)
     assert bob.get("/v1/jobs").json() == {"data": [], "count": 0}

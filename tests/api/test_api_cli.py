@@ -16,13 +16,22 @@ from services.settings import DEV_TOKEN
 
 def _cli(url, *args, token=DEV_TOKEN, timeout=60):
     env = dict(os.environ, RECTRAIN_API_URL=url, RECTRAIN_TOKEN=token)
-    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(REPO),
+    )
 
 
 def test_serve_embedded_redis_and_the_client_commands(tmp_path, fake_trainer_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_API_TOKENS", "RECTRAIN_ENV")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_API_TOKENS", "RECTRAIN_ENV")
+    }
     env.update(RECTRAIN_DATA_DIR=str(tmp_path / "data"), RECTRAIN_TRAINER_MODULE="fake_trainer")
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(TINY))
@@ -31,7 +40,9 @@ def test_serve_embedded_redis_and_the_client_commands(tmp_path, fake_trainer_pat
         banner = (tmp_path / "serve.log").read_text()
         out = _cli(api.url, "submit", str(spec), "--follow", "--label", "team=ads")
         assert out.returncode == 0, out.stderr + out.stdout
-        assert "submitted job" in out.stdout and "train NE" in out.stdout and "[status] succeeded" in out.stdout
+        assert (
+            "submitted job" in out.stdout and "train NE" in out.stdout and "[status] succeeded" in out.stdout
+        )
         assert "best test NE" in out.stdout
         jid = out.stdout.split("submitted job ", 1)[1].split()[0]
         jobs = _cli(api.url, "jobs")
@@ -51,7 +62,9 @@ def test_serve_embedded_redis_and_the_client_commands(tmp_path, fake_trainer_pat
     try:
         jobs = _cli(api.url, "jobs", "--json")
         page = json.loads(jobs.stdout)
-        assert page["count"] == 1 and page["data"][0]["id"] == jid and page["data"][0]["status"] == "succeeded"
+        assert (
+            page["count"] == 1 and page["data"][0]["id"] == jid and page["data"][0]["status"] == "succeeded"
+        )
         assert page["data"][0]["summary"]["best_test_ne"] is not None
     finally:
         api.stop()

@@ -35,9 +35,16 @@ JOB_TIMEOUT_S = 240
 @pytest.fixture
 def real_settings(settings, ray_address):
     """The real trainer (``python -m trainer.cli run``) on the session Ray (local launcher)."""
-    return settings.model_copy(update={"trainer_module": "trainer.cli", "ray_address": ray_address,
-                                       "launcher": "local", "cancel_grace_s": 30.0,
-                                       "heartbeat_ttl_s": 5.0, "heartbeat_interval_s": 1.0})
+    return settings.model_copy(
+        update={
+            "trainer_module": "trainer.cli",
+            "ray_address": ray_address,
+            "launcher": "local",
+            "cancel_grace_s": 30.0,
+            "heartbeat_ttl_s": 5.0,
+            "heartbeat_interval_s": 1.0,
+        }
+    )
 
 
 def _first_ne(m) -> bool:
@@ -61,7 +68,9 @@ def test_real_job_streams_ne_survives_an_api_restart_and_succeeds(real_settings,
         api = ProcessServer(env, port=api.port).start(tmp_path / "api2.log")
         c = client_for(api.url, ALICE)
         assert c.get(f"/v1/jobs/{jid}").json()["status"] in ("running", "succeeded")
-        rest = read_sse(c, f"/v1/jobs/{jid}/events", headers={"Last-Event-ID": last_id}, timeout=JOB_TIMEOUT_S)
+        rest = read_sse(
+            c, f"/v1/jobs/{jid}/events", headers={"Last-Event-ID": last_id}, timeout=JOB_TIMEOUT_S
+        )
         assert rest[-1]["event"] == "end" and rest[-1]["data"] == {"status": "succeeded"}, rest[-3:]
         # nothing lost or repeated across the restart: first + rest == the whole stream
         streamed = [m["id"] for m in first + rest if "id" in m]
@@ -79,7 +88,8 @@ def test_real_job_streams_ne_survives_an_api_restart_and_succeeds(real_settings,
         assert done["summary"]["best_test_ne"] == pytest.approx(results["best_test_ne"])
         assert done["summary"]["best_pass"] == results["best_pass"]
         assert [p["test_ne"] for p in done["summary"]["passes"]] == pytest.approx(
-            [p["test_ne"] for p in results["passes"]])
+            [p["test_ne"] for p in results["passes"]]
+        )
     finally:
         c.close()
         api.stop()
@@ -155,9 +165,16 @@ def test_killed_real_trainer_fails_the_job_with_the_reason(real_server, real_set
 def test_ray_jobs_api_launcher_runs_a_real_job(settings, ray_dashboard_url):
     from api.main import create_app
 
-    s = settings.model_copy(update={"trainer_module": "trainer.cli", "ray_address": ray_dashboard_url,
-                                    "launcher": "auto", "ray_python": sys.executable,
-                                    "heartbeat_ttl_s": 5.0, "heartbeat_interval_s": 1.0})
+    s = settings.model_copy(
+        update={
+            "trainer_module": "trainer.cli",
+            "ray_address": ray_dashboard_url,
+            "launcher": "auto",
+            "ray_python": sys.executable,
+            "heartbeat_ttl_s": 5.0,
+            "heartbeat_interval_s": 1.0,
+        }
+    )
     assert s.effective_launcher == "ray"
     srv = ThreadServer(create_app(s)).start()
     c = client_for(srv.url, ALICE)
@@ -167,8 +184,9 @@ def test_ray_jobs_api_launcher_runs_a_real_job(settings, ray_dashboard_url):
         # the runner (in an API pod, say) dies: the reaper re-attaches a new one to the Ray job
         os.kill(int(_field(s, jid, "runner_pid")), signal.SIGKILL)
         last = [m for m in first if "id" in m][-1]["id"]
-        msgs = first + read_sse(c, f"/v1/jobs/{jid}/events", headers={"Last-Event-ID": last},
-                                timeout=JOB_TIMEOUT_S)
+        msgs = first + read_sse(
+            c, f"/v1/jobs/{jid}/events", headers={"Last-Event-ID": last}, timeout=JOB_TIMEOUT_S
+        )
         assert msgs[-1]["event"] == "end", msgs[-3:]
         log = (s.data_dir / "runs" / jid / "runner.log").read_text()
         assert "re-attached to Ray job" in log

@@ -49,11 +49,11 @@ def test_sse_resumes_after_last_event_id_and_takes_query_token(server, alice):
     assert full and all("data" in m for m in full)
     cut = full[len(full) // 2]["id"]
     rest = [m for m in read_sse(alice, path, headers={"Last-Event-ID": cut}) if "event" in m]
-    assert [m["id"] for m in rest[:-1]] == [m["id"] for m in full[len(full) // 2 + 1:]]
+    assert [m["id"] for m in rest[:-1]] == [m["id"] for m in full[len(full) // 2 + 1 :]]
     assert rest[-1]["event"] == "end"
     # ?after= does the same; Last-Event-ID wins over it
     again = [m for m in read_sse(alice, path, params={"after": cut}) if "id" in m]
-    assert [m["id"] for m in again] == [m["id"] for m in full[len(full) // 2 + 1:]]
+    assert [m["id"] for m in again] == [m["id"] for m in full[len(full) // 2 + 1 :]]
     # browsers' EventSource: token in the query string
     anon = client_for(server.url, None)
     msgs = read_sse(anon, path, params={"token": ALICE})
@@ -65,8 +65,11 @@ def test_sse_resumes_after_last_event_id_and_takes_query_token(server, alice):
 def test_sse_is_live_with_keepalives_and_cancel_ends_it(alice):
     job = alice.post("/v1/jobs", json={"spec": TINY, "labels": {"mode": "slow"}}).json()
     jid = job["id"]
-    seen = read_sse(alice, f"/v1/jobs/{jid}/events",
-                    until=lambda m: m.get("event") == "train_window" and m["data"]["step"] >= 5)
+    seen = read_sse(
+        alice,
+        f"/v1/jobs/{jid}/events",
+        until=lambda m: m.get("event") == "train_window" and m["data"]["step"] >= 5,
+    )
     last = [m for m in seen if "id" in m][-1]["id"]
     r = alice.post(f"/v1/jobs/{jid}/cancel")
     assert r.status_code == 202 and r.json()["cancel_requested"] is True
@@ -83,9 +86,17 @@ def test_keepalive_comments_while_waiting(settings, alice):
     # a running job with no new events: the stream sends comments, not silence
     job = alice.post("/v1/jobs", json={"spec": TINY, "labels": {"mode": "quiet"}}).json()
     wait_status(alice, job["id"], lambda s: s == "running")
-    msgs = read_sse(alice, f"/v1/jobs/{job['id']}/events",
-                    until=lambda m: "comment" in m and m["comment"].startswith(": keepalive"), timeout=20)
-    assert [m["data"]["status"] for m in msgs if m.get("event") == "status"] == ["queued", "starting", "running"]
+    msgs = read_sse(
+        alice,
+        f"/v1/jobs/{job['id']}/events",
+        until=lambda m: "comment" in m and m["comment"].startswith(": keepalive"),
+        timeout=20,
+    )
+    assert [m["data"]["status"] for m in msgs if m.get("event") == "status"] == [
+        "queued",
+        "starting",
+        "running",
+    ]
     alice.post(f"/v1/jobs/{job['id']}/cancel")
     wait_status(alice, job["id"], lambda s: s in TERMINAL)
 

@@ -38,8 +38,7 @@ def test_every_operation_conforms(fuzz_server):
         op = result.ok()
 
         @given(case=op.as_strategy())
-        @hsettings(max_examples=20, deadline=None, database=None,
-                   suppress_health_check=list(HealthCheck))
+        @hsettings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def check(case):
             case.call_and_validate(base_url=fuzz_server.url, headers=headers, checks=CHECKS, timeout=10)
 

@@ -22,7 +22,15 @@ def fake_trainer_path(monkeypatch):
 @pytest.fixture
 def settings(redis_url, redis_client, tmp_path, fake_trainer_path) -> Settings:
     return Settings(
-        redis_url=redis_url, api_tokens="tok-alice:alice,tok-bob:bob", data_dir=tmp_path / "data",
-        launcher="local", ray_address=None, heartbeat_interval_s=0.3, heartbeat_ttl_s=1.5,
-        reaper_interval_s=0.3, cancel_grace_s=3.0, trainer_module="fake_trainer", sse_keepalive_s=1.0,
+        redis_url=redis_url,
+        api_tokens="tok-alice:alice,tok-bob:bob",
+        data_dir=tmp_path / "data",
+        launcher="local",
+        ray_address=None,
+        heartbeat_interval_s=0.3,
+        heartbeat_ttl_s=1.5,
+        reaper_interval_s=0.3,
+        cancel_grace_s=3.0,
+        trainer_module="fake_trainer",
+        sse_keepalive_s=1.0,
     )

@@ -58,32 +58,66 @@ def main() -> int:
                 time.sleep(0.1)
                 continue
             step += 1
-            sink.emit({"type": "train_window", "step": step, "pass": 0, "ts": time.time(),
-                       "ne_window": 0.9, "ne_lifetime": 0.9, "examples": 256, "examples_per_s": 1000.0,
-                       "steps_in_pass": step})
+            sink.emit(
+                {
+                    "type": "train_window",
+                    "step": step,
+                    "pass": 0,
+                    "ts": time.time(),
+                    "ne_window": 0.9,
+                    "ne_lifetime": 0.9,
+                    "examples": 256,
+                    "examples_per_s": 1000.0,
+                    "steps_in_pass": step,
+                }
+            )
             time.sleep(0.1)
-        sink.emit({"type": "lifecycle", "phase": "failed", "step": step, "pass": 0, "ts": time.time(),
-                   "message": "aborted by SIGTERM"})
+        sink.emit(
+            {
+                "type": "lifecycle",
+                "phase": "failed",
+                "step": step,
+                "pass": 0,
+                "ts": time.time(),
+                "message": "aborted by SIGTERM",
+            }
+        )
         sink.close()
         return 143
     for pas in range(num_passes):
         for _ in range(3):
             step += 1
-            sink.emit({"type": "train_window", "step": step, "pass": pas, "ts": time.time(),
-                       "ne_window": 0.95 - 0.01 * step, "ne_lifetime": 0.95, "examples": 256,
-                       "examples_per_s": 5000.0 + step, "steps_in_pass": 3})
+            sink.emit(
+                {
+                    "type": "train_window",
+                    "step": step,
+                    "pass": pas,
+                    "ts": time.time(),
+                    "ne_window": 0.95 - 0.01 * step,
+                    "ne_lifetime": 0.95,
+                    "examples": 256,
+                    "examples_per_s": 5000.0 + step,
+                    "steps_in_pass": 3,
+                }
+            )
             time.sleep(0.05)
-        res = {"pass": pas, "train_ne": 0.9 - 0.05 * pas, "test_ne": 0.92 + 0.01 * (pas - 1) ** 2,
-               "test_calibration": 1.0, "test_auc": 0.7,
-               "test_ne_by_stratum": {"frequent": 0.9, "medium": 0.93, "rare": 0.97},
-               "examples_per_s": 5000.0}
+        res = {
+            "pass": pas,
+            "train_ne": 0.9 - 0.05 * pas,
+            "test_ne": 0.92 + 0.01 * (pas - 1) ** 2,
+            "test_calibration": 1.0,
+            "test_auc": 0.7,
+            "test_ne_by_stratum": {"frequent": 0.9, "medium": 0.93, "rare": 0.97},
+            "examples_per_s": 5000.0,
+        }
         passes.append(res)
         sink.emit({"type": "pass", "step": step, "ts": time.time(), **res})
     sink.emit({"type": "lifecycle", "phase": "finished", "step": step, "pass": -1, "ts": time.time()})
     sink.close()
     best = min(passes, key=lambda x: x["test_ne"])
     Path(a.run_dir, "results.json").write_text(
-        json.dumps({"passes": passes, "best_test_ne": best["test_ne"], "best_pass": best["pass"]}))
+        json.dumps({"passes": passes, "best_test_ne": best["test_ne"], "best_pass": best["pass"]})
+    )
     return 0
 
 

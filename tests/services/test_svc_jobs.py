@@ -39,7 +39,9 @@ def test_create_get_and_the_happy_path(redis_url, redis_client):
         async with open_store(redis_url) as store:
             job = await store.create(owner="alice", spec=SPEC, num_passes=2, name="n", labels={"a": "b"})
             got = await store.get(job.id)
-            assert got.status == S.QUEUED and got.spec == SPEC and got.labels == {"a": "b"} and got.name == "n"
+            assert (
+                got.status == S.QUEUED and got.spec == SPEC and got.labels == {"a": "b"} and got.name == "n"
+            )
             assert got.started_at is None
             assert await store.transition(job.id, S.STARTING) == S.QUEUED
             assert await store.transition(job.id, S.RUNNING, trainer_pid=123) == S.STARTING
@@ -176,5 +178,9 @@ def test_summary_from_progress():
     s = summarize_progress(prog)
     assert [p["pass"] for p in s["passes"]] == [0, 1, 2]
     assert s["best_test_ne"] == 0.90 and s["best_pass"] == 0 and s["last_examples_per_s"] == 1234.5
-    assert summarize_progress({}) == {"best_test_ne": None, "best_pass": None, "passes": [],
-                                      "last_examples_per_s": None}
+    assert summarize_progress({}) == {
+        "best_test_ne": None,
+        "best_pass": None,
+        "passes": [],
+        "last_examples_per_s": None,
+    }

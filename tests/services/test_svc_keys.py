@@ -7,8 +7,13 @@ from services.jobs import new_job_id
 def test_builders_are_prefixed_and_distinct():
     jid = new_job_id()
     built = [
-        keys.job_key(jid), keys.events_stream_key(jid), keys.progress_key(jid), keys.heartbeat_key(jid),
-        keys.jobs_index_key(), keys.status_index_key("running"), keys.owner_jobs_key("alice"),
+        keys.job_key(jid),
+        keys.events_stream_key(jid),
+        keys.progress_key(jid),
+        keys.heartbeat_key(jid),
+        keys.jobs_index_key(),
+        keys.status_index_key("running"),
+        keys.owner_jobs_key("alice"),
         keys.owner_status_key("alice", "running"),
     ]
     assert all(k.startswith(keys.KEY_PREFIX + ":") for k in built)

@@ -20,8 +20,12 @@ SPEC = {"training": {"num_passes": 2}}
 def create(settings, labels=None):
     async def go():
         async with open_store(settings.redis_url) as store:
-            return (await store.create(owner="alice", spec=SPEC, num_passes=2, labels=labels or {},
-                                       launcher="local")).id
+            return (
+                await store.create(
+                    owner="alice", spec=SPEC, num_passes=2, labels=labels or {}, launcher="local"
+                )
+            ).id
+
     return run(go())
 
 
@@ -29,6 +33,7 @@ def get(settings, job_id):
     async def go():
         async with open_store(settings.redis_url) as store:
             return await store.get(job_id), await store.summary(job_id)
+
     return run(go())
 
 
@@ -39,7 +44,9 @@ def wait_for(settings, job_id, pred, timeout=20.0, what="condition"):
         if pred(job):
             return job, summary
         time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout}s; job is {job}; runner log:\n{_log(settings, job_id)}")
+    raise AssertionError(
+        f"{what} not reached in {timeout}s; job is {job}; runner log:\n{_log(settings, job_id)}"
+    )
 
 
 def _log(settings, job_id):

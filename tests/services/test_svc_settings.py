@@ -31,8 +31,16 @@ def test_development_defaults(monkeypatch, tmp_path):
     assert s.effective_launcher == "ray" and s.tokens == {GOOD: "alice"} and s.max_body_bytes == 4096
 
 
-@pytest.mark.parametrize("tokens", [None, f"{DEV_TOKEN}:dev", "change-me-alice-token-123456:alice",
-                                    "short:alice", f"{GOOD}:alice,changeme:bob"])
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        None,
+        f"{DEV_TOKEN}:dev",
+        "change-me-alice-token-123456:alice",
+        "short:alice",
+        f"{GOOD}:alice,changeme:bob",
+    ],
+)
 def test_production_refuses_placeholder_tokens(tokens):
     with pytest.raises(ValidationError, match="RECTRAIN_API_TOKENS"):
         Settings(env="production", api_tokens=tokens, redis_url="redis://r:6379/0")

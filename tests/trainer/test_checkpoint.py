@@ -2,16 +2,18 @@
 
 import torch
 
+from tests.trainer.specs import tiny_spec_dict
 from trainer.loop import LocalSession, Trainer
 from trainer.spec import parse_spec
-
-from tests.trainer.specs import tiny_spec_dict
 
 
 def _snapshot(t: Trainer):
     sd = t.dmp.state_dict()
-    emb = {k: torch.cat([s.tensor.clone() for s in v.local_shards()]) for k, v in sd.items()
-           if hasattr(v, "local_shards")}
+    emb = {
+        k: torch.cat([s.tensor.clone() for s in v.local_shards()])
+        for k, v in sd.items()
+        if hasattr(v, "local_shards")
+    }
     dense = {k: v.clone() for k, v in sd.items() if not hasattr(v, "local_shards")}
     mom = {}
     for states in t.dmp.fused_optimizer.state_dict()["state"].values():

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.trainer.specs import tiny_spec_dict
 from trainer.data.dataset import RankData
 from trainer.data.files import CriteoTSV, Table
 from trainer.data.hashing import MISSING, base_hash_column, base_hash_ints, base_hash_strings, replica_rows
@@ -11,17 +12,17 @@ from trainer.data.synthetic import SyntheticClicks
 from trainer.errors import DataError
 from trainer.spec import SyntheticSpec, TableColumns, parse_spec
 
-from tests.trainer.specs import tiny_spec_dict
-
-
 # ------------------------------------------------------------------ hashing
 
 
 def test_bad_ids_hash_into_range_without_crashing():
     ints = np.array([-1, -(2**63), 2**63 - 1, 0, 42], dtype=np.int64)
     strs = ["a", None, float("nan"), "", "ffffffffffffffffffffffffffff", "-3"]
-    for base in (base_hash_ints(ints), base_hash_strings(strs),
-                 base_hash_column(pd.Series([1.0, np.nan, 1e30, -7.0]))):
+    for base in (
+        base_hash_ints(ints),
+        base_hash_strings(strs),
+        base_hash_column(pd.Series([1.0, np.nan, 1e30, -7.0])),
+    ):
         for r in range(3):
             rows = replica_rows(base, r, 1000)
             assert rows.dtype == np.int64 and rows.min() >= 0 and rows.max() < 1000
@@ -38,7 +39,10 @@ def test_replicas_are_independent_hashes():
 
 def test_hashing_is_stable_across_calls():
     assert (base_hash_strings(["x", "y"]) == base_hash_strings(["x", "y"])).all()
-    assert replica_rows(base_hash_ints(np.array([7])), 0, 97)[0] == replica_rows(base_hash_ints(np.array([7])), 0, 97)[0]
+    assert (
+        replica_rows(base_hash_ints(np.array([7])), 0, 97)[0]
+        == replica_rows(base_hash_ints(np.array([7])), 0, 97)[0]
+    )
 
 
 # ------------------------------------------------------------------ synthetic
@@ -78,8 +82,9 @@ def test_synthetic_has_power_law_ads_and_a_sane_ctr():
 
 
 def _criteo_line(label, ints, cats):
-    return "\t".join([str(label), *["" if v is None else str(v) for v in ints],
-                      *["" if v is None else v for v in cats]])
+    return "\t".join(
+        [str(label), *["" if v is None else str(v) for v in ints], *["" if v is None else v for v in cats]]
+    )
 
 
 def test_criteo_reader_handles_missing_values(tmp_path):
@@ -111,20 +116,27 @@ def test_criteo_reader_rejects_bad_labels_and_missing_days(tmp_path):
 
 
 def _ratings_frame():
-    return pd.DataFrame({
-        "user": [1, 2, 3, -5, 2**40, 6],
-        "item": ["a", "b", None, "c", "a", "b"],
-        "genres": ["x|y", "", None, "z", "x|x|y", "y"],
-        "rating": [5, 3, 4, 1, 4, 2],
-        "age": [20.0, None, 30.0, 40.0, 50.0, 60.0],
-        "day": [0, 0, 0, 1, 1, 1],
-    })
+    return pd.DataFrame(
+        {
+            "user": [1, 2, 3, -5, 2**40, 6],
+            "item": ["a", "b", None, "c", "a", "b"],
+            "genres": ["x|y", "", None, "z", "x|x|y", "y"],
+            "rating": [5, 3, 4, 1, 4, 2],
+            "age": [20.0, None, 30.0, 40.0, 50.0, 60.0],
+            "day": [0, 0, 0, 1, 1, 1],
+        }
+    )
 
 
-COLUMNS = TableColumns.model_validate({
-    "label": "rating", "label_threshold": 4, "day": "day",
-    "sparse": ["user", "item", {"name": "genres", "multi_valued": True}], "dense": ["age"],
-})
+COLUMNS = TableColumns.model_validate(
+    {
+        "label": "rating",
+        "label_threshold": 4,
+        "day": "day",
+        "sparse": ["user", "item", {"name": "genres", "multi_valued": True}],
+        "dense": ["age"],
+    }
+)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

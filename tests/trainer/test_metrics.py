@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.trainer.specs import tiny_spec_dict
 from trainer.data.dataset import STRATA
 from trainer.loop import LocalSession, Trainer
 from trainer.metrics import ne
 from trainer.spec import parse_spec
-
-from tests.trainer.specs import tiny_spec_dict
 
 
 def numpy_ne(p, y, w):
@@ -34,12 +33,22 @@ def test_ne_calibration_and_strata_match_numpy():
     y = (rng.random(n) < p * 0.8).astype(np.float32)
     w = rng.choice([0.0, 1.0, 2.0], size=n).astype(np.float32)
     s = rng.integers(0, 3, size=n)
-    m = ne.make_metric_module(window_size=n, batch_size=bs, world_size=1, rank=0, device=torch.device("cpu"),
-                              with_auc=True, with_strata=True)
+    m = ne.make_metric_module(
+        window_size=n,
+        batch_size=bs,
+        world_size=1,
+        rank=0,
+        device=torch.device("cpu"),
+        with_auc=True,
+        with_strata=True,
+    )
     for i in range(0, n, bs):
         sl = slice(i, i + bs)
-        ne.update(m, torch.from_numpy(logits[sl]), _B(torch.from_numpy(y[sl]), torch.from_numpy(w[sl]),
-                                                      torch.from_numpy(s[sl])))
+        ne.update(
+            m,
+            torch.from_numpy(logits[sl]),
+            _B(torch.from_numpy(y[sl]), torch.from_numpy(w[sl]), torch.from_numpy(s[sl])),
+        )
     out = ne.summarize(m.compute())
     assert out["lifetime_ne"] == pytest.approx(numpy_ne(p, y, w), rel=1e-5)
     assert out["lifetime_calibration"] == pytest.approx((w * p).sum() / (w * y).sum(), rel=1e-5)

@@ -6,12 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from tests.trainer.specs import REPO
 from trainer.data.dataset import RankData
 from trainer.data.movielens import fetch_ml100k
 from trainer.loop import LocalSession, Trainer
 from trainer.spec import load_spec
-
-from tests.trainer.specs import REPO
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,9 @@ def ml_spec(tmp_path_factory):
         pytest.fail(f"could not fetch MovieLens-100k from the recbole wheel: {e}")
     spec = load_spec(REPO / "examples" / "movielens.yaml")
     data = spec.data.model_copy(update={"path": str(path)})
-    return spec.model_copy(update={"data": data, "training": spec.training.model_copy(update={"num_passes": 1})})
+    return spec.model_copy(
+        update={"data": data, "training": spec.training.model_copy(update={"num_passes": 1})}
+    )
 
 
 def test_movielens_partitions_and_labels(ml_spec):

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.launch import run_job
-from trainer.spec import load_spec, parse_spec
-
 from tests.trainer.specs import REPO, tiny_spec_dict
+from trainer.launch import run_job
+from trainer.spec import load_spec
 
 pytestmark = pytest.mark.ray
 
@@ -68,8 +67,13 @@ def test_tables_are_sharded_across_both_workers(quickstart):
     owned = []
     for r in (0, 1):
         state = torch.load(ckpts[-1] / f"rank_{r}.pt", weights_only=False)
-        owned.append({k for k, v in state["model"].items()
-                      if isinstance(v, dict) and v["__shards__"] and v["__shards__"][0].numel() > 0})
+        owned.append(
+            {
+                k
+                for k, v in state["model"].items()
+                if isinstance(v, dict) and v["__shards__"] and v["__shards__"][0].numel() > 0
+            }
+        )
     assert owned[0] and owned[1], "each rank should own some embedding shards"
 
 
@@ -109,9 +113,23 @@ def test_resume_after_a_killed_worker(ray_address, tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(d))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "run", str(spec_path), "--run-dir", str(run_dir),
-                             "--no-progress"], env=_cli_env(ray_address), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "run",
+            str(spec_path),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        env=_cli_env(ray_address),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         killed = None
@@ -141,8 +159,14 @@ def test_resume_after_a_killed_worker(ray_address, tmp_path):
 def test_cli_prints_the_table_and_rejects_bad_specs(ray_address, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(tiny_spec_dict(model={"embedding_dim": -3})))
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "run", str(bad)], env=_cli_env(ray_address),
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "run", str(bad)],
+        env=_cli_env(ray_address),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "model.embedding_dim" in r.stderr
 
 
@@ -151,9 +175,23 @@ def test_sigterm_cancels_the_run(ray_address, tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(d))
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "run", str(spec_path), "--run-dir", str(run_dir),
-                             "--no-progress"], env=_cli_env(ray_address), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "trainer.cli",
+            "run",
+            str(spec_path),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        env=_cli_env(ray_address),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(e["type"] == "train_window" for e in _events(run_dir)):
         assert proc.poll() is None, proc.communicate()[0][-2000:]

@@ -4,10 +4,9 @@ import json
 
 import pytest
 
+from tests.trainer.specs import REPO, tiny_spec_dict
 from trainer.errors import CapacityError, SpecError
 from trainer.spec import JobSpec, load_spec, parse_spec
-
-from tests.trainer.specs import REPO, tiny_spec_dict
 
 
 def test_quickstart_loads_and_defaults_fill_in():

@@ -73,8 +73,9 @@ class Batch:
 class _Part:
     """One rank's rows of a set of days, with ids already hashed to table rows."""
 
-    def __init__(self, chunk: Chunk, day_of_row: np.ndarray, strata: np.ndarray, spec: JobSpec,
-                 features: list[str]) -> None:
+    def __init__(
+        self, chunk: Chunk, day_of_row: np.ndarray, strata: np.ndarray, spec: JobSpec, features: list[str]
+    ) -> None:
         self.label = chunk.label
         self.dense = chunk.dense
         self.day_of_row = day_of_row
@@ -90,7 +91,9 @@ class _Part:
             np.cumsum(lengths, out=off[1:])
             self.offsets[f] = off
             self.single[f] = bool((lengths == 1).all())
-            self.rows[f] = [replica_rows(values, r, spec.model.hash_size) for r in range(spec.model.num_replicas)]
+            self.rows[f] = [
+                replica_rows(values, r, spec.model.hash_size) for r in range(spec.model.num_replicas)
+            ]
 
     def __len__(self) -> int:
         return len(self.label)
@@ -110,16 +113,21 @@ class RankData:
         stratum_feature = spec.data.resolved_stratum_feature()
 
         train_chunks, train_days_of_row, self.train_day_counts = self._read(
-            source, spec.data.train_days, count_feature=stratum_feature)
+            source, spec.data.train_days, count_feature=stratum_feature
+        )
         self.stratum_counts = self._merge_counts()
         train = concat_chunks(train_chunks)
-        self.train = _Part(train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features)
+        self.train = _Part(
+            train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features
+        )
         self.test: _Part | None = None
         self.test_day_counts: dict[int, int] = {}
         if spec.data.test_days:
             test_chunks, test_days_of_row, self.test_day_counts = self._read(source, spec.data.test_days)
             test = concat_chunks(test_chunks)
-            self.test = _Part(test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features)
+            self.test = _Part(
+                test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features
+            )
 
         per_rank_min = sum(n // world_size for n in self.train_day_counts.values())
         self.steps_per_pass = per_rank_min // self.batch_size
@@ -211,7 +219,9 @@ class RankData:
             single = part.single[f]
             for r in range(self.replicas):
                 table_rows = part.rows[f][r]
-                values_all.append(table_rows[rows] if single else gather_jagged(table_rows, part.offsets[f], rows))
+                values_all.append(
+                    table_rows[rows] if single else gather_jagged(table_rows, part.offsets[f], rows)
+                )
                 lengths_all.append(lengths)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys,
@@ -244,7 +254,7 @@ class RankData:
             pad = b - len(rows)
             weights = np.ones(b, dtype=np.float32)
             if pad:
-                weights[len(rows):] = 0.0
+                weights[len(rows) :] = 0.0
                 rows = np.concatenate([rows, np.zeros(pad, dtype=np.int64)])
             yield self._batch(self.test, rows, weights)
 

@@ -46,9 +46,17 @@ class CriteoTSV:
     def read_day(self, day: int, max_rows: int | None = None) -> Iterator[Chunk]:
         path = day_path(self.pattern, day)
         reader = pd.read_csv(
-            path, sep="\t", header=None, names=CRITEO_COLUMNS, chunksize=_CHUNK_ROWS,
-            dtype={c: "string" for c in CRITEO_SPARSE}, na_values=[""], keep_default_na=False,
-            nrows=max_rows, on_bad_lines="error", engine="c",
+            path,
+            sep="\t",
+            header=None,
+            names=CRITEO_COLUMNS,
+            chunksize=_CHUNK_ROWS,
+            dtype={c: "string" for c in CRITEO_SPARSE},
+            na_values=[""],
+            keep_default_na=False,
+            nrows=max_rows,
+            on_bad_lines="error",
+            engine="c",
         )
         try:
             for df in reader:
@@ -63,8 +71,11 @@ class CriteoTSV:
         if np.isnan(label).any() or not np.isin(label, (0.0, 1.0)).all():
             raise DataError(f"{path}: the label column (first) must hold 0 or 1 on every line")
         dense = np.stack(
-            [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-             for c in CRITEO_DENSE], axis=1,
+            [
+                pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                for c in CRITEO_DENSE
+            ],
+            axis=1,
         )
         sparse = {}
         ones = np.ones(n, dtype=np.int32)
@@ -152,8 +163,11 @@ class Table:
             label = raw.astype(np.float32)
         if cols.dense:
             dense = np.stack(
-                [pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-                 for c in cols.dense], axis=1,
+                [
+                    pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                    for c in cols.dense
+                ],
+                axis=1,
             )
             dense = np.nan_to_num(dense, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
         else:
@@ -166,7 +180,9 @@ class Table:
                 lists = lists.map(lambda xs: [x for x in xs if x != ""])
                 lengths = lists.map(len).to_numpy(dtype=np.int32)
                 flat = lists.explode().dropna()
-                values = base_hash_strings(flat.to_numpy(dtype=object)) if len(flat) else np.zeros(0, np.uint64)
+                values = (
+                    base_hash_strings(flat.to_numpy(dtype=object)) if len(flat) else np.zeros(0, np.uint64)
+                )
                 sparse[sc.name] = (values, lengths)
             else:
                 h = base_hash_column(col) if len(col) else np.zeros(0, np.uint64)

@@ -26,8 +26,21 @@ def fetch_ml100k(dest: str | Path, cache: str | Path | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     wheels = list(cache.glob("recbole-*.whl"))
     if not wheels:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-                        "-d", str(cache), WHEEL_SPEC], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-q",
+                "-d",
+                str(cache),
+                WHEEL_SPEC,
+            ],
+            check=True,
+        )
         wheels = list(cache.glob("recbole-*.whl"))
     with zipfile.ZipFile(wheels[0]) as z, z.open(MEMBER) as src:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -68,12 +68,16 @@ def format_event(event: dict[str, Any]) -> str | None:
     """One human-readable line for an event (None for events not worth a line)."""
     t = event["type"]
     if t == EventType.TRAIN_WINDOW.value:
-        return (f"[pass {event['pass'] + 1}] step {event['step']:>7}  window NE {_num(event.get('ne_window'))}"
-                f"  {event['examples_per_s']:,.0f} ex/s")
+        return (
+            f"[pass {event['pass'] + 1}] step {event['step']:>7}  window NE {_num(event.get('ne_window'))}"
+            f"  {event['examples_per_s']:,.0f} ex/s"
+        )
     if t == EventType.PASS.value:
-        return (f"[pass {event['pass'] + 1}] train NE {_num(event.get('train_ne'))}  test NE "
-                f"{_num(event.get('test_ne'))}  calib {_num(event.get('test_calibration'), '.3f')}  "
-                f"AUC {_num(event.get('test_auc'))}")
+        return (
+            f"[pass {event['pass'] + 1}] train NE {_num(event.get('train_ne'))}  test NE "
+            f"{_num(event.get('test_ne'))}  calib {_num(event.get('test_calibration'), '.3f')}  "
+            f"AUC {_num(event.get('test_auc'))}"
+        )
     if t == EventType.LIFECYCLE.value:
         return f"[{event['phase']}] {event.get('message', '')}".rstrip()
     return None
@@ -119,8 +123,9 @@ class MultiSink:
                 pass
 
 
-def make_sink(run_dir: str | Path, *, stdout: bool = True, redis_url: str | None = None,
-              job_id: str | None = None) -> MultiSink:
+def make_sink(
+    run_dir: str | Path, *, stdout: bool = True, redis_url: str | None = None, job_id: str | None = None
+) -> MultiSink:
     """The sinks a run writes to: always the run dir's events.jsonl; stdout lines; and
     the job's Redis Stream when the control plane launched the run (redis_url + job_id)."""
     sinks: list[MetricsSink] = [JsonlFileSink(Path(run_dir) / "events.jsonl")]

@@ -21,8 +21,16 @@ TASK = RecTaskInfo(name="ctr", label_name="label", prediction_name="prediction",
 _P = f"{TASK.name}|"
 
 
-def make_metric_module(*, window_size: int, batch_size: int, world_size: int, rank: int, device: torch.device,
-                       with_auc: bool = False, with_strata: bool = False) -> RecMetricModule:
+def make_metric_module(
+    *,
+    window_size: int,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    device: torch.device,
+    with_auc: bool = False,
+    with_strata: bool = False,
+) -> RecMetricModule:
     """A metric module for one phase: NE + calibration (+ AUC, + NE per stratum)."""
     window = max(window_size, batch_size * world_size)
     metrics = {
@@ -33,21 +41,31 @@ def make_metric_module(*, window_size: int, batch_size: int, world_size: int, ra
         metrics[RecMetricEnum.AUC] = RecMetricDef(rec_tasks=[TASK], window_size=window)
     if with_strata:
         metrics[RecMetricEnum.SEGMENTED_NE] = RecMetricDef(
-            rec_tasks=[TASK], window_size=window,
+            rec_tasks=[TASK],
+            window_size=window,
             arguments={"grouping_keys": "stratum", "num_groups": len(STRATA)},
         )
     cfg = MetricsConfig(rec_tasks=[TASK], rec_metrics=metrics, throughput_metric=None, state_metrics=[])
-    return generate_metric_module(RecMetricModule, cfg, batch_size=batch_size, world_size=world_size,
-                                  my_rank=rank, state_metrics_mapping={}, device=device)
+    return generate_metric_module(
+        RecMetricModule,
+        cfg,
+        batch_size=batch_size,
+        world_size=world_size,
+        my_rank=rank,
+        state_metrics_mapping={},
+        device=device,
+    )
 
 
 def update(module: RecMetricModule, logits: torch.Tensor, batch: Batch) -> None:
-    module.update({
-        "prediction": torch.sigmoid(logits.detach()).to(torch.float32),
-        "label": batch.labels,
-        "weight": batch.weights,
-        "stratum": batch.strata,
-    })
+    module.update(
+        {
+            "prediction": torch.sigmoid(logits.detach()).to(torch.float32),
+            "label": batch.labels,
+            "weight": batch.weights,
+            "stratum": batch.strata,
+        }
+    )
 
 
 def _f(x: Any) -> float | None:

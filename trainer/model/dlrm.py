@@ -26,8 +26,16 @@ def table_name(feature: str, replica: int) -> str:
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> ReLU -> [Dropout] per hidden layer."""
 
-    def __init__(self, in_features: int, sizes: list[int], *, batch_norm: bool, dropout: float,
-                 xavier: bool, final_activation: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        sizes: list[int],
+        *,
+        batch_norm: bool,
+        dropout: float,
+        xavier: bool,
+        final_activation: bool = True,
+    ) -> None:
         layers: list[nn.Module] = []
         for i, out in enumerate(sizes):
             lin = nn.Linear(in_features, out)
@@ -49,7 +57,9 @@ class MLP(nn.Sequential):
 class DLRM(nn.Module):
     """logit = over_arch(interaction(dense_arch(dense), pooled embeddings))."""
 
-    def __init__(self, spec: JobSpec, *, dense_dropout: float = 0.0, dense_device: torch.device | None = None) -> None:
+    def __init__(
+        self, spec: JobSpec, *, dense_dropout: float = 0.0, dense_device: torch.device | None = None
+    ) -> None:
         super().__init__()
         m = spec.model
         self.features = spec.data.sparse_feature_names()
@@ -71,8 +81,15 @@ class DLRM(nn.Module):
         self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
         with torch.device(dense_device or torch.device("cpu")):
             self.dense_arch = (
-                MLP(num_dense, m.dense_arch, batch_norm=m.batch_norm, dropout=dense_dropout, xavier=m.xavier_init)
-                if num_dense > 0 else None
+                MLP(
+                    num_dense,
+                    m.dense_arch,
+                    batch_norm=m.batch_norm,
+                    dropout=dense_dropout,
+                    xavier=m.xavier_init,
+                )
+                if num_dense > 0
+                else None
             )
             dense_out = m.dense_arch[-1] if num_dense > 0 else 0
             n_vec = len(self.features) + (1 if dense_out else 0)
@@ -80,8 +97,14 @@ class DLRM(nn.Module):
                 inter_out = dense_out + n_vec * (n_vec - 1) // 2
             else:
                 inter_out = dense_out + len(self.features) * m.embedding_dim
-            self.over_arch = MLP(inter_out, [*m.over_arch, 1], batch_norm=m.batch_norm, dropout=dense_dropout,
-                                 xavier=m.xavier_init, final_activation=False)
+            self.over_arch = MLP(
+                inter_out,
+                [*m.over_arch, 1],
+                batch_norm=m.batch_norm,
+                dropout=dense_dropout,
+                xavier=m.xavier_init,
+                final_activation=False,
+            )
             if self.interaction == Interaction.DOT:
                 triu = torch.triu_indices(n_vec, n_vec, offset=1)
                 # flat upper-triangle positions: index_select's backward is a plain

@@ -42,8 +42,9 @@ def fused_params(spec: JobSpec, extra: dict[str, Any] | None = None) -> dict[str
     return params
 
 
-def shard_model(model: torch.nn.Module, spec: JobSpec, device: torch.device,
-                extra_fused: dict[str, Any] | None = None) -> DistributedModelParallel:
+def shard_model(
+    model: torch.nn.Module, spec: JobSpec, device: torch.device, extra_fused: dict[str, Any] | None = None
+) -> DistributedModelParallel:
     """Plan (collectively, so all ranks agree) and wrap in DMP."""
     world = dist.get_world_size()
     sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(spec, extra_fused))
@@ -58,8 +59,9 @@ def shard_model(model: torch.nn.Module, spec: JobSpec, device: torch.device,
     # otherwise pick data_parallel for small tables (dense grads, no fused AdaGrad)
     # and column-wise splits rows (post-step row norms need whole rows).
     allowed = [ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
-    constraints = {cfg.name: ParameterConstraints(sharding_types=allowed)
-                   for cfg in model.ebc.embedding_bag_configs()}
+    constraints = {
+        cfg.name: ParameterConstraints(sharding_types=allowed) for cfg in model.ebc.embedding_bag_configs()
+    }
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
     return DistributedModelParallel(module=model, device=device, plan=plan, sharders=[sharder])
