@@ -31,7 +31,14 @@ class ThreadServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=2,
+            )
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -45,8 +52,14 @@ class ThreadServer:
         return self
 
     def stop(self) -> None:
+        # an open SSE stream must not keep this server (and its reaper, which would
+        # adopt other tests' jobs in the shared Redis) alive after its test
         self.server.should_exit = True
-        self.thread.join(15)
+        self.thread.join(10)
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(10)
+        assert not self.thread.is_alive(), "uvicorn thread did not stop"
 
 
 def client_for(url: str, token: str | None) -> httpx.Client:

@@ -126,8 +126,10 @@ class ApiServer:
         raise TimeoutError(f"job {job_id} still {j['status']} after {timeout_s}s")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dashboard_api(redis_url, ray_address):
+    # module scope: a live API runs a reaper over the shared session Redis, which must
+    # not outlive these tests and adopt or relaunch the jobs of the suites after them
     # Run directories, runner logs and the API's log stay under artifacts/ (gitignored)
     # so that a failed CI run can be read afterwards.
     data_dir = ARTIFACTS / "dashboard-run"
