@@ -101,6 +101,27 @@ def _cli_env(ray_address: str) -> dict:
     return dict(os.environ, RAY_ADDRESS=ray_address, PYTHONUNBUFFERED="1")
 
 
+def _start_run(spec: dict, tmp_path: Path, ray_address: str) -> tuple[subprocess.Popen, Path]:
+    """``rectrain run`` on the session cluster as a subprocess (stdout+stderr piped)."""
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "run",
+        str(spec_path),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=_cli_env(ray_address), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    return proc, run_dir
+
+
 def test_resume_after_a_killed_worker(ray_address, tmp_path):
     """SIGKILL rank 1 after the first pass's checkpoint: Ray Train restarts the worker group from
     the last checkpoint and the job still finishes every pass exactly once."""
@@ -110,26 +131,7 @@ def test_resume_after_a_killed_worker(ray_address, tmp_path):
     d["training"] = {"num_passes": 4, "max_failures": 1}
     d["scaling"] = {"num_workers": 2}
     d["metrics"] = {"window_size": 4096, "report_every_steps": 10}
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(d))
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainer.cli",
-            "run",
-            str(spec_path),
-            "--run-dir",
-            str(run_dir),
-            "--no-progress",
-        ],
-        env=_cli_env(ray_address),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, run_dir = _start_run(d, tmp_path, ray_address)
     try:
         deadline = time.time() + 240
         killed = None
@@ -172,26 +174,7 @@ def test_cli_prints_the_table_and_rejects_bad_specs(ray_address, tmp_path):
 
 def test_sigterm_cancels_the_run(ray_address, tmp_path):
     d = tiny_spec_dict(training={"num_passes": 50})
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(d))
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainer.cli",
-            "run",
-            str(spec_path),
-            "--run-dir",
-            str(run_dir),
-            "--no-progress",
-        ],
-        env=_cli_env(ray_address),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, run_dir = _start_run(d, tmp_path, ray_address)
     deadline = time.time() + 120
     while time.time() < deadline and not any(e["type"] == "train_window" for e in _events(run_dir)):
         assert proc.poll() is None, proc.communicate()[0][-2000:]
