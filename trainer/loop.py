@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from trainer.checkpoint import load_rank_state, save_rank_state
-from trainer.data.dataset import RankData, prefetch
+from trainer.data.dataset import STRATA, RankData, prefetch
 from trainer.metrics import ne
 from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
 from trainer.model.dlrm import DLRM
@@ -327,8 +327,6 @@ class Trainer:
         self.dmp.train()
         out = ne.summarize(metrics.compute())
         dist.all_reduce(counts)
-        from trainer.data.dataset import STRATA
-
         out["examples_by_stratum"] = {s: int(c) for s, c in zip(STRATA, counts.tolist(), strict=True)}
         # a stratum with no test examples has no NE
         out["ne_by_stratum"] = {

@@ -112,10 +112,10 @@ class RankData:
         source = make_source(spec.data)
         stratum_feature = spec.data.resolved_stratum_feature()
 
-        train_chunks, train_days_of_row, self.train_day_counts = self._read(
+        train_chunks, train_days_of_row, self.train_day_counts, id_counts = self._read(
             source, spec.data.train_days, count_feature=stratum_feature
         )
-        self.stratum_counts = self._merge_counts()
+        self.stratum_counts = _merge_counts(id_counts)
         train = concat_chunks(train_chunks)
         self.train = _Part(
             train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features
@@ -123,7 +123,7 @@ class RankData:
         self.test: _Part | None = None
         self.test_day_counts: dict[int, int] = {}
         if spec.data.test_days:
-            test_chunks, test_days_of_row, self.test_day_counts = self._read(source, spec.data.test_days)
+            test_chunks, test_days_of_row, self.test_day_counts, _ = self._read(source, spec.data.test_days)
             test = concat_chunks(test_chunks)
             self.test = _Part(
                 test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features
@@ -144,9 +144,10 @@ class RankData:
     # ---------------------------------------------------------------- reading
 
     def _read(self, source, days: list[int], count_feature: str | None = None):
-        self._counts_u: list[np.ndarray] = getattr(self, "_counts_u", [])
-        self._counts_c: list[np.ndarray] = getattr(self, "_counts_c", [])
+        """This rank's rows of ``days``, their day, each day's total row count, and (with
+        ``count_feature``) per-chunk (ids, counts) of that feature over *all* rows."""
         chunks, day_of_row, day_counts = [], [], {}
+        id_counts: list[tuple[np.ndarray, np.ndarray]] = []
         cap = self.spec.data.max_examples_per_day
         for day in days:
             seen = 0
@@ -154,9 +155,7 @@ class RankData:
                 n = len(chunk)
                 if count_feature is not None:
                     values, lengths = chunk.sparse[count_feature]
-                    u, c = np.unique(values, return_counts=True)
-                    self._counts_u.append(u)
-                    self._counts_c.append(c)
+                    id_counts.append(np.unique(values, return_counts=True))
                 # global row index within the day decides the rank
                 first = (self.rank - seen) % self.world_size
                 mine = np.arange(first, n, self.world_size)
@@ -169,15 +168,7 @@ class RankData:
                 raise DataError(f"data: day {day} has no examples (check data.path and the day column)")
         if not chunks:
             raise DataError(f"data: rank {self.rank} got no examples of days {days}")
-        return chunks, np.concatenate(day_of_row), day_counts
-
-    def _merge_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        u = np.concatenate(self._counts_u)
-        c = np.concatenate(self._counts_c)
-        uniq, inv = np.unique(u, return_inverse=True)
-        counts = np.bincount(inv, weights=c).astype(np.int64)
-        del self._counts_u, self._counts_c
-        return uniq, counts
+        return chunks, np.concatenate(day_of_row), day_counts, id_counts
 
     def _strata(self, chunk: Chunk, feature: str) -> np.ndarray:
         """Stratum per example from its (first) stratum-feature id's training count."""
@@ -257,6 +248,14 @@ class RankData:
                 weights[len(rows) :] = 0.0
                 rows = np.concatenate([rows, np.zeros(pad, dtype=np.int64)])
             yield self._batch(self.test, rows, weights)
+
+
+def _merge_counts(id_counts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum per-chunk (ids, counts) into sorted unique ids and their total counts."""
+    u = np.concatenate([ids for ids, _ in id_counts])
+    c = np.concatenate([n for _, n in id_counts])
+    uniq, inv = np.unique(u, return_inverse=True)
+    return uniq, np.bincount(inv, weights=c).astype(np.int64)
 
 
 def prefetch(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
