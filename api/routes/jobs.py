@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
@@ -93,6 +95,17 @@ async def list_jobs(
     )
 
 
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """The store's refusals as HTTP errors: illegal for the job's status -> 409, gone -> 404."""
+    try:
+        yield
+    except IllegalTransition as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+    except JobNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found") from None
+
+
 @router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
 async def read_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPublic:
     """A job's status, spec and latest metrics summary (best test NE, per-pass table)."""
@@ -108,12 +121,8 @@ async def read_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPubl
 async def cancel_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPublic:
     """Cancel a job: a queued job at once, a running one gracefully (watch for ``cancelled``)."""
     await _job_or_404(store, job_id, owner)
-    try:
+    with _store_errors():
         await store.request_cancel(job_id)
-    except IllegalTransition as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
-    except JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found") from None
     return await _public(store, await _job_or_404(store, job_id, owner))
 
 
@@ -126,12 +135,8 @@ async def cancel_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPu
 async def delete_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> Response:
     """Delete a finished job with its events and results."""
     await _job_or_404(store, job_id, owner)
-    try:
+    with _store_errors():
         await store.delete(job_id)
-    except IllegalTransition as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
-    except JobNotFound:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "Job not found") from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
