@@ -17,6 +17,7 @@ from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, St
 from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore
 from services.metrics_bus import read_events, read_events_raw, wait_events
+from services.submit import submit_job
 from trainer.errors import CapacityError
 
 log = logging.getLogger("rectrain.api")
@@ -55,25 +56,13 @@ async def create_job(
 ) -> JobPublic:
     """Submit a job: validate its spec (fields and memory estimate), queue it and launch it."""
     try:
-        body.spec.check_capacity()
+        job = await submit_job(
+            store, launcher, owner=owner, spec=body.spec, name=body.name, labels=body.labels
+        )
     except CapacityError as e:
         raise RequestValidationError(
             [{"type": "capacity", "loc": ("body", "spec", "model"), "msg": e.message, "input": None}]
         ) from None
-    job = await store.create(
-        owner=owner,
-        spec=body.spec.model_dump(mode="json"),
-        num_passes=body.spec.training.num_passes,
-        name=body.name,
-        labels=body.labels,
-        launcher=launcher.kind,
-    )
-    try:
-        launcher.launch(job.id)
-    except OSError as e:
-        log.exception("could not start the launcher of job %s", job.id)
-        await store.transition(job.id, JobStatus.FAILED, error=f"could not start its launcher: {e}")
-        job = await store.get(job.id) or job
     return await _public(store, job)
 
 
