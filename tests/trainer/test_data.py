@@ -219,8 +219,41 @@ def test_shuffle_modes_visit_each_example_once_per_pass(mode):
         assert (np.diff(days) != 0).sum() == 1  # days stay contiguous
     if mode == "within_partition":
         assert not (order0 == order1).all() and (days[:4000] == 0).all()
+    if mode == "across_partitions":  # the day order is drawn per pass, not fixed
+        firsts = {int(data.train.day_of_row[data._order(p)[0]]) for p in range(8)}
+        assert firsts == {0, 2}
     if mode == "all":
         assert (np.diff(days) != 0).sum() > 100
+
+
+def _day_sequence(data: RankData, pass_idx: int) -> np.ndarray:
+    """The day of every row this rank trains on in pass ``pass_idx``, in step order."""
+    order = data._order(pass_idx)[: data.steps_per_pass * data.batch_size]
+    return data.train.day_of_row[order]
+
+
+def test_across_partitions_every_rank_is_on_the_same_day_at_every_step():
+    # odd day sizes: rank 0 holds one more row of each day than rank 1
+    synthetic = {"examples_per_day": 601, "num_users": 300, "num_ads": 100}
+    spec = _spec(
+        shuffle="across_partitions",
+        train_days=[0, 2, 3, 4],
+        test_days=[1],
+        batch_size=20,
+        synthetic=synthetic,
+    )
+    ranks = [RankData(spec, r, 2) for r in range(2)]
+    assert len(ranks[0].train) == len(ranks[1].train) + 4
+    day_orders = set()
+    for p in range(6):
+        seq0, seq1 = (_day_sequence(d, p) for d in ranks)
+        assert (seq0 == seq1).all(), f"pass {p}: ranks train on different days at the same step"
+        assert (np.diff(seq0) != 0).sum() == 3  # days stay contiguous
+        day_orders.add(tuple(dict.fromkeys(seq0.tolist())))
+        # every rank still visits each of its rows at most once
+        order = ranks[0]._order(p)
+        assert sorted(order.tolist()) == list(range(len(ranks[0].train)))
+    assert len(day_orders) > 2, f"days were hardly reordered across passes: {day_orders}"
 
 
 def test_batches_are_kjts_with_one_key_per_feature_replica():

@@ -190,18 +190,37 @@ class RankData:
     # ---------------------------------------------------------------- batching
 
     def _order(self, pass_idx: int) -> np.ndarray:
+        """This rank's row order for pass ``pass_idx``.
+
+        Example permutations (``all``, ``within_partition``) are drawn per rank (each
+        rank holds different rows). The day order of ``across_partitions`` is drawn
+        from (training.seed, pass) only, so every rank walks the days in the same
+        order; and in every mode that keeps days contiguous, each day contributes the
+        same number of rows (its total // world size) on every rank, the few extra rows
+        going to the end of the order (the dropped tail), so all ranks are on the same
+        day at every step.
+        """
         mode = self.spec.data.shuffle
         n = len(self.train)
-        rng = np.random.default_rng([self.spec.training.seed, pass_idx, self.rank, 0x5F])
+        seed = self.spec.training.seed
+        rng = np.random.default_rng([seed, pass_idx, self.rank, 0x5F])
         days = self.train.day_of_row
-        if mode == Shuffle.NONE:
-            return np.arange(n)
         if mode == Shuffle.ALL:
             return rng.permutation(n)
-        blocks = [np.flatnonzero(days == d) for d in self.spec.data.train_days]
+        train_days = self.spec.data.train_days
+        day_list = list(dict.fromkeys(train_days))  # a day listed twice is one (doubled) block
         if mode == Shuffle.ACROSS_PARTITIONS:
-            return np.concatenate([blocks[i] for i in rng.permutation(len(blocks))])
-        return np.concatenate([b[rng.permutation(len(b))] for b in blocks])  # within_partition
+            day_rng = np.random.default_rng([seed, pass_idx, 0xDA7])  # no rank: same on every rank
+            day_list = [day_list[i] for i in day_rng.permutation(len(day_list))]
+        blocks, extra = [], []
+        for d in day_list:
+            rows = np.flatnonzero(days == d)
+            if mode == Shuffle.WITHIN_PARTITION:
+                rows = rows[rng.permutation(len(rows))]
+            aligned = self.train_day_counts[d] // self.world_size * train_days.count(d)
+            blocks.append(rows[:aligned])
+            extra.append(rows[aligned:])
+        return np.concatenate(blocks + extra)
 
     def _batch(self, part: _Part, rows: np.ndarray, weights: np.ndarray | None = None) -> Batch:
         lengths_all, values_all = [], []
