@@ -162,6 +162,7 @@ class Trainer:
         batch = self.regs.transform(batch, step=self.global_step)
         logits = self.dmp(batch.dense, batch.sparse)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights)
+        loss = self.regs.add_penalty(loss)  # max_entropy
         self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.spec.training.dense_grad_clip_norm
@@ -277,6 +278,7 @@ class Trainer:
         ):
             batch = batch.to(self.device, non_blocking=True)
             logits = self.train_step(batch)
+            self.regs.on_step_end(step + 1, steps)  # shrink
             ne.update(metrics, logits, batch)
             self.global_step += 1
             ex_window += global_batch

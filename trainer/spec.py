@@ -449,8 +449,89 @@ class LrSchedule(_Strict):
     reset: bool = False
 
 
+class Shrink(_Strict):
+    """``shrink``: embedding shrinkage. At the end of every pass (``at_pass_end``) and
+    after every ``every_steps``-th step of a pass, each embedding row that training
+    read in the current pass so far (on any worker; count c >= 1), and with
+    ``max_count`` K only rows with c < K, is multiplied by 1 - s. Rows not read in
+    the pass are never touched. The row-wise AdaGrad accumulator of a shrunk row is
+    left as is unless ``reset_state`` (then it is set to 0). Nothing happens while
+    the embeddings are frozen (sparse learning rate 0)."""
+
+    type: Literal["shrink"]
+    s: float = Field(gt=0.0, le=1.0, description="shrink factor: w <- (1 - s) * w")
+    at_pass_end: bool = True
+    every_steps: int | None = Field(None, ge=1)
+    max_count: int | None = Field(None, ge=1, description="K: only rows read fewer than K times")
+    reset_state: bool = False
+
+    @model_validator(mode="after")
+    def _when(self) -> "Shrink":
+        if not self.at_pass_end and self.every_steps is None:
+            raise ValueError(
+                "every_steps: shrink never runs with at_pass_end false and no every_steps; "
+                "set every_steps or at_pass_end: true"
+            )
+        return self
+
+
+class MaxEntropy(_Strict):
+    """``max_entropy``: adds to the loss, per table t (every replica), lambda_t *
+    (log D - H(p_t)) with p_t,d = E_t,d / sum_d' E_t,d' and E_t,d = sum over the
+    worker's batch of the squared pooled embedding e_t,b,d^2: rewards spreading the
+    embedding energy over all D dimensions. ``per_feature`` overrides lambda (0
+    turns it off for a feature). Its gradient reaches the rows through the fused
+    optimizer like the loss's."""
+
+    type: Literal["max_entropy"]
+    weight: float = Field(gt=0.0, le=100.0, description="lambda")
+    per_feature: dict[str, Annotated[float, Field(ge=0.0, le=100.0)]] = Field(default_factory=dict)
+
+
+class SseGraph(_Strict):
+    """``sse_graph``: SSE-Graph, training only: each id of a listed feature is
+    replaced with probability p by a neighbour in a graph built once from the
+    training days. Synthetic source: ids of the same ground-truth cluster
+    (``features`` default: user_id, ad_id, ad_history). Table source: ids of a
+    feature that share a value of ``graph_column`` (a declared sparse column) in
+    some training row; ``features`` is required. Criteo has no graph (refused)."""
+
+    type: Literal["sse_graph"]
+    p: _Prob
+    per_feature: dict[str, _Prob] = Field(default_factory=dict)
+    features: list[str] | None = Field(None, min_length=1)
+    graph_column: str | None = Field(None, min_length=1)
+
+    def graph_features(self, data: DataSpec) -> list[str]:
+        """The features whose ids are replaced (the synthetic default: those with clusters)."""
+        if self.features is not None:
+            return list(self.features)
+        names = data.sparse_feature_names()
+        return [f for f in SYNTHETIC_GRAPH_FEATURES if f in names]
+
+    def rate(self, feature: str) -> float:
+        return self.per_feature.get(feature, self.p)
+
+
+SYNTHETIC_GRAPH_FEATURES = ("user_id", "ad_id", "ad_history")
+
+
 Regularizer = Annotated[
-    Union[SparseL2, SparseL1, MaxNorm, ConstNorm, SparseDropout, Dropout, DenseL2, SseSe, Freeze, LrSchedule],
+    Union[
+        SparseL2,
+        SparseL1,
+        MaxNorm,
+        ConstNorm,
+        SparseDropout,
+        Dropout,
+        DenseL2,
+        SseSe,
+        Freeze,
+        LrSchedule,
+        Shrink,
+        MaxEntropy,
+        SseGraph,
+    ],
     Field(discriminator="type"),
 ]
 REGULARIZER_TYPES = (
@@ -464,6 +545,9 @@ REGULARIZER_TYPES = (
     "sse_se",
     "freeze",
     "lr_schedule",
+    "shrink",
+    "max_entropy",
+    "sse_graph",
 )
 
 
@@ -547,6 +631,15 @@ class JobSpec(_Strict):
                     f"regularizers.{i}.from_pass: {r.from_pass} is beyond training.num_passes "
                     f"({passes}); passes are numbered from 0, so use 0..{passes - 1}"
                 )
+            elif isinstance(r, MaxEntropy):
+                for f in r.per_feature:
+                    if f not in names:
+                        raise ValueError(
+                            f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; "
+                            f"choose among {names}"
+                        )
+            elif isinstance(r, SseGraph):
+                self._check_sse_graph(i, r, names)
             elif isinstance(r, LrSchedule):
                 for field in ("sparse", "dense"):
                     n = len(getattr(r, field))
@@ -555,6 +648,56 @@ class JobSpec(_Strict):
                             f"regularizers.{i}.{field}: {n} factors for training.num_passes "
                             f"= {passes}; give at most one factor per pass"
                         )
+
+    def _check_sse_graph(self, i: int, r: SseGraph, names: list[str]) -> None:
+        src = self.data.source
+        if src == DataSource.CRITEO:
+            raise ValueError(
+                f"regularizers.{i}.type: sse_graph needs a graph between ids, and the criteo "
+                "source has none (its 26 columns are anonymous hashed categories); use sse_se "
+                "(uniform replacement) instead, or a table source with a graph_column"
+            )
+        if src == DataSource.SYNTHETIC:
+            if r.graph_column is not None:
+                raise ValueError(
+                    f"regularizers.{i}.graph_column: only for data.source 'table'; the synthetic "
+                    "source's graph is its ground-truth clusters (remove graph_column)"
+                )
+            allowed = [f for f in SYNTHETIC_GRAPH_FEATURES if f in names]
+            what = "have ground-truth clusters"
+        else:
+            if r.graph_column is None:
+                raise ValueError(
+                    f"regularizers.{i}.graph_column: required for data.source 'table': the sparse "
+                    f"column whose shared values link ids (e.g. a genre); choose among {names}"
+                )
+            if r.graph_column not in names:
+                raise ValueError(
+                    f"regularizers.{i}.graph_column: '{r.graph_column}' is not a sparse column of "
+                    f"data.columns; choose among {names}"
+                )
+            if r.features is None:
+                raise ValueError(
+                    f"regularizers.{i}.features: required for data.source 'table': the sparse "
+                    f"features whose ids are replaced by neighbours through graph_column "
+                    f"'{r.graph_column}'"
+                )
+            allowed = [f for f in names if f != r.graph_column]
+            what = "can be linked through graph_column"
+        for f in r.features or []:
+            if f not in allowed:
+                raise ValueError(
+                    f"regularizers.{i}.features: '{f}' is not a sparse feature that {what}; "
+                    f"choose among {allowed}"
+                )
+        if r.features is not None and len(set(r.features)) != len(r.features):
+            raise ValueError(f"regularizers.{i}.features: each feature may appear once")
+        graph = r.features if r.features is not None else allowed
+        for f in r.per_feature:
+            if f not in graph:
+                raise ValueError(
+                    f"regularizers.{i}.per_feature: '{f}' is not one of the sse_graph features {graph}"
+                )
 
     # ---- capacity estimate -------------------------------------------------
 

@@ -24,6 +24,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data.chunk import Chunk, concat_chunks, gather_jagged
 from trainer.data.files import CriteoTSV, Table
+from trainer.data.graph import SALT as _GRAPH_SALT
+from trainer.data.graph import GraphBuilder, NeighbourGraph, sse_graph_of
 from trainer.data.hashing import replica_rows
 from trainer.data.synthetic import SyntheticClicks
 from trainer.errors import DataError
@@ -112,14 +114,21 @@ class RankData:
         source = make_source(spec.data)
         stratum_feature = spec.data.resolved_stratum_feature()
 
+        # sse_graph: neighbour lists from every row of the training days (see data/graph.py)
+        graph_builder = GraphBuilder(spec, source) if sse_graph_of(spec) is not None else None
         train_chunks, train_days_of_row, self.train_day_counts, id_counts = self._read(
-            source, spec.data.train_days, count_feature=stratum_feature
+            source, spec.data.train_days, count_feature=stratum_feature, observe=graph_builder
         )
         self.stratum_counts = _merge_counts(id_counts)
         train = concat_chunks(train_chunks)
         self.train = _Part(
             train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features
         )
+        self.graph: NeighbourGraph | None = graph_builder.build() if graph_builder is not None else None
+        self.graph_nodes: dict[str, np.ndarray] = {}  # train occurrence -> graph node, per feature
+        if self.graph is not None:
+            for f, g in self.graph.graphs.items():
+                self.graph_nodes[f] = g.index(train.sparse[f][0])
         self.test: _Part | None = None
         self.test_day_counts: dict[int, int] = {}
         if spec.data.test_days:
@@ -143,7 +152,7 @@ class RankData:
 
     # ---------------------------------------------------------------- reading
 
-    def _read(self, source, days: list[int], count_feature: str | None = None):
+    def _read(self, source, days: list[int], count_feature: str | None = None, observe=None):
         """This rank's rows of ``days``, their day, each day's total row count, and (with
         ``count_feature``) per-chunk (ids, counts) of that feature over *all* rows."""
         chunks, day_of_row, day_counts = [], [], {}
@@ -153,6 +162,8 @@ class RankData:
             seen = 0
             for chunk in source.read_day(day, cap):
                 n = len(chunk)
+                if observe is not None:  # sees every row (all ranks build the same)
+                    observe.observe(chunk)
                 if count_feature is not None:
                     values, lengths = chunk.sparse[count_feature]
                     id_counts.append(np.unique(values, return_counts=True))
@@ -222,16 +233,24 @@ class RankData:
             extra.append(rows[aligned:])
         return np.concatenate(blocks + extra)
 
-    def _batch(self, part: _Part, rows: np.ndarray, weights: np.ndarray | None = None) -> Batch:
+    def _batch(
+        self,
+        part: _Part,
+        rows: np.ndarray,
+        weights: np.ndarray | None = None,
+        graph_rng: np.random.Generator | None = None,
+    ) -> Batch:
         lengths_all, values_all = [], []
         for f in self.features:
             lengths = part.lengths[f][rows]
             single = part.single[f]
+            swap = self._graph_draw(part, f, rows, graph_rng) if graph_rng is not None else None
             for r in range(self.replicas):
                 table_rows = part.rows[f][r]
-                values_all.append(
-                    table_rows[rows] if single else gather_jagged(table_rows, part.offsets[f], rows)
-                )
+                values = table_rows[rows] if single else gather_jagged(table_rows, part.offsets[f], rows)
+                if swap is not None:  # sse_graph: the neighbour's row in every replica table
+                    values[swap[0]] = self.graph.graphs[f].rows[r][swap[1]]  # type: ignore[union-attr]
+                values_all.append(values)
                 lengths_all.append(lengths)
         kjt = KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys,
@@ -247,12 +266,30 @@ class RankData:
             strata=torch.from_numpy(part.strata[rows]),
         )
 
+    def _graph_draw(
+        self, part: _Part, f: str, rows: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """sse_graph on the training part: (positions in the batch's ids of ``f``,
+        neighbour node) of the replaced occurrences, or None."""
+        nodes = self.graph_nodes.get(f)
+        if nodes is None or self.graph is None:
+            return None
+        mine = nodes[rows] if part.single[f] else gather_jagged(nodes, part.offsets[f], rows)
+        return self.graph.draw(f, mine, rng)
+
     def train_batches(self, pass_idx: int, start_step: int = 0) -> Iterator[Batch]:
-        """This rank's batches of pass ``pass_idx`` from ``start_step`` on (resume)."""
+        """This rank's batches of pass ``pass_idx`` from ``start_step`` on (resume);
+        with ``sse_graph`` ids are replaced by graph neighbours (training only)."""
         order = self._order(pass_idx)
         b = self.batch_size
+        seed = self.spec.training.seed
         for step in range(start_step, self.steps_per_pass):
-            yield self._batch(self.train, order[step * b : (step + 1) * b])
+            rng = (
+                np.random.default_rng([seed, pass_idx, self.rank, step, _GRAPH_SALT])
+                if self.graph is not None
+                else None
+            )
+            yield self._batch(self.train, order[step * b : (step + 1) * b], graph_rng=rng)
 
     def eval_batches(self) -> Iterator[Batch]:
         """This rank's test batches, in order; the last is padded with weight-0 rows."""

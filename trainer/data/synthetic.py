@@ -85,6 +85,21 @@ class SyntheticClicks:
             out.append((ids, np.cumsum(p / p.sum())))
         return out
 
+    def clusters(self, feature: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Ground-truth cluster of every id of ``feature`` (``user_id``; ``ad_id`` and
+        ``ad_history``, which hold ads): (sorted base hashes, cluster of each), or None
+        for a feature without clusters. The graph of ``sse_graph``."""
+        t = self._truth
+        if feature == "user_id":
+            raw, cluster = np.arange(self.spec.num_users), t["user_cluster"]
+        elif feature in ("ad_id", "ad_history"):
+            raw, cluster = np.arange(self.spec.num_ads), t["ad_cluster"]
+        else:
+            return None
+        h = base_hash_ints(raw)
+        order = np.argsort(h)
+        return h[order], cluster[order]
+
     def read_day(self, day: int, max_rows: int | None = None) -> Iterator[Chunk]:
         s = self.spec
         n_total = s.examples_per_day if max_rows is None else min(max_rows, s.examples_per_day)

@@ -119,8 +119,15 @@ class DLRM(nn.Module):
         with torch.no_grad():
             last.bias.fill_(math.log(ctr / (1 - ctr)))
 
+    # max_entropy: when set, a training forward keeps its pooled embeddings (per KJT
+    # key, with grad) in ``last_pooled`` for the loss term (see regularizers/entropy.py)
+    keep_pooled: bool = False
+    last_pooled: dict[str, torch.Tensor] | None = None
+
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(sparse).to_dict()
+        if self.keep_pooled and self.training:
+            self.last_pooled = pooled
         embs = []
         for f in self.features:
             e = pooled[table_feature_name(f, 0)]

@@ -14,10 +14,16 @@ regularizer in the spec behind a few hooks:
 - ``after_step(dmp)``     post-step updates of exactly those rows (``sparse_l1``,
                           ``max_norm``, ``const_norm``);
 - ``on_pass_start(...)``  per-pass learning-rate factors, resets, freezing
-                          (``lr_schedule``, ``freeze``).
+                          (``lr_schedule``, ``freeze``); restarts ``shrink``'s counts;
+- ``add_penalty(loss)``   loss terms of the pooled embeddings (``max_entropy``);
+- ``on_step_end(k, n)``   after step k of n of a pass (``shrink``'s events).
+
+``sse_graph`` is not here: it rewrites ids on the data path
+(:mod:`trainer.data.graph`, :class:`trainer.data.dataset.RankData`).
 
 Modules: :mod:`.touched` (which rows a step touched), :mod:`.post_step` (row maps),
-:mod:`.ids` (KJT rewrites), :mod:`.sparse_l2`, :mod:`.dense`, :mod:`.schedule`.
+:mod:`.ids` (KJT rewrites), :mod:`.sparse_l2`, :mod:`.dense`, :mod:`.schedule`,
+:mod:`.shrink`, :mod:`.entropy`.
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ import torch
 import torch.distributed as dist
 
 from trainer.data.dataset import Batch
-from trainer.regularizers import dense, ids, post_step
+from trainer.regularizers import dense, entropy, ids, post_step
 from trainer.regularizers.schedule import PassSchedule
+from trainer.regularizers.shrink import RowShrink
 from trainer.regularizers.sparse_l2 import ExactSparseL2, fused_weight_decay_works, weight_decay_mode
 from trainer.regularizers.touched import RowFn, TouchedRows
 from trainer.spec import (
@@ -37,7 +44,9 @@ from trainer.spec import (
     DenseL2,
     Dropout,
     JobSpec,
+    MaxEntropy,
     MaxNorm,
+    Shrink,
     SparseDropout,
     SparseL1,
     SparseL2,
@@ -62,6 +71,9 @@ class RegularizerSet:
         self.dropout: Dropout | None = get("dropout")  # type: ignore[assignment]
         self.dense_l2: DenseL2 | None = get("dense_l2")  # type: ignore[assignment]
         self.sse_se: SseSe | None = get("sse_se")  # type: ignore[assignment]
+        self.max_entropy: MaxEntropy | None = get("max_entropy")  # type: ignore[assignment]
+        shrink_cfg: Shrink | None = get("shrink")  # type: ignore[assignment]
+        self.shrink = RowShrink(shrink_cfg) if shrink_cfg is not None else None
         self.schedule = PassSchedule(spec, get("freeze"), get("lr_schedule"))  # type: ignore[arg-type]
         self.sparse_lr = spec.training.sparse_optimizer.lr  # current fused learning rate
         self.touched: TouchedRows | None = None
@@ -139,8 +151,12 @@ class RegularizerSet:
         """Called once after sharding (post-step regularizers install hooks here)."""
         self._dmp = dmp
         self._rank = dist.get_rank() if dist.is_initialized() else 0
-        if (self.has_post_step or self.exact_l2 is not None) and self.touched is None:
+        if (
+            self.has_post_step or self.exact_l2 is not None or self.shrink is not None
+        ) and self.touched is None:
             self.touched = TouchedRows(dmp, grad_hook=self.exact_l2)
+        if self.max_entropy is not None:
+            getattr(dmp, "module", dmp).keep_pooled = True
 
     def row_fn(self) -> RowFn | None:
         """The composed post-step row map at the current sparse learning rate."""
@@ -164,9 +180,22 @@ class RegularizerSet:
 
         return composed
 
+    def add_penalty(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the ``max_entropy`` term of this step's pooled embeddings."""
+        if self.max_entropy is None or self._dmp is None:
+            return loss
+        model = getattr(self._dmp, "module", self._dmp)
+        pooled, model.last_pooled = model.last_pooled, None
+        if not pooled:
+            return loss
+        term = entropy.penalty(pooled, self.max_entropy.weight, self.max_entropy.per_feature)
+        return loss if term is None else loss + term
+
     def after_step(self, dmp: torch.nn.Module) -> None:
         if self.touched is None:
             return
+        if self.shrink is not None:  # count this step's reads before they are cleared
+            self.shrink.count(self.touched)
         # embeddings frozen (lr 0): the post-step maps must not change them either
         self.touched.finish(self.row_fn() if self.sparse_lr != 0.0 else None)
 
@@ -177,3 +206,14 @@ class RegularizerSet:
         ``resumed`` inside the pass from a checkpoint)."""
         if self.schedule.active:
             self.sparse_lr = self.schedule.apply(pass_idx, dmp, dense_opt, resumed)
+        if self.shrink is not None:  # counts are per pass (and restart on resume)
+            self.shrink.reset()
+
+    def on_step_end(self, step_in_pass: int, steps_per_pass: int) -> int:
+        """After step ``step_in_pass`` (1-based) of a pass of ``steps_per_pass``:
+        ``shrink``'s events; returns how many rows were shrunk on this rank."""
+        if self.shrink is None or self.touched is None or self.sparse_lr == 0.0:
+            return 0
+        if not self.shrink.due(step_in_pass, steps_per_pass):
+            return 0
+        return self.shrink.apply(self.touched)
