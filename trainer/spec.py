@@ -465,15 +465,6 @@ class Shrink(_Strict):
     max_count: int | None = Field(None, ge=1, description="K: only rows read fewer than K times")
     reset_state: bool = False
 
-    @model_validator(mode="after")
-    def _when(self) -> "Shrink":
-        if not self.at_pass_end and self.every_steps is None:
-            raise ValueError(
-                "every_steps: shrink never runs with at_pass_end false and no every_steps; "
-                "set every_steps or at_pass_end: true"
-            )
-        return self
-
 
 class MaxEntropy(_Strict):
     """``max_entropy``: adds to the loss, per table t (every replica), lambda_t *
@@ -630,6 +621,11 @@ class JobSpec(_Strict):
                 raise ValueError(
                     f"regularizers.{i}.from_pass: {r.from_pass} is beyond training.num_passes "
                     f"({passes}); passes are numbered from 0, so use 0..{passes - 1}"
+                )
+            elif isinstance(r, Shrink) and not r.at_pass_end and r.every_steps is None:
+                raise ValueError(
+                    f"regularizers.{i}.every_steps: shrink never runs with at_pass_end false and "
+                    "no every_steps; set every_steps or at_pass_end: true"
                 )
             elif isinstance(r, MaxEntropy):
                 for f in r.per_feature:

@@ -37,6 +37,18 @@ INVALID = [
     ([{"type": "freeze", "from_pass": 1, "what": "everything"}], "regularizers.0.what:"),
     ([{"type": "lr_schedule", "sparse": [1.0, -0.5]}], "regularizers.0.sparse.1:"),
     ([{"type": "lr_schedule", "dense": [1.0, 0.5, 0.25]}], "regularizers.0.dense:"),  # 3 factors, 2 passes
+    ([{"type": "shrink", "s": 0}], "regularizers.0.s:"),
+    ([{"type": "shrink", "s": 1.5}], "regularizers.0.s:"),
+    ([{"type": "shrink", "s": 0.1, "max_count": 0}], "regularizers.0.max_count:"),
+    ([{"type": "shrink", "s": 0.1, "every_steps": 0}], "regularizers.0.every_steps:"),
+    ([{"type": "shrink", "s": 0.1, "at_pass_end": False}], "regularizers.0.every_steps:"),
+    ([{"type": "max_entropy", "weight": 0}], "regularizers.0.weight:"),
+    (
+        [{"type": "max_entropy", "weight": 0.1, "per_feature": {"ad_id": -1}}],
+        "regularizers.0.per_feature.ad_id:",
+    ),
+    ([{"type": "max_entropy", "weight": 0.1, "per_feature": {"zzz": 0.1}}], "regularizers.0.per_feature:"),
+    ([{"type": "sse_graph", "p": -0.1}], "regularizers.0.p:"),
     ([{"type": "l3_magic", "weight": 1}], "regularizers.0.type:"),
     ([{"weight": 1}], "regularizers.0.type:"),
     ([{"type": "max_norm", "c": 1.0, "typo": 1}], "regularizers.0.typo:"),
@@ -73,6 +85,9 @@ def test_every_type_validates_and_all_compose():
         {"type": "sse_se", "p": 0.01, "per_feature": {"ad_id": 0.0}},
         {"type": "freeze", "from_pass": 1, "what": "both"},
         {"type": "lr_schedule", "sparse": [1.0, 0.5], "dense": [1.0], "reset": True},
+        {"type": "shrink", "s": 0.1, "every_steps": 100, "max_count": 5, "reset_state": True},
+        {"type": "max_entropy", "weight": 1e-3, "per_feature": {"ctx_0": 0.0}},
+        {"type": "sse_graph", "p": 0.05, "per_feature": {"ad_history": 0.1}},
     ]
     spec = parse_spec(spec_dict(regs))
     assert [r.type for r in spec.regularizers] == [r["type"] for r in regs]
