@@ -11,7 +11,7 @@ import pytest
 from reg_helpers import spec_dict
 
 from trainer.data.dataset import RankData
-from trainer.data.hashing import base_hash_strings
+from trainer.data.hashing import base_hash_strings, replica_rows
 from trainer.data.synthetic import SyntheticClicks
 from trainer.errors import SpecError
 from trainer.spec import parse_spec
@@ -64,7 +64,7 @@ def test_synthetic_ids_are_replaced_by_ids_of_their_cluster_at_rate_p():
             assert np.array_equal(_values(got, key), _values(ref, key))
 
 
-GENRES = {0: "a", 1: "a|b", 2: "b", 3: "c", 4: "c", 5: "d", 6: "b|e", 7: "e"}
+GENRES = {0: "a", 1: "a|b", 2: "b", 3: "c", 4: "c", 5: "d", 6: "b|e", 7: "e", 8: ""}  # 8: no genre
 
 
 def _table_spec(tmp_path, regs):
@@ -107,16 +107,20 @@ def test_table_neighbours_are_ids_sharing_a_graph_column_value(tmp_path):
     )
     data = RankData(spec)
     g = data.graph.graphs["item"]
-    node_of_item = {i: int(np.searchsorted(g.nodes, base_hash_strings([str(i)])[0])) for i in GENRES}
-    item_of_node = {v: k for k, v in node_of_item.items()}
-    assert len(g.nodes) == len(GENRES)
+    node_of_item = {i: int(g.index(base_hash_strings([str(i)]))[0]) for i in GENRES}
+    assert node_of_item[8] == -1 and len(g.nodes) == len(GENRES) - 1  # no genre: not in the graph
+    item_of_node = {v: k for k, v in node_of_item.items() if v >= 0}
     for i, gi in GENRES.items():
+        if not gi:
+            continue
         expect = {j for j, gj in GENRES.items() if j != i and set(gi.split("|")) & set(gj.split("|"))}
         assert {item_of_node[int(y)] for y in g.neighbours(node_of_item[i])} == expect, i
     # every replaced occurrence is a neighbour; the lonely item 5 never moves
     by_rows = {
         (int(a), int(c)): item_of_node[y] for y, (a, c) in enumerate(zip(g.rows[0], g.rows[1], strict=True))
     }
+    hashed8 = base_hash_strings(["8"])
+    by_rows[(int(replica_rows(hashed8, 0, 1_000_000)[0]), int(replica_rows(hashed8, 1, 1_000_000)[0]))] = 8
     plain = RankData(parse_spec(_table_spec(tmp_path, [])))
     moved = total = 0
     for got, ref in zip(data.train_batches(0), plain.train_batches(0), strict=True):
@@ -133,8 +137,8 @@ def test_table_neighbours_are_ids_sharing_a_graph_column_value(tmp_path):
             if i != j:
                 moved += 1
                 assert set(GENRES[i].split("|")) & set(GENRES[j].split("|")), (i, j)
-            if i == 5:
-                assert j == 5
+            if i in (5, 8):  # no other id shares its genre / it has none
+                assert j == i
         for key in ("user__r0", "genre__r0", "genre__r1"):
             assert np.array_equal(_values(got, key), _values(ref, key))
     assert 0.3 < moved / total < 0.6, moved / total

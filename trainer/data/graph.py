@@ -5,7 +5,8 @@ ids of that feature in the training days, over all rows -- every rank streams ev
 row, so all ranks build the same graph) and *values*: for the synthetic source the
 ground-truth cluster of the id (:meth:`SyntheticClicks.clusters`), for a table the
 values of ``graph_column`` in the same training row (every id x value of a row, so a
-multi-valued column links an id to each of its values). Two ids are neighbours when
+multi-valued column links an id to each of its values; an empty or missing cell links
+nothing, and an id with no value at all is never replaced). Two ids are neighbours when
 they share a value.
 
 A neighbour of id x is drawn by a two-step walk: a value v uniformly among x's
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.data.chunk import Chunk, gather_jagged
-from trainer.data.hashing import replica_rows
+from trainer.data.hashing import MISSING, replica_rows
 from trainer.spec import DataSource, JobSpec, SseGraph
 
 SALT = 0x55E6
@@ -91,9 +92,11 @@ class FeatureGraph:
         )
 
     def index(self, values: np.ndarray) -> np.ndarray:
-        """Node index of each raw id (base hash); every id must be a node."""
-        idx = np.searchsorted(self.nodes, values)
-        return np.minimum(idx, len(self.nodes) - 1).astype(np.int64)
+        """Node index of each raw id (base hash); -1 for an id that is no node (a table
+        row whose graph_column cell is empty or missing links its ids to nothing)."""
+        idx = np.minimum(np.searchsorted(self.nodes, values), len(self.nodes) - 1).astype(np.int64)
+        idx[self.nodes[idx] != values] = -1
+        return idx
 
     def neighbours(self, x: int) -> np.ndarray:
         """All neighbour node indices of node ``x`` (for tests and inspection)."""
@@ -137,7 +140,7 @@ class NeighbourGraph:
         rate = self.rates[feature]
         if rate <= 0.0 or nodes.size == 0:
             return None
-        hit = np.flatnonzero(rng.random(nodes.size) < rate)
+        hit = np.flatnonzero((rng.random(nodes.size) < rate) & (nodes >= 0))
         return hit, self.graphs[feature].sample(nodes[hit], rng)
 
 
@@ -167,6 +170,8 @@ class GraphBuilder:
                 assert self.column is not None
                 g_values, g_lengths = chunk.sparse[self.column]
                 ids, vals = cross_pairs(values, lengths, g_values, g_lengths)
+                keep = vals != MISSING  # a missing graph_column value links nothing
+                ids, vals = ids[keep], vals[keep]
             if ids.size:
                 self.pairs[f].append(np.unique(np.stack([ids, vals], axis=1), axis=0))
 
