@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass")
     p.add_argument("--no-huge-pages", action="store_true", help="skip the huge-page ceiling")
+    p.add_argument("--no-peer", action="store_true", help="skip TorchRec's own DLRM loop (the peer)")
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]):
@@ -68,6 +69,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
         scaling=args.scaling,
         profile=not args.no_profile,
         huge_pages=not args.no_huge_pages,
+        peer=not args.no_peer,
         command=" ".join(["rectrain bench", *map(shlex.quote, argv)]).strip(),
     )
     if args.steps is not None:

@@ -49,12 +49,14 @@ PATH_LABELS = {
     "trainer_prebuilt": "rectrain step, batches in memory",
     "trainer_nometrics": "rectrain step + loader",
     "trainer": "rectrain step + loader + metrics",
+    "peer": "TorchRec DLRM + TrainPipelineSparseDist (peer)",
     "loader": "rectrain loader alone",
     "ray_w1": "rectrain on Ray Train, 1 worker",
     "ray_w2": "rectrain on Ray Train, 2 workers",
 }
 
 TARGETS = {
+    "trainer_prebuilt_vs_peer": 1.3,
     "trainer_vs_kernel": 0.6,
     "trainer_vs_baseline": 2.0,
     "metrics_share": 0.05,
@@ -79,6 +81,7 @@ class BenchConfig:
     scaling_rounds: int = 2
     profile: bool = True
     huge_pages: bool = True
+    peer: bool = True  # TorchRec's own DLRM + TrainPipelineSparseDist on the same batches
     tiny: bool = False
     command: str = ""
 
@@ -262,6 +265,19 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
         baseline.loop(2)
         loops["baseline"] = baseline.loop
         loops["trainer_prebuilt"] = tp.prebuilt_loop
+        if cfg.peer:
+            from bench.peer import PeerPath, equal_work
+
+            # built from the trainer's current weights, then both train the same
+            # batches: equal losses show the timed work is the same
+            peer = PeerPath(w, tp)
+            extra["peer_equal_work"] = equal_work(tp, peer, batches, min(8, len(batches)))
+            log(
+                f"  peer equal-work check: max relative loss difference {extra['peer_equal_work']['max_rel_diff']:.2e}"
+            )
+            peer.set_batches(batches)
+            peer.loop(2)
+            loops["peer"] = peer.loop
         loops["trainer_nometrics"] = functools.partial(tp.loop, metrics=False)
     loops["trainer"] = functools.partial(tp.loop, metrics=True)
     if full:
@@ -293,6 +309,9 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
 def _point_ratios(paths: dict[str, dict[str, Any]]) -> dict[str, float]:
     r: dict[str, float] = {}
     pairs = [
+        ("trainer_prebuilt", "peer"),
+        ("trainer", "peer"),
+        ("peer", "kernel"),
         ("trainer", "kernel"),
         ("trainer", "ceiling"),
         ("kernel", "ceiling"),
@@ -423,7 +442,18 @@ def _scaling_entry(axis: str, point: dict[str, Any]) -> dict[str, Any]:
 def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     main = res["main"]
     r = main["ratios"]
-    out = [
+    out = []
+    if "trainer_prebuilt_vs_peer" in r:
+        out.append(
+            {
+                "name": "trainer_prebuilt_vs_peer",
+                "what": "rectrain step / TorchRec's own DLRM loop (same model, optimizers, batches)",
+                "target": f">= {TARGETS['trainer_prebuilt_vs_peer']}",
+                "value": r["trainer_prebuilt_vs_peer"],
+                "met": r["trainer_prebuilt_vs_peer"] >= TARGETS["trainer_prebuilt_vs_peer"],
+            }
+        )
+    out += [
         {
             "name": "trainer_vs_kernel",
             "what": "rectrain step (loader + metrics) / FBGEMM kernel",

@@ -15,6 +15,7 @@ _ORDER = [
     "ceiling",
     "kernel",
     "baseline",
+    "peer",
     "trainer_prebuilt",
     "trainer_nometrics",
     "trainer",

@@ -13,7 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-MAIN_PATHS = ["ceiling", "kernel", "baseline", "trainer_prebuilt", "trainer_nometrics", "trainer", "loader"]
+MAIN_PATHS = [
+    "ceiling",
+    "kernel",
+    "baseline",
+    "peer",
+    "trainer_prebuilt",
+    "trainer_nometrics",
+    "trainer",
+    "loader",
+]
 CEILING_KEYS = [
     "memcpy_bytes_per_s",
     "bytes_per_example",
@@ -22,6 +31,9 @@ CEILING_KEYS = [
     "gather_examples_per_s",
 ]
 RATIOS = [
+    "trainer_prebuilt_vs_peer",
+    "trainer_vs_peer",
+    "peer_vs_kernel",
     "trainer_vs_kernel",
     "trainer_vs_ceiling",
     "kernel_vs_ceiling",
@@ -101,6 +113,8 @@ def test_every_figure_finite_and_positive(result) -> None:
     _positive(main["metrics_share"], "metrics_share")
     for k in ("kernel", "model_overhead", "loader", "metrics", "unattributed"):
         assert math.isfinite(res["breakdown"][k]), k  # differences of noisy ratios: may be <= 0 at tiny size
+    eq = main["peer_equal_work"]  # same model, optimizers and batches: same losses
+    assert eq["steps"] >= 2 and eq["max_rel_diff"] < 1e-4, eq
     assert main["profile"] and all(r["self_cpu_ms_per_step"] >= 0 for r in main["profile"])
     axes = {s["axis"] for s in res["scaling"]}
     assert axes == {"rows", "dim", "batch"}
@@ -109,6 +123,7 @@ def test_every_figure_finite_and_positive(result) -> None:
             _positive(s[k], f"scaling[{s['axis']}].{k}")
     names = {t["name"] for t in res["targets"]}
     assert names == {
+        "trainer_prebuilt_vs_peer",
         "trainer_vs_kernel",
         "trainer_vs_baseline",
         "metrics_share",

@@ -11,11 +11,13 @@ import math
 
 import torch
 from torch import nn
+from torchrec.distributed.types import LazyAwaitable
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data.dataset import table_feature_name
+from trainer.model.interaction import dot_interaction, triu_flat_index
 from trainer.spec import Interaction, JobSpec
 
 
@@ -106,10 +108,12 @@ class DLRM(nn.Module):
                 final_activation=False,
             )
             if self.interaction == Interaction.DOT:
-                triu = torch.triu_indices(n_vec, n_vec, offset=1)
-                # flat upper-triangle positions: index_select's backward is a plain
-                # index_add (faster than advanced indexing's accumulating index_put)
-                self.register_buffer("_triu_flat", triu[0] * n_vec + triu[1], persistent=False)
+                # flat strict-upper-triangle positions of the embeddings' Gram matrix
+                self.register_buffer("_triu_flat", triu_flat_index(len(self.features)), persistent=False)
+        # the order in which TorchRec's KeyedTensor lays the pooled tables out when it
+        # matches the config (checked per batch: a different order takes the slow path)
+        self._keys = [table_feature_name(f, r) for f in self.features for r in range(self.replicas)]
+        self._perm_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     def init_output_bias(self, ctr: float) -> None:
         """Start the logit at the training CTR instead of 0.5 (saves the first
@@ -124,27 +128,40 @@ class DLRM(nn.Module):
     keep_pooled: bool = False
     last_pooled: dict[str, torch.Tensor] | None = None
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        pooled = self.ebc(sparse).to_dict()
+    def pooled(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Pooled embeddings ``[B, F, D]`` (replicas of a feature summed).
+
+        Read as a view of the KeyedTensor's values when its keys come in config
+        order (one worker), else with one gather: no per-feature copies either way."""
+        kt = self.ebc(sparse)
+        if isinstance(kt, LazyAwaitable):
+            kt = kt.wait()
         if self.keep_pooled and self.training:
-            self.last_pooled = pooled
-        embs = []
-        for f in self.features:
-            e = pooled[table_feature_name(f, 0)]
-            for r in range(1, self.replicas):
-                e = e + pooled[table_feature_name(f, r)]
-            embs.append(e)
-        parts = []
-        if self.dense_arch is not None:
-            d = self.dense_arch(dense)
-            parts.append(d)
-            vecs = [d, *embs]
+            self.last_pooled = kt.to_dict()  # per-key views of the values: same graph
+        v = kt.values()
+        b, k = v.shape[0], len(self._keys)
+        keys = kt.keys()
+        if keys == self._keys:
+            emb = v.reshape(b, k, self.dim)
         else:
-            vecs = embs
+            # the sharded module lays tables out grouped by sharding type: one gather
+            # puts them back in config order (cached per key order)
+            perm = self._perm_cache.get(tuple(keys))
+            if perm is None:
+                pos = {name: i for i, name in enumerate(keys)}
+                perm = torch.tensor([pos[name] for name in self._keys], device=v.device)
+                self._perm_cache[tuple(keys)] = perm
+            emb = v.reshape(b, k, self.dim).index_select(1, perm)
+        if self.replicas == 1:
+            return emb
+        return emb.reshape(b, len(self.features), self.replicas, self.dim).sum(2)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        emb = self.pooled(sparse)
+        d = self.dense_arch(dense) if self.dense_arch is not None else None
         if self.interaction == Interaction.DOT:
-            stacked = torch.stack(vecs, dim=1)  # [B, n, D]
-            gram = torch.bmm(stacked, stacked.transpose(1, 2))
-            parts.append(gram.flatten(1).index_select(1, self._triu_flat))
+            x = dot_interaction(d, emb, self._triu_flat)
         else:
-            parts.extend(embs)
-        return self.over_arch(torch.cat(parts, dim=1)).squeeze(1)
+            flat = emb.reshape(emb.shape[0], -1)
+            x = torch.cat([d, flat], dim=1) if d is not None else flat
+        return self.over_arch(x).squeeze(1)
