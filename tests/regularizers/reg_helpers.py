@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from trainer.data.dataset import Batch
 from trainer.loop import Trainer
@@ -114,14 +115,6 @@ def rows_of(batch: Batch, key: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- reference
 
 
-class _Pooled:
-    def __init__(self, d: dict[str, torch.Tensor]) -> None:
-        self.d = d
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return self.d
-
-
 class RefEBC(torch.nn.Module):
     """Plain torch EmbeddingBag(sum) per KJT key, on copies of the tables."""
 
@@ -129,13 +122,14 @@ class RefEBC(torch.nn.Module):
         super().__init__()
         self.w = {k: v.detach().clone().requires_grad_(True) for k, v in tables.items()}
 
-    def forward(self, kjt) -> _Pooled:
+    def forward(self, kjt) -> KeyedTensor:
+        """The pooled outputs as TorchRec's EBC returns them: a KeyedTensor."""
         out = {}
         for k, jt in kjt.to_dict().items():
             out[k] = F.embedding_bag(
                 jt.values().long(), self.w[k], jt.offsets().long(), mode="sum", include_last_offset=True
             )
-        return _Pooled(out)
+        return KeyedTensor.from_tensor_list(list(out), list(out.values()))
 
 
 def reference_grads(
