@@ -18,12 +18,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.middleware import BodySizeLimit, RequestTelemetry, Telemetry
-from api.routes import health, jobs
+from api.routes import health, jobs, studies
 from services.jobs import JobStore
 from services.launcher import JobLauncher
 from services.reaper import reaper_loop
 from services.redis_conn import EmbeddedRedis, async_client
 from services.settings import Settings
+from services.studies import StudyStore, study_loop
 from trainer.spec import _FIELD_PATHS
 
 log = logging.getLogger("rectrain.api")
@@ -45,13 +46,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store = JobStore(redis)
     app.state.stream_redis = stream_redis
     app.state.launcher = JobLauncher(settings, url)
+    app.state.studies = StudyStore(app.state.store)
     reaper = asyncio.create_task(reaper_loop(app.state.store, app.state.launcher, settings.reaper_interval_s))
+    reconciler = asyncio.create_task(
+        study_loop(app.state.studies, app.state.launcher, settings.study_reconcile_interval_s)
+    )
     try:
         yield
     finally:
-        reaper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reaper
+        for task in (reaper, reconciler):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await redis.aclose()
         await stream_redis.aclose()
         if embedded is not None:
@@ -105,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestTelemetry, telemetry=app.state.telemetry)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(studies.router)
     try:
         from api.dashboard import router as dashboard_router
     except ModuleNotFoundError as e:

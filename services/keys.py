@@ -14,6 +14,11 @@ Layout (``{id}`` is a job id, ``{owner}`` a token owner, ``{status}`` a JobStatu
     rectrain:jobs:status:{status}          zset   job ids in that status (all owners)
     rectrain:owner:{owner}:jobs            zset   one owner's job ids
     rectrain:owner:{owner}:status:{status} zset   one owner's job ids in that status
+    rectrain:study:{id}                    hash   the study record (see services.studies)
+    rectrain:study:{id}:runs               hash   run key -> job id (or a submission claim)
+    rectrain:studies                       zset   every study id, scored by creation time
+    rectrain:studies:active                zset   studies with runs not yet finished
+    rectrain:owner:{owner}:studies         zset   one owner's study ids
 """
 
 from __future__ import annotations
@@ -39,6 +44,16 @@ REAPER_INTERVAL_S = 2.0
 QUEUED_RELAUNCH_AFTER_S = 30.0
 
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+# A study run claimed for submission but without a job id after this long (the API
+# died between the claim and recording the job) is looked up by label or submitted again.
+STUDY_CLAIM_STALE_S = 30.0
+
+# How often each API process reconciles active studies (submits missing runs, settles
+# finished studies), and how often a study's SSE stream looks for changes.
+STUDY_RECONCILE_INTERVAL_S = 2.0
+STUDY_POLL_S = 1.0
 
 
 def is_job_id(value: str) -> bool:
@@ -81,3 +96,28 @@ def owner_status_key(owner: str, status: str) -> str:
 def progress_pass_field(pass_index: int) -> str:
     """Field of the progress hash holding one pass's result (JSON)."""
     return f"pass:{int(pass_index)}"
+
+
+def is_study_id(value: str) -> bool:
+    """Study ids have the same shape as job ids."""
+    return is_job_id(value)
+
+
+def study_key(study_id: str) -> str:
+    return f"{KEY_PREFIX}:study:{study_id}"
+
+
+def study_runs_key(study_id: str) -> str:
+    return f"{KEY_PREFIX}:study:{study_id}:runs"
+
+
+def studies_index_key() -> str:
+    return f"{KEY_PREFIX}:studies"
+
+
+def active_studies_key() -> str:
+    return f"{KEY_PREFIX}:studies:active"
+
+
+def owner_studies_key(owner: str) -> str:
+    return f"{KEY_PREFIX}:owner:{owner}:studies"

@@ -13,6 +13,7 @@ Environment variables:
     RECTRAIN_MAX_BODY_BYTES   larger request bodies get 413 (default 1 MiB)
     RECTRAIN_TRAINER_REDIS_URL  the Redis URL as the trainer must spell it, when it differs
                               from the API's (other network namespace)
+    RECTRAIN_STUDY_MAX_RUNS   per owner: runs of unfinished studies (default 500)
 Production refuses the dev token, placeholder or short tokens, and embedded Redis.
 """
 
@@ -97,6 +98,17 @@ class Settings(BaseSettings):
     )
     sse_keepalive_s: float = Field(
         15.0, gt=0, validation_alias=AliasChoices("RECTRAIN_SSE_KEEPALIVE_S", "sse_keepalive_s")
+    )
+    study_max_runs: int = Field(
+        500, ge=1, validation_alias=AliasChoices("RECTRAIN_STUDY_MAX_RUNS", "study_max_runs")
+    )
+    study_reconcile_interval_s: float = Field(
+        keys.STUDY_RECONCILE_INTERVAL_S,
+        gt=0,
+        validation_alias=AliasChoices("RECTRAIN_STUDY_RECONCILE_INTERVAL_S", "study_reconcile_interval_s"),
+    )
+    study_poll_s: float = Field(
+        keys.STUDY_POLL_S, gt=0, validation_alias=AliasChoices("RECTRAIN_STUDY_POLL_S", "study_poll_s")
     )
     # The interpreter that runs the trainer (local launcher) and the module it runs;
     # tests point trainer_module at a stand-in.

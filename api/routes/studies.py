@@ -1,0 +1,289 @@
+"""``/v1/studies``: plan, submit, list, read, cancel and delete studies; export and
+stream their answer (HTTP only: the logic is in services.studies and services.study_stats)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep
+from api.models import Message
+from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
+from services.study_stats import to_csv
+from trainer.errors import SpecError
+from trainer.study_spec import Expansion, parse_study
+
+log = logging.getLogger("rectrain.api")
+
+router = APIRouter(
+    prefix="/v1/studies",
+    tags=["studies"],
+    responses={
+        401: {"model": Message, "description": "missing or invalid token"},
+        413: {"model": Message, "description": "request body too large"},
+        503: {"model": Message, "description": "Redis unavailable"},
+    },
+)
+_NOT_FOUND = {404: {"model": Message, "description": "no such study for this token's owner"}}
+_CONFLICT = {409: {"model": Message, "description": "not allowed in the study's current state"}}
+
+
+class StudyCreate(BaseModel):
+    """Body of ``POST /v1/studies`` and ``POST /v1/studies/plan``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(
+        description="a study spec: base (a job spec), variants (regularizers with grids), seeds, passes "
+        "(see trainer/study_spec.py and docs/studies.md)"
+    )
+    name: str | None = Field(None, min_length=1, max_length=200, description="display name")
+
+
+class StudyPlan(BaseModel):
+    """What a study expands to, before it runs."""
+
+    runs: int = Field(description="jobs it will submit (arms x seeds)")
+    arms: int = Field(description="baseline + every variant at every grid point")
+    variants: int
+    seeds: list[int]
+    passes: int
+    arm_list: list[dict[str, Any]]
+    estimate: dict[str, Any] = Field(description="example-passes and a rough sequential duration")
+
+
+class StudyPublic(BaseModel):
+    """A study: plan, progress, its runs (jobs) and, when asked, its answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str | None
+    owner: str
+    status: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
+    cancel_requested: bool
+    created_at: float
+    finished_at: float | None
+    spec: dict[str, Any]
+    plan: StudyPlan
+    progress: dict[str, int]
+    runs: list[dict[str, Any]]
+    results: dict[str, Any] | None = Field(None, description="the answer (see docs/studies.md)")
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
+    count: int
+
+
+def get_studies(request: Request) -> StudyStore:
+    return request.app.state.studies
+
+
+def _expand(body: StudyCreate) -> Expansion:
+    try:
+        return parse_study(body.spec)
+    except SpecError as e:
+        errors = []
+        for line in e.message.splitlines():
+            head, sep, msg = line.partition(": ")
+            loc = ("body", "spec", *head.split(".")) if sep and " " not in head else ("body", "spec")
+            errors.append({"type": "value_error", "loc": loc, "msg": line, "input": None})
+        raise RequestValidationError(errors) from None
+
+
+async def _study_or_404(studies: StudyStore, study_id: str, owner: str) -> StudyRecord:
+    try:
+        return await studies.get_for_owner(study_id, owner)
+    except StudyNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Study not found") from None
+
+
+@router.post("/plan", response_model=StudyPlan)
+async def plan_study(body: StudyCreate, owner: CurrentOwner) -> StudyPlan:
+    """Validate and expand a study without running it: runs, arms and estimated cost."""
+    return StudyPlan.model_validate(_expand(body).plan())
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic)
+async def create_study(
+    body: StudyCreate,
+    request: Request,
+    owner: CurrentOwner,
+    store: StoreDep,
+    launcher: LauncherDep,
+    settings: SettingsDep,
+) -> StudyPublic:
+    """Submit a study: every run (arm x seed) becomes a job labelled ``study=<id>``."""
+    studies = get_studies(request)
+    exp = _expand(body)
+    try:
+        rec = await studies.create(owner, exp, body.name, settings.study_max_runs)
+    except StudyLimit as e:
+        raise RequestValidationError(
+            [{"type": "limit", "loc": ("body", "spec", "variants"), "msg": e.message, "input": None}]
+        ) from None
+    await studies.submit_runs(rec, launcher)
+    rec = await studies.get(rec.id) or rec
+    return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
+
+
+@router.get("", response_model=StudiesPublic)
+async def list_studies(
+    request: Request,
+    owner: CurrentOwner,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> StudiesPublic:
+    """List the caller's studies, newest first (without their answers)."""
+    studies = get_studies(request)
+    recs, count = await studies.list(owner, limit=limit, offset=offset)
+    data = [StudyPublic.model_validate(await studies.snapshot(r, with_results=False)) for r in recs]
+    return StudiesPublic(data=data, count=count)
+
+
+@router.get("/{study_id}", response_model=StudyPublic, responses=_NOT_FOUND)
+async def read_study(study_id: str, request: Request, owner: CurrentOwner) -> StudyPublic:
+    """A study's plan, progress, runs and answer: per pass count, each arm's mean NE and
+    its paired Δ vs the same-seed baseline with a 95% t-interval, per stratum too; the
+    validation-selected pass; strength curves; one answer sentence per pass count."""
+    studies = get_studies(request)
+    rec = await _study_or_404(studies, study_id, owner)
+    return StudyPublic.model_validate(await studies.snapshot(rec))
+
+
+@router.post(
+    "/{study_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=StudyPublic,
+    responses={**_NOT_FOUND, **_CONFLICT},
+)
+async def cancel_study(study_id: str, request: Request, owner: CurrentOwner) -> StudyPublic:
+    """Cancel a study: no more runs are submitted and every unfinished job is cancelled."""
+    studies = get_studies(request)
+    rec = await _study_or_404(studies, study_id, owner)
+    try:
+        await studies.cancel(rec)
+    except StudyConflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+    rec = await _study_or_404(studies, study_id, owner)
+    return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
+
+
+@router.delete(
+    "/{study_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={**_NOT_FOUND, **_CONFLICT},
+)
+async def delete_study(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+    """Delete a finished (or cancelled) study with all its jobs."""
+    studies = get_studies(request)
+    rec = await _study_or_404(studies, study_id, owner)
+    try:
+        await studies.delete(rec)
+    except StudyConflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+_CSV_DOC = {
+    200: {
+        "description": "one row per (pass count, arm): mean NE, paired Δ vs baseline, 95% CI, per stratum",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    },
+    **_NOT_FOUND,
+}
+
+
+@router.get("/{study_id}/export.csv", response_class=Response, responses=_CSV_DOC)
+async def export_study_csv(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+    """The answer as CSV."""
+    studies = get_studies(request)
+    snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
+    return Response(
+        to_csv(snap["results"]),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="study-{study_id}.csv"'},
+    )
+
+
+@router.get("/{study_id}/export.json", responses=_NOT_FOUND)
+async def export_study_json(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+    """The whole study (plan, runs with per-pass NE, answer) as a JSON download."""
+    studies = get_studies(request)
+    snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
+    return Response(
+        json.dumps(snap, indent=1),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="study-{study_id}.json"'},
+    )
+
+
+_SSE_DOC = {
+    200: {
+        "description": (
+            "Server-Sent Events: a ``study`` event carrying the whole study (as GET returns it, "
+            "answer included) first and whenever a run changes status or finishes a pass; "
+            "comments keep the connection alive; when the study has finished an ``end`` event "
+            '(``data``: ``{"status": ...}``) is sent and the stream closes. Reconnecting simply '
+            "starts again with the current state."
+        ),
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_NOT_FOUND,
+}
+
+
+@router.get("/{study_id}/events", response_class=StreamingResponse, responses=_SSE_DOC)
+async def stream_study_events(
+    study_id: str, request: Request, owner: CurrentOwnerSSE, settings: SettingsDep
+) -> StreamingResponse:
+    """Follow a study live: its progress and answer as runs finish passes."""
+    studies = get_studies(request)
+    rec = await _study_or_404(studies, study_id, owner)
+    poll_s = settings.study_poll_s
+    keepalive_s = settings.sse_keepalive_s
+
+    async def events():
+        yield "retry: 3000\n\n"
+        last_sig = None
+        quiet = 0.0
+        try:
+            while True:
+                sig = await studies.change_signature(rec)
+                if sig != last_sig:
+                    last_sig = sig
+                    fresh = await studies.get(study_id)
+                    if fresh is None:
+                        yield f"event: end\ndata: {json.dumps({'status': 'deleted'})}\n\n"
+                        return
+                    snap = await studies.snapshot(fresh)
+                    yield f"event: study\ndata: {json.dumps(snap, separators=(',', ':'))}\n\n"
+                    quiet = 0.0
+                    if snap["status"] in ("succeeded", "failed", "cancelled"):
+                        yield f"event: end\ndata: {json.dumps({'status': snap['status']})}\n\n"
+                        return
+                await asyncio.sleep(poll_s)
+                quiet += poll_s
+                if quiet >= keepalive_s:
+                    quiet = 0.0
+                    if await request.is_disconnected():
+                        return
+                    yield ": keepalive\n\n"
+        except RedisError as e:
+            log.warning("SSE stream of study %s ended: Redis error %s", study_id, e)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

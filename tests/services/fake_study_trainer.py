@@ -1,0 +1,94 @@
+"""A stand-in trainer for study tests: like fake_trainer, but its NE depends on the seed
+and the regularizers, so a study's statistics have something to find (seconds, no Ray).
+
+    test NE(pass p, seed s) = 0.92 + 0.01 (p-1)^2 + 0.003 s - 0.004 (p+1) [sparse_l2]
+                              + 0.0005 [max_norm] + noise(seed, regularizers) in ±0.0004
+    val NE = test NE + 0.001; per-stratum NE = test NE + {-0.02, 0, +0.03}; oracle 0.85.
+
+Labels: ``mode`` as in fake_trainer (slow / fail / ...: delegated to it), ``pass_delay``
+seconds per pass (default 0.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import fake_trainer
+import redis
+
+from services import keys
+from services.metrics_bus import RedisStreamSink
+
+
+def test_ne(pas: int, seed: int, regs: list[dict]) -> float:
+    types = {r["type"] for r in regs}
+    noise_src = json.dumps([seed, sorted(regs, key=lambda r: r["type"]), pas], sort_keys=True)
+    noise = (int(hashlib.sha256(noise_src.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF - 0.5) * 0.0008
+    ne = 0.92 + 0.01 * (pas - 1) ** 2 + 0.003 * seed + noise
+    if "sparse_l2" in types:
+        ne -= 0.004 * (pas + 1)
+    if "max_norm" in types:
+        ne += 0.0005
+    return ne
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("cmd")
+    p.add_argument("spec")
+    p.add_argument("--run-dir")
+    p.add_argument("--job-id")
+    p.add_argument("--redis-url")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args()
+    r = redis.Redis.from_url(a.redis_url, decode_responses=True)
+    labels = json.loads(r.hget(keys.job_key(a.job_id), "labels") or "{}")
+    if labels.get("mode", "ok") != "ok":
+        return fake_trainer.main()
+    spec = json.loads(Path(a.spec).read_text())
+    seed = spec["training"]["seed"]
+    regs = spec.get("regularizers") or []
+    delay = float(labels.get("pass_delay", "0.05"))
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    sink = RedisStreamSink(a.redis_url, a.job_id)
+    sink.emit({"type": "lifecycle", "phase": "started", "step": 0, "pass": -1, "ts": time.time()})
+    passes = []
+    for pas in range(spec["training"]["num_passes"]):
+        t_end = time.time() + delay
+        while time.time() < t_end:
+            if stop["flag"]:
+                sink.close()
+                return 143
+            time.sleep(0.02)
+        ne = test_ne(pas, seed, regs)
+        res = {
+            "pass": pas,
+            "train_ne": 0.9 - 0.05 * pas,
+            "test_ne": ne,
+            "val_ne": ne + 0.001,
+            "test_ne_by_stratum": {"frequent": ne - 0.02, "medium": ne, "rare": ne + 0.03},
+            "val_ne_by_stratum": {"frequent": ne - 0.019, "medium": ne + 0.001, "rare": ne + 0.031},
+            "oracle_test_ne": 0.85,
+            "oracle_val_ne": 0.85,
+            "examples_per_s": 5000.0,
+        }
+        passes.append(res)
+        sink.emit({"type": "pass", "step": pas + 1, "ts": time.time(), **res})
+    sink.emit({"type": "lifecycle", "phase": "finished", "step": len(passes), "pass": -1, "ts": time.time()})
+    sink.close()
+    best = min(passes, key=lambda x: x["test_ne"])
+    Path(a.run_dir, "results.json").write_text(
+        json.dumps({"passes": passes, "best_test_ne": best["test_ne"], "best_pass": best["pass"]})
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""The study spec: regularizer x strength x seed sweeps over one base job spec.
+
+A study is a parent of ordinary jobs. Its spec names a ``base`` job spec, a list of
+``variants`` (each a list of regularizers, where any numeric parameter may be a grid:
+a list of values), ``seeds`` (a count or a list) and ``passes``. Expanding it gives one
+*arm* per variant x grid point, plus the baseline (the base spec, no added
+regularizer) which is always added, and one *run* (an ordinary job) per arm x seed.
+A seed changes ``training.seed`` only (model init, data order, regularizer draws),
+never the data. Each run trains ``passes`` passes once; its per-pass results give
+every pass count 1..passes (passes 1..k of a run equal a k-pass run).
+
+Like :mod:`trainer.spec` this module imports no torch, so the API uses it; errors are
+:class:`~trainer.errors.SpecError` lines that start with the dotted field path.
+Regularizer types and their parameters come from :data:`trainer.spec.Regularizer`, so
+new regularizers need no change here.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trainer.errors import SpecError
+from trainer.spec import DataSource, JobSpec, Regularizer, format_validation_error
+
+# A study never expands past this many runs, whoever submits it (the service also
+# applies a per-owner limit, RECTRAIN_STUDY_MAX_RUNS).
+MAX_STUDY_RUNS = 5000
+MAX_SEEDS = 100
+MAX_GRID_VALUES = 50
+BASELINE = "baseline"
+
+# Rough cost model for the estimate shown before a study runs: a run pays a fixed
+# start-up (Ray Train worker group, data build) and then trains at about this rate.
+# Both are CPU figures from this project's 2-core dev VM (README: 60-80k examples/s
+# for the quickstart on 2 workers); they are an order of magnitude, not a promise.
+ASSUMED_RUN_STARTUP_S = 20.0
+ASSUMED_EXAMPLES_PER_S = 50_000.0
+
+
+def regularizer_models() -> dict[str, type[BaseModel]]:
+    """type name -> pydantic model of every regularizer :mod:`trainer.spec` knows."""
+    union = typing.get_args(Regularizer)[0]  # Annotated[Union[...], discriminator]
+    out: dict[str, type[BaseModel]] = {}
+    for model in typing.get_args(union):
+        tag = typing.get_args(model.model_fields["type"].annotation)
+        if tag:
+            out[tag[0]] = model
+    return out
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudyVariant(_Strict):
+    """One variant: regularizers added to the base spec's; numeric params may be grids.
+
+    Args:
+        name (str | None): display name (default: the regularizer types joined by "+").
+        regularizers (list[dict]): entries like a job spec's ``regularizers``, where a
+            numeric parameter may be a list of values (a grid: ``weight: [1e-5, 1e-4]``)
+            and a list-valued parameter a list of lists (alternatives:
+            ``sparse: [[1, 0.5], [1, 0.25]]``). Several grids in one variant multiply.
+    """
+
+    name: str | None = Field(None, min_length=1, max_length=80)
+    regularizers: list[dict[str, Any]] = Field(min_length=1, max_length=16)
+
+
+class StudySpec(_Strict):
+    """A study: variants x grid points x seeds of one base job spec.
+
+    Args:
+        name (str | None): display name.
+        base (JobSpec): the job every run starts from; the baseline arm is this spec.
+        variants (list[StudyVariant]): what to compare with the baseline.
+        seeds (int | list[int]): a count n (seeds base.training.seed + 0..n-1) or an
+            explicit list of distinct seeds; only ``training.seed`` changes.
+        passes (int | None): passes every run trains (default base.training.num_passes);
+            results are reported for every pass count 1..passes.
+        labels (dict[str, str]): labels added to every job of the study.
+    """
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    base: JobSpec = Field(default_factory=JobSpec)
+    variants: list[StudyVariant] = Field(default_factory=list, max_length=200)
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | list[int] = 3
+    passes: int | None = Field(None, ge=1, le=100)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=16)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("seeds: give at least one seed (or a count, e.g. seeds: 3)")
+            if len(v) > MAX_SEEDS:
+                raise ValueError(f"seeds: {len(v)} seeds; at most {MAX_SEEDS}")
+            dup = sorted({s for s in v if v.count(s) > 1})
+            if dup:
+                raise ValueError(f"seeds: repeated seeds {dup}; each seed once")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _no_reserved_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in v if k.startswith("study"))
+        if bad:
+            raise ValueError(f"labels: {bad} are set by the study itself; rename them")
+        return v
+
+    def seed_list(self) -> list[int]:
+        if isinstance(self.seeds, list):
+            return list(self.seeds)
+        return [self.base.training.seed + i for i in range(self.seeds)]
+
+    def num_passes(self) -> int:
+        return self.passes or self.base.training.num_passes
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+@dataclass
+class Arm:
+    """One variant at one grid point (or the baseline)."""
+
+    key: str  # "baseline" or "v{i}" / "v{i}.{j}" (variant i, grid point j)
+    variant: str  # the variant's name
+    variant_index: int  # -1 for the baseline
+    label: str  # e.g. "sparse_l2 weight=0.0001"
+    params: dict[str, Any] = field(default_factory=dict)  # "type.param" -> value, grid params only
+    regularizers: list[dict[str, Any]] = field(default_factory=list)  # added to the base's
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.key == BASELINE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "variant": self.variant,
+            "variant_index": self.variant_index,
+            "label": self.label,
+            "params": self.params,
+            "regularizers": self.regularizers,
+            "is_baseline": self.is_baseline,
+        }
+
+
+@dataclass
+class Run:
+    """One arm at one seed: an ordinary job."""
+
+    key: str  # "{arm}/s{seed}"
+    arm: str
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "arm": self.arm, "seed": self.seed}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "[" + ",".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _field_kind(model: type[BaseModel], name: str) -> str:
+    """'list' for list-valued fields, 'number' for int/float ones, else 'other'."""
+    ann = model.model_fields[name].annotation
+    seen = [ann]
+    while seen:
+        a = seen.pop()
+        origin = typing.get_origin(a)
+        if origin is list:
+            return "list"
+        if origin is Annotated:
+            seen.append(typing.get_args(a)[0])
+            continue
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            seen.extend(x for x in typing.get_args(a) if x is not type(None))
+            continue
+        if a in (int, float):
+            return "number"
+    return "other"
+
+
+def _grids_of(where: str, entry: Any, models: dict[str, type[BaseModel]]) -> dict[str, list[Any]]:
+    """The grid parameters of one regularizer entry: param -> its values (checked)."""
+    if not isinstance(entry, dict):
+        raise SpecError(f"{where}: each regularizer is a mapping like {{type: sparse_l2, weight: 1e-4}}")
+    kind = entry.get("type")
+    if kind not in models:
+        raise SpecError(
+            f"{where}.type: "
+            + (f"unknown regularizer type '{kind}'" if kind is not None else "required")
+            + f"; choose one of {', '.join(models)}"
+        )
+    model = models[kind]
+    grids: dict[str, list[Any]] = {}
+    for param, value in entry.items():
+        if param == "type":
+            continue
+        if param not in model.model_fields:
+            known = [p for p in model.model_fields if p != "type"]
+            raise SpecError(
+                f"{where}.{param}: unknown parameter of {kind}; its parameters are {', '.join(known)}"
+            )
+        fk = _field_kind(model, param)
+        is_grid = isinstance(value, list) and (
+            fk != "list" or (value and all(isinstance(x, list) for x in value))
+        )
+        if not is_grid:
+            continue
+        if not value:
+            raise SpecError(f"{where}.{param}: an empty grid; give at least one value")
+        if len(value) > MAX_GRID_VALUES:
+            raise SpecError(f"{where}.{param}: {len(value)} grid values; at most {MAX_GRID_VALUES}")
+        if fk == "number":
+            bad = [x for x in value if not _is_number(x)]
+            if bad:
+                raise SpecError(f"{where}.{param}: grid values must be numbers; got {bad[0]!r}")
+        elif fk != "list":
+            raise SpecError(
+                f"{where}.{param}: a grid (list of values) is only allowed over numeric parameters; "
+                f"give one value"
+            )
+        canon = [json.dumps(x) for x in value]
+        if len(set(canon)) != len(canon):
+            raise SpecError(f"{where}.{param}: repeated grid values {value}; list each value once")
+        grids[param] = value
+    return grids
+
+
+def _variant_name(v: StudyVariant) -> str:
+    return v.name or "+".join(str(r.get("type")) for r in v.regularizers)
+
+
+def expand_arms(spec: StudySpec) -> list[Arm]:
+    """The baseline, then every variant at every point of its grids (validated)."""
+    models = regularizer_models()
+    arms = [Arm(key=BASELINE, variant=BASELINE, variant_index=-1, label=BASELINE)]
+    names: set[str] = {BASELINE}
+    for i, v in enumerate(spec.variants):
+        vname = _variant_name(v)
+        if vname in names:
+            raise SpecError(f"variants.{i}.name: '{vname}' is used twice; give each variant its own name")
+        names.add(vname)
+        axes: list[tuple[int, str, list[Any]]] = []
+        for j, entry in enumerate(v.regularizers):
+            for param, values in _grids_of(f"variants.{i}.regularizers.{j}", entry, models).items():
+                axes.append((j, param, values))
+        points = list(itertools.product(*[vals for _, _, vals in axes])) if axes else [()]
+        for p, combo in enumerate(points):
+            regs = copy.deepcopy(v.regularizers)
+            params: dict[str, Any] = {}
+            for (j, param, _), value in zip(axes, combo, strict=True):
+                regs[j][param] = value
+                params[f"{regs[j]['type']}.{param}"] = value
+            key = f"v{i}" if not axes else f"v{i}.{p}"
+            label = vname + (
+                " " + " ".join(f"{k.split('.', 1)[1]}={_fmt(x)}" for k, x in params.items()) if params else ""
+            )
+            arms.append(
+                Arm(key=key, variant=vname, variant_index=i, label=label, params=params, regularizers=regs)
+            )
+    return arms
+
+
+def job_spec_dict(spec: StudySpec, arm: Arm, seed: int) -> dict[str, Any]:
+    """The job spec (as a dict) of one run: base + arm's regularizers, the seed, the passes."""
+    d = spec.base.model_dump(mode="json")
+    d["regularizers"] = list(d.get("regularizers") or []) + copy.deepcopy(arm.regularizers)
+    d["training"]["seed"] = int(seed)
+    d["training"]["num_passes"] = spec.num_passes()
+    return d
+
+
+def _remap(line: str, arm: Arm, n_base: int) -> str:
+    """A job-spec error line of an arm, pointed at the study field it comes from."""
+    head, sep, rest = line.partition(":")
+    parts = head.split(".")
+    if sep and parts[0] == "regularizers" and len(parts) > 1 and parts[1].isdigit() and not arm.is_baseline:
+        j = int(parts[1]) - n_base
+        if j >= 0:
+            head = ".".join([f"variants.{arm.variant_index}.regularizers.{j}", *parts[2:]])
+            return f"{head}:{rest} (at {arm.label})"
+    where = "base" if arm.is_baseline else f"variants.{arm.variant_index} ({arm.label})"
+    return f"{where}: {line}" if not arm.is_baseline else f"base.{line}"
+
+
+def job_spec_for(spec: StudySpec, arm: Arm, seed: int, *, n_base: int | None = None) -> JobSpec:
+    """The validated job spec of one run; errors name the study field."""
+    d = job_spec_dict(spec, arm, seed)
+    n_base = len(spec.base.regularizers) if n_base is None else n_base
+    try:
+        return JobSpec.model_validate(d)
+    except ValidationError as e:
+        lines = format_validation_error(e).splitlines()
+        raise SpecError("\n".join(_remap(ln, arm, n_base) for ln in lines)) from None
+
+
+@dataclass
+class Expansion:
+    """A validated study: its arms, runs and cost estimate."""
+
+    spec: StudySpec
+    arms: list[Arm]
+    runs: list[Run]
+    seeds: list[int]
+    passes: int
+
+    def arm(self, key: str) -> Arm:
+        for a in self.arms:
+            if a.key == key:
+                return a
+        raise KeyError(key)
+
+    def job_spec(self, run: Run) -> JobSpec:
+        return job_spec_for(self.spec, self.arm(run.arm), run.seed)
+
+    def estimate(self) -> dict[str, Any]:
+        return estimate_cost(self)
+
+    def plan(self) -> dict[str, Any]:
+        """What the study will run: sizes, arms and the cost estimate (JSON-able)."""
+        return {
+            "runs": len(self.runs),
+            "arms": len(self.arms),
+            "variants": len(self.spec.variants),
+            "seeds": self.seeds,
+            "passes": self.passes,
+            "arm_list": [a.to_dict() for a in self.arms],
+            "estimate": self.estimate(),
+        }
+
+
+def expand(spec: StudySpec) -> Expansion:
+    """Validate every arm's job spec and list the runs (arm-major, then seed)."""
+    arms = expand_arms(spec)
+    seeds = spec.seed_list()
+    n_runs = len(arms) * len(seeds)
+    if n_runs > MAX_STUDY_RUNS:
+        raise SpecError(
+            f"variants: {len(arms)} arms (baseline included) x {len(seeds)} seeds = {n_runs} runs; "
+            f"a study has at most {MAX_STUDY_RUNS}: shrink the grids or the seeds"
+        )
+    for a in arms:  # the seed never makes a spec invalid: check each arm once
+        job_spec_for(spec, a, seeds[0]).check_capacity()
+    runs = [Run(key=f"{a.key}/s{s}", arm=a.key, seed=s) for a in arms for s in seeds]
+    return Expansion(spec=spec, arms=arms, runs=runs, seeds=seeds, passes=spec.num_passes())
+
+
+def _examples_per_pass(job: JobSpec, days: list[int]) -> int | None:
+    d = job.data
+    if d.source != DataSource.SYNTHETIC:
+        return d.max_examples_per_day * len(days) if d.max_examples_per_day else None
+    per_day = d.synthetic.examples_per_day
+    if d.max_examples_per_day:
+        per_day = min(per_day, d.max_examples_per_day)
+    return per_day * len(days)
+
+
+def estimate_cost(exp: Expansion) -> dict[str, Any]:
+    """Runs, example-passes and a rough duration (one run after another) of a study."""
+    base = exp.spec.base
+    train = _examples_per_pass(base, base.data.train_days)
+    eval_days = list(base.data.test_days) + list(getattr(base.data, "val_days", None) or [])
+    evaluate = _examples_per_pass(base, eval_days)
+    n = len(exp.runs)
+    out: dict[str, Any] = {
+        "runs": n,
+        "passes_per_run": exp.passes,
+        "train_examples_per_pass": train,
+        "train_examples_total": None if train is None else n * exp.passes * train,
+        "workers_per_run": base.scaling.num_workers,
+        "assumed_examples_per_s": ASSUMED_EXAMPLES_PER_S,
+        "assumed_run_startup_s": ASSUMED_RUN_STARTUP_S,
+        "sequential_seconds": None,
+        "note": "rough: assumes the throughput and start-up above; runs in parallel divide it",
+    }
+    if train is not None:
+        per_run = ASSUMED_RUN_STARTUP_S + exp.passes * (train + (evaluate or 0) / 4) / ASSUMED_EXAMPLES_PER_S
+        out["sequential_seconds"] = round(n * per_run, 1)
+    else:
+        out["note"] = f"no size known for data.source {base.data.source.value}: duration not estimated"
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_study(data: Any, *, base_dir: Path | None = None) -> Expansion:
+    """Validate a study dict and expand it; raise :class:`SpecError` naming each bad field.
+
+    ``base`` may be a job spec mapping or (with ``base_dir``, i.e. from a file) the path
+    of a job spec file relative to it; ``base_overrides`` (a partial job spec) is merged
+    into the base before validation.
+    """
+    if not isinstance(data, dict):
+        raise SpecError("study: the top level must be a mapping (base, variants, seeds, passes, ...)")
+    data = dict(data)
+    base = data.get("base", {})
+    if isinstance(base, str):
+        if base_dir is None:
+            raise SpecError(
+                "base: give the base job spec inline; a file name only works with `rectrain study FILE`"
+            )
+        p = (base_dir / base).resolve()
+        if not p.exists():
+            raise SpecError(f"base: job spec file {p} does not exist")
+        try:
+            base = (json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())) or {}
+        except (ValueError, yaml.YAMLError) as e:
+            raise SpecError(f"base: {p} is not valid YAML/JSON: {e}") from None
+    overrides = data.pop("base_overrides", None)
+    if overrides is not None:
+        if not isinstance(overrides, dict) or not isinstance(base, dict):
+            raise SpecError("base_overrides: must be a mapping (a partial job spec)")
+        base = _deep_merge(base, overrides)
+    if not isinstance(base, (dict, JobSpec)):
+        raise SpecError("base: must be a job spec (a mapping of sections: model, data, training, ...)")
+    try:
+        data["base"] = base if isinstance(base, JobSpec) else JobSpec.model_validate(base)
+    except ValidationError as e:
+        raise SpecError("\n".join("base." + ln for ln in format_validation_error(e).splitlines())) from None
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_study_errors(e)) from None
+    return expand(spec)
+
+
+def _format_study_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = list(e["loc"])
+        if loc[:1] == ["seeds"] and len(loc) > 1 and isinstance(loc[1], str):  # the int | list union
+            lines.append(
+                f"seeds: give a count (1..{MAX_SEEDS}) or a list of distinct integer seeds; got {e.get('input')!r}"
+            )
+            continue
+        path = ".".join(str(p) for p in loc)
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(msg if msg.split(":", 1)[0] == path else f"{path}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def load_study(path: str | Path) -> Expansion:
+    """Load and expand a study from a YAML/JSON file (``base`` may name a spec file)."""
+    p = Path(path)
+    if not p.exists():
+        raise SpecError(f"study file {p} does not exist")
+    try:
+        data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (ValueError, yaml.YAMLError) as e:
+        raise SpecError(f"study file {p} is not valid YAML/JSON: {e}") from None
+    return parse_study(data or {}, base_dir=p.parent)
+
+
+def study_dict_for_api(path: str | Path) -> dict[str, Any]:
+    """A study file as the API takes it: ``base`` inlined (and validated here first)."""
+    exp = load_study(path)
+    return exp.spec.model_dump(mode="json", exclude_none=True)
