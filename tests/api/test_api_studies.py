@@ -39,14 +39,19 @@ def study(**kw) -> dict:
 @pytest.fixture
 def study_settings(settings):
     return settings.model_copy(
-        update={"trainer_module": "fake_study_trainer", "study_reconcile_interval_s": 0.3, "study_poll_s": 0.2}
+        update={
+            "trainer_module": "fake_study_trainer",
+            "study_reconcile_interval_s": 0.3,
+            "study_poll_s": 0.2,
+        }
     )
 
 
 @pytest.fixture
 def api(study_settings):
-    from api.main import create_app
     from api_helpers import ThreadServer
+
+    from api.main import create_app
 
     s = ThreadServer(create_app(study_settings)).start()
     yield s
@@ -85,7 +90,13 @@ def test_plan_shows_size_and_cost_and_bad_specs_name_the_field(api):
     r = c.post("/v1/studies/plan", json={"spec": study(seeds=[1, 1])})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["body", "spec", "seeds"]
     r = c.post("/v1/studies/plan", json={"spec": study(base={"model": {"hash_size": 1}})})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "spec", "base", "model", "hash_size"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [
+        "body",
+        "spec",
+        "base",
+        "model",
+        "hash_size",
+    ]
     assert c.get("/v1/jobs").json()["count"] == 0  # nothing was submitted
 
 
@@ -121,7 +132,10 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
     assert p2["v0.1"]["strata"]["test_ne"]["rare"]["delta"]["mean"] == pytest.approx(l2["mean"], abs=1e-9)
     assert res["per_pass"][1]["oracle_test_ne"] == pytest.approx(0.85)
     sentence = res["per_pass"][1]["sentence"]
-    assert sentence.startswith("After 2 passes: beats the baseline: ") and "sparse_l2 weight=0.001 by 0.008" in sentence
+    assert (
+        sentence.startswith("After 2 passes: beats the baseline: ")
+        and "sparse_l2 weight=0.001 by 0.008" in sentence
+    )
     # validation NE selects pass 1 for every run (NE rises at pass 2 without sparse_l2)
     sel = {r["arm"]: r for r in res["selected"]}
     assert sel["baseline"]["selected_pass_per_seed"] == {"0": 1, "1": 1, "2": 1}
@@ -171,8 +185,9 @@ def test_cancel_a_running_study_cancels_its_jobs(api):
 
 
 def test_per_owner_limit_refuses_with_the_field(study_settings):
-    from api.main import create_app
     from api_helpers import ThreadServer
+
+    from api.main import create_app
 
     srv = ThreadServer(create_app(study_settings.model_copy(update={"study_max_runs": 10}))).start()
     try:
@@ -237,8 +252,9 @@ def test_runs_missing_after_a_crash_mid_submission_are_submitted(study_settings,
             await r.aclose()
 
     sid = asyncio.run(crash())
-    from api.main import create_app
     from api_helpers import ThreadServer
+
+    from api.main import create_app
 
     srv = ThreadServer(create_app(study_settings)).start()
     try:
@@ -246,6 +262,10 @@ def test_runs_missing_after_a_crash_mid_submission_are_submitted(study_settings,
         s = wait_study(c, sid, lambda s: s["status"] == "succeeded")
         assert [r["status"] for r in s["runs"]] == ["succeeded"] * 4
         assert c.get("/v1/jobs").json()["count"] == 4
-        assert redis_client.zscore(keys.active_studies_key(), sid) is None  # settled
+        # the next reconcile sweep settles it: final status recorded, out of the active set
+        deadline = time.monotonic() + 10
+        while redis_client.zscore(keys.active_studies_key(), sid) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert redis_client.hget(keys.study_key(sid), "final_status") == "succeeded"
     finally:
         srv.stop()

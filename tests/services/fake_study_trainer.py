@@ -1,7 +1,7 @@
 """A stand-in trainer for study tests: like fake_trainer, but its NE depends on the seed
 and the regularizers, so a study's statistics have something to find (seconds, no Ray).
 
-    test NE(pass p, seed s) = 0.92 + 0.01 (p-1)^2 + 0.003 s - 0.004 (p+1) [sparse_l2]
+    test NE(pass p, seed s) = 0.92 + 0.01 p^2 (p 0-based) + 0.003 s - 0.004 (p+1) [sparse_l2]
                               + 0.0005 [max_norm] + noise(seed, regularizers) in ±0.0004
     val NE = test NE + 0.001; per-stratum NE = test NE + {-0.02, 0, +0.03}; oracle 0.85.
 
@@ -30,7 +30,7 @@ def test_ne(pas: int, seed: int, regs: list[dict]) -> float:
     types = {r["type"] for r in regs}
     noise_src = json.dumps([seed, sorted(regs, key=lambda r: r["type"]), pas], sort_keys=True)
     noise = (int(hashlib.sha256(noise_src.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF - 0.5) * 0.0008
-    ne = 0.92 + 0.01 * (pas - 1) ** 2 + 0.003 * seed + noise
+    ne = 0.92 + 0.01 * pas**2 + 0.003 * seed + noise
     if "sparse_l2" in types:
         ne -= 0.004 * (pas + 1)
     if "max_norm" in types:
