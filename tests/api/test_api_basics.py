@@ -29,6 +29,13 @@ def test_openapi_lists_every_route_with_auth(server):
         "/v1/jobs/{job_id}/cancel": {"post"},
         "/v1/jobs/{job_id}/metrics": {"get"},
         "/v1/jobs/{job_id}/events": {"get"},
+        "/v1/studies": {"get", "post"},
+        "/v1/studies/plan": {"post"},
+        "/v1/studies/{study_id}": {"get", "delete"},
+        "/v1/studies/{study_id}/cancel": {"post"},
+        "/v1/studies/{study_id}/export.csv": {"get"},
+        "/v1/studies/{study_id}/export.json": {"get"},
+        "/v1/studies/{study_id}/events": {"get"},
     }
     for path, ops in spec["paths"].items():
         for op in ops.values():
