@@ -1,4 +1,5 @@
-"""``rectrain serve | submit | jobs | cancel``: the control plane's commands.
+"""``rectrain serve | submit | jobs | cancel | follow`` (and ``study | studies``, in
+services/study_cli.py): the control plane's commands.
 
 ``serve`` runs the API (embedded Redis when REDIS_URL is unset, local launcher when
 RAY_ADDRESS is unset). The others are thin REST clients of the API at
@@ -47,6 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("follow", help="stream a job's NE live until it ends")
     s.add_argument("id")
     s.set_defaults(func=_cmd_follow)
+
+    from services.study_cli import register as register_study
+
+    register_study(sub)
 
 
 # ---------------------------------------------------------------------------- serve
