@@ -5,6 +5,10 @@ Pages (one HTML shell; ``static/app.js`` renders the page named by the path):
     ``/ui/jobs/{job_id}``  one job: live NE charts from the SSE stream, per-pass table, spec
     ``/ui/compare``        test NE by pass of several jobs, Δ vs a baseline job
     ``/ui/submit``         submit a spec (YAML/JSON) with the API's validation errors inline
+    ``/ui/studies``        studies table; ``/ui/studies/new`` plan and submit a study;
+    ``/ui/studies/{id}``   one study, live: the answer per pass count (paired Δ vs the
+                           baseline with 95% intervals), strata, strength curves, runs
+                           (``static/studies.js``)
 
 Assets are vendored under ``static/`` (uPlot, js-yaml; see ``static/vendor/README.md``),
 so the dashboard works on machines without internet. The pages need no auth; they
@@ -61,6 +65,26 @@ metrics:
   report_every_steps: 5
 """
 
+# The new-study form's example: the base job inline (a file name only works from the CLI).
+EXAMPLE_STUDY = """\
+# A small study: baseline + sparse L2 at two strengths + dropout, 2 seeds, 3 passes.
+# Each run is an ordinary job; the answer is the paired difference with the baseline of
+# the same seed, with a 95% t-interval over the seeds (see docs/studies.md).
+name: small study
+seeds: 2
+passes: 3
+base:
+  data:
+    synthetic: {examples_per_day: 20000, num_users: 2000, num_ads: 1000}
+    batch_size: 512
+  model: {embedding_dim: 8, hash_size: 20000, dense_arch: [16, 8], over_arch: [16]}
+  scaling: {num_workers: 1}
+  metrics: {window_size: 4096, report_every_steps: 5}
+variants:
+  - regularizers: [{type: sparse_l2, weight: [1.0e-4, 1.0e-3]}]
+  - regularizers: [{type: dropout, p: 0.2}]
+"""
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -96,6 +120,25 @@ def compare_page(request: Request) -> HTMLResponse:
 @router.get("/ui/submit", response_class=HTMLResponse)
 def submit_page(request: Request) -> HTMLResponse:
     return _shell(request)
+
+
+@router.get("/ui/studies", response_class=HTMLResponse)
+@router.get("/ui/studies/new", response_class=HTMLResponse)
+def studies_page(request: Request) -> HTMLResponse:
+    return _shell(request)
+
+
+@router.get("/ui/studies/{study_id}", response_class=HTMLResponse)
+def study_page(study_id: str, request: Request) -> HTMLResponse:
+    return _shell(request)
+
+
+@router.get("/ui/example-study", response_class=PlainTextResponse)
+def example_study() -> PlainTextResponse:
+    """The study the new-study form is prefilled with (small, base spec inline)."""
+    return PlainTextResponse(
+        EXAMPLE_STUDY, media_type="text/yaml; charset=utf-8", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @router.get("/ui/example-spec", response_class=PlainTextResponse)

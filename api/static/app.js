@@ -998,22 +998,37 @@
 
   // ------------------------------------------------------------------ router
 
+  // Pages defined in other files (studies.js) register {name, nav, title, match(path) ->
+  // arg or null, render(arg, ui)} in window.RectrainPages; they get these helpers.
+  const UI = {
+    ROOT, h, api, ApiError, enc, isNum, fmtNE, fmt3, fmtDelta, fmtTime, fmtDuration, statusBadge,
+    every, getToken, Chart, PALETTE, main, regularizerSummary, lineOfPath, selectLine, ACTIVE, TERMINAL,
+  };
+
   async function route() {
     clearTimers();
     let path = location.pathname;
     if (ROOT && path.startsWith(ROOT)) path = path.slice(ROOT.length);
     path = path.replace(/\/+$/, "") || "/";
-    let page = "jobs", arg = null;
+    let page = "jobs", arg = null, extra = null;
     const mJob = /^\/ui\/jobs\/([^/]+)$/.exec(path);
     if (mJob) { page = "job"; arg = decodeURIComponent(mJob[1]); }
     else if (path === "/ui/compare") page = "compare";
     else if (path === "/ui/submit") page = "submit";
+    else {
+      for (const p of window.RectrainPages || []) {
+        const a = p.match(path);
+        if (a !== null && a !== undefined) { extra = p; page = p.name; arg = a; break; }
+      }
+    }
     document.body.dataset.page = page;
-    for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === page || (page === "job" && a.dataset.nav === "jobs"));
-    document.title = { jobs: "Jobs", job: "Job", compare: "Compare", submit: "Submit" }[page] + " · rectrain";
+    const nav = extra ? extra.nav : page === "job" ? "jobs" : page;
+    for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === nav);
+    document.title = (extra ? extra.title : { jobs: "Jobs", job: "Job", compare: "Compare", submit: "Submit" }[page]) + " · rectrain";
     await ensureToken();
     try {
-      if (page === "job") await pageJob(arg);
+      if (extra) await extra.render(arg, UI);
+      else if (page === "job") await pageJob(arg);
       else if (page === "compare") await pageCompare();
       else if (page === "submit") await pageSubmit();
       else await pageJobs();

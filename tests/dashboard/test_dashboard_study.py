@@ -1,0 +1,136 @@
+"""The study pages in headless chromium against the real API and Redis, with the seeded
+stand-in trainer (tests/services/fake_study_trainer.py) so that a 12-run study finishes in
+seconds: the page fills in live over SSE and states the answer; the new-study form plans,
+and shows the API's field errors. Screenshots: artifacts/screenshots/study_*.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from conftest import ARTIFACTS, CHROMIUM_ARGS, OWNER, REPO, TOKEN, ApiServer  # noqa: F401
+
+pytestmark = [pytest.mark.browser]
+
+STUDY = {
+    "name": "dashboard study",
+    "base": {
+        "data": {"synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200}, "batch_size": 256},
+        "model": {"hash_size": 2000, "embedding_dim": 8, "dense_arch": [16, 8], "over_arch": [16]},
+        "metrics": {"window_size": 1024, "report_every_steps": 5},
+    },
+    "variants": [
+        {"regularizers": [{"type": "sparse_l2", "weight": [1e-4, 1e-3]}]},
+        {"regularizers": [{"type": "max_norm", "c": 1.0}]},
+    ],
+    "seeds": 3,
+    "passes": 3,
+    "labels": {"pass_delay": "1.0"},
+}
+
+
+@pytest.fixture(scope="module")
+def study_api(redis_url):
+    data_dir = ARTIFACTS / "dashboard-study-run"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "RECTRAIN_API_TOKENS": f"{TOKEN}:{OWNER}",
+            "RECTRAIN_LAUNCHER": "local",
+            "RECTRAIN_TRAINER_MODULE": "fake_study_trainer",
+            "RECTRAIN_DATA_DIR": str(data_dir),
+            "RECTRAIN_STUDY_POLL_S": "0.3",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), str(REPO / "tests" / "services"), env.get("PYTHONPATH", "")) if p
+            ),
+        }
+    )
+    server = ApiServer(env, data_dir / "api.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        try:
+            for s in server.http.get("/v1/studies").json()["data"]:
+                server.http.post(f"/v1/studies/{s['id']}/cancel")
+        except Exception:
+            pass
+        server.stop()
+        server.http.close()
+
+
+@pytest.fixture
+def page(browser, study_api):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=study_api.base_url, color_scheme="light")
+    ctx.set_default_timeout(60_000)
+    ctx.add_init_script(f"sessionStorage.setItem('rectrain.token', {TOKEN!r})")
+    p = ctx.new_page()
+    p.errors = []
+    p.on("pageerror", lambda e: p.errors.append(str(e)))
+    yield p
+    ctx.close()
+
+
+def test_study_page_fills_in_live_and_states_the_answer(page, study_api, shot):
+    r = study_api.http.post("/v1/studies", json={"spec": STUDY})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    page.goto(f"/ui/studies/{sid}")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.locator("#study-title").text_content() == "dashboard study"
+    # live: SSE snapshots arrive while runs finish passes, then the stream ends
+    page.wait_for_function("(+document.body.dataset.studyUpdates || 0) >= 2")
+    page.wait_for_function("document.querySelector('#study-progress').textContent.includes('running')")
+    shot(page, "study_running")
+    page.wait_for_function(
+        "() => { const b = document.querySelector('#study-status .badge'); return b && b.dataset.status === 'succeeded'; }",
+        timeout=120_000,
+    )
+    assert page.locator("#conn-state").text_content() == "finished"
+    assert "12 / 12 runs finished" in page.locator("#study-progress").text_content()
+    sentences = page.locator("#study-sentences li").all_text_contents()
+    assert len(sentences) == 3 and sentences[2].startswith("After 3 passes: beats the baseline: ")
+    assert "sparse_l2 weight=0.001 by 0.01" in sentences[2]  # the stand-in: −0.004 x 4 at pass 3
+    rows = page.locator("#study-table tbody tr")
+    assert rows.count() == 4
+    l2 = page.locator("#study-table tr[data-arm='v0.1'] td")
+    assert l2.nth(2).text_content().startswith("−0.01") and l2.nth(3).text_content().startswith("[−")
+    assert l2.nth(4).text_content() == "3 / 3"
+    assert "better" in (l2.nth(2).get_attribute("class") or "")
+    assert "oracle test NE" in page.locator("#study-table-wrap").text_content()
+    assert int(page.locator("#chart-study-delta").get_attribute("data-points")) == 3 * 3
+    curve = page.locator(".strength-curve")
+    assert curve.count() == 1 and int(curve.get_attribute("data-points")) == 2 * 3
+    page.click("#pass-tabs button[data-pass='1']")
+    assert page.locator("#pass-tabs button[data-pass='1']").get_attribute("class") == "small"
+    assert page.locator("#runs-table tbody tr").count() == 12
+    assert "seed 0: 1" in page.locator("#selected-table").text_content()
+    shot(page, "study")
+    page.goto("/ui/studies")
+    page.wait_for_selector(f"#studies-table tr[data-study-id='{sid}']")
+    assert page.locator(f"#studies-table tr[data-study-id='{sid}'] td").nth(2).text_content() == "12 / 12"
+    shot(page, "studies")
+    assert page.errors == []
+
+
+def test_new_study_form_plans_and_shows_field_errors(page, shot):
+    page.goto("/ui/studies/new")
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function("document.querySelector('#study-spec').value.includes('variants')")
+    page.click("#plan-study")
+    page.wait_for_selector("#plan-summary")
+    assert "4 arms (baseline + 3) × 2 seeds = 8 runs of 3 passes" in page.locator("#plan-summary").text_content()
+    shot(page, "study_new_plan")
+    text = page.locator("#study-spec").input_value().replace("weight: [1.0e-4, 1.0e-3]", "wieght: [1.0e-4]")
+    page.fill("#study-spec", text)
+    page.click("#submit-study")
+    page.wait_for_selector("#err-study li")
+    err = page.locator("#err-study").text_content()
+    assert "variants.0.regularizers.0.wieght: unknown parameter of sparse_l2" in err
+    shot(page, "study_new_error")
+    assert page.errors == []
