@@ -15,6 +15,11 @@ def test_builders_are_prefixed_and_distinct():
         keys.status_index_key("running"),
         keys.owner_jobs_key("alice"),
         keys.owner_status_key("alice", "running"),
+        keys.study_key(jid),
+        keys.study_runs_key(jid),
+        keys.studies_index_key(),
+        keys.active_studies_key(),
+        keys.owner_studies_key("alice"),
     ]
     assert all(k.startswith(keys.KEY_PREFIX + ":") for k in built)
     assert len(set(built)) == len(built)
@@ -22,6 +27,8 @@ def test_builders_are_prefixed_and_distinct():
     assert keys.events_stream_key(jid) == f"rectrain:job:{jid}:events"
     assert keys.owner_status_key("bob", "queued") == "rectrain:owner:bob:status:queued"
     assert keys.progress_pass_field(3) == "pass:3"
+    assert keys.study_runs_key(jid) == f"rectrain:study:{jid}:runs"
+    assert keys.owner_studies_key("bob") == "rectrain:owner:bob:studies"
 
 
 def test_job_ids_are_checked_before_they_reach_a_key():
@@ -34,3 +41,4 @@ def test_bounds_and_ttls_are_sane():
     assert keys.METRICS_STREAM_MAXLEN >= 10_000
     assert keys.HEARTBEAT_TTL_S > 2 * keys.HEARTBEAT_INTERVAL_S
     assert keys.QUEUED_RELAUNCH_AFTER_S > keys.HEARTBEAT_TTL_S
+    assert keys.STUDY_CLAIM_STALE_S > 5 * keys.STUDY_RECONCILE_INTERVAL_S
