@@ -60,7 +60,9 @@ def test_tiny_study_on_real_ray(ray_api):
     for k in (1, 2):
         row = next(a for a in res["per_pass"][k - 1]["arms"] if a["arm"] == "v0")
         d = row["delta_test_ne"]
-        per_seed = [runs[f"v0/s{i}"]["test_ne"][k - 1] - runs[f"baseline/s{i}"]["test_ne"][k - 1] for i in (0, 1)]
+        per_seed = [
+            runs[f"v0/s{i}"]["test_ne"][k - 1] - runs[f"baseline/s{i}"]["test_ne"][k - 1] for i in (0, 1)
+        ]
         assert d["n"] == 2 and d["per_seed"] == pytest.approx(per_seed)
         assert d["ci_low"] < d["mean"] < d["ci_high"]
         assert set(row["strata"]["test_ne"]) == {"frequent", "medium", "rare"}

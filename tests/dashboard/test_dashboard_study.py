@@ -16,7 +16,10 @@ pytestmark = [pytest.mark.browser]
 STUDY = {
     "name": "dashboard study",
     "base": {
-        "data": {"synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200}, "batch_size": 256},
+        "data": {
+            "synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200},
+            "batch_size": 256,
+        },
         "model": {"hash_size": 2000, "embedding_dim": 8, "dense_arch": [16, 8], "over_arch": [16]},
         "metrics": {"window_size": 1024, "report_every_steps": 5},
     },
@@ -66,7 +69,9 @@ def study_api(redis_url):
 
 @pytest.fixture
 def page(browser, study_api):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=study_api.base_url, color_scheme="light")
+    ctx = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, base_url=study_api.base_url, color_scheme="light"
+    )
     ctx.set_default_timeout(60_000)
     ctx.add_init_script(f"sessionStorage.setItem('rectrain.token', {TOKEN!r})")
     p = ctx.new_page()
@@ -124,7 +129,9 @@ def test_new_study_form_plans_and_shows_field_errors(page, shot):
     page.wait_for_function("document.querySelector('#study-spec').value.includes('variants')")
     page.click("#plan-study")
     page.wait_for_selector("#plan-summary")
-    assert "4 arms (baseline + 3) × 2 seeds = 8 runs of 3 passes" in page.locator("#plan-summary").text_content()
+    assert (
+        "4 arms (baseline + 3) × 2 seeds = 8 runs of 3 passes" in page.locator("#plan-summary").text_content()
+    )
     shot(page, "study_new_plan")
     text = page.locator("#study-spec").input_value().replace("weight: [1.0e-4, 1.0e-3]", "wieght: [1.0e-4]")
     page.fill("#study-spec", text)
