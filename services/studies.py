@@ -338,6 +338,13 @@ class StudyStore:
                     continue
             exp = s.expansion()
             jobs = await self._jobs_of(s)
+            if s.cancel_requested:  # a job submitted while the cancel ran: cancel it too
+                for j in jobs.values():
+                    if not j.status.is_terminal and not j.cancel_requested:
+                        try:
+                            await self.jobs.request_cancel(j.id)
+                        except (IllegalTransition, JobNotFound):
+                            pass
             status = _status_of(s, len(exp.runs), jobs)
             if status in ("succeeded", "failed", "cancelled"):
                 async with self.r.pipeline(transaction=True) as pipe:
@@ -353,8 +360,11 @@ class StudyStore:
 
     async def cancel(self, study: StudyRecord) -> int:
         """Stop submitting runs and cancel every unfinished job; returns how many."""
-        if study.final_status:
-            raise StudyConflict(f"Study already {study.final_status}")
+        done = study.final_status or _status_of(
+            study, len(study.expansion().runs), await self._jobs_of(study)
+        )
+        if done in ("succeeded", "failed", "cancelled"):
+            raise StudyConflict(f"Study already {done}")
         await self.r.hset(keys.study_key(study.id), "cancel_requested", "1")
         n = 0
         for jid in study.job_ids().values():

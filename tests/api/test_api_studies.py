@@ -174,9 +174,10 @@ def test_cancel_a_running_study_cancels_its_jobs(api):
     c = client_for(api.url, ALICE)
     sid = c.post("/v1/studies", json={"spec": study(labels={"mode": "slow"}, seeds=2)}).json()["id"]
     wait_study(c, sid, lambda s: s["progress"]["running"] >= 1)
+    r = c.delete(f"/v1/studies/{sid}")
+    assert r.status_code == 409 and "cancel it first" in r.json()["detail"]
     r = c.post(f"/v1/studies/{sid}/cancel")
     assert r.status_code == 202 and r.json()["cancel_requested"]
-    assert c.delete(f"/v1/studies/{sid}").status_code in (204, 409)  # 409 while jobs still stop
     s = wait_study(c, sid, lambda s: s["status"] == "cancelled", timeout=60)
     assert s["progress"]["cancelled"] == s["progress"]["total"] == 8
     assert all(j["status"] == "cancelled" for j in c.get("/v1/jobs", params={"limit": 50}).json()["data"])
