@@ -17,6 +17,7 @@ from reg_helpers import (
     snapshot,
     tbe_tables,
 )
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.regularizers import post_step
 
@@ -160,3 +161,113 @@ def test_sparse_l2_routing_follows_what_the_kernel_does(make_trainer):
         else:
             assert tr.regs.fused_params() == {} and tr.regs.exact_l2 is not None
             assert tr.regs.touched is not None
+
+
+# --------------------------------------------------------------------------- gradient clipping
+
+MAX_GRAD = 1e-5
+_CLIP = {
+    "training": {
+        "sparse_optimizer": {"lr": LR, "eps": 1e-8, "gradient_clipping": True, "max_gradient": MAX_GRAD}
+    }
+}
+
+
+def _with_repeat_in_a_bag(batch, key: str = "ad_history__r0"):
+    """The batch with the first multi-id bag of ``key`` holding its first id twice."""
+    from trainer.data.dataset import Batch
+
+    kjt = batch.sparse
+    values = kjt.values().clone()
+    lengths = kjt.lengths()
+    keys = kjt.keys()
+    start = sum(kjt.length_per_key()[: keys.index(key)])
+    bag_lengths = kjt[key].lengths()
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), bag_lengths.long().cumsum(0)])
+    b = int((bag_lengths >= 2).nonzero()[0])
+    values[start + offsets[b] + 1] = values[start + offsets[b]]
+    sparse = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths, stride=kjt.stride())
+    return Batch(batch.dense, sparse, batch.labels, batch.weights, batch.strata), int(
+        values[start + offsets[b]]
+    )
+
+
+class _ClipPerBag(torch.nn.Module):
+    """Reference EBC whose pooled-output gradient is clipped per bag element, so a row
+    receives the sum of its occurrences' clipped gradients (FBGEMM's semantics)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, kjt):
+        pooled = self.inner(kjt)
+        for t in pooled.to_dict().values():
+            t.register_hook(lambda g: g.clamp(-MAX_GRAD, MAX_GRAD))
+        return pooled
+
+
+def _clipped_reference_grads(tr, batch):
+    from reg_helpers import RefEBC
+
+    from trainer.model.dlrm import DLRM
+    from trainer.model.sharding import dense_named_parameters
+
+    ref = DLRM(tr.spec)
+    ref.ebc = _ClipPerBag(RefEBC(snapshot(tr.dmp)))
+    live = dict(dense_named_parameters(tr.dmp))
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.copy_(live[n])
+    logits = ref(batch.dense, batch.sparse)
+    torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, batch.labels, weight=batch.weights
+    ).backward()
+    return {k: w.grad.detach().clone() for k, w in ref.ebc.inner.w.items()}
+
+
+def test_gradient_clipping_clips_each_occurrence_in_kernel_and_sparse_l2_fallback(make_trainer):
+    """FBGEMM's row-wise AdaGrad clips every occurrence of a row (an id repeated in a
+    bag counts twice) before summing; the exact sparse_l2 fallback must too. One
+    warm-up step first: with an empty AdaGrad state the first step is scale-free."""
+    warm = None
+
+    def warmed(tr):
+        nonlocal warm
+        warm = warm or first_batch(tr, 1)
+        tr.train_step(warm)
+        return tr
+
+    kernel = warmed(make_trainer(**_CLIP))
+    batch, repeated = _with_repeat_in_a_bag(first_batch(kernel))
+    grads = _clipped_reference_grads(kernel, batch)
+    summed, _ = reference_grads(kernel, batch)
+    before, G0 = snapshot(kernel.dmp), momenta(kernel.dmp)
+    kernel.train_step(batch)
+    after_kernel = snapshot(kernel.dmp)
+    # 1. the real kernel: per-occurrence clipping (the plain reference)
+    _check(batch, before, after_kernel, grads, G0)
+    # clipping the summed gradient instead gives another row for the repeated id
+    key, row = "ad_history__r0", torch.tensor([repeated])
+    clipped_sum, _ = rowwise_adagrad(
+        before[key][row], summed[key][row].clamp(-MAX_GRAD, MAX_GRAD), G0[key][row], lr=LR
+    )
+    assert (clipped_sum - after_kernel[key][row].double()).abs().max() > 1e-3
+
+    # 2. the exact sparse_l2 fallback at lambda = 0 is exactly the kernel's update
+    tr = make_trainer([{"type": "sparse_l2", "weight": 0.5}], **_CLIP)
+    assert tr.regs.exact_l2 is not None, "this build routes sparse_l2 to the fused kernel"
+    tr.regs.exact_l2.weight = 0.0
+    warmed(tr)
+    for k, w in snapshot(tr.dmp).items():
+        assert_rows(w, before[k], atol=1e-6, rtol=1e-6)
+    tr.train_step(batch)
+    for k, w in snapshot(tr.dmp).items():
+        assert_rows(w, after_kernel[k], atol=1e-6, rtol=1e-6)
+
+    # 3. lambda > 0, both modes: the reference with per-occurrence clipping
+    for decouple in (False, True):
+        tr = warmed(make_trainer([{"type": "sparse_l2", "weight": 0.5, "decouple": decouple}], **_CLIP))
+        ref = _clipped_reference_grads(tr, batch)
+        b3, before3, after3, _, G3 = _one_step(tr, batch)
+        _check(b3, before3, after3, ref, G3, wd=0.5, mode="decouple" if decouple else "l2")

@@ -16,6 +16,11 @@ TBE's fused backward) rebuilds the row gradients of the rows in the batch, reads
 their weights and accumulators before FBGEMM touches them, and computes the
 formula above; the rows are written back after the step, replacing FBGEMM's
 plain AdaGrad result for those rows only. Cost: O(ids x D) per step.
+
+With ``gradient_clipping`` the kernel clips every *occurrence* of a row before
+summing (the bag's output gradient, elementwise to [-max_gradient, max_gradient],
+then mean / per-sample-weight scaling), not the summed row gradient; an id twice in
+one bag, or in two bags, adds two clipped gradients. The fallback does the same.
 """
 
 from __future__ import annotations
@@ -97,8 +102,6 @@ class ExactSparseL2:
             g.index_add_(0, inverse, g_ids.float())
             w0, state0 = entry.read(rows)
             args = tbe.optimizer_args
-            if args.gradient_clipping:
-                g = g.clamp(-args.max_gradient, args.max_gradient)
             lr = float(tbe.learning_rate_tensor.item())
             lam = self.weight
             g_state = g if self.decouple else g + lam * w0
@@ -110,7 +113,8 @@ class ExactSparseL2:
 
     @staticmethod
     def _grad_per_id(entry: TBERows, call: Call, grad_output: torch.Tensor) -> torch.Tensor:
-        """[ids, D]: the gradient each id's row receives from its bag."""
+        """[ids, D]: the gradient each id's row receives from its bag (clipped like
+        the kernel clips it when ``gradient_clipping`` is on)."""
         tbe = entry.module
         num_features = entry.feature_base.numel()
         d_offsets = tbe.D_offsets.tolist()
@@ -124,6 +128,11 @@ class ExactSparseL2:
             lengths, output_size=call.indices.numel()
         )  # bag = f * B + b
         per_bag = grad_output.reshape(batch, num_features, d).transpose(0, 1).reshape(num_features * batch, d)
+        args = tbe.optimizer_args
+        if args.gradient_clipping:
+            # as FBGEMM's kernel: clip each occurrence's gradient (its bag's output
+            # gradient, before the mean / per-sample-weight scaling), then sum per row
+            per_bag = per_bag.clamp(-args.max_gradient, args.max_gradient)
         g = per_bag.index_select(0, bag)
         if tbe.pooling_mode == PoolingMode.MEAN:
             g = g / lengths.index_select(0, bag).clamp_min(1).unsqueeze(1).to(g.dtype)
