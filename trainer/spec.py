@@ -387,11 +387,14 @@ class ConstNorm(_Strict):
 class SparseDropout(_Strict):
     """``sparse_dropout``: training only, each sparse id is dropped with probability
     p (``per_feature`` overrides p for the named sparse features). All replicas of a
-    feature drop the same ids."""
+    feature drop the same ids. ``rescale`` (default true): kept ids count 1/(1-p) in
+    their (sum-pooled) bag, so training bags match test bags in expectation (inverted
+    dropout, like ``dropout``); false: kept ids count 1, training bags are smaller."""
 
     type: Literal["sparse_dropout"]
     p: _Prob
     per_feature: dict[str, _Prob] = Field(default_factory=dict)
+    rescale: bool = True
 
 
 class Dropout(_Strict):

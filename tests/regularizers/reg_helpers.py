@@ -116,35 +116,69 @@ def rows_of(batch: Batch, key: str) -> torch.Tensor:
 
 
 class RefEBC(torch.nn.Module):
-    """Plain torch EmbeddingBag(sum) per KJT key, on copies of the tables."""
+    """Plain torch EmbeddingBag(sum) per KJT key, on copies of the tables; ``id_weight``
+    (key -> w): every id of that key enters its bag with per-sample weight w."""
 
-    def __init__(self, tables: dict[str, torch.Tensor]) -> None:
+    def __init__(self, tables: dict[str, torch.Tensor], id_weight: dict[str, float] | None = None) -> None:
         super().__init__()
         self.w = {k: v.detach().clone().requires_grad_(True) for k, v in tables.items()}
+        self.id_weight = id_weight or {}
 
     def forward(self, kjt) -> KeyedTensor:
         """The pooled outputs as TorchRec's EBC returns them: a KeyedTensor."""
         out = {}
         for k, jt in kjt.to_dict().items():
+            values = jt.values().long()
+            psw = None
+            if k in self.id_weight:
+                psw = torch.full((values.numel(),), self.id_weight[k], dtype=self.w[k].dtype)
             out[k] = F.embedding_bag(
-                jt.values().long(), self.w[k], jt.offsets().long(), mode="sum", include_last_offset=True
+                values,
+                self.w[k],
+                jt.offsets().long(),
+                mode="sum",
+                include_last_offset=True,
+                per_sample_weights=psw,
             )
         return KeyedTensor.from_tensor_list(list(out), list(out.values()))
+
+
+def dropout_id_weights(spec: JobSpec, keys: list[str]) -> dict[str, float]:
+    """Per-sample weight of a kept id per KJT key in training: 1/(1-p) of its feature
+    under ``sparse_dropout`` with ``rescale``, else none."""
+    reg = next((r for r in spec.regularizers if r.type == "sparse_dropout"), None)
+    if reg is None or not reg.rescale:
+        return {}
+    out = {}
+    for key in keys:
+        p = reg.per_feature.get(key.rsplit("__r", 1)[0], reg.p)
+        if p > 0:
+            out[key] = 1.0 / (1.0 - p)
+    return out
+
+
+def reference_model(tr: Trainer, train: bool = True) -> DLRM:
+    """A plain-torch DLRM (``RefEBC`` tables) with the trainer's *current* weights, no
+    dropout; ``train=False``: eval-mode batch norm and no sparse_dropout rescale, with
+    ``train`` the kept ids of a rescaled ``sparse_dropout`` enter their bags with
+    per-sample weight 1/(1-p)."""
+    ref = DLRM(tr.spec, dense_dropout=0.0)
+    tables = snapshot(tr.dmp)
+    ref.ebc = RefEBC(tables, dropout_id_weights(tr.spec, list(tables)) if train else None)
+    live = dict(dense_named_parameters(tr.dmp))
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.copy_(live[n])
+    ref.train(train)
+    return ref
 
 
 def reference_grads(
     tr: Trainer, batch: Batch, train: bool = True
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Embedding-table and dense gradients of the train loss, computed in plain torch
-    from the trainer's *current* weights (no dropout; ``train=False``: eval-mode
-    batch norm)."""
-    ref = DLRM(tr.spec, dense_dropout=0.0)
-    ref.ebc = RefEBC(snapshot(tr.dmp))
-    live = dict(dense_named_parameters(tr.dmp))
-    with torch.no_grad():
-        for n, p in ref.named_parameters():
-            p.copy_(live[n])
-    ref.train(train)
+    from the trainer's *current* weights (see :func:`reference_model`)."""
+    ref = reference_model(tr, train)
     logits = ref(batch.dense, batch.sparse)
     loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights)
     loss.backward()

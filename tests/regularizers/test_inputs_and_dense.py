@@ -4,6 +4,7 @@ evaluation; biases never decayed."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from reg_helpers import (
     LR,
@@ -11,6 +12,7 @@ from reg_helpers import (
     first_batch,
     momenta,
     reference_grads,
+    reference_model,
     rows_of,
     rowwise_adagrad,
     snapshot,
@@ -113,6 +115,51 @@ def test_input_rewrites_do_nothing_in_eval_and_train_step_sees_them(make_trainer
         assert torch.equal(after[key][untouched], before[key][untouched])
     dropped = set(rows_of(batch, "user_id__r0").tolist()) - set(rows_of(seen, "user_id__r0").tolist())
     assert dropped, "no row lost all its ids: the untouched check above would not cover dropout"
+
+
+@pytest.mark.parametrize("rescale", [None, True, False])
+def test_sparse_dropout_rescale_matches_a_per_sample_weight_reference(make_trainer, rescale):
+    """``rescale`` (default true): each kept id enters its training bag with weight
+    1/(1-p_feature), as plain ``F.embedding_bag(per_sample_weights=...)`` computes it;
+    false: weight 1. Evaluation never rescales."""
+    reg = {"type": "sparse_dropout", "p": 0.4, "per_feature": {"ad_id": 0.0, "user_id": 0.6}}
+    if rescale is not None:
+        reg["rescale"] = rescale
+    tr = make_trainer([reg])
+    scaled = rescale is not False
+    assert tr.regs.sparse_dropout.rescale is scaled
+    batch = first_batch(tr)
+    seen = tr.regs.transform(batch, step=tr.global_step)
+    with torch.no_grad():
+        logits = tr.dmp(seen.dense, seen.sparse)
+        ref = reference_model(tr, train=True)(seen.dense, seen.sparse)
+        plain = reference_model(tr, train=False)(seen.dense, seen.sparse)
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+    assert bool((logits - plain).abs().max() > 1e-3) is scaled  # the rescale is not a no-op
+    if scaled:
+        assert tr.dmp.module.pooled_train_scale == {
+            "user_id": 1 / 0.4,
+            "ad_history": 1 / 0.6,
+            "ctx_0": 1 / 0.6,
+        }
+    tr.dmp.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            tr.dmp(batch.dense, batch.sparse),
+            reference_model(tr, train=False)(batch.dense, batch.sparse),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    tr.dmp.train()
+    # one fused training step: the rows get the AdaGrad update of the rescaled gradient
+    before, G0 = snapshot(tr.dmp), momenta(tr.dmp)
+    grads, _ = reference_grads(tr, seen)
+    tr.train_step(batch)
+    after = snapshot(tr.dmp)
+    for key in before:
+        rows = rows_of(seen, key)
+        w_ref, _ = rowwise_adagrad(before[key][rows], grads[key][rows], G0[key][rows], lr=LR)
+        assert_rows(after[key][rows], w_ref)
 
 
 def test_dense_dropout_is_train_only(make_trainer):

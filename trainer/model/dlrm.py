@@ -56,11 +56,25 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def batch_norm_statistics(module: nn.Module) -> list[torch.Tensor]:
+    """The running mean and variance buffers of every batch-norm layer in ``module``."""
+    out: list[torch.Tensor] = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            out += [m.running_mean, m.running_var]
+    return out
+
+
 class DLRM(nn.Module):
     """logit = over_arch(interaction(dense_arch(dense), pooled embeddings))."""
 
     def __init__(
-        self, spec: JobSpec, *, dense_dropout: float = 0.0, dense_device: torch.device | None = None
+        self,
+        spec: JobSpec,
+        *,
+        dense_dropout: float = 0.0,
+        dense_device: torch.device | None = None,
+        pooled_train_scale: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         m = spec.model
@@ -114,6 +128,12 @@ class DLRM(nn.Module):
         # matches the config (checked per batch: a different order takes the slow path)
         self._keys = [table_feature_name(f, r) for f in self.features for r in range(self.replicas)]
         self._perm_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        # training only: feature -> factor on its pooled embedding (sparse_dropout rescale)
+        self.pooled_train_scale = dict(pooled_train_scale or {})
+        self._train_scale: torch.Tensor | None = None
+        if self.pooled_train_scale:
+            scale = [self.pooled_train_scale.get(f, 1.0) for f in self.features]
+            self._train_scale = torch.tensor(scale, device=dense_device).view(1, -1, 1)
 
     def init_output_bias(self, ctr: float) -> None:
         """Start the logit at the training CTR instead of 0.5 (saves the first
@@ -158,6 +178,8 @@ class DLRM(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         emb = self.pooled(sparse)
+        if self.training and self._train_scale is not None:
+            emb = emb * self._train_scale.to(emb.device)
         d = self.dense_arch(dense) if self.dense_arch is not None else None
         if self.interaction == Interaction.DOT:
             x = dot_interaction(d, emb, self._triu_flat)
