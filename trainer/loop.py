@@ -23,10 +23,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from trainer.checkpoint import load_rank_state, save_rank_state
+from trainer.collectives import Collectives
 from trainer.data.dataset import STRATA, RankData, prefetch
 from trainer.metrics import ne
 from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
-from trainer.model.dlrm import DLRM
+from trainer.model.dlrm import DLRM, batch_norm_statistics
+from trainer.model.embedding_init import init_embedding_tables
 from trainer.model.sharding import dense_named_parameters, make_dense_optimizer, shard_model
 from trainer.regularizers import RegularizerSet
 from trainer.spec import JobSpec
@@ -127,13 +129,20 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.sink = sink if session.rank == 0 else None
         self.device = session.device
+        self.collectives = Collectives(self.device)  # every collective of the loop goes through it
         torch.manual_seed(spec.training.seed)
 
         self.data = RankData(spec, session.rank, session.world_size)
         self.regs = RegularizerSet(spec)
-        model = DLRM(spec, dense_dropout=self.regs.dense_dropout, dense_device=self.device)
+        model = DLRM(
+            spec,
+            dense_dropout=self.regs.dense_dropout,
+            dense_device=self.device,
+            pooled_train_scale=self.regs.pooled_train_scale(spec.data.sparse_feature_names()),
+        )
         model.init_output_bias(float(self.data.train.label.mean()))
         self.dmp = shard_model(model, spec, self.device, self.regs.fused_params())
+        init_embedding_tables(self.dmp, spec.training.seed)  # per (seed, table): same on any world size
         self.regs.attach(self.dmp)
         named = dense_named_parameters(self.dmp)
         self.dense_params = [p for _, p in named]
@@ -268,7 +277,7 @@ class Trainer:
         metrics = self._train_metric_module()
         steps = self.data.steps_per_pass
         global_batch = spec.data.batch_size * self.session.world_size
-        self.dmp.train()
+        self.regs.train_mode(p, self.dmp)
         t0 = time.perf_counter()
         t_window, ex_window = t0, 0
         every_n = spec.training.checkpoint_every_steps
@@ -305,6 +314,9 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Test NE, calibration, AUC and NE per stratum on the test days (all ranks)."""
+        # each rank's batch-norm running statistics saw only its own batches: score
+        # every slice with the same (averaged) statistics
+        self.collectives.average_(batch_norm_statistics(self.dmp))
         if self.data.eval_steps == 0:
             return {}
         spec = self.spec
@@ -328,7 +340,7 @@ class Trainer:
             counts += torch.bincount(batch.strata.cpu(), weights=batch.weights.cpu().double(), minlength=3)
         self.dmp.train()
         out = ne.summarize(metrics.compute())
-        dist.all_reduce(counts)
+        counts = self.collectives.all_reduce(counts).cpu()
         out["examples_by_stratum"] = {s: int(c) for s, c in zip(STRATA, counts.tolist(), strict=True)}
         # a stratum with no test examples has no NE
         out["ne_by_stratum"] = {

@@ -162,3 +162,35 @@ def test_all_regularizers_together_through_trainer_run(make_trainer):
             atol=1e-6,
             rtol=1e-6,
         )
+
+
+def _bn_stats(tr) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in tr.dmp.named_buffers() if "running_" in n or "num_batches" in n}
+
+
+@pytest.mark.parametrize("what", ["dense", "embeddings"])  # "both" freezes dense the same way
+def test_freeze_of_dense_freezes_batch_norm_statistics(make_trainer, what):
+    """A frozen dense part is a fixed function: its batch-norm layers normalise with
+    the running statistics and stop updating them (embeddings-only freeze: they go on)."""
+    tr = make_trainer(
+        [{"type": "freeze", "from_pass": 1, "what": what}],
+        model={"batch_norm": True},
+        data={"synthetic": {"examples_per_day": 256}},
+    )
+    assert _bn_stats(tr)
+    tr.regs.on_pass_start(0, tr.dmp, tr.dense_opt)
+    before = _bn_stats(tr)
+    tr._train_pass(0, 0)
+    after0 = _bn_stats(tr)
+    assert _changed(before, after0)  # pass 0 updates the statistics
+    tr.regs.on_pass_start(1, tr.dmp, tr.dense_opt)
+    tr._train_pass(1, 0)
+    frozen = what != "embeddings"
+    assert _changed(after0, _bn_stats(tr)) is not frozen
+    # training-mode forward == evaluation forward while the dense part is frozen
+    batch = first_batch(tr)
+    with torch.no_grad():
+        train_logits = tr.dmp(batch.dense, batch.sparse)
+        tr.dmp.eval()
+        eval_logits = tr.dmp(batch.dense, batch.sparse)
+    assert torch.equal(train_logits, eval_logits) is frozen

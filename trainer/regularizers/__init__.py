@@ -7,6 +7,8 @@ regularizer in the spec behind a few hooks:
                           the kernel honours them; else the exact fallback of
                           :mod:`.sparse_l2` runs through the hooks below);
 - ``dense_dropout``       dropout probability for the dense MLPs (``dropout``);
+- ``pooled_train_scale``  per-feature factor on the pooled embeddings in training
+                          (``sparse_dropout`` with ``rescale``: 1/(1-p));
 - ``dense_param_groups``  torch optimizer param groups (``dense_l2``, never biases);
 - ``transform(batch)``    rewrite the KJT before the model, training only
                           (``sparse_dropout``, ``sse_se``);
@@ -16,7 +18,8 @@ regularizer in the spec behind a few hooks:
 - ``on_pass_start(...)``  per-pass learning-rate factors, resets, freezing
                           (``lr_schedule``, ``freeze``); restarts ``shrink``'s counts;
 - ``add_penalty(loss)``   loss terms of the pooled embeddings (``max_entropy``);
-- ``on_step_end(k, n)``   after step k of n of a pass (``shrink``'s events).
+- ``on_step_end(k, n)``   after step k of n of a pass (``shrink``'s events);
+- ``train_mode(p, dmp)``  training mode for pass p (batch norm frozen with the dense part).
 
 ``sse_graph`` is not here: it rewrites ids on the data path
 (:mod:`trainer.data.graph`, :class:`trainer.data.dataset.RankData`).
@@ -108,6 +111,20 @@ class RegularizerSet:
     def dense_dropout(self) -> float:
         return self.dropout.p if self.dropout is not None else 0.0
 
+    def pooled_train_scale(self, features: list[str]) -> dict[str, float]:
+        """``sparse_dropout`` with ``rescale``: feature -> 1/(1-p) (features with p > 0).
+
+        Kept ids count 1/(1-p) in their bag, so a training bag's expected sum equals the
+        test bag's (inverted dropout, as ``torch.nn.Dropout``). The factor is one per
+        feature (all its replicas share the rate) and pooling is SUM, so scaling the
+        feature's pooled embedding is exactly the per-id ``per_sample_weights``
+        rescale, without a weighted EBC and a weights tensor in the input all-to-all."""
+        d = self.sparse_dropout
+        if d is None or not d.rescale:
+            return {}
+        rates = {f: d.per_feature.get(f, d.p) for f in features}
+        return {f: 1.0 / (1.0 - p) for f, p in rates.items() if p > 0}
+
     def dense_param_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict[str, Any]]:
         return dense.param_groups(named, self.dense_l2.weight if self.dense_l2 else None)
 
@@ -198,6 +215,16 @@ class RegularizerSet:
             self.shrink.count(self.touched)
         # embeddings frozen (lr 0): the post-step maps must not change them either
         self.touched.finish(self.row_fn() if self.sparse_lr != 0.0 else None)
+
+    def train_mode(self, pass_idx: int, dmp: torch.nn.Module) -> None:
+        """``dmp.train()`` for pass ``pass_idx``; while ``freeze`` holds the dense part,
+        its batch-norm layers stay in eval mode (normalise with the running statistics
+        and leave them unchanged), so the frozen dense part is a fixed function."""
+        dmp.train()
+        if self.schedule.dense_frozen(pass_idx):
+            for m in dmp.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def on_pass_start(
         self, pass_idx: int, dmp: torch.nn.Module, dense_opt: torch.optim.Optimizer, resumed: bool = False

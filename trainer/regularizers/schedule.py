@@ -2,7 +2,9 @@
 
 At the start of pass k (and again when a run resumes inside pass k) the learning
 rates become ``base_lr * factor_k * (0 if frozen)`` for the sparse (FBGEMM fused)
-and the dense optimizer; ``lr_schedule.reset`` zeroes the row-wise AdaGrad
+and the dense optimizer (a frozen dense part also keeps its batch-norm layers in eval
+mode while training: running statistics used, not updated; see
+``RegularizerSet.train_mode``); ``lr_schedule.reset`` zeroes the row-wise AdaGrad
 accumulators (and the dense optimizer's state) at the start of every pass after the
 first. A learning rate of 0 leaves FBGEMM's row-wise AdaGrad update an exact no-op
 on the weights (``w <- 1 * w - 0 * g``), also with ``sparse_l2`` in either mode.
@@ -32,6 +34,10 @@ class PassSchedule:
     @property
     def active(self) -> bool:
         return self.freeze is not None or self.lr is not None
+
+    def dense_frozen(self, pass_idx: int) -> bool:
+        f = self.freeze
+        return f is not None and pass_idx >= f.from_pass and f.what in (FreezeWhat.DENSE, FreezeWhat.BOTH)
 
     def factors(self, pass_idx: int) -> tuple[float, float]:
         """(sparse, dense) learning-rate factors of pass ``pass_idx``."""
