@@ -201,9 +201,8 @@ class _ClipPerBag(torch.nn.Module):
         self.inner = inner
 
     def forward(self, kjt):
-        pooled = self.inner(kjt)
-        for t in pooled.to_dict().values():
-            t.register_hook(lambda g: g.clamp(-MAX_GRAD, MAX_GRAD))
+        pooled = self.inner(kjt)  # a KeyedTensor: the model reads its values [B, sum D]
+        pooled.values().register_hook(lambda g: g.clamp(-MAX_GRAD, MAX_GRAD))
         return pooled
 
 
