@@ -35,7 +35,7 @@ from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, 
 from services.launcher import JobLauncher
 from services.study_stats import analyze
 from services.submit import submit_job
-from trainer.errors import RectrainError
+from trainer.errors import CapacityError, RectrainError
 from trainer.study_spec import Expansion, StudySpec, expand
 
 log = logging.getLogger("rectrain.studies")
@@ -65,6 +65,8 @@ class StudyRecord:
     cancel_requested: bool = False
     finished_at: float | None = None
     final_status: str | None = None
+    error: str | None = None  # why the study cannot run (it was stopped)
+    waiting: str | None = None  # why submission is paused (e.g. the owner's queue is full)
     runs: dict[str, str] = field(default_factory=dict)  # run key -> job id (or claim)
 
     @classmethod
@@ -78,6 +80,8 @@ class StudyRecord:
             cancel_requested=h.get("cancel_requested") == "1",
             finished_at=float(h["finished_at"]) if h.get("finished_at") else None,
             final_status=h.get("final_status") or None,
+            error=h.get("error") or None,
+            waiting=h.get("waiting") or None,
             runs=runs,
         )
 
@@ -188,6 +192,8 @@ class StudyStore:
             "owner": study.owner,
             "status": status,
             "cancel_requested": study.cancel_requested,
+            "error": study.error,
+            "waiting": study.waiting,
             "created_at": study.created_at,
             "finished_at": study.finished_at,
             "spec": study.spec,
@@ -274,17 +280,33 @@ class StudyStore:
             claimed = await self.r.hsetnx(runs_key, run.key, f"{_CLAIM}{time.time()}")
             if not claimed:
                 continue
-            job = await submit_job(
-                self.jobs,
-                launcher,
-                owner=study.owner,
-                spec=exp.job_spec(run),
-                name=f"{study.name or 'study ' + study.id[:8]} · {exp.arm(run.arm).label} · seed {run.seed}",
-                labels=study_labels(study.id, run.key, run.arm, exp.spec.labels),
-            )
+            try:
+                job = await submit_job(
+                    self.jobs,
+                    launcher,
+                    owner=study.owner,
+                    spec=exp.job_spec(run),
+                    name=f"{study.name or 'study ' + study.id[:8]} · {exp.arm(run.arm).label} · seed {run.seed}",
+                    labels=study_labels(study.id, run.key, run.arm, exp.spec.labels),
+                )
+            except CapacityError:  # the run can never run (all runs share the scaling): stop the study
+                await self.r.hdel(runs_key, run.key)
+                raise
+            except RectrainError as e:  # e.g. the owner's queue is full: a later sweep goes on
+                await self.r.hdel(runs_key, run.key)
+                await self.r.hset(keys.study_key(study.id), "waiting", f"submission paused: {e.message}")
+                log.info("study %s: %s", study.id, e.message)
+                break
             await self.r.hset(runs_key, run.key, job.id)
             done += 1
+        else:
+            await self.r.hdel(keys.study_key(study.id), "waiting")
         return done
+
+    async def fail(self, study: StudyRecord, error: str) -> None:
+        """Stop a study that cannot run (no more submissions; unfinished jobs cancelled)."""
+        await self.r.hset(keys.study_key(study.id), "error", error)
+        await self.cancel(study)
 
     async def _find_job_by_label(self, study: StudyRecord, run_key: str) -> str | None:
         offset = 0
@@ -332,7 +354,12 @@ class StudyStore:
             if s is None:
                 continue
             if not s.cancel_requested:
-                n = await self.submit_runs(s, launcher)
+                try:
+                    n = await self.submit_runs(s, launcher)
+                except CapacityError as e:
+                    await self.fail(s, e.message)
+                    done[sid] = "cannot run"
+                    continue
                 if n:
                     done[sid] = f"submitted {n}"
                     continue
@@ -385,12 +412,13 @@ class StudyStore:
                         continue
         return n
 
-    async def delete(self, study: StudyRecord) -> None:
-        """Delete a finished study and all its jobs (409 while any job is unfinished)."""
+    async def delete(self, study: StudyRecord, *, force: bool = False) -> None:
+        """Delete a finished study and all its jobs (409 while any job is unfinished;
+        ``force``: a study with no jobs at all, refused before it started)."""
         jobs = await self._jobs_of(study)
         active = [j.id for j in jobs.values() if not j.status.is_terminal]
         exp = study.expansion()
-        if active or (not study.cancel_requested and len(jobs) < len(exp.runs)):
+        if active or (not force and not study.cancel_requested and len(jobs) < len(exp.runs)):
             raise StudyConflict(
                 f"Study has {len(active) or len(exp.runs) - len(jobs)} unfinished runs; cancel it first"
             )

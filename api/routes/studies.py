@@ -18,7 +18,7 @@ from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, St
 from api.models import Message
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_stats import to_csv
-from trainer.errors import SpecError
+from trainer.errors import CapacityError, SpecError
 from trainer.study_spec import Expansion, parse_study
 
 log = logging.getLogger("rectrain.api")
@@ -70,6 +70,10 @@ class StudyPublic(BaseModel):
     owner: str
     status: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
     cancel_requested: bool
+    error: str | None = Field(None, description="why the study was stopped (its runs cannot run)")
+    waiting: str | None = Field(
+        None, description="why submitting its runs is paused (e.g. the queue is full)"
+    )
     created_at: float
     finished_at: float | None
     spec: dict[str, Any]
@@ -131,7 +135,20 @@ async def create_study(
         raise RequestValidationError(
             [{"type": "limit", "loc": ("body", "spec", "variants"), "msg": e.message, "input": None}]
         ) from None
-    await studies.submit_runs(rec, launcher)
+    try:
+        await studies.submit_runs(rec, launcher)
+    except CapacityError as e:  # no run of this study can ever start: nothing was submitted
+        await studies.delete(await studies.get(rec.id) or rec, force=True)
+        raise RequestValidationError(
+            [
+                {
+                    "type": "capacity",
+                    "loc": ("body", "spec", "base"),
+                    "msg": f"base: {e.message}",
+                    "input": None,
+                }
+            ]
+        ) from None
     rec = await studies.get(rec.id) or rec
     return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
 

@@ -158,7 +158,8 @@
       title.textContent = study.name || study.id;
       badge.replaceChildren(ui.statusBadge(study.status));
       const p = study.progress;
-      progress.textContent = progressText(p);
+      progress.textContent = progressText(p) + (study.waiting ? ` · ${study.waiting}` : "");
+      if (study.error) actErr.textContent = `stopped: ${study.error}`;
       bar.max = String(p.total || 1);
       bar.value = String(p.finished);
       meta.textContent = `id ${study.id} · ${study.plan.arms} arms × seeds ${JSON.stringify(study.plan.seeds)} × ${study.plan.passes} passes · created ${ui.fmtTime(study.created_at)}`;
