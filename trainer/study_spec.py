@@ -385,7 +385,7 @@ def estimate_cost(exp: Expansion) -> dict[str, Any]:
     """Runs, example-passes and a rough duration (one run after another) of a study."""
     base = exp.spec.base
     train = _examples_per_pass(base, base.data.train_days)
-    eval_days = list(base.data.test_days) + list(getattr(base.data, "val_days", None) or [])
+    eval_days = list(base.data.test_days) + list(getattr(base.data, "validation_days", None) or [])
     evaluate = _examples_per_pass(base, eval_days)
     n = len(exp.runs)
     out: dict[str, Any] = {

@@ -8,13 +8,20 @@ import pytest
 from api_helpers import ALICE, ThreadServer, client_for, read_sse
 from test_api_basics import TINY
 
+from trainer.spec import DataSpec
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-# Validation days (issue 10a) are used once the trainer reports val_ne; until then the
-# study reports test NE and says that no validation-selected pass exists.
+# Validation days (issue 10a): used when the job spec has them (the trainer then reports
+# val_ne and the study the validation-selected pass); without them the study reports
+# test NE and says that no validation-selected pass exists.
+HAS_VALIDATION = "validation_days" in DataSpec.model_fields
+BASE = {**TINY, "scaling": {"num_workers": 1}}
+if HAS_VALIDATION:
+    BASE["data"] = {**TINY["data"], "train_days": [0], "validation_days": [1], "test_days": [2]}
 STUDY = {
     "name": "tiny ray study",
-    "base": {**TINY, "scaling": {"num_workers": 1}},
+    "base": BASE,
     "variants": [{"regularizers": [{"type": "sparse_l2", "weight": 1e-3}]}],
     "seeds": 2,
     "passes": 2,
@@ -68,6 +75,7 @@ def test_tiny_study_on_real_ray(ray_api):
         assert set(row["strata"]["test_ne"]) == {"frequent", "medium", "rare"}
         assert res["per_pass"][k - 1]["sentence"].startswith(f"After {k} pass")
     has_val = any(v is not None for x in s["runs"] for v in x["val_ne"])
+    assert has_val == HAS_VALIDATION
     sel = next(a for a in res["selected"] if a["arm"] == "v0")
     if has_val:
         assert set(sel["selected_pass_per_seed"].values()) <= {1, 2}
