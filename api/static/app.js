@@ -537,6 +537,7 @@
           refreshJob();
         } }, "Cancel job"));
       }
+      if (job.labels && job.labels.study) btns.push(h("a", { class: "button", id: "job-study", href: `${ROOT}/ui/studies/${enc(job.labels.study)}` }, "Study"));
       btns.push(h("a", { class: "button", href: `${ROOT}/ui/compare?ids=${enc(job.id)}` }, "Compare…"));
       btns.push(h("a", { class: "button", href: `${ROOT}/ui/submit?from=${enc(job.id)}` }, "Clone spec"));
       if (TERMINAL.has(job.status)) {

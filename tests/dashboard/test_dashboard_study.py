@@ -116,6 +116,10 @@ def test_study_page_fills_in_live_and_states_the_answer(page, study_api, shot):
     assert page.locator("#runs-table tbody tr").count() == 12
     assert "seed 0: 1" in page.locator("#selected-table").text_content()
     shot(page, "study")
+    # a run's job page links back to its study
+    page.click("#runs-table tr[data-run='v0.1/s0'] a")
+    page.wait_for_selector("#job-study")
+    assert page.locator("#job-study").get_attribute("href").endswith(f"/ui/studies/{sid}")
     page.goto("/ui/studies")
     page.wait_for_selector(f"#studies-table tr[data-study-id='{sid}']")
     assert page.locator(f"#studies-table tr[data-study-id='{sid}'] td").nth(2).text_content() == "12 / 12"
