@@ -1,6 +1,6 @@
 # Targets are what CI and the README call.
 PY := .venv/bin/python
-.PHONY: setup demo test lint bench serve
+.PHONY: setup demo test lint bench serve check-cuda-install gpu-smoke
 
 setup:
 	./scripts/setup.sh
@@ -21,3 +21,12 @@ bench: setup
 
 serve: setup
 	.venv/bin/rectrain serve
+
+# CUDA install: pins agree and resolve for Linux x86-64 (no GPU needed; PyPI access)
+check-cuda-install:
+	$(PY) scripts/check_cuda_install.py
+
+# On a GPU machine: install check, 1-GPU quickstart job (in-process and Ray), 2-GPU job
+# when two are visible, rectrain bench --device cuda --no-scaling. Skips GPU parts without one.
+gpu-smoke: setup
+	PYTHONPATH=$(CURDIR) $(PY) scripts/gpu_smoke.py

@@ -225,6 +225,10 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
 
     # ---- the trainer first, alone, so its peak memory is its own
     gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        gpu0 = torch.cuda.memory_allocated()
     rss0 = rss_now()
     exact_peak = reset_peak_rss()
     tp = TrainerPaths(w, steps_per_pass, device)
@@ -242,9 +246,15 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
     mem["peak_increase_bytes"] = mem["peak_rss_bytes"] - rss0
     mem["increase_vs_estimate"] = mem["peak_increase_bytes"] / mem["estimate_bytes"]
     mem["peak_vs_estimate"] = mem["peak_rss_bytes"] / mem["estimate_bytes"]
+    if device == "cuda":
+        # on a GPU the tables live in device memory: the fit check is against that
+        mem["gpu_total_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        mem["gpu_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        mem["gpu_peak_increase_bytes"] = mem["gpu_peak_allocated_bytes"] - gpu0
+        mem["gpu_increase_vs_estimate"] = mem["gpu_peak_increase_bytes"] / mem["estimate_bytes"]
     build_s = time.perf_counter() - t_start
 
-    shared_tbe = trainer_tbe(tp, w) if not _fits(w, copies=2)[0] else None
+    shared_tbe = trainer_tbe(tp, w) if not _fits(w, copies=2, device=device)[0] else None
     kernel = KernelPath(w, device, tbe=shared_tbe)
     kernel.set_batches(batches)
     kernel.loop(2)
@@ -343,6 +353,19 @@ def _point_ratios(paths: dict[str, dict[str, Any]]) -> dict[str, float]:
 # --------------------------------------------------------------------------- Ray
 
 
+def ray_worker_counts(device: str, gpus: int | None = None) -> list[int]:
+    """Ray runs of the harness: 1 and 2 workers on CPU; on CUDA one GPU per worker, so
+    1 and 2 where two GPUs are visible, else 1 alone (a 2-worker run would wait forever
+    for a second GPU)."""
+    if device != "cuda":
+        return [1, 2]
+    if gpus is None:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return [k for k in (1, 2) if k <= gpus]
+
+
 def run_ray(w: Workload, cfg: BenchConfig, workers: int, log: Callable[[str], None]) -> dict[str, Any]:
     from bench.paths import make_spec
     from trainer.launch import run_job
@@ -405,16 +428,22 @@ def _scaling_points(cfg: BenchConfig) -> list[tuple[str, Workload]]:
     return pts
 
 
-def _fits(w: Workload, copies: int = 2) -> tuple[bool, str]:
+def _fits(w: Workload, copies: int = 2, device: str = "cpu") -> tuple[bool, str]:
     """``copies`` sets of tables (+ accumulators) must fit the free memory with room: 2 =
-    trainer + a separate kernel, 1 = the kernel and ceiling run on the trainer's own TBE."""
+    trainer + a separate kernel, 1 = the kernel and ceiling run on the trainer's own TBE.
+    On CUDA the memory is the GPU's free memory (the tables live there)."""
     import psutil
 
     table = w.tables * (w.rows * w.dim * 4 + w.rows * 4)
     need = (1.3 * copies) * table + (1 << 30)
-    avail = psutil.virtual_memory().available
+    if device == "cuda":
+        import torch
+
+        avail, where = torch.cuda.mem_get_info()[0], "GPU memory"
+    else:
+        avail, where = psutil.virtual_memory().available, "host memory"
     if need > avail:
-        return False, f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
+        return False, f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB {where} available"
     return True, ""
 
 
@@ -435,6 +464,11 @@ def _scaling_entry(axis: str, point: dict[str, Any]) -> dict[str, Any]:
         "peak_increase_bytes": m["peak_increase_bytes"],
         "estimate_bytes": m["estimate_bytes"],
         "increase_vs_estimate": m["increase_vs_estimate"],
+        **(
+            {"gpu_increase_vs_estimate": m["gpu_increase_vs_estimate"]}
+            if "gpu_increase_vs_estimate" in m
+            else {}
+        ),
         "kernel_shares_trainer_tables": point.get("kernel_shares_trainer_tables", False),
     }
 
@@ -476,14 +510,19 @@ def _targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             "met": main["metrics_share"] <= TARGETS["metrics_share"],
         },
     ]
-    mems = [main["memory"]["increase_vs_estimate"]] + [
-        s["increase_vs_estimate"] for s in res.get("scaling", [])
-    ]
+    gpu = "gpu_increase_vs_estimate" in main["memory"]
+    key = "gpu_increase_vs_estimate" if gpu else "increase_vs_estimate"
+    mems = [main["memory"][key]] + [s[key] for s in res.get("scaling", []) if key in s]
     worst = max(mems)
     out.append(
         {
             "name": "memory_vs_estimate",
-            "what": "peak RSS increase of the trainer / JobSpec.embedding_bytes_per_worker (worst point)",
+            "what": (
+                "peak GPU memory allocated by the trainer (torch.cuda.max_memory_allocated) / "
+                "JobSpec.embedding_bytes_per_worker (worst point)"
+                if gpu
+                else "peak RSS increase of the trainer / JobSpec.embedding_bytes_per_worker (worst point)"
+            ),
             "target": f"<= {TARGETS['memory_vs_estimate']}",
             "value": worst,
             "met": worst <= TARGETS["memory_vs_estimate"],
@@ -584,7 +623,7 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
             if pw == w:
                 res["scaling"].append({**_scaling_entry(axis, main), "main_point": True})
                 continue
-            ok, why = _fits(pw, copies=1)
+            ok, why = _fits(pw, copies=1, device=cfg.device)
             if not ok:
                 log(f"  skip {axis}: rows {pw.rows:,} dim {pw.dim} batch {pw.batch}: {why}")
                 res["scaling_skipped"].append(
@@ -600,14 +639,19 @@ def run(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
         started_here = not ray.is_initialized()
         log("Ray Train (trainer.launch.run_job; per-pass examples/s is timed inside the loop):")
         res["ray"] = {}
+        counts = ray_worker_counts(cfg.device)
+        if counts != [1, 2]:
+            log(
+                f"  {torch.cuda.device_count()} GPU(s) visible: Ray runs with {counts} worker(s), one GPU each"
+            )
         try:
-            for k in (1, 2):
+            for k in counts:
                 res["ray"][f"w{k}"] = run_ray(w, cfg, k, log)
         finally:
             if started_here and ray.is_initialized():
                 ray.shutdown()
         ref = main["paths"]
-        for k in (1, 2):
+        for k in counts:
             r = res["ray"][f"w{k}"]
             r["vs_kernel"] = r["examples_per_s"] / ref["kernel"]["median_examples_per_s"]
             r["vs_ceiling"] = r["examples_per_s"] / ceil_eps

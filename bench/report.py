@@ -198,6 +198,12 @@ def _render(res: dict[str, Any], md: bool) -> str:
         f"{mem['peak_vs_estimate']:.2f}x, includes the interpreter and libraries; right after building the "
         f"Trainer: +{mem['build_increase_bytes'] / _GIB:.2f} GiB)"
     )
+    if "gpu_peak_allocated_bytes" in mem:
+        lines.append(
+            f"{'- ' if md else '  '}GPU memory ({meta.get('gpu')}, {mem['gpu_total_bytes'] / _GIB:.1f} GiB): "
+            f"trainer peak allocated increase {mem['gpu_peak_increase_bytes'] / _GIB:.2f} GiB vs estimate "
+            f"{mem['estimate_bytes'] / _GIB:.2f} GiB ({mem['gpu_increase_vs_estimate']:.2f}x)"
+        )
     for _k, ray in sorted(res.get("ray", {}).items()):
         lines.append(
             f"{'- ' if md else '  '}Ray {ray['workers']} worker(s): worker peak RSS "

@@ -80,12 +80,16 @@ class LocalSession:
     def __init__(self, run_dir: str | Path, device: torch.device | None = None) -> None:
         self.rank, self.world_size = 0, 1
         self.device = device or torch.device("cpu")
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dir = Path(run_dir) / "checkpoints"
         self.reports: list[dict[str, Any]] = []
         if not dist.is_initialized():
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            dist.init_process_group("gloo", rank=0, world_size=1)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(local_backend(self.device), rank=0, world_size=1)
 
     def checkpoint_dir(self) -> str | None:
         latest = self.dir / "latest"
@@ -99,6 +103,12 @@ class LocalSession:
                 shutil.rmtree(latest)
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.copytree(checkpoint_dir, latest)
+
+
+def local_backend(device: torch.device) -> str:
+    """The in-process group's backend: on CUDA, NCCL for device tensors (as Ray Train's
+    GPU workers use) with gloo beside it for host tensors; gloo alone on CPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def _free_port() -> int:

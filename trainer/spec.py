@@ -21,6 +21,15 @@ from trainer.errors import CapacityError, SpecError
 
 _BYTES_PER_FLOAT = 4
 _GIB = 1024**3
+# GPU memory the planner leaves free of tables: dense model, activations, the CUDA
+# context and NCCL buffers. 10% of the device, at least 2 GiB.
+GPU_RESERVE_FRACTION = 0.10
+GPU_RESERVE_MIN_BYTES = 2 * _GIB
+
+
+def gpu_reserve_bytes(total_bytes: int) -> int:
+    """Bytes of a GPU with ``total_bytes`` kept out of the planner's table budget."""
+    return max(GPU_RESERVE_MIN_BYTES, int(total_bytes * GPU_RESERVE_FRACTION))
 
 
 class _Strict(BaseModel):
@@ -558,12 +567,17 @@ class ScalingSpec(_Strict):
         cpus_per_worker (float): Ray CPUs reserved per worker.
         memory_per_worker_gb (float): memory each worker has; specs whose embedding
             estimate exceeds it are refused.
+        gpu_memory_gb (float | None): memory of each worker's GPU (``use_gpu`` only).
+            Set, the embedding estimate is checked against it (minus a reserve) at
+            submit; unset, against the GPU the worker gets, when it starts. Tables
+            always stay in GPU memory: a model that would need UVM/host spill is refused.
     """
 
     num_workers: int = Field(1, ge=1, le=1024)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0, le=256.0)
     memory_per_worker_gb: float = Field(8.0, gt=0.0, le=4096.0)
+    gpu_memory_gb: float | None = Field(None, gt=0.0, le=4096.0)
 
 
 class MetricsSpec(_Strict):
@@ -720,8 +734,24 @@ class JobSpec(_Strict):
         return tables_per_worker * self.table_bytes()
 
     def check_capacity(self) -> None:
-        """Refuse a model whose embeddings do not fit the workers' memory."""
+        """Refuse a model whose embeddings do not fit the workers' memory (and, with
+        ``use_gpu`` and ``gpu_memory_gb`` set, their GPUs': no UVM/host spill)."""
         need = self.embedding_bytes_per_worker()
+        gpu = self.scaling.gpu_memory_gb
+        if self.scaling.use_gpu and gpu is not None:
+            cap = gpu * _GIB - gpu_reserve_bytes(int(gpu * _GIB))
+            if need > cap:
+                raise CapacityError(
+                    f"model: embedding tables need about {need / _GIB:.2f} GiB per GPU "
+                    f"({self.num_tables()} tables x {self.model.hash_size} rows x "
+                    f"{self.model.embedding_dim} dims over {self.scaling.num_workers} workers) "
+                    f"but each GPU has {gpu:g} GiB (scaling.gpu_memory_gb), {cap / _GIB:.1f} GiB "
+                    "for tables after the reserve; tables are not spilled to UVM/host memory "
+                    "(the row-level regularizers need them on the device): lower model.hash_size "
+                    "or model.embedding_dim, or raise scaling.num_workers"
+                )
+        if self.scaling.use_gpu:
+            return  # tables live in GPU memory; unset gpu_memory_gb: checked on the worker's GPU
         have = self.scaling.memory_per_worker_gb * _GIB
         if need > have:
             raise CapacityError(

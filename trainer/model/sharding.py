@@ -7,12 +7,13 @@ gradient tensor ever exists). Dense parameters get the spec's torch optimizer.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode  # 1.6 and 1.8
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -20,9 +21,14 @@ from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingType
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from trainer.spec import DenseOptimizerType, JobSpec
+from trainer.errors import CapacityError
+from trainer.spec import DenseOptimizerType, JobSpec, gpu_reserve_bytes
 
 _GIB = 1024**3
+# Kernels that keep every table in the device's own memory: no UVM / host spill
+# (FBGEMM's fused_uvm / fused_uvm_caching), which the row-level regularizers refuse
+# and which the submit-time capacity check does not model.
+_DEVICE_KERNELS = ["fused"]
 
 
 def fused_params(spec: JobSpec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,25 +48,75 @@ def fused_params(spec: JobSpec, extra: dict[str, Any] | None = None) -> dict[str
     return params
 
 
+def local_world_size(world: int, env: dict[str, str] | None = None) -> int:
+    """Workers on this node: ``LOCAL_WORLD_SIZE`` as Ray Train (and torchrun) set it, else
+    ``world`` (one node). TorchRec's table-row-wise plans group ranks into nodes by it."""
+    env = os.environ if env is None else env
+    raw = env.get("LOCAL_WORLD_SIZE")
+    if not raw:
+        return world
+    n = int(raw)
+    if n < 1 or world % n:
+        raise CapacityError(f"LOCAL_WORLD_SIZE={raw} does not divide the world size {world}")
+    return n
+
+
+def device_hbm_cap(spec: JobSpec, device: torch.device) -> int:
+    """Bytes of GPU memory the planner may fill with tables on ``device``: the device's
+    real memory minus a reserve (dense model, activations, CUDA context, NCCL buffers),
+    and no more than ``scaling.gpu_memory_gb`` minus the reserve where that is set.
+    Raises :class:`CapacityError` when the busiest worker's tables do not fit."""
+    total = int(torch.cuda.get_device_properties(device).total_memory)
+    cap = total - gpu_reserve_bytes(total)
+    src = f"{torch.cuda.get_device_name(device)} has {total / _GIB:.1f} GiB"
+    if spec.scaling.gpu_memory_gb is not None:
+        declared = int(spec.scaling.gpu_memory_gb * _GIB)
+        if declared - gpu_reserve_bytes(declared) < cap:
+            cap = declared - gpu_reserve_bytes(declared)
+            src = f"scaling.gpu_memory_gb is {spec.scaling.gpu_memory_gb:g}"
+    need = spec.embedding_bytes_per_worker()
+    if need > cap:
+        raise CapacityError(
+            f"model: embedding tables need about {need / _GIB:.2f} GiB per GPU but {src} "
+            f"({cap / _GIB:.1f} GiB for tables after the reserve); tables are never spilled to "
+            "UVM/host memory: lower model.hash_size or model.embedding_dim, or raise scaling.num_workers"
+        )
+    return cap
+
+
+def make_topology(
+    spec: JobSpec, device: torch.device, world: int, env: dict[str, str] | None = None
+) -> Topology:
+    """The planner's view of the cluster: world size, GPUs per node and the memory each
+    device really has (CPU: ``scaling.memory_per_worker_gb``; CUDA: :func:`device_hbm_cap`)."""
+    caps: dict[str, int] = {}
+    if device.type == "cuda":
+        caps["hbm_cap"] = device_hbm_cap(spec, device)
+    else:
+        caps["ddr_cap"] = int(spec.scaling.memory_per_worker_gb * _GIB)
+    return Topology(
+        world_size=world,
+        compute_device=device.type,
+        local_world_size=local_world_size(world, env),
+        **caps,
+    )
+
+
 def shard_model(
     model: torch.nn.Module, spec: JobSpec, device: torch.device, extra_fused: dict[str, Any] | None = None
 ) -> DistributedModelParallel:
     """Plan (collectively, so all ranks agree) and wrap in DMP."""
     world = dist.get_world_size()
     sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(spec, extra_fused))
-    mem = int(spec.scaling.memory_per_worker_gb * _GIB)
-    topology = Topology(
-        world_size=world,
-        compute_device=device.type,
-        local_world_size=world if device.type == "cpu" else None,
-        **({"ddr_cap": mem} if device.type == "cpu" else {}),
-    )
+    topology = make_topology(spec, device, world)
     # Whole rows on one rank, always with the fused FBGEMM kernel: the planner would
     # otherwise pick data_parallel for small tables (dense grads, no fused AdaGrad)
-    # and column-wise splits rows (post-step row norms need whole rows).
+    # and column-wise splits rows (post-step row norms need whole rows). Row-wise
+    # splits exist only on CUDA (TorchRec's CPU sharders offer table-wise alone).
     allowed = [ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
     constraints = {
-        cfg.name: ParameterConstraints(sharding_types=allowed) for cfg in model.ebc.embedding_bag_configs()
+        cfg.name: ParameterConstraints(sharding_types=allowed, compute_kernels=_DEVICE_KERNELS)
+        for cfg in model.ebc.embedding_bag_configs()
     }
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)

@@ -34,7 +34,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
     SplitTableBatchedEmbeddingBagsCodegen,
 )
-from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode  # 1.6 and 1.8
 
 from trainer.errors import RectrainError
 from trainer.regularizers.touched import Call, TBERows

@@ -1,0 +1,96 @@
+"""GPU sizing without a GPU (issue 16.3, 16.4): the planner's HBM budget comes from the
+device's real memory (a stubbed ``torch.cuda.get_device_properties``) minus a reserve,
+``scaling.gpu_memory_gb`` is checked at submit, a plan that would spill to UVM/host is
+refused, and the planner gets the real ``LOCAL_WORLD_SIZE``."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from tests.trainer.specs import tiny_spec_dict
+from trainer.errors import CapacityError
+from trainer.model import sharding
+from trainer.spec import GPU_RESERVE_MIN_BYTES, gpu_reserve_bytes, parse_spec
+
+GIB = 1024**3
+
+
+def _spec(hash_size: int, dim: int, workers: int = 1, **scaling):
+    return parse_spec(
+        tiny_spec_dict(
+            model={"embedding_dim": dim, "hash_size": hash_size, "dense_arch": [16, dim]},
+            scaling={"num_workers": workers, "use_gpu": True, **scaling},
+            metrics={"window_size": 1024 * workers},
+        ),
+        check_capacity=False,
+    )
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A 24 GiB 'GPU' behind torch.cuda's device queries (nothing else of CUDA is used)."""
+    props = types.SimpleNamespace(total_memory=24 * GIB)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev=None: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Fake GPU 24GB")
+    return props
+
+
+def test_reserve_is_ten_percent_at_least_two_gib():
+    assert gpu_reserve_bytes(80 * GIB) == 8 * GIB
+    assert gpu_reserve_bytes(8 * GIB) == GPU_RESERVE_MIN_BYTES == 2 * GIB
+
+
+def test_hbm_cap_is_the_device_memory_minus_the_reserve(fake_gpu):
+    spec = _spec(hash_size=2000, dim=8)
+    cap = sharding.device_hbm_cap(spec, torch.device("cuda", 0))
+    assert cap == 24 * GIB - gpu_reserve_bytes(24 * GIB)
+    topo = sharding.make_topology(spec, torch.device("cuda", 0), world=1, env={})
+    assert topo.compute_device == "cuda"
+    # not TorchRec's 32 GiB default: the planner fills what the device really has
+    assert {d.storage.hbm for d in topo.devices} == {cap}
+
+
+def test_declared_gpu_memory_lowers_the_cap(fake_gpu):
+    spec = _spec(hash_size=2000, dim=8, gpu_memory_gb=16)
+    assert sharding.device_hbm_cap(spec, torch.device("cuda", 0)) == 16 * GIB - 2 * GIB
+
+
+def test_tables_bigger_than_the_gpu_are_refused_not_spilled(fake_gpu):
+    # 6 tables x 2M rows x 1024 dims x 4 B ~ 46 GiB on one worker
+    spec = _spec(hash_size=2_000_000, dim=1024)
+    with pytest.raises(CapacityError) as e:
+        sharding.device_hbm_cap(spec, torch.device("cuda", 0))
+    msg = str(e.value)
+    assert "Fake GPU 24GB has 24.0 GiB" in msg and "UVM/host" in msg and "scaling.num_workers" in msg
+
+
+def test_gpu_memory_gb_is_checked_at_submit():
+    too_big = tiny_spec_dict(
+        model={"embedding_dim": 256, "hash_size": 2_000_000, "dense_arch": [16, 256]},
+        scaling={"num_workers": 1, "use_gpu": True, "gpu_memory_gb": 8},
+    )
+    with pytest.raises(CapacityError) as e:
+        parse_spec(too_big)
+    assert "scaling.gpu_memory_gb" in str(e.value) and "UVM/host" in str(e.value)
+    # the same tables on an 80 GB GPU fit; host memory is not what holds them
+    ok = tiny_spec_dict(
+        model={"embedding_dim": 256, "hash_size": 2_000_000, "dense_arch": [16, 256]},
+        scaling={"num_workers": 1, "use_gpu": True, "gpu_memory_gb": 80, "memory_per_worker_gb": 4},
+    )
+    assert parse_spec(ok).scaling.gpu_memory_gb == 80
+
+
+def test_local_world_size_from_the_environment(fake_gpu):
+    spec = _spec(hash_size=2000, dim=8, workers=4)
+    # Ray Train (and the chart: one GPU per pod) set LOCAL_WORLD_SIZE per node
+    topo = sharding.make_topology(spec, torch.device("cuda", 0), world=4, env={"LOCAL_WORLD_SIZE": "1"})
+    assert topo.world_size == 4 and topo.local_world_size == 1
+    topo = sharding.make_topology(spec, torch.device("cuda", 0), world=4, env={"LOCAL_WORLD_SIZE": "2"})
+    assert topo.local_world_size == 2
+    # no variable: one node holds every worker
+    assert sharding.make_topology(spec, torch.device("cpu"), world=4, env={}).local_world_size == 4
+    with pytest.raises(CapacityError, match="LOCAL_WORLD_SIZE=3 does not divide the world size 4"):
+        sharding.local_world_size(4, {"LOCAL_WORLD_SIZE": "3"})
