@@ -33,8 +33,8 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocati
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
     SplitTableBatchedEmbeddingBagsCodegen,
+    WeightDecayMode,  # 1.6 and 1.8
 )
-from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode  # 1.6 and 1.8
 
 from trainer.errors import RectrainError
 from trainer.regularizers.touched import Call, TBERows
