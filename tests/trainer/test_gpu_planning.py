@@ -91,6 +91,9 @@ def test_local_world_size_from_the_environment(fake_gpu):
     topo = sharding.make_topology(spec, torch.device("cuda", 0), world=4, env={"LOCAL_WORLD_SIZE": "2"})
     assert topo.local_world_size == 2
     # no variable: one node holds every worker
-    assert sharding.make_topology(spec, torch.device("cpu"), world=4, env={}).local_world_size == 4
+    assert sharding.make_topology(spec, torch.device("cuda", 0), world=4, env={}).local_world_size == 4
+    # CPU plans are table-wise only: uneven placements over nodes stay allowed
+    topo = sharding.make_topology(spec, torch.device("cpu"), world=3, env={"LOCAL_WORLD_SIZE": "2"})
+    assert topo.local_world_size == 3
     with pytest.raises(CapacityError, match="LOCAL_WORLD_SIZE=3 does not divide the world size 4"):
         sharding.local_world_size(4, {"LOCAL_WORLD_SIZE": "3"})

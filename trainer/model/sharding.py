@@ -57,7 +57,10 @@ def local_world_size(world: int, env: dict[str, str] | None = None) -> int:
         return world
     n = int(raw)
     if n < 1 or world % n:
-        raise CapacityError(f"LOCAL_WORLD_SIZE={raw} does not divide the world size {world}")
+        raise CapacityError(
+            f"LOCAL_WORLD_SIZE={raw} does not divide the world size {world}: the GPU planner needs "
+            "the same number of workers on every node (scaling.num_workers a multiple of the GPUs per node)"
+        )
     return n
 
 
@@ -97,7 +100,9 @@ def make_topology(
     return Topology(
         world_size=world,
         compute_device=device.type,
-        local_world_size=local_world_size(world, env),
+        # CPU plans are table-wise only: node grouping does not matter (and uneven CPU
+        # placements over Ray nodes stay allowed)
+        local_world_size=local_world_size(world, env) if device.type == "cuda" else world,
         **caps,
     )
 
