@@ -21,6 +21,7 @@ from api.middleware import BodySizeLimit, RequestTelemetry, Telemetry
 from api.routes import health, jobs, studies
 from services.jobs import JobStore
 from services.launcher import JobLauncher
+from services.queue import Dispatcher, dispatch_loop
 from services.reaper import reaper_loop
 from services.redis_conn import EmbeddedRedis, async_client
 from services.settings import Settings
@@ -51,10 +52,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     reconciler = asyncio.create_task(
         study_loop(app.state.studies, app.state.launcher, settings.study_reconcile_interval_s)
     )
+    wait_hist = app.state.telemetry.queue_wait
+    app.state.dispatcher = Dispatcher(
+        app.state.store, app.state.launcher, on_dispatch=lambda _id, waited: wait_hist.observe(waited)
+    )
+    dispatcher = asyncio.create_task(dispatch_loop(app.state.dispatcher, settings.dispatch_interval_s))
     try:
         yield
     finally:
-        for task in (reaper, reconciler):
+        for task in (dispatcher, reaper, reconciler):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

@@ -65,6 +65,18 @@ class Telemetry:
         self.redis_up = Gauge(
             "rectrain_redis_up", "1 if Redis answered the last scrape", registry=self.registry
         )
+        self.queue_length = Gauge(
+            "rectrain_queue_length", "Jobs waiting in the queue (all owners)", registry=self.registry
+        )
+        self.jobs_running = Gauge(
+            "rectrain_jobs_running", "Jobs holding capacity (starting or running)", registry=self.registry
+        )
+        self.queue_wait = Histogram(
+            "rectrain_queue_wait_seconds",
+            "Time from submission to dispatch, for jobs this API process dispatched",
+            registry=self.registry,
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
+        )
 
 
 class RequestTelemetry:

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from services import keys
 from services.jobs import JobRecord, JobStatus
+from services.queue import QueueInfo
 from trainer.spec import JobSpec
 
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
@@ -23,6 +25,12 @@ class JobCreate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200, description="display name")
     labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, max_length=32, description="free-form key/value labels (at most 32)"
+    )
+    priority: int = Field(
+        0,
+        ge=-keys.PRIORITY_MAX,
+        le=keys.PRIORITY_MAX,
+        description="order within the owner's queue: higher first, then first come (owners take turns)",
     )
 
 
@@ -66,10 +74,23 @@ class JobPublic(BaseModel):
     passes_done: int
     num_passes: int
     summary: JobSummary
+    priority: int = Field(0, description="order within the owner's queue: higher first")
+    queue_position: int | None = Field(
+        None, description="queued jobs: 1 = next to start (all owners' jobs counted); else null"
+    )
+    wait_reason: str | None = Field(
+        None, description="queued jobs: why it waits, e.g. 'waiting for 2 CPUs; 0 free'"
+    )
 
     @classmethod
-    def from_record(cls, job: JobRecord, summary: dict[str, Any]) -> "JobPublic":
+    def from_record(
+        cls, job: JobRecord, summary: dict[str, Any], queue: QueueInfo | None = None
+    ) -> "JobPublic":
+        queued = job.status == JobStatus.QUEUED
         return cls(
+            priority=job.priority,
+            queue_position=queue.position if queued and queue else None,
+            wait_reason=(queue.reason if queue else "waiting for the dispatcher") if queued else None,
             id=job.id,
             name=job.name,
             owner=job.owner,

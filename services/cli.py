@@ -1,8 +1,8 @@
 """``rectrain serve | submit | jobs | cancel | follow`` (and ``study | studies``, in
 services/study_cli.py): the control plane's commands.
 
-``serve`` runs the API (embedded Redis when REDIS_URL is unset, local launcher when
-RAY_ADDRESS is unset). The others are thin REST clients of the API at
+``serve`` runs the API (embedded Redis when REDIS_URL is unset; when RAY_ADDRESS is
+unset, one local Ray head it owns, on which every job runs through the Ray Jobs API). The others are thin REST clients of the API at
 ``RECTRAIN_API_URL`` (default http://127.0.0.1:8000) with the token ``RECTRAIN_TOKEN``
 (default: the development token ``rectrain serve`` prints).
 """
@@ -22,7 +22,7 @@ _FOLLOW_RECONNECT_FOR_S = 120.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="run the API (embedded Redis and local launcher by default)")
+    s = sub.add_parser("serve", help="run the API (embedded Redis and a local Ray head by default)")
     s.add_argument("--host", default=os.environ.get("RECTRAIN_API_HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(os.environ.get("RECTRAIN_API_PORT", "8000")))
     s.add_argument("--log-level", default="info")
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("spec", help="path to a job spec (.yaml/.yml/.json)")
     s.add_argument("--name", default=None, help="display name (default: the file name)")
     s.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
+    s.add_argument("--priority", type=int, default=0, help="higher starts first among your queued jobs")
     s.add_argument("--follow", "-f", action="store_true", help="stream NE live until the job ends")
     s.set_defaults(func=_cmd_submit)
 
@@ -58,10 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
-    from services.settings import DEV_TOKEN, Settings
+    from services.settings import Settings
 
     try:
         settings = Settings()
@@ -69,6 +69,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for err in e.errors():
             print(f"rectrain serve: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
+    head = None
+    if settings.launcher == "auto" and not settings.ray_address:
+        # the embedded default: one long-lived local Ray head for every job
+        from services.local_ray import LocalRayHead
+
+        head = LocalRayHead(Path(settings.data_dir).resolve() / "ray-head.log", nice=settings.trainer_nice)
+        print(f"starting a local Ray head for the jobs (log: {head.log_path}) ...", flush=True)
+        try:
+            os.environ["RAY_ADDRESS"] = head.start()
+        except (OSError, RuntimeError) as e:
+            print(f"rectrain serve: could not start a local Ray: {e}", file=sys.stderr)
+            return 1
+        os.environ.setdefault("RECTRAIN_RAY_PYTHON", sys.executable)
+        settings = Settings()
+    try:
+        return _serve(args, settings, head)
+    finally:
+        if head is not None:
+            print("stopping the local Ray head", flush=True)
+            head.stop()
+
+
+def _serve(args: argparse.Namespace, settings, head) -> int:
+    import uvicorn
+
+    from services.settings import DEV_TOKEN
+
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"rectrain API on http://{host}:{args.port}  (dashboard: /, docs: /docs)")
     if settings.uses_dev_token:
@@ -80,7 +107,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"redis: {settings.redis_url or 'embedded, data in ' + str(Path(settings.data_dir).resolve())}")
     print(
         f"launcher: {settings.effective_launcher}"
-        + (f" (Ray Jobs API at {settings.ray_address})" if settings.effective_launcher == "ray" else ""),
+        + (f" (Ray Jobs API at {settings.ray_address})" if settings.effective_launcher == "ray" else "")
+        + (f"; local Ray head owned by this process at {head.address}" if head else ""),
         flush=True,
     )
     uvicorn.run(
@@ -167,11 +195,14 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             return 2
         labels[k] = v
     body = {"spec": _load(args.spec), "name": args.name or Path(args.spec).stem, "labels": labels}
+    if args.priority:
+        body["priority"] = args.priority
 
     def go() -> int:
         with _client() as c:
             job = _check(c.post("/v1/jobs", json=body))
-            print(f"submitted job {job['id']} ({job['status']})", flush=True)
+            pos = f", #{job['queue_position']} in the queue" if job.get("queue_position") else ""
+            print(f"submitted job {job['id']} ({job['status']}{pos})", flush=True)
             if not args.follow:
                 return 0
             return _follow(c, job["id"])
@@ -275,14 +306,25 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(page, indent=1))
             return 0
-        print(f"{'id':<16}  {'name':<20}  {'status':<9}  {'passes':>6}  {'best test NE':>12}  created (UTC)")
+        print(
+            f"{'id':<16}  {'name':<20}  {'status':<9}  {'queue':>5}  {'passes':>6}  {'best test NE':>12}  "
+            "created (UTC)"
+        )
+        waiting = []
         for j in page["data"]:
             best = j["summary"]["best_test_ne"]
+            pos = j.get("queue_position")
             print(
                 f"{j['id']:<16}  {(j['name'] or '')[:20]:<20}  {j['status']:<9}  "
+                f"{'' if pos is None else f'#{pos}':>5}  "
                 f"{j['passes_done']:>2}/{j['num_passes']:<3}  {'-' if best is None else f'{best:.4f}':>12}  "
                 f"{_ts(j['created_at'])}"
             )
+            if j["status"] == "queued" and j.get("wait_reason"):
+                waiting.append(f"  {j['id']}  #{pos if pos is not None else '?'}: {j['wait_reason']}")
+        if waiting:
+            print("queued:")
+            print("\n".join(waiting))
         if page["count"] > len(page["data"]):
             print(f"({len(page['data'])} of {page['count']})")
         return 0

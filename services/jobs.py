@@ -25,8 +25,8 @@ from trainer.errors import RectrainError
 
 
 class JobStatus(str, Enum):
-    QUEUED = "queued"  # accepted; its launcher has not claimed it yet
-    STARTING = "starting"  # a launcher claimed it and is starting the trainer
+    QUEUED = "queued"  # accepted; waiting in the queue for capacity (services.queue)
+    STARTING = "starting"  # the dispatcher claimed it; its launcher is starting the trainer
     RUNNING = "running"  # the trainer process / Ray job is running
     SUCCEEDED = "succeeded"  # the trainer exited 0 (results recorded)
     FAILED = "failed"  # the trainer or its launcher failed; ``error`` says why
@@ -69,14 +69,22 @@ class IllegalTransition(RectrainError):
         self.current = current
 
 
+class QueueFull(RectrainError):
+    """The owner already has the most queued jobs allowed (RECTRAIN_MAX_QUEUED_PER_OWNER)."""
+
+
+# what the dispatcher puts in a claimed job's heartbeat key until its runner takes it
+DISPATCHED_PLACEHOLDER = "dispatched"
+
+
 def new_job_id() -> str:
     return secrets.token_hex(8)
 
 
 # fields of the job hash that hold JSON; the rest are strings ("" = unset)
-_JSON_FIELDS = ("labels", "spec")
-_FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
-_INT_FIELDS = ("num_passes", "runner_pid", "trainer_pid")
+_JSON_FIELDS = ("labels", "spec", "demand")
+_FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "dispatched_at")
+_INT_FIELDS = ("num_passes", "runner_pid", "trainer_pid", "priority")
 
 
 @dataclass
@@ -101,6 +109,9 @@ class JobRecord:
     trainer_pid: int | None = None
     ray_submission_id: str | None = None
     run_dir: str | None = None
+    priority: int = 0  # higher first within its owner's queue
+    demand: dict[str, Any] | None = None  # services.capacity.Demand as a dict
+    dispatched_at: float | None = None  # when the dispatcher claimed it
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> "JobRecord":
@@ -196,7 +207,15 @@ class JobStore:
         name: str | None = None,
         labels: dict[str, str] | None = None,
         launcher: str | None = None,
+        priority: int = 0,
+        demand: dict[str, Any] | None = None,
+        max_queued: int | None = None,
     ) -> JobRecord:
+        """Record a new job and put it in its owner's queue, in one transaction.
+
+        Raises :class:`QueueFull` when the owner already has ``max_queued`` queued jobs.
+        """
+        seq = await self.r.incr(keys.queue_seq_key())
         job = JobRecord(
             id=new_job_id(),
             owner=owner,
@@ -207,22 +226,44 @@ class JobStore:
             labels=labels or {},
             num_passes=num_passes,
             launcher=launcher,
+            priority=priority,
+            demand=demand,
         )
         mapping = encode_fields({k: getattr(job, k) for k in JobRecord.__dataclass_fields__})
+        queue = keys.queue_owner_key(owner)
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job_key(job.id), mapping=mapping)
-            pipe.zadd(keys.jobs_index_key(), {job.id: job.created_at})
-            pipe.zadd(keys.owner_jobs_key(owner), {job.id: job.created_at})
-            pipe.zadd(keys.status_index_key(job.status.value), {job.id: job.created_at})
-            pipe.zadd(keys.owner_status_key(owner, job.status.value), {job.id: job.created_at})
-            pipe.xadd(
-                keys.events_stream_key(job.id),
-                stream_fields(status_event(job.status, None, None, job.created_at)),
-                maxlen=keys.METRICS_STREAM_MAXLEN,
-                approximate=True,
-            )
-            await pipe.execute()
-        return job
+            while True:
+                try:
+                    await pipe.watch(queue)
+                    queued = await pipe.zcard(queue)
+                    if max_queued is not None and queued >= max_queued:
+                        await pipe.unwatch()
+                        raise QueueFull(
+                            f"owner {owner!r} already has {queued} queued jobs, the most allowed "
+                            f"(RECTRAIN_MAX_QUEUED_PER_OWNER={max_queued}); wait for some to start"
+                        )
+                    pipe.multi()
+                    self._queue_create(pipe, job, mapping, keys.queue_score(priority, seq))
+                    await pipe.execute()
+                    return job
+                except WatchError:
+                    continue
+
+    def _queue_create(self, pipe, job: JobRecord, mapping: dict[str, str], score: float) -> None:
+        owner = job.owner
+        pipe.hset(keys.job_key(job.id), mapping=mapping)
+        pipe.zadd(keys.jobs_index_key(), {job.id: job.created_at})
+        pipe.zadd(keys.owner_jobs_key(owner), {job.id: job.created_at})
+        pipe.zadd(keys.status_index_key(job.status.value), {job.id: job.created_at})
+        pipe.zadd(keys.owner_status_key(owner, job.status.value), {job.id: job.created_at})
+        pipe.xadd(
+            keys.events_stream_key(job.id),
+            stream_fields(status_event(job.status, None, None, job.created_at)),
+            maxlen=keys.METRICS_STREAM_MAXLEN,
+            approximate=True,
+        )
+        pipe.zadd(keys.queue_owner_key(owner), {job.id: score})
+        pipe.zadd(keys.queue_owners_key(), {owner: 0}, nx=True)
 
     async def get(self, job_id: str) -> JobRecord | None:
         if not keys.is_job_id(job_id):
@@ -310,6 +351,9 @@ class JobStore:
         if to.is_terminal and "finished_at" not in fields:
             fields["finished_at"] = now
         pipe.hset(keys.job_key(job_id), mapping={"status": to.value, **encode_fields(fields)})
+        if cur == JobStatus.QUEUED:  # leaves the queue, whatever it becomes
+            pipe.zrem(keys.queue_owner_key(owner), job_id)
+            pipe.hdel(keys.queue_info_key(), job_id)
         pipe.zrem(keys.status_index_key(cur.value), job_id)
         pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
         pipe.zadd(keys.status_index_key(to.value), {job_id: created})
@@ -344,6 +388,49 @@ class JobStore:
                     self._queue_transition(pipe, job_id, owner, float(created), cur, to, fields, time.time())
                     await pipe.execute()
                     return cur
+                except WatchError:
+                    continue
+
+    async def claim(self, job_id: str, *, placeholder_ttl_s: float) -> bool:
+        """The dispatcher's atomic claim: queued -> starting, out of its owner's queue.
+
+        True for exactly one caller however many API replicas try at once (the job and
+        its queue are WATCHed). The job's heartbeat key gets a placeholder that its
+        runner takes over, so the reaper leaves the job alone while the runner starts.
+        """
+        key = keys.job_key(job_id)
+        turn = await self.r.incr(keys.queue_turn_key())
+        async with self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    cur_s, owner, created = await pipe.hmget(key, "status", "owner", "created_at")
+                    if cur_s != JobStatus.QUEUED.value:
+                        await pipe.unwatch()
+                        return False
+                    queue = keys.queue_owner_key(owner)
+                    await pipe.watch(queue)
+                    if await pipe.zscore(queue, job_id) is None:
+                        await pipe.unwatch()
+                        return False
+                    now = time.time()
+                    pipe.multi()
+                    self._queue_transition(
+                        pipe,
+                        job_id,
+                        owner,
+                        float(created),
+                        JobStatus.QUEUED,
+                        JobStatus.STARTING,
+                        {"dispatched_at": now},
+                        now,
+                    )
+                    pipe.set(
+                        keys.heartbeat_key(job_id), DISPATCHED_PLACEHOLDER, px=int(placeholder_ttl_s * 1000)
+                    )
+                    pipe.zadd(keys.queue_owners_key(), {owner: turn})
+                    await pipe.execute()
+                    return True
                 except WatchError:
                     continue
 

@@ -19,6 +19,15 @@ Layout (``{id}`` is a job id, ``{owner}`` a token owner, ``{status}`` a JobStatu
     rectrain:studies                       zset   every study id, scored by creation time
     rectrain:studies:active                zset   studies with runs not yet finished
     rectrain:owner:{owner}:studies         zset   one owner's study ids
+    rectrain:queue:owner:{owner}           zset   one owner's queued job ids, in dispatch order
+                                                  (score: priority, then arrival; see services.queue)
+    rectrain:queue:owners                  zset   owners that have queued, scored by the turn
+                                                  they were last served (round robin)
+    rectrain:queue:turn                    string counter of dispatch turns
+    rectrain:queue:seq                     string counter of arrivals (FIFO within a priority)
+    rectrain:queue:info                    hash   job id -> JSON {position, reason}, rewritten
+                                                  by the dispatcher every tick
+    rectrain:queue:leader                  string the dispatching API replica's lease (TTL)
 """
 
 from __future__ import annotations
@@ -39,9 +48,19 @@ HEARTBEAT_TTL_S = 10.0
 # How often each API process runs the reaper.
 REAPER_INTERVAL_S = 2.0
 
-# A queued job whose launcher never claimed it within this time is launched again
-# (e.g. the API process died between accepting the job and starting its launcher).
+# A job the dispatcher claimed (queued -> starting) but whose runner never took its
+# heartbeat within this time (the API died between claim and launch) is launched again.
 QUEUED_RELAUNCH_AFTER_S = 30.0
+
+# How often the dispatcher looks at the queue (it is also woken by submissions in its
+# own process), and how long the dispatching replica's lease lasts without a refresh.
+DISPATCH_INTERVAL_S = 1.0
+DISPATCH_LEASE_TTL_S = 10.0
+
+# Priorities are integers in [-PRIORITY_MAX, PRIORITY_MAX]; a queue score is
+# -priority * QUEUE_PRIORITY_STRIDE + arrival sequence (exact in a double).
+PRIORITY_MAX = 1000
+QUEUE_PRIORITY_STRIDE = 2**40
 
 _ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -91,6 +110,35 @@ def owner_jobs_key(owner: str) -> str:
 
 def owner_status_key(owner: str, status: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:status:{status}"
+
+
+def queue_owner_key(owner: str) -> str:
+    return f"{KEY_PREFIX}:queue:owner:{owner}"
+
+
+def queue_owners_key() -> str:
+    return f"{KEY_PREFIX}:queue:owners"
+
+
+def queue_turn_key() -> str:
+    return f"{KEY_PREFIX}:queue:turn"
+
+
+def queue_seq_key() -> str:
+    return f"{KEY_PREFIX}:queue:seq"
+
+
+def queue_info_key() -> str:
+    return f"{KEY_PREFIX}:queue:info"
+
+
+def dispatch_leader_key() -> str:
+    return f"{KEY_PREFIX}:queue:leader"
+
+
+def queue_score(priority: int, seq: int) -> float:
+    """Order within an owner's queue: higher priority first, then first come."""
+    return float(-int(priority) * QUEUE_PRIORITY_STRIDE + int(seq))
 
 
 def progress_pass_field(pass_index: int) -> str:

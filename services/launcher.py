@@ -44,7 +44,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services import keys
-from services.jobs import IllegalTransition, JobRecord, JobStatus, JobStore
+from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.metrics_bus import progress_from_results
 from services.settings import Settings
 
@@ -69,6 +69,7 @@ _SETTINGS_ENV = {
     "trainer_python": "RECTRAIN_TRAINER_PYTHON",
     "trainer_module": "RECTRAIN_TRAINER_MODULE",
     "ray_python": "RECTRAIN_RAY_PYTHON",
+    "trainer_nice": "RECTRAIN_TRAINER_NICE",
 }
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +105,10 @@ class JobLauncher:
         self.settings = settings
         self.redis_url = redis_url
         self._children: list[subprocess.Popen] = []
+        from services.capacity import CapacityReader  # the API's, not the runners'
+
+        # the cluster's capacity, shared by admission (services.submit) and the dispatcher
+        self.capacity = CapacityReader(settings)
 
     @property
     def kind(self) -> str:
@@ -166,6 +171,13 @@ def _tail(path: Path, chars: int = _STDERR_TAIL_CHARS) -> str:
     return "\n".join(lines[-8:])
 
 
+def _nice(n: int):
+    """A preexec_fn lowering the child's CPU priority (the API and Redis stay responsive)."""
+    if n <= 0:
+        return None
+    return lambda: os.nice(n)
+
+
 class LocalBackend:
     """Runs the trainer as a local subprocess in its own process group."""
 
@@ -207,6 +219,7 @@ class LocalBackend:
                 env=env,
                 start_new_session=True,
                 cwd=str(self.run_dir),
+                preexec_fn=_nice(self.settings.trainer_nice),
             )
         return {"trainer_pid": self.proc.pid, "run_dir": str(self.run_dir)}
 
@@ -414,8 +427,8 @@ class Heartbeat:
         self._claim = r.register_script(_CLAIM_LUA)
 
     async def claim(self, *, adopt: bool = False) -> bool:
-        """Take the lease if free (or, adopting, if the reaper reserved it for us)."""
-        reserved = ADOPT_PLACEHOLDER if adopt else "\x00"
+        """Take the lease if free, or if the dispatcher (or, adopting, the reaper) reserved it for us."""
+        reserved = ADOPT_PLACEHOLDER if adopt else DISPATCHED_PLACEHOLDER
         return bool(await self._claim(keys=[self.key], args=[self.token, reserved, self.ttl_ms]))
 
     async def run(self) -> None:
@@ -486,19 +499,22 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
             backend = make_backend(settings, job, trainer_redis_url)
             _log(job_id, f"re-attached to Ray job {job.ray_submission_id}")
         else:
-            try:
-                await _retry(
-                    store.transition,
-                    job_id,
-                    JobStatus.STARTING,
-                    expect={JobStatus.QUEUED},
-                    launcher=settings.effective_launcher,
-                    runner_host=socket.gethostname(),
-                    runner_pid=os.getpid(),
-                )
-            except IllegalTransition as e:
-                _log(job_id, f"not starting: {e}")
-                return 0
+            mine = {
+                "launcher": settings.effective_launcher,
+                "runner_host": socket.gethostname(),
+                "runner_pid": os.getpid(),
+            }
+            if job.status == JobStatus.STARTING and not job.runner_pid:
+                # the dispatcher claimed it (services.queue) and handed it to us
+                await _retry(store.set_fields, job_id, **mine)
+            else:
+                try:
+                    await _retry(
+                        store.transition, job_id, JobStatus.STARTING, expect={JobStatus.QUEUED}, **mine
+                    )
+                except IllegalTransition as e:
+                    _log(job_id, f"not starting: {e}")
+                    return 0
             job = await _retry(store.get, job_id)
             assert job is not None
             try:

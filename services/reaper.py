@@ -6,8 +6,9 @@ Every API process runs :func:`reap_once` every ``reaper_interval_s``:
   reason (or cancelled, if cancel had been requested) in one transaction that re-checks
   the heartbeat, and its orphaned trainer is stopped; a Ray job is first re-attached
   (a new runner adopts the still-running Ray job), up to ``MAX_ADOPT_ATTEMPTS`` times;
-- a queued job that no runner claimed within ``keys.QUEUED_RELAUNCH_AFTER_S`` (the API
-  died between accepting it and starting its runner) gets a runner again.
+- a job the dispatcher claimed whose runner never took its heartbeat within
+  ``keys.QUEUED_RELAUNCH_AFTER_S`` (the API died between claim and launch) gets a runner
+  again. Queued jobs are the dispatcher's (:mod:`services.queue`), never the reaper's.
 Several API processes may reap at once: every step is atomic or idempotent.
 """
 
@@ -15,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from services import keys
-from services.jobs import JobStatus, JobStore
+from services.jobs import DISPATCHED_PLACEHOLDER, JobStatus, JobStore
 from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, stop_orphan
 
 log = logging.getLogger("rectrain.reaper")
@@ -38,6 +38,16 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
             job = await store.get(job_id)
             if job is None or not job.status.is_active:
                 continue
+            if job.status == JobStatus.STARTING and not job.runner_pid and not job.cancel_requested:
+                attempts = await store.r.hincrby(keys.job_key(job_id), "dispatch_attempts", 1)
+                if attempts <= MAX_ADOPT_ATTEMPTS:
+                    ttl_ms = int(keys.QUEUED_RELAUNCH_AFTER_S * 1000)
+                    if await store.r.set(
+                        keys.heartbeat_key(job_id), DISPATCHED_PLACEHOLDER, nx=True, px=ttl_ms
+                    ):
+                        launcher.launch(job_id)
+                        done[job_id] = "relaunch"
+                    continue
             if job.launcher == "ray" and job.ray_submission_id and not job.cancel_requested:
                 attempts = await store.r.hincrby(keys.job_key(job_id), "adopt_attempts", 1)
                 if attempts <= MAX_ADOPT_ATTEMPTS:
@@ -57,19 +67,6 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
                 what = await asyncio.to_thread(stop_orphan, job, settings)
                 log.warning("job %s marked %s: %s%s", job_id, new.value, reason, f"; {what}" if what else "")
                 done[job_id] = new.value
-    now = time.time()
-    for job_id in await store.ids_in_status(JobStatus.QUEUED):
-        job = await store.get(job_id)
-        if (
-            job is None
-            or job.status != JobStatus.QUEUED
-            or now - job.created_at < keys.QUEUED_RELAUNCH_AFTER_S
-        ):
-            continue
-        if await store.r.exists(keys.heartbeat_key(job_id)):
-            continue
-        launcher.launch(job_id)
-        done[job_id] = "relaunch"
     return done
 
 

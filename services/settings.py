@@ -14,6 +14,20 @@ Environment variables:
     RECTRAIN_TRAINER_REDIS_URL  the Redis URL as the trainer must spell it, when it differs
                               from the API's (other network namespace)
     RECTRAIN_STUDY_MAX_RUNS   per owner: runs of unfinished studies (default 500)
+Queue, capacity and limits (see README "Capacity, fairness and limits"):
+    RECTRAIN_CAPACITY_CPUS / _GPUS / _MEMORY_GB  the cluster's total for jobs when Ray's
+                              own figures are not the right ones (an autoscaling group's
+                              maximum); unset: read from Ray (or this machine)
+    RECTRAIN_RESERVE_CPUS     CPUs the scheduler never hands out (default 0)
+    RECTRAIN_RESERVE_MEMORY_GB  memory it never hands out: the service itself (default 2)
+    RECTRAIN_WORKER_OVERHEAD_GB  memory per Ray Train worker on top of the spec's embedding
+                              estimate (default 0.75)
+    RECTRAIN_DRIVER_OVERHEAD_GB  memory of a job's driver (default 0.5)
+    RECTRAIN_MAX_RUNNING_PER_OWNER  jobs one owner may have starting/running (0: no limit)
+    RECTRAIN_MAX_QUEUED_PER_OWNER   jobs one owner may have queued; more get 429 (default 200)
+    RECTRAIN_DISPATCH_INTERVAL_S    how often the dispatcher looks at the queue (default 1)
+    RECTRAIN_TRAINER_NICE     CPU niceness of trainers and of the Ray head ``rectrain serve``
+                              starts, so the API stays responsive (default 10; 0: off)
 Production refuses the dev token, placeholder or short tokens, and embedded Redis.
 """
 
@@ -109,6 +123,42 @@ class Settings(BaseSettings):
     )
     study_poll_s: float = Field(
         keys.STUDY_POLL_S, gt=0, validation_alias=AliasChoices("RECTRAIN_STUDY_POLL_S", "study_poll_s")
+    )
+    # Queue, capacity and per-owner limits (services.queue, services.capacity).
+    capacity_cpus: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("RECTRAIN_CAPACITY_CPUS", "capacity_cpus")
+    )
+    capacity_gpus: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("RECTRAIN_CAPACITY_GPUS", "capacity_gpus")
+    )
+    capacity_memory_gb: float | None = Field(
+        None, ge=0, validation_alias=AliasChoices("RECTRAIN_CAPACITY_MEMORY_GB", "capacity_memory_gb")
+    )
+    reserve_cpus: float = Field(
+        0.0, ge=0, validation_alias=AliasChoices("RECTRAIN_RESERVE_CPUS", "reserve_cpus")
+    )
+    reserve_memory_gb: float = Field(
+        2.0, ge=0, validation_alias=AliasChoices("RECTRAIN_RESERVE_MEMORY_GB", "reserve_memory_gb")
+    )
+    worker_overhead_gb: float = Field(
+        0.75, ge=0, validation_alias=AliasChoices("RECTRAIN_WORKER_OVERHEAD_GB", "worker_overhead_gb")
+    )
+    driver_overhead_gb: float = Field(
+        0.5, ge=0, validation_alias=AliasChoices("RECTRAIN_DRIVER_OVERHEAD_GB", "driver_overhead_gb")
+    )
+    max_running_per_owner: int = Field(
+        0, ge=0, validation_alias=AliasChoices("RECTRAIN_MAX_RUNNING_PER_OWNER", "max_running_per_owner")
+    )
+    max_queued_per_owner: int = Field(
+        200, ge=1, validation_alias=AliasChoices("RECTRAIN_MAX_QUEUED_PER_OWNER", "max_queued_per_owner")
+    )
+    dispatch_interval_s: float = Field(
+        keys.DISPATCH_INTERVAL_S,
+        gt=0,
+        validation_alias=AliasChoices("RECTRAIN_DISPATCH_INTERVAL_S", "dispatch_interval_s"),
+    )
+    trainer_nice: int = Field(
+        10, ge=0, le=19, validation_alias=AliasChoices("RECTRAIN_TRAINER_NICE", "trainer_nice")
     )
     # The interpreter that runs the trainer (local launcher) and the module it runs;
     # tests point trainer_module at a stand-in.

@@ -1,7 +1,9 @@
 """Job submission: the one path by which a validated spec becomes a job.
 
 Both ``POST /v1/jobs`` and anything else that creates jobs for an owner (studies)
-call :func:`submit_job`, so admission, queueing and launching live in one place.
+call :func:`submit_job`, so admission and queueing live in one place. Jobs are not
+started here: they wait in the owner's queue until the dispatcher
+(:mod:`services.queue`) finds capacity for them.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.jobs import JobRecord, JobStatus, JobStore
+from services.capacity import job_demand, never_fits
+from services.jobs import JobRecord, JobStore
 from services.launcher import JobLauncher
+from services.queue import notify_dispatchers
+from trainer.errors import CapacityError
 from trainer.spec import JobSpec
 
 log = logging.getLogger("rectrain.submit")
@@ -24,13 +29,25 @@ async def submit_job(
     spec: JobSpec,
     name: str | None = None,
     labels: dict[str, Any] | None = None,
+    priority: int = 0,
 ) -> JobRecord:
-    """Admit ``spec`` for ``owner``, record the job and start it.
+    """Admit ``spec`` for ``owner`` and queue it.
 
     Raises :class:`trainer.errors.CapacityError` when the spec's memory estimate does
-    not fit; a launcher that cannot start leaves the job ``failed`` with the reason.
+    not fit its workers, or when the job can never fit the cluster (the message names
+    the field and the numbers); :class:`services.jobs.QueueFull` when the owner has
+    ``RECTRAIN_MAX_QUEUED_PER_OWNER`` jobs queued already. The cluster's totals come
+    from the launcher's (cached) capacity reader; the dispatchers of this process are
+    woken so the job starts without waiting for their next tick.
     """
     spec.check_capacity()
+    settings = launcher.settings
+    demand = job_demand(spec, settings)
+    cap = await launcher.capacity.read()
+    if cap is not None:  # unknown (Ray away): admit; the queue shows why it waits
+        why = never_fits(demand, cap)
+        if why:
+            raise CapacityError(why)
     job = await store.create(
         owner=owner,
         spec=spec.model_dump(mode="json"),
@@ -38,11 +55,9 @@ async def submit_job(
         name=name,
         labels=labels,
         launcher=launcher.kind,
+        priority=priority,
+        demand=demand.to_dict(),
+        max_queued=settings.max_queued_per_owner,
     )
-    try:
-        launcher.launch(job.id)
-    except OSError as e:
-        log.exception("could not start the launcher of job %s", job.id)
-        await store.transition(job.id, JobStatus.FAILED, error=f"could not start its launcher: {e}")
-        job = await store.get(job.id) or job
+    notify_dispatchers()
     return job

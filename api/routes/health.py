@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import StoreDep
 from api.models import Health
+from services.jobs import JobStatus
 
 router = APIRouter(tags=["health"])
 
@@ -41,12 +42,14 @@ async def read_ready(store: StoreDep):
     },
 )
 async def read_metrics(request: Request, store: StoreDep) -> Response:
-    """Prometheus metrics: jobs by status, request counts and latency."""
+    """Prometheus metrics: jobs by status, queue length, jobs running, queue wait, requests."""
     telemetry = request.app.state.telemetry
     try:
         counts = await store.count_by_status()
         for s, n in counts.items():
             telemetry.jobs.labels(status=s.value).set(n)
+        telemetry.queue_length.set(counts[JobStatus.QUEUED])
+        telemetry.jobs_running.set(counts[JobStatus.STARTING] + counts[JobStatus.RUNNING])
         telemetry.redis_up.set(1)
     except Exception:
         telemetry.redis_up.set(0)

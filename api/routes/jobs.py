@@ -15,12 +15,16 @@ from redis.exceptions import RedisError
 
 from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep
 from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage
-from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore
+from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
 from services.metrics_bus import read_events, read_events_raw, wait_events
+from services.queue import queue_info
 from services.submit import submit_job
 from trainer.errors import CapacityError
 
 log = logging.getLogger("rectrain.api")
+
+# seconds a client told "queue full" (429) should wait before trying again
+QUEUE_RETRY_AFTER_S = 30
 
 _CURSOR = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
 _JOB_ID = r"^[0-9a-f]{16}$"
@@ -47,21 +51,44 @@ async def _job_or_404(store: JobStore, job_id: str, owner: str) -> JobRecord:
 
 
 async def _public(store: JobStore, job: JobRecord) -> JobPublic:
-    return JobPublic.from_record(job, await store.summary(job.id))
+    info = await queue_info(store, [job.id]) if job.status == JobStatus.QUEUED else {}
+    return JobPublic.from_record(job, await store.summary(job.id), info.get(job.id))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+_QUEUE_FULL = {
+    429: {
+        "model": Message,
+        "description": "the owner has RECTRAIN_MAX_QUEUED_PER_OWNER jobs queued; retry after Retry-After s",
+    }
+}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=_QUEUE_FULL)
 async def create_job(
     body: JobCreate, owner: CurrentOwner, store: StoreDep, launcher: LauncherDep
 ) -> JobPublic:
-    """Submit a job: validate its spec (fields and memory estimate), queue it and launch it."""
+    """Submit a job: validate its spec (fields, memory estimate, fit in the cluster) and queue
+    it; it starts when capacity frees, in turn with other owners' jobs."""
     try:
         job = await submit_job(
-            store, launcher, owner=owner, spec=body.spec, name=body.name, labels=body.labels
+            store,
+            launcher,
+            owner=owner,
+            spec=body.spec,
+            name=body.name,
+            labels=body.labels,
+            priority=body.priority,
         )
     except CapacityError as e:
+        # the message starts with the field it is about ("scaling.num_workers: ...")
+        head = e.message.split(":", 1)[0]
+        field = head.split(".") if head.replace(".", "").replace("_", "").isalnum() else ["model"]
         raise RequestValidationError(
-            [{"type": "capacity", "loc": ("body", "spec", "model"), "msg": e.message, "input": None}]
+            [{"type": "capacity", "loc": ("body", "spec", *field), "msg": e.message, "input": None}]
+        ) from None
+    except QueueFull as e:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, e.message, headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)}
         ) from None
     return await _public(store, job)
 
@@ -79,8 +106,10 @@ async def list_jobs(
     """List the caller's jobs, newest first."""
     jobs, count = await store.list(owner, status_, limit=limit, offset=offset)
     summaries = await store.summaries([j.id for j in jobs])
+    queue = await queue_info(store, [j.id for j in jobs if j.status == JobStatus.QUEUED])
     return JobsPublic(
-        data=[JobPublic.from_record(j, s) for j, s in zip(jobs, summaries, strict=False)], count=count
+        data=[JobPublic.from_record(j, s, queue.get(j.id)) for j, s in zip(jobs, summaries, strict=False)],
+        count=count,
     )
 
 

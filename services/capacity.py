@@ -1,0 +1,226 @@
+"""What a job needs and what the cluster has: the numbers the queue schedules by.
+
+A job needs ``num_workers x (cpus_per_worker CPUs, 1 GPU if use_gpu)`` and memory:
+per worker the spec's embedding estimate plus Ray's per-worker overhead
+(``RECTRAIN_WORKER_OVERHEAD_GB``), plus its driver (``RECTRAIN_DRIVER_OVERHEAD_GB``).
+
+The cluster has what Ray reports for its alive nodes (CPU, GPU and ``memory``
+resources), or this machine's cores and memory when jobs run as local subprocesses;
+``RECTRAIN_CAPACITY_*`` override either (an autoscaling worker group's maximum).
+The scheduler never hands out ``RECTRAIN_RESERVE_CPUS`` / ``RECTRAIN_RESERVE_MEMORY_GB``:
+that is the service's own room on a single box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from services.settings import Settings
+from trainer.spec import JobSpec
+
+log = logging.getLogger("rectrain.capacity")
+
+GIB = 1 << 30
+_CACHE_S = 5.0  # Ray's totals change only when nodes come and go
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f}".rstrip("0").rstrip(".") + " GiB"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _plural(n: float, word: str) -> str:
+    return f"{_num(n)} {word}" + ("" if n == 1 else "s")
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one job holds while it runs."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    worker_bytes: int  # embeddings estimate + Ray overhead, per worker
+    driver_bytes: int
+
+    @property
+    def cpus(self) -> float:
+        return self.workers * self.cpus_per_worker
+
+    @property
+    def gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.workers * self.worker_bytes + self.driver_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Demand":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def job_demand(spec: JobSpec, settings: Settings) -> Demand:
+    s = spec.scaling
+    return Demand(
+        workers=s.num_workers,
+        cpus_per_worker=s.cpus_per_worker,
+        gpus_per_worker=1.0 if s.use_gpu else 0.0,
+        worker_bytes=int(spec.embedding_bytes_per_worker() + settings.worker_overhead_gb * GIB),
+        driver_bytes=int(settings.driver_overhead_gb * GIB),
+    )
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The cluster's totals for jobs (reserve already taken off) and its largest node."""
+
+    cpus: float
+    gpus: float
+    memory_bytes: int
+    node_cpus: float
+    node_gpus: float
+    source: str
+
+    def free(self, used: "Usage") -> "Usage":
+        return Usage(
+            max(0.0, self.cpus - used.cpus),
+            max(0.0, self.gpus - used.gpus),
+            max(0, self.memory_bytes - used.memory_bytes),
+        )
+
+
+@dataclass
+class Usage:
+    cpus: float = 0.0
+    gpus: float = 0.0
+    memory_bytes: int = 0
+
+    def add(self, d: Demand) -> None:
+        self.cpus += d.cpus
+        self.gpus += d.gpus
+        self.memory_bytes += d.memory_bytes
+
+
+def never_fits(d: Demand, cap: Capacity) -> str | None:
+    """Why the job can never run on this cluster (a message naming the field), or None."""
+    where = "in the cluster"
+    if d.cpus > cap.cpus + 1e-9:
+        return (
+            f"scaling.num_workers: {_plural(d.workers, 'worker')} x {_plural(d.cpus_per_worker, 'CPU')} "
+            f"> {_plural(cap.cpus, 'CPU')} {where}; lower scaling.num_workers or scaling.cpus_per_worker"
+        )
+    if d.cpus_per_worker > cap.node_cpus + 1e-9:
+        return (
+            f"scaling.cpus_per_worker: {_plural(d.cpus_per_worker, 'CPU')} per worker > "
+            f"{_plural(cap.node_cpus, 'CPU')} on the largest node; lower scaling.cpus_per_worker"
+        )
+    if d.gpus > cap.gpus + 1e-9:
+        return (
+            f"scaling.use_gpu: {_plural(d.workers, 'worker')} x 1 GPU > {_plural(cap.gpus, 'GPU')} {where}; "
+            "lower scaling.num_workers or set scaling.use_gpu: false"
+        )
+    if d.memory_bytes > cap.memory_bytes:
+        return (
+            f"scaling.num_workers: {_plural(d.workers, 'worker')} x {_gib(d.worker_bytes)} "
+            f"(embeddings + Ray overhead) + {_gib(d.driver_bytes)} driver = {_gib(d.memory_bytes)} "
+            f"> {_gib(cap.memory_bytes)} of memory {where}; lower model.hash_size, "
+            "model.embedding_dim or scaling.num_workers"
+        )
+    return None
+
+
+def wait_reason(d: Demand, free: Usage) -> str | None:
+    """Why the job cannot start now (what it waits for), or None when it fits."""
+    if d.cpus > free.cpus + 1e-9:
+        return f"waiting for {_plural(d.cpus, 'CPU')}; {_num(free.cpus)} free"
+    if d.gpus > free.gpus + 1e-9:
+        return f"waiting for {_plural(d.gpus, 'GPU')}; {_num(free.gpus)} free"
+    if d.memory_bytes > free.memory_bytes:
+        return f"waiting for {_gib(d.memory_bytes)} of memory; {_gib(free.memory_bytes)} free"
+    return None
+
+
+def _ray_totals(address: str) -> tuple[float, float, float, float, float]:
+    """(cpus, gpus, memory bytes, largest node's cpus, its gpus) of Ray's alive nodes."""
+    from ray.util.state import list_nodes
+
+    nodes = list_nodes(address=address, limit=10_000, timeout=10, raise_on_missing_output=False)
+    cpus = gpus = mem = ncpu = ngpu = 0.0
+    for n in nodes:
+        if str(getattr(n, "state", "ALIVE")) != "ALIVE":
+            continue
+        res = n.resources_total or {}
+        cpus += float(res.get("CPU", 0))
+        gpus += float(res.get("GPU", 0))
+        mem += float(res.get("memory", 0))
+        ncpu = max(ncpu, float(res.get("CPU", 0)))
+        ngpu = max(ngpu, float(res.get("GPU", 0)))
+    if not cpus:
+        raise RuntimeError("Ray reports no alive node with CPUs")
+    return cpus, gpus, mem, ncpu, ngpu
+
+
+def _machine_totals() -> tuple[float, float, float, float, float]:
+    import psutil
+
+    cpus = float(os.cpu_count() or 1)
+    return cpus, 0.0, float(psutil.virtual_memory().total), cpus, 0.0
+
+
+class CapacityReader:
+    """Reads (and caches for a few seconds) the cluster's capacity for jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._cached: Capacity | None = None
+        self._at = 0.0
+        self.error: str | None = None  # why the last read failed
+
+    async def read(self) -> Capacity | None:
+        """The capacity, or None when it cannot be known now (Ray unreachable)."""
+        if self._cached is not None and time.monotonic() - self._at < _CACHE_S:
+            return self._cached
+        s = self.settings
+        overrides = (s.capacity_cpus, s.capacity_gpus, s.capacity_memory_gb)
+        try:
+            if all(v is not None for v in overrides):
+                totals, source = (0.0, 0.0, 0.0, 0.0, 0.0), "RECTRAIN_CAPACITY_*"
+            elif s.effective_launcher == "ray" and s.ray_address:
+                totals = await asyncio.to_thread(_ray_totals, s.ray_address)
+                source = f"ray at {s.ray_address}"
+            else:
+                totals, source = _machine_totals(), "this machine"
+        except Exception as e:  # Ray away: the queue waits, submissions are not refused
+            self.error = f"cannot read the cluster's capacity from Ray at {s.ray_address}: {e}"
+            log.warning("%s", self.error)
+            return None
+        cpus, gpus, mem, ncpu, ngpu = totals
+        if s.capacity_cpus is not None:
+            cpus = ncpu = s.capacity_cpus
+        if s.capacity_gpus is not None:
+            gpus = ngpu = s.capacity_gpus
+        if s.capacity_memory_gb is not None:
+            mem = s.capacity_memory_gb * GIB
+        self.error = None
+        self._cached = Capacity(
+            cpus=max(0.0, cpus - s.reserve_cpus),
+            gpus=gpus,
+            memory_bytes=int(max(0.0, mem - s.reserve_memory_gb * GIB)),
+            node_cpus=min(ncpu, max(0.0, cpus - s.reserve_cpus)),
+            node_gpus=ngpu,
+            source=source,
+        )
+        self._at = time.monotonic()
+        return self._cached

@@ -1,0 +1,110 @@
+"""The one long-lived local Ray head that ``rectrain serve`` owns in the embedded default.
+
+Without ``RAY_ADDRESS`` (and with ``RECTRAIN_LAUNCHER`` left at ``auto``), ``rectrain
+serve`` starts ``ray start --head --block`` in its own process group (CPU priority
+lowered by ``RECTRAIN_TRAINER_NICE``, so the API and Redis stay responsive), points the
+service at its dashboard (Ray Jobs launcher) and stops exactly that process group when it
+exits. Every job then runs on this one Ray instead of paying its own ``ray.init()``, and
+Ray's resource accounting backs the queue. ``rectrain run`` alone is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class LocalRayHead:
+    """``ray start --head --block`` as a child process group of this process."""
+
+    def __init__(self, log_path: Path, *, num_cpus: int | None = None, nice: int = 10) -> None:
+        self.log_path = Path(log_path)
+        self.num_cpus = num_cpus or os.cpu_count() or 1
+        self.nice = nice
+        self.port = _free_port()
+        self.dashboard_port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> str:
+        """Start the head; returns its dashboard URL (the Ray Jobs API) once it answers."""
+        ray_cli = Path(sys.executable).parent / "ray"
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RECTRAIN_API_TOKENS")}
+        # the job drivers and Ray Train workers import this checkout's packages
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        nice = self.nice
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(ray_cli if ray_cli.exists() else "ray"),
+                    "start",
+                    "--head",
+                    "--block",
+                    f"--port={self.port}",
+                    f"--num-cpus={self.num_cpus}",
+                    "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={self.dashboard_port}",
+                    "--disable-usage-stats",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not (_listening(self.port) and _listening(self.dashboard_port)):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited with code {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(
+                    f"the local Ray head did not answer in {timeout_s:g} s; see {self.log_path}"
+                )
+            time.sleep(0.2)
+        return self.dashboard_url
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop this head's process group (never any other Ray on the machine)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout_s)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:  # stragglers of the group (workers, drivers)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout_s)
+        self.proc = None
