@@ -55,7 +55,7 @@ QUEUED_RELAUNCH_AFTER_S = 30.0
 # How often the dispatcher looks at the queue (it is also woken by submissions in its
 # own process), and how long the dispatching replica's lease lasts without a refresh.
 DISPATCH_INTERVAL_S = 1.0
-DISPATCH_LEASE_TTL_S = 10.0
+DISPATCH_LEASE_TTL_S = 3.0
 
 # Priorities are integers in [-PRIORITY_MAX, PRIORITY_MAX]; a queue score is
 # -priority * QUEUE_PRIORITY_STRIDE + arrival sequence (exact in a double).

@@ -70,6 +70,16 @@ _SETTINGS_ENV = {
     "trainer_module": "RECTRAIN_TRAINER_MODULE",
     "ray_python": "RECTRAIN_RAY_PYTHON",
     "trainer_nice": "RECTRAIN_TRAINER_NICE",
+    "capacity_cpus": "RECTRAIN_CAPACITY_CPUS",
+    "capacity_gpus": "RECTRAIN_CAPACITY_GPUS",
+    "capacity_memory_gb": "RECTRAIN_CAPACITY_MEMORY_GB",
+    "reserve_cpus": "RECTRAIN_RESERVE_CPUS",
+    "reserve_memory_gb": "RECTRAIN_RESERVE_MEMORY_GB",
+    "worker_overhead_gb": "RECTRAIN_WORKER_OVERHEAD_GB",
+    "driver_overhead_gb": "RECTRAIN_DRIVER_OVERHEAD_GB",
+    "max_running_per_owner": "RECTRAIN_MAX_RUNNING_PER_OWNER",
+    "max_queued_per_owner": "RECTRAIN_MAX_QUEUED_PER_OWNER",
+    "dispatch_interval_s": "RECTRAIN_DISPATCH_INTERVAL_S",
 }
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -76,7 +76,7 @@ class ProcessServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, log: Path) -> "ProcessServer":
+    def start(self, log: Path, timeout_s: float = 30) -> "ProcessServer":
         self.log = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -85,7 +85,7 @@ class ProcessServer:
             stderr=subprocess.STDOUT,
             cwd=str(REPO),
         )
-        _wait_port(self.port, 30)
+        _wait_port(self.port, timeout_s)
         return self
 
     def stop(self, sig: str = "term") -> None:
