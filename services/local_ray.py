@@ -91,9 +91,32 @@ class LocalRayHead:
                     f"the local Ray head did not answer in {timeout_s:g} s; see {self.log_path}"
                 )
             time.sleep(0.2)
-        return self.dashboard_url
+        # serve only once Ray reports the node and its resources (admission reads them)
+        from services.capacity import _ray_totals
 
-    def stop(self, timeout_s: float = 20.0) -> None:
+        while True:
+            try:
+                _ray_totals(self.dashboard_url)
+                self._jobs_api_ready()
+                return self.dashboard_url
+            except Exception as e:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"the local Ray head reports no resources ({e}); see {self.log_path}"
+                    ) from e
+                time.sleep(0.5)
+
+    def _jobs_api_ready(self) -> None:
+        """Raises until the head's job agent accepts submissions (it starts well after the
+        dashboard port opens: 'No available agent to submit job')."""
+        from ray.job_submission import JobSubmissionClient
+
+        JobSubmissionClient(self.dashboard_url).submit_job(
+            entrypoint="true", submission_id=f"rectrain-ready-{os.urandom(4).hex()}"
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> None:
         """Stop this head's process group (never any other Ray on the machine)."""
         if self.proc is None:
             return
