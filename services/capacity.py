@@ -197,7 +197,7 @@ class CapacityReader:
         try:
             if all(v is not None for v in overrides):
                 totals, source = (0.0, 0.0, 0.0, 0.0, 0.0), "RECTRAIN_CAPACITY_*"
-            elif s.effective_launcher == "ray" and s.ray_address:
+            elif s.ray_address:  # a dashboard URL (Ray Jobs launcher) or a GCS address (local)
                 totals = await asyncio.to_thread(_ray_totals, s.ray_address)
                 source = f"ray at {s.ray_address}"
             else:

@@ -69,6 +69,13 @@
   function statusBadge(status) {
     return h("span", { class: `badge status-${status || "unknown"}`, dataset: { status: status || "" } }, status || "?");
   }
+  // where a queued job stands: "#3 · waiting for 2 CPUs; 0 free" (null for other statuses)
+  function queueInfo(j) {
+    if (j.status !== "queued") return null;
+    const pos = j.queue_position != null ? `#${j.queue_position} in queue` : "queued";
+    return h("div", { class: "muted queue-info", style: "font-size:11px" },
+      j.wait_reason ? `${pos} · ${j.wait_reason}` : pos);
+  }
   const jobTitle = (j) => j.name || j.id;
   const shortId = (id) => (id && id.length > 12 ? id.slice(0, 8) : id);
 
@@ -388,7 +395,7 @@
         h("td", {}, cb),
         h("td", {}, h("a", { href: `${ROOT}/ui/jobs/${enc(j.id)}` }, jobTitle(j)),
           j.name ? h("div", { class: "muted mono", style: "font-size:11px" }, shortId(j.id)) : null),
-        h("td", {}, statusBadge(j.status)),
+        h("td", {}, statusBadge(j.status), queueInfo(j)),
         h("td", {}, j.owner || "–"),
         h("td", {}, fmtTime(j.created_at)),
         h("td", { class: "num" }, passes),
@@ -515,6 +522,8 @@
       title.textContent = jobTitle(job);
       badgeSlot.replaceChildren(statusBadge(job.status));
       if (job.cancel_requested && ACTIVE.has(job.status)) badgeSlot.appendChild(h("span", { class: "muted" }, " cancelling…"));
+      const q = queueInfo(job);
+      if (q) { q.id = "job-queue"; badgeSlot.appendChild(q); }
       const s = job.summary || {};
       const lastWin = m.windows.size ? m.windows.get(Math.max(...m.windows.keys())) : null;
       const parts = [

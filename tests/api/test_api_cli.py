@@ -32,7 +32,13 @@ def test_serve_embedded_redis_and_the_client_commands(tmp_path, fake_trainer_pat
         for k, v in os.environ.items()
         if k not in ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_API_TOKENS", "RECTRAIN_ENV")
     }
-    env.update(RECTRAIN_DATA_DIR=str(tmp_path / "data"), RECTRAIN_TRAINER_MODULE="fake_trainer")
+    # jobs as local subprocesses: the Ray head that serve owns by default is tested in
+    # test_api_queue.py (it costs a Ray start)
+    env.update(
+        RECTRAIN_DATA_DIR=str(tmp_path / "data"),
+        RECTRAIN_TRAINER_MODULE="fake_trainer",
+        RECTRAIN_LAUNCHER="local",
+    )
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(TINY))
     api = ProcessServer(env).start(tmp_path / "serve.log")

@@ -4,6 +4,7 @@ capacity arithmetic and the messages that name the numbers."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from svc_helpers import open_store, run
@@ -155,3 +156,23 @@ def test_queue_limit_and_cancel_of_a_queued_job(settings):
             await store.create(owner="alice", spec=SPEC, num_passes=1, max_queued=2)  # room again
 
     run(go())
+
+
+@pytest.mark.ray
+def test_capacity_comes_from_ray(settings, ray_address):
+    """Ray's own totals, through its dashboard (Ray Jobs launcher) or its GCS address (local
+    launcher on a cluster); the reserve is taken off."""
+    import os
+
+    from services.capacity import CapacityReader
+
+    for address, launcher in ((os.environ["RECTRAIN_TEST_RAY_DASHBOARD"], "ray"), (ray_address, "local")):
+        s = settings.model_copy(
+            update={"ray_address": address, "launcher": launcher, "reserve_cpus": 1, "reserve_memory_gb": 0}
+        )
+        reader, deadline = CapacityReader(s), time.monotonic() + 90
+        while (cap := run(reader.read())) is None and time.monotonic() < deadline:
+            time.sleep(1)  # a just-started head reports its node a little later
+        assert cap is not None, reader.error
+        assert cap.cpus == 3 and cap.node_cpus == 3 and cap.gpus == 0  # the session head: 4 CPUs
+        assert cap.memory_bytes > GIB and cap.source == f"ray at {address}"
