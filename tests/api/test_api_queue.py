@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -214,6 +216,18 @@ def test_queue_survives_an_api_kill(qsettings, tmp_path):
         # the new process takes over the dispatcher (after the dead one's lease expires)
         after = _wait(lambda: _positioned(_queued(alice)), what="positions after the restart")
         assert [after[j]["queue_position"] for j in q] == [1, 2, 3]
+        # `rectrain jobs` shows the positions and why the head of the queue waits
+        out = subprocess.run(
+            [sys.executable, "-m", "trainer.cli", "jobs"],
+            env=dict(os.environ, RECTRAIN_API_URL=api.url, RECTRAIN_TOKEN=ALICE),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        line = next(ln for ln in out.stdout.splitlines() if ln.startswith(q[0]) and "queued" in ln)
+        assert "#1" in line
+        assert f"  {q[0]}  #1: waiting for 1 CPU; 0 free" in out.stdout
         for j in hold:  # the running jobs' runners outlived the API: cancel reaches them
             alice.post(f"/v1/jobs/{j}/cancel")
         done = {j: wait_status(alice, j, lambda s: s in TERMINAL, 90) for j in q + hold}
