@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             RECTRAIN_API_TOKENS=f"{TOKEN}:bench",
             RECTRAIN_DATA_DIR=str(Path(d) / "data"),
             RECTRAIN_LAUNCHER="local",
+            # no capacity for jobs: the polled job stays queued (no trainer is launched)
+            RECTRAIN_CAPACITY_CPUS="0",
         )
         env.pop("RAY_ADDRESS", None)
         api = subprocess.Popen(
