@@ -20,6 +20,12 @@ def test_builders_are_prefixed_and_distinct():
         keys.studies_index_key(),
         keys.active_studies_key(),
         keys.owner_studies_key("alice"),
+        keys.queue_owner_key("alice"),
+        keys.queue_owners_key(),
+        keys.queue_turn_key(),
+        keys.queue_seq_key(),
+        keys.queue_info_key(),
+        keys.dispatch_leader_key(),
     ]
     assert all(k.startswith(keys.KEY_PREFIX + ":") for k in built)
     assert len(set(built)) == len(built)
@@ -29,6 +35,14 @@ def test_builders_are_prefixed_and_distinct():
     assert keys.progress_pass_field(3) == "pass:3"
     assert keys.study_runs_key(jid) == f"rectrain:study:{jid}:runs"
     assert keys.owner_studies_key("bob") == "rectrain:owner:bob:studies"
+    assert keys.queue_owner_key("bob") == "rectrain:queue:owner:bob"
+
+
+def test_queue_scores_put_priority_first_then_arrival():
+    scores = [keys.queue_score(p, seq) for p, seq in [(5, 3), (0, 1), (0, 2), (-1, 0)]]
+    assert scores == sorted(scores)
+    top = keys.queue_score(keys.PRIORITY_MAX, 2**40 - 1)
+    assert top == -keys.PRIORITY_MAX * keys.QUEUE_PRIORITY_STRIDE + 2**40 - 1  # exact in a double
 
 
 def test_job_ids_are_checked_before_they_reach_a_key():
