@@ -80,7 +80,8 @@ class Serve:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         if mode == "local":
             env["RECTRAIN_LAUNCHER"] = "local"
-        self.log = open(workdir / "serve.log", "ab")
+        self.log_path = workdir / "serve.log"
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -104,7 +105,8 @@ class Serve:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"rectrain serve exited with {self.proc.returncode}")
+                tail = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"rectrain serve exited with {self.proc.returncode}:\n{tail}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return
