@@ -394,6 +394,19 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(f"  {r['label'][:36]:<36} {ne_s:>8} {d_s:>10} {ci:>21} {n_s:>6}")
         lines.append("  " + pp["sentence"])
         lines.append("")
+    sel = [r for r in results.get("selected", []) if r.get("mean_test_ne_at_selected") is not None]
+    if sel:
+        lines.append("at the pass validation NE selects (per run)")
+        lines.append(f"  {'arm':<36} {'test NE':>8} {'Δ vs base':>10} {'95% CI':>21} {'passes':>10}")
+        for r in sel:
+            d = r.get("delta_test_ne_at_selected")
+            ci = "–" if not d or d["ci_low"] is None else f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+            d_s = "baseline" if d is None else f"{d['mean']:+.4f}"
+            chosen = ",".join("-" if p is None else str(p) for p in r["selected_pass_per_seed"].values())
+            lines.append(
+                f"  {r['label'][:36]:<36} {r['mean_test_ne_at_selected']:>8.4f} {d_s:>10} {ci:>21} {chosen:>10}"
+            )
+        lines.append("")
     for n in results.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines).rstrip()

@@ -12,6 +12,7 @@ from scipy import stats
 from services.study_stats import (
     analyze,
     answer_sentence,
+    format_table,
     paired_delta,
     selected_pass,
     t_interval,
@@ -125,6 +126,8 @@ def test_analyze_per_pass_strata_selection_curves_sentence_and_csv():
     s = res["per_pass"][1]["sentence"]
     assert s.startswith("After 2 passes: beats the baseline: sparse_l2 weight=0.001 by ") and "3/3 seeds" in s
     assert "weight=0.0001 by" not in s  # its interval contains 0
+    text = format_table(res)
+    assert "after 2 pass(es)" in text and "at the pass validation NE selects" in text
     rows = to_csv(res).splitlines()
     assert rows[0].startswith(
         "pass,arm,label,mean_test_ne,delta_test_ne,ci_low,ci_high,seeds,seeds_favouring"
