@@ -270,3 +270,32 @@ def test_runs_missing_after_a_crash_mid_submission_are_submitted(study_settings,
         assert redis_client.hget(keys.study_key(sid), "final_status") == "succeeded"
     finally:
         srv.stop()
+
+
+def test_a_full_queue_pauses_submission_and_a_run_that_never_fits_is_refused(study_settings):
+    """The job queue refuses jobs past the owner's queued limit: the study submits what
+    fits, says it is waiting, and submits the rest as its jobs start; a study whose runs
+    can never fit the cluster is refused whole (422 naming the field)."""
+    from api_helpers import ThreadServer
+
+    from api.main import create_app
+
+    s = study_settings.model_copy(update={"capacity_cpus": 1.0, "max_queued_per_owner": 2})
+    srv = ThreadServer(create_app(s)).start()
+    try:
+        c = client_for(srv.url, ALICE)
+        spec = study(seeds=2, variants=study()["variants"][1:], labels={"pass_delay": "0.3"})  # 4 runs
+        r = c.post("/v1/studies", json={"spec": spec})
+        assert r.status_code == 201, r.text
+        first = r.json()
+        assert first["progress"]["unsubmitted"] >= 1 and "submission paused" in first["waiting"]
+        done = wait_study(c, first["id"], lambda s: s["status"] == "succeeded", timeout=90)
+        assert done["progress"]["succeeded"] == 4 and done["waiting"] is None
+        big = study(seeds=1, base={**FAST, "scaling": {"num_workers": 2}})
+        r = c.post("/v1/studies", json={"spec": big})
+        assert r.status_code == 422, r.text
+        (d,) = r.json()["detail"]
+        assert d["loc"] == ["body", "spec", "base", "scaling", "num_workers"] and "CPU" in d["msg"]
+        assert c.get("/v1/studies").json()["count"] == 1  # the refused study left nothing behind
+    finally:
+        srv.stop()
