@@ -26,15 +26,13 @@ from trainer.checkpoint import load_rank_state, save_rank_state
 from trainer.collectives import Collectives
 from trainer.data.dataset import STRATA, RankData, prefetch
 from trainer.metrics import ne
+from trainer.metrics.auc import ExactAUC
 from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
 from trainer.model.dlrm import DLRM, batch_norm_statistics
 from trainer.model.embedding_init import init_embedding_tables
 from trainer.model.sharding import dense_named_parameters, make_dense_optimizer, shard_model
 from trainer.regularizers import RegularizerSet
 from trainer.spec import JobSpec
-
-# AUC keeps every prediction of its window: cap the eval window (examples over all ranks)
-_EVAL_AUC_WINDOW_MAX = 4_000_000
 
 
 class Session(Protocol):
@@ -159,6 +157,8 @@ class Trainer:
         self.dense_opt = make_dense_optimizer(self.regs.dense_param_groups(named), spec)
         self.global_step = 0
         self.passes: list[dict[str, Any]] = []
+        # oracle NE per split: it does not depend on the model, so it is computed once
+        self._oracle: dict[str, float | None] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -255,16 +255,24 @@ class Trainer:
             )
             train_summary, seconds, examples = self._train_pass(p, start_step)
             start_step = 0
-            test = self.evaluate()
+            val = self.evaluate("validation")
+            test = self.evaluate("test")
             result = {
                 "pass": p,
                 "train_ne": train_summary.get("lifetime_ne"),
                 "train_calibration": train_summary.get("lifetime_calibration"),
+                "val_ne": val.get("lifetime_ne"),
+                "val_calibration": val.get("lifetime_calibration"),
+                "val_auc": val.get("auc"),
+                "val_ne_by_stratum": val.get("ne_by_stratum", {}),
+                "val_examples_by_stratum": val.get("examples_by_stratum", {}),
                 "test_ne": test.get("lifetime_ne"),
                 "test_calibration": test.get("lifetime_calibration"),
-                "test_auc": test.get("window_auc"),
+                "test_auc": test.get("auc"),
                 "test_ne_by_stratum": test.get("ne_by_stratum", {}),
                 "test_examples_by_stratum": test.get("examples_by_stratum", {}),
+                "oracle_val_ne": val.get("oracle_ne"),
+                "oracle_test_ne": test.get("oracle_ne"),
                 "train_examples": examples,
                 "train_seconds": seconds,
                 "examples_per_s": examples / seconds if seconds > 0 else None,
@@ -322,37 +330,52 @@ class Trainer:
         return ne.summarize(metrics.compute()), seconds, done
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        """Test NE, calibration, AUC and NE per stratum on the test days (all ranks)."""
+    def evaluate(self, split: str = "test") -> dict[str, Any]:
+        """NE, calibration, exact AUC, NE per stratum (and, on synthetic data, the oracle
+        NE) on the ``split`` ("test" or "validation") rows of all ranks."""
         # each rank's batch-norm running statistics saw only its own batches: score
         # every slice with the same (averaged) statistics
         self.collectives.average_(batch_norm_statistics(self.dmp))
-        if self.data.eval_steps == 0:
+        steps = self.data.val_steps if split == "validation" else self.data.eval_steps
+        if steps == 0:
             return {}
         spec = self.spec
         world = self.session.world_size
-        window = min(self.data.eval_steps * spec.data.batch_size * world, _EVAL_AUC_WINDOW_MAX)
-        metrics = ne.make_metric_module(
-            window_size=window,
-            batch_size=spec.data.batch_size,
-            world_size=world,
-            rank=self.session.rank,
-            device=self.device,
-            with_auc=True,
-            with_strata=True,
-        )
+
+        def module(with_strata: bool):
+            return ne.make_metric_module(
+                window_size=steps * spec.data.batch_size * world,
+                batch_size=spec.data.batch_size,
+                world_size=world,
+                rank=self.session.rank,
+                device=self.device,
+                with_strata=with_strata,
+            )
+
+        metrics = module(with_strata=True)
+        auc = ExactAUC(self.collectives)
+        oracle = module(with_strata=False) if split not in self._oracle else None
+        has_probs = False
         counts = torch.zeros(3, dtype=torch.float64)
         self.dmp.eval()
-        for batch in prefetch(self.data.eval_batches(), spec.data.prefetch_batches):
+        for batch in prefetch(self.data.eval_batches(split), spec.data.prefetch_batches):
             batch = batch.to(self.device, non_blocking=True)
             logits = self.dmp(batch.dense, batch.sparse)
             ne.update(metrics, logits, batch)
+            auc.update(torch.sigmoid(logits), batch.labels, batch.weights)
+            if oracle is not None and batch.probs is not None:
+                ne.update_probs(oracle, batch.probs, batch)
+                has_probs = True
             counts += torch.bincount(batch.strata.cpu(), weights=batch.weights.cpu().double(), minlength=3)
         self.dmp.train()
         out = ne.summarize(metrics.compute())
+        out["auc"] = auc.compute()
+        if oracle is not None:  # every rank reads the same days, so has_probs agrees across ranks
+            self._oracle[split] = ne.summarize(oracle.compute()).get("lifetime_ne") if has_probs else None
+        out["oracle_ne"] = self._oracle[split]
         counts = self.collectives.all_reduce(counts).cpu()
         out["examples_by_stratum"] = {s: int(c) for s, c in zip(STRATA, counts.tolist(), strict=True)}
-        # a stratum with no test examples has no NE
+        # a stratum with no examples has no NE
         out["ne_by_stratum"] = {
             s: (v if out["examples_by_stratum"][s] > 0 else None)
             for s, v in out.get("ne_by_stratum", {}).items()

@@ -197,6 +197,12 @@ class DataSpec(_Strict):
         columns (TableColumns | None): required for ``table``.
         synthetic (SyntheticSpec): generator settings for ``synthetic``.
         train_days / test_days (list[int]): day partitions to train / evaluate on.
+        validation_days (list[int]): day partitions scored after every pass to select
+            the pass (lowest validation NE); never trained on. Default: none.
+        validation_fraction (float | None): instead of ``validation_days``, hold out
+            the chronologically last fraction of the *last* training day (its last
+            rows in the source's order; deterministic) as validation data; those
+            rows are never trained on nor counted for the strata. 0 < f < 1.
         shuffle: none / within_partition / across_partitions / all.
         batch_size (int): examples per step *per worker*.
         max_examples_per_day (int | None): cap rows read per day.
@@ -214,6 +220,8 @@ class DataSpec(_Strict):
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     train_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     test_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [1])
+    validation_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    validation_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     shuffle: Shuffle = Shuffle.WITHIN_PARTITION
     batch_size: int = Field(1024, ge=1, le=1_048_576)
     max_examples_per_day: int | None = Field(None, ge=1)
@@ -235,9 +243,24 @@ class DataSpec(_Strict):
                 "data.rare_max_count: must be below data.frequent_min_count "
                 f"({self.rare_max_count} >= {self.frequent_min_count})"
             )
-        overlap = sorted(set(self.train_days) & set(self.test_days))
-        if overlap:
-            raise ValueError(f"data.test_days: days {overlap} are also training days")
+        if self.validation_days and self.validation_fraction is not None:
+            raise ValueError(
+                "data.validation_fraction: set either data.validation_days (whole days) or "
+                "data.validation_fraction (the last part of the last training day), not both"
+            )
+        sets = (
+            ("train_days", self.train_days),
+            ("validation_days", self.validation_days),
+            ("test_days", self.test_days),
+        )
+        for i, (name_a, days_a) in enumerate(sets):
+            for name_b, days_b in sets[i + 1 :]:
+                overlap = sorted(set(days_a) & set(days_b))
+                if overlap:
+                    raise ValueError(
+                        f"data.{name_b}: days {overlap} are also in data.{name_a}; "
+                        "training, validation and test days must not overlap"
+                    )
         names = self.sparse_feature_names()
         if self.stratum_feature is not None and self.stratum_feature not in names:
             raise ValueError(
@@ -245,6 +268,10 @@ class DataSpec(_Strict):
                 f"choose one of {names}"
             )
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.validation_days) or self.validation_fraction is not None
 
     def sparse_feature_names(self) -> list[str]:
         """Names of the sparse features this source yields, in order."""

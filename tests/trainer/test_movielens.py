@@ -28,7 +28,8 @@ def ml_spec(tmp_path_factory):
 
 def test_movielens_partitions_and_labels(ml_spec):
     data = RankData(ml_spec, 0, 1)
-    total = sum(data.train_day_counts.values()) + sum(data.test_day_counts.values())
+    total = sum(data.train_day_counts.values()) + sum(data.val_day_counts.values())
+    total += sum(data.test_day_counts.values())
     assert 50_000 < total < 100_000  # 100k ratings over ~7 thirty-day partitions
     ctr = float(data.train.label.mean())
     assert 0.4 < ctr < 0.7  # share of ratings >= 4

@@ -16,11 +16,15 @@ class Chunk:
         dense (np.ndarray): float32 [n, num_dense].
         sparse (dict[str, tuple[np.ndarray, np.ndarray]]): feature -> (base-hashed ids
             uint64 [nnz], lengths int32 [n]) — see :mod:`trainer.data.hashing`.
+        prob (np.ndarray | None): float64 [n], the true click probability of each
+            example given its features, where the source knows it (synthetic data);
+            used only for the oracle NE, never for training.
     """
 
     label: np.ndarray
     dense: np.ndarray
     sparse: dict[str, tuple[np.ndarray, np.ndarray]]
+    prob: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -32,7 +36,8 @@ class Chunk:
             offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
             sparse[name] = (gather_jagged(values, offsets, rows), lengths[rows])
-        return Chunk(self.label[rows], self.dense[rows], sparse)
+        prob = None if self.prob is None else self.prob[rows]
+        return Chunk(self.label[rows], self.dense[rows], sparse, prob)
 
 
 def gather_jagged(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -65,4 +70,5 @@ def concat_chunks(chunks: list[Chunk]) -> Chunk:
             )
             for n in names
         },
+        None if any(c.prob is None for c in chunks) else np.concatenate([c.prob for c in chunks]),
     )

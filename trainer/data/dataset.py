@@ -1,4 +1,4 @@
-"""Per-rank training and test data: reading, hashing, strata, shuffling, batching.
+"""Per-rank training, validation and test data: reading, hashing, strata, shuffling, batching.
 
 Each rank streams every day once, keeps only its own slice (global row index
 ``% world_size == rank``), and hashes ids into table rows up front, so building a
@@ -58,6 +58,8 @@ class Batch:
     labels: torch.Tensor  # float32 [B]
     weights: torch.Tensor  # float32 [B]; 0 for padding rows
     strata: torch.Tensor  # int64 [B], index into STRATA
+    # float32 [B]: true click probability (synthetic evaluation data only; oracle NE)
+    probs: torch.Tensor | None = None
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(
@@ -66,6 +68,7 @@ class Batch:
             self.labels.to(device, non_blocking=non_blocking),
             self.weights.to(device, non_blocking=non_blocking),
             self.strata.to(device, non_blocking=non_blocking),
+            None if self.probs is None else self.probs.to(device, non_blocking=non_blocking),
         )
 
     def __len__(self) -> int:
@@ -80,6 +83,7 @@ class _Part:
     ) -> None:
         self.label = chunk.label
         self.dense = chunk.dense
+        self.prob = None if chunk.prob is None else chunk.prob.astype(np.float32)
         self.day_of_row = day_of_row
         self.strata = strata
         self.lengths: dict[str, np.ndarray] = {}
@@ -114,10 +118,15 @@ class RankData:
         source = make_source(spec.data)
         stratum_feature = spec.data.resolved_stratum_feature()
 
-        # sse_graph: neighbour lists from every row of the training days (see data/graph.py)
+        # sse_graph: neighbour lists from every training row of the training days (see data/graph.py)
         graph_builder = GraphBuilder(spec, source) if sse_graph_of(spec) is not None else None
-        train_chunks, train_days_of_row, self.train_day_counts, id_counts = self._read(
-            source, spec.data.train_days, count_feature=stratum_feature, observe=graph_builder
+        holdout = spec.data.validation_fraction
+        train_chunks, train_days_of_row, self.train_day_counts, id_counts, held = self._read(
+            source,
+            spec.data.train_days,
+            count_feature=stratum_feature,
+            observe=graph_builder,
+            holdout_fraction=holdout,
         )
         self.stratum_counts = _merge_counts(id_counts)
         train = concat_chunks(train_chunks)
@@ -129,10 +138,21 @@ class RankData:
         if self.graph is not None:
             for f, g in self.graph.graphs.items():
                 self.graph_nodes[f] = g.index(train.sparse[f][0])
+        # validation: whole days, or the held-out tail of the last training day
+        self.val: _Part | None = None
+        self.val_day_counts: dict[int, int] = {}
+        if held is None and spec.data.validation_days:
+            held = self._read(source, spec.data.validation_days, with_prob=True)[:3]
+        if held is not None:
+            val_chunks, val_days_of_row, self.val_day_counts = held
+            val = concat_chunks(val_chunks)
+            self.val = _Part(val, val_days_of_row, self._strata(val, stratum_feature), spec, self.features)
         self.test: _Part | None = None
         self.test_day_counts: dict[int, int] = {}
         if spec.data.test_days:
-            test_chunks, test_days_of_row, self.test_day_counts, _ = self._read(source, spec.data.test_days)
+            test_chunks, test_days_of_row, self.test_day_counts, _, _ = self._read(
+                source, spec.data.test_days, with_prob=True
+            )
             test = concat_chunks(test_chunks)
             self.test = _Part(
                 test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features
@@ -147,39 +167,113 @@ class RankData:
                 f"(data.batch_size {self.batch_size} x scaling.num_workers {world_size}); "
                 "lower data.batch_size or add data"
             )
-        per_rank_max = sum(-(-n // world_size) for n in self.test_day_counts.values())
-        self.eval_steps = -(-per_rank_max // self.batch_size) if per_rank_max else 0
+        self.eval_steps = self._eval_steps(self.test_day_counts)
+        self.val_steps = self._eval_steps(self.val_day_counts)
+
+    def _eval_steps(self, day_counts: dict[int, int]) -> int:
+        """Evaluation steps every rank runs: its largest possible share, in padded batches."""
+        per_rank_max = sum(-(-n // self.world_size) for n in day_counts.values())
+        return -(-per_rank_max // self.batch_size) if per_rank_max else 0
 
     # ---------------------------------------------------------------- reading
 
-    def _read(self, source, days: list[int], count_feature: str | None = None, observe=None):
-        """This rank's rows of ``days``, their day, each day's total row count, and (with
-        ``count_feature``) per-chunk (ids, counts) of that feature over *all* rows."""
+    def _read(
+        self,
+        source,
+        days: list[int],
+        count_feature: str | None = None,
+        observe=None,
+        with_prob: bool = False,
+        holdout_fraction: float | None = None,
+    ):
+        """This rank's rows of ``days``, their day, each day's total row count, (with
+        ``count_feature``) per-chunk (ids, counts) of that feature over *all* rows, and
+        the held-out part (or None).
+
+        With ``holdout_fraction`` f, the last ``round(f * N)`` rows (in the source's
+        order) of the last of ``days`` (N rows) are held out: returned as
+        (chunks, day_of_row, {day: count}) instead of being kept, and left out of the
+        id counts and from ``observe`` (the sse_graph builder, which sees every
+        training row). The split is by global row index, so it is the same for any
+        number of ranks.
+        """
         chunks, day_of_row, day_counts = [], [], {}
         id_counts: list[tuple[np.ndarray, np.ndarray]] = []
+        held = None
         cap = self.spec.data.max_examples_per_day
-        for day in days:
+        for i, day in enumerate(days):
+            split = holdout_fraction is not None and i == len(days) - 1
+            # split day: (global start, rows, my chunk, my global rows, counted ids, sparse of all rows)
+            day_chunks = []
             seen = 0
-            for chunk in source.read_day(day, cap):
+            for chunk in self._read_day(source, day, cap, with_prob or split):
                 n = len(chunk)
-                if observe is not None:  # sees every row (all ranks build the same)
-                    observe.observe(chunk)
-                if count_feature is not None:
-                    values, lengths = chunk.sparse[count_feature]
-                    id_counts.append(np.unique(values, return_counts=True))
                 # global row index within the day decides the rank
                 first = (self.rank - seen) % self.world_size
                 mine = np.arange(first, n, self.world_size)
+                if split:
+                    counted = chunk.sparse[count_feature] if count_feature is not None else None
+                    # the graph may see only the training rows: keep the sparse columns of
+                    # every row until the day's split is known (only with sse_graph)
+                    every = Chunk(chunk.label, chunk.dense[:, :0], dict(chunk.sparse)) if observe else None
+                    day_chunks.append((seen, n, chunk.take(mine), mine + seen, counted, every))
+                else:
+                    if observe is not None:  # sees every row (all ranks build the same)
+                        observe.observe(chunk)
+                    if count_feature is not None:
+                        values, _ = chunk.sparse[count_feature]
+                        id_counts.append(np.unique(values, return_counts=True))
+                    if len(mine):
+                        chunks.append(chunk.take(mine))
+                        day_of_row.append(np.full(len(mine), day, dtype=np.int32))
                 seen += n
-                if len(mine):
-                    chunks.append(chunk.take(mine))
-                    day_of_row.append(np.full(len(mine), day, dtype=np.int32))
-            day_counts[day] = seen
             if seen == 0:
                 raise DataError(f"data: day {day} has no examples (check data.path and the day column)")
+            day_counts[day] = seen
+            if split:
+                assert holdout_fraction is not None
+                n_held = int(round(holdout_fraction * seen))
+                cut = seen - n_held
+                if n_held == 0 or cut == 0:
+                    raise DataError(
+                        f"data.validation_fraction: {holdout_fraction} of day {day}'s {seen} examples "
+                        f"leaves {n_held} for validation and {cut} for training; choose a fraction "
+                        "that leaves both non-empty (or use data.validation_days)"
+                    )
+                day_counts[day] = cut
+                held_chunks, held_days = [], []
+                for start, n, mine_chunk, rows, counted, every in day_chunks:
+                    k = int(np.clip(cut - start, 0, n))  # rows of this chunk before the cut
+                    if counted is not None:
+                        values, lengths = counted
+                        id_counts.append(np.unique(values[: int(lengths[:k].sum())], return_counts=True))
+                    if every is not None and k:
+                        observe.observe(every.take(np.arange(k)))
+                    train_rows = np.flatnonzero(rows < cut)
+                    held_rows = np.flatnonzero(rows >= cut)
+                    if len(train_rows):
+                        c = mine_chunk.take(train_rows)
+                        c.prob = None  # training rows never need it
+                        chunks.append(c)
+                        day_of_row.append(np.full(len(train_rows), day, dtype=np.int32))
+                    if len(held_rows):
+                        held_chunks.append(mine_chunk.take(held_rows))
+                        held_days.append(np.full(len(held_rows), day, dtype=np.int32))
+                if not held_chunks:
+                    raise DataError(
+                        f"data.validation_fraction: rank {self.rank} got no held-out example of day {day}; "
+                        "raise the fraction or use data.validation_days"
+                    )
+                held = (held_chunks, np.concatenate(held_days), {day: n_held})
         if not chunks:
             raise DataError(f"data: rank {self.rank} got no examples of days {days}")
-        return chunks, np.concatenate(day_of_row), day_counts, id_counts
+        return chunks, np.concatenate(day_of_row), day_counts, id_counts, held
+
+    @staticmethod
+    def _read_day(source, day: int, cap: int | None, with_prob: bool):
+        if with_prob and isinstance(source, SyntheticClicks):
+            return source.read_day(day, cap, with_prob=True)
+        return source.read_day(day, cap)
 
     def _strata(self, chunk: Chunk, feature: str) -> np.ndarray:
         """Stratum per example from its (first) stratum-feature id's training count."""
@@ -264,6 +358,7 @@ class RankData:
             labels=torch.from_numpy(part.label[rows]),
             weights=torch.from_numpy(w),
             strata=torch.from_numpy(part.strata[rows]),
+            probs=None if part.prob is None else torch.from_numpy(part.prob[rows]),
         )
 
     def _graph_draw(
@@ -291,19 +386,21 @@ class RankData:
             )
             yield self._batch(self.train, order[step * b : (step + 1) * b], graph_rng=rng)
 
-    def eval_batches(self) -> Iterator[Batch]:
-        """This rank's test batches, in order; the last is padded with weight-0 rows."""
-        if self.test is None:
+    def eval_batches(self, split: str = "test") -> Iterator[Batch]:
+        """This rank's batches of ``split`` ("test" or "validation"), in order; the last
+        is padded with weight-0 rows."""
+        part, steps = (self.val, self.val_steps) if split == "validation" else (self.test, self.eval_steps)
+        if part is None:
             return
-        b, n = self.batch_size, len(self.test)
-        for step in range(self.eval_steps):
+        b, n = self.batch_size, len(part)
+        for step in range(steps):
             rows = np.arange(step * b, min((step + 1) * b, n))
             pad = b - len(rows)
             weights = np.ones(b, dtype=np.float32)
             if pad:
                 weights[len(rows) :] = 0.0
                 rows = np.concatenate([rows, np.zeros(pad, dtype=np.int64)])
-            yield self._batch(self.test, rows, weights)
+            yield self._batch(part, rows, weights)
 
 
 def _merge_counts(id_counts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,8 +24,12 @@ class EventType(str, Enum):
     LIFECYCLE = "lifecycle"  # phase: started|resumed|pass_started|pass_finished|finished|failed; message;
     #                          started/resumed add steps_per_pass, num_passes, total_steps, num_workers
     TRAIN_WINDOW = "train_window"  # ne_window, ne_lifetime, examples, examples_per_s, steps_in_pass
-    PASS = "pass"  # train_ne, test_ne, test_calibration, test_auc, test_ne_by_stratum{...},
-    #               test_examples_by_stratum{...}, train_examples, examples_per_s, train_seconds
+    PASS = "pass"  # train_ne, train_calibration,
+    #               val_ne, val_calibration, val_auc, val_ne_by_stratum{...}, val_examples_by_stratum{...},
+    #               test_ne, test_calibration, test_auc, test_ne_by_stratum{...}, test_examples_by_stratum{...},
+    #               oracle_val_ne, oracle_test_ne (NE of the true click probabilities; null unless the
+    #               source is synthetic and the days exist), train_examples, examples_per_s, train_seconds
+    #               (val_* are null / {} without validation data; AUCs are exact over the whole set)
 
 
 class Phase(str, Enum):
@@ -74,9 +78,9 @@ def format_event(event: dict[str, Any]) -> str | None:
         )
     if t == EventType.PASS.value:
         return (
-            f"[pass {event['pass'] + 1}] train NE {_num(event.get('train_ne'))}  test NE "
-            f"{_num(event.get('test_ne'))}  calib {_num(event.get('test_calibration'), '.3f')}  "
-            f"AUC {_num(event.get('test_auc'))}"
+            f"[pass {event['pass'] + 1}] train NE {_num(event.get('train_ne'))}  "
+            f"val NE {_num(event.get('val_ne'))}  test NE {_num(event.get('test_ne'))}  "
+            f"calib {_num(event.get('test_calibration'), '.3f')}  AUC {_num(event.get('test_auc'))}"
         )
     if t == EventType.LIFECYCLE.value:
         return f"[{event['phase']}] {event.get('message', '')}".rstrip()

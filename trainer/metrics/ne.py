@@ -68,6 +68,19 @@ def update(module: RecMetricModule, logits: torch.Tensor, batch: Batch) -> None:
     )
 
 
+def update_probs(module: RecMetricModule, probs: torch.Tensor, batch: Batch) -> None:
+    """Feed known probabilities (the synthetic source's true click probabilities: the
+    oracle) instead of a model's logits."""
+    module.update(
+        {
+            "prediction": probs.detach().to(torch.float32),
+            "label": batch.labels,
+            "weight": batch.weights,
+            "stratum": batch.strata,
+        }
+    )
+
+
 def _f(x: Any) -> float | None:
     v = float(x.reshape(-1)[0]) if isinstance(x, torch.Tensor) else float(x)
     return None if math.isnan(v) or math.isinf(v) else v
