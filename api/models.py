@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -41,18 +41,40 @@ class PassResult(BaseModel):
 
     pass_: int = Field(alias="pass", description="0-based pass index")
     train_ne: float | None = None
+    val_ne: float | None = Field(None, description="validation NE (null without validation data)")
+    val_calibration: float | None = None
+    val_auc: float | None = None
+    val_ne_by_stratum: dict[str, float | None] = Field(default_factory=dict)
     test_ne: float | None = None
     test_calibration: float | None = None
-    test_auc: float | None = None
+    test_auc: float | None = Field(None, description="exact AUC over all test examples")
     test_ne_by_stratum: dict[str, float | None] = Field(default_factory=dict)
+    oracle_val_ne: float | None = None
+    oracle_test_ne: float | None = None
     examples_per_s: float | None = None
 
 
 class JobSummary(BaseModel):
     """Latest metrics of a job."""
 
-    best_test_ne: float | None = Field(None, description="lowest test NE over finished passes")
-    best_pass: int | None = Field(None, description="the pass that reached it (0-based)")
+    selection: Literal["validation", "none"] = Field(
+        "none",
+        description='"validation": the pass with the lowest validation NE is selected; '
+        '"none": the spec has no validation data (or no pass has finished), nothing is selected',
+    )
+    selected_pass: int | None = Field(None, description="pass with the lowest validation NE (0-based)")
+    val_ne_at_selected: float | None = Field(None, description="validation NE of the selected pass")
+    test_ne_at_selected: float | None = Field(
+        None, description="test NE of the selected pass: the headline (the test days choose nothing)"
+    )
+    last_pass: int | None = Field(None, description="last finished pass (0-based)")
+    test_ne_at_last: float | None = Field(None, description="test NE of the last finished pass")
+    oracle_val_ne: float | None = Field(
+        None, description="NE of the true click probabilities on the validation data (synthetic data only)"
+    )
+    oracle_test_ne: float | None = Field(
+        None, description="NE of the true click probabilities on the test days (synthetic data only)"
+    )
     passes: list[PassResult] = Field(default_factory=list, description="per-pass table")
     last_examples_per_s: float | None = Field(None, description="latest training throughput")
 

@@ -306,18 +306,28 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(page, indent=1))
             return 0
+        # headline: test NE at the pass selected by validation NE; without validation
+        # data nothing is selected: "no val data" and the last pass's test NE
         print(
-            f"{'id':<16}  {'name':<20}  {'status':<9}  {'queue':>5}  {'passes':>6}  {'best test NE':>12}  "
-            "created (UTC)"
+            f"{'id':<16}  {'name':<20}  {'status':<9}  {'queue':>5}  {'passes':>6}  {'selected':>11}  "
+            f"{'test NE':>7}  {'oracle':>6}  created (UTC)"
         )
         waiting = []
         for j in page["data"]:
-            best = j["summary"]["best_test_ne"]
+            s = j["summary"]
+            sel, oracle = s["selected_pass"], s["oracle_test_ne"]
+            if sel is not None:
+                sel_txt, ne = f"pass {sel + 1}", s["test_ne_at_selected"]
+            elif s["last_pass"] is not None:
+                sel_txt, ne = "no val data", s["test_ne_at_last"]
+            else:
+                sel_txt, ne = "-", None
             pos = j.get("queue_position")
             print(
                 f"{j['id']:<16}  {(j['name'] or '')[:20]:<20}  {j['status']:<9}  "
                 f"{'' if pos is None else f'#{pos}':>5}  "
-                f"{j['passes_done']:>2}/{j['num_passes']:<3}  {'-' if best is None else f'{best:.4f}':>12}  "
+                f"{j['passes_done']:>2}/{j['num_passes']:<3}  {sel_txt:>11}  "
+                f"{'-' if ne is None else f'{ne:.4f}':>7}  {'-' if oracle is None else f'{oracle:.4f}':>6}  "
                 f"{_ts(j['created_at'])}"
             )
             if j["status"] == "queued" and j.get("wait_reason"):

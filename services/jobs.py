@@ -22,6 +22,7 @@ from redis.exceptions import WatchError
 from services import keys
 from services.metrics_bus import stream_fields
 from trainer.errors import RectrainError
+from trainer.report import summarize_passes
 
 
 class JobStatus(str, Enum):
@@ -164,7 +165,9 @@ def status_event(status: JobStatus, previous: JobStatus | None, error: str | Non
 
 
 def summarize_progress(progress: dict[str, str]) -> dict[str, Any]:
-    """The job summary from its progress hash: per-pass table, best test NE, throughput."""
+    """The job summary from its progress hash: per-pass table, the pass selected by
+    validation NE and its test NE (the same rule as the trainer's results.json, see
+    :func:`trainer.report.summarize_passes`), oracle NE, throughput."""
     passes = []
     for k, v in progress.items():
         if k.startswith("pass:"):
@@ -173,21 +176,11 @@ def summarize_progress(progress: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 continue
     passes.sort(key=lambda p: p.get("pass", 0))
-    best_ne = best_pass = None
-    for p in passes:
-        ne = p.get("test_ne")
-        if isinstance(ne, (int, float)) and ne == ne and (best_ne is None or ne < best_ne):
-            best_ne, best_pass = float(ne), int(p.get("pass", 0))
-    if progress.get("best_test_ne"):  # the trainer's results.json is authoritative
-        best_ne = float(progress["best_test_ne"])
-        best_pass = int(progress.get("best_pass") or 0)
+    out = summarize_passes(passes)
     eps = progress.get("last_examples_per_s")
-    return {
-        "best_test_ne": best_ne,
-        "best_pass": best_pass,
-        "passes": passes,
-        "last_examples_per_s": float(eps) if eps else None,
-    }
+    if eps:  # the latest train window is fresher than the last finished pass
+        out["last_examples_per_s"] = float(eps)
+    return out
 
 
 class JobStore:

@@ -66,10 +66,7 @@ def progress_from_results(results: dict[str, Any]) -> dict[str, str]:
     for p in results.get("passes", []):
         p = {"type": "pass", **p}
         out[keys.progress_pass_field(p.get("pass", 0))] = json.dumps(p, separators=(",", ":"))
-    if results.get("best_test_ne") is not None:
-        out["best_test_ne"] = str(float(results["best_test_ne"]))
-        out["best_pass"] = str(int(results.get("best_pass") or 0))
-    return out
+    return out  # the summary (selected pass, oracle NE) is derived from the passes
 
 
 class RedisStreamSink:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import RectrainError
+from trainer.report import summarize_passes  # noqa: F401  (results.json's summary; re-exported)
 from trainer.spec import JobSpec, spec_to_yaml
 
 RESULTS_FILE = "results.json"
@@ -92,35 +93,6 @@ class _EventFollower(threading.Thread):
             time.sleep(0.2)
         if bar is not None:
             bar.close()
-
-
-def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's headline numbers from its per-pass results.
-
-    The *selected pass* is the pass with the lowest validation NE (``selection``
-    "validation"); its test NE is the headline, ``test_ne_at_selected``. The test
-    days never choose anything. Without validation data there is no selection
-    (``selected_pass`` None, ``selection`` "none") and readers show the last pass.
-    """
-    validated = [p for p in passes if p.get("val_ne") is not None]
-    sel = min(validated, key=lambda p: (p["val_ne"], p["pass"])) if validated else None
-    last = passes[-1] if passes else None
-
-    def first(key: str) -> float | None:  # the oracle does not depend on the pass
-        return next((p[key] for p in passes if p.get(key) is not None), None)
-
-    return {
-        "passes": passes,
-        "selection": "validation" if sel else "none",
-        "selected_pass": sel["pass"] if sel else None,
-        "val_ne_at_selected": sel["val_ne"] if sel else None,
-        "test_ne_at_selected": sel.get("test_ne") if sel else None,
-        "last_pass": last["pass"] if last else None,
-        "test_ne_at_last": last.get("test_ne") if last else None,
-        "oracle_val_ne": first("oracle_val_ne"),
-        "oracle_test_ne": first("oracle_test_ne"),
-        "last_examples_per_s": last.get("examples_per_s") if last else None,
-    }
 
 
 def run_job(

@@ -1,8 +1,38 @@
-"""Terminal table of NE per pass, the pass selected by validation NE, and the oracle."""
+"""A run's summary (the pass selected by validation NE, the oracle NE) and its
+terminal table. Torch-free: the control plane summarises jobs with the same rule."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's headline numbers from its per-pass results.
+
+    The *selected pass* is the pass with the lowest validation NE (``selection``
+    "validation"); its test NE is the headline, ``test_ne_at_selected``. The test
+    days never choose anything. Without validation data there is no selection
+    (``selected_pass`` None, ``selection`` "none") and readers show the last pass.
+    """
+    validated = [p for p in passes if p.get("val_ne") is not None]
+    sel = min(validated, key=lambda p: (p["val_ne"], p["pass"])) if validated else None
+    last = passes[-1] if passes else None
+
+    def first(key: str) -> float | None:  # the oracle does not depend on the pass
+        return next((p[key] for p in passes if p.get(key) is not None), None)
+
+    return {
+        "passes": passes,
+        "selection": "validation" if sel else "none",
+        "selected_pass": sel["pass"] if sel else None,
+        "val_ne_at_selected": sel["val_ne"] if sel else None,
+        "test_ne_at_selected": sel.get("test_ne") if sel else None,
+        "last_pass": last["pass"] if last else None,
+        "test_ne_at_last": last.get("test_ne") if last else None,
+        "oracle_val_ne": first("oracle_val_ne"),
+        "oracle_test_ne": first("oracle_test_ne"),
+        "last_examples_per_s": last.get("examples_per_s") if last else None,
+    }
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:

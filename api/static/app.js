@@ -343,7 +343,7 @@
     const table = h("table", { id: "jobs-table" },
       h("thead", {}, h("tr", {},
         h("th", {}, ""), h("th", {}, "Name"), h("th", {}, "Status"), h("th", {}, "Owner"), h("th", {}, "Created"),
-        h("th", { class: "num" }, "Passes"), h("th", { class: "num" }, "Best test NE"),
+        h("th", { class: "num" }, "Passes"), h("th", { class: "num", title: "test NE at the pass with the lowest validation NE (without validation data: the last pass)" }, "Test NE (selected pass)"),
         h("th", { class: "num" }, "Examples/s"), h("th", {}, ""))),
       tbody);
     main.replaceChildren(
@@ -399,7 +399,8 @@
         h("td", {}, j.owner || "–"),
         h("td", {}, fmtTime(j.created_at)),
         h("td", { class: "num" }, passes),
-        h("td", { class: "num" }, fmtNE(s.best_test_ne)),
+        (() => { const hl = headlineOf(s); return h("td", { class: "num", dataset: { headline: "" } }, fmtNE(hl.ne),
+          hl.note ? h("div", { class: "muted", style: "font-size:11px" }, hl.note) : null); })(),
         h("td", { class: "num" }, fmtRate(s.last_examples_per_s)),
         h("td", {}, action));
     }
@@ -444,6 +445,27 @@
     return [...rows.values()].sort((a, b) => a.pass - b.pass);
   }
 
+  /**
+   * The pass selected by validation NE (lowest val_ne, earliest on ties; the same rule
+   * as the trainer's results.json) and the last pass. Without validation data nothing
+   * is selected and the last pass is shown instead; the test days never select.
+   */
+  function selection(passes) {
+    let sel = null;
+    for (const p of passes) if (isNum(p.val_ne) && (sel == null || p.val_ne < sel.val_ne)) sel = p;
+    const last = passes.length ? passes[passes.length - 1] : null;
+    const oracle = (k) => { for (const p of passes) if (isNum(p[k])) return p[k]; return null; };
+    return { sel, last, oracleVal: oracle("oracle_val_ne"), oracleTest: oracle("oracle_test_ne") };
+  }
+
+  /** Headline of a job summary: test NE at the selected pass, or "no validation data" and the last pass. */
+  function headlineOf(s) {
+    s = s || {};
+    if (s.selected_pass != null) return { ne: s.test_ne_at_selected, note: `selected pass ${s.selected_pass + 1}` };
+    if (s.last_pass != null) return { ne: s.test_ne_at_last, note: `no validation data · last pass ${s.last_pass + 1}` };
+    return { ne: null, note: "" };
+  }
+
   function stratum(p, name) { return p.test_ne_by_stratum ? p.test_ne_by_stratum[name] : undefined; }
 
   function regularizerSummary(spec) {
@@ -482,8 +504,9 @@
       emptyText: "waiting for the first training window…",
     });
     const gapChart = new Chart(chartsEl, {
-      id: "chart-pass-ne", title: "Train vs test NE by pass (overfitting gap)", xLabel: "pass", yLabel: "normalized entropy",
-      xKind: "pass", series: [{ label: "train NE", color: PALETTE[0] }, { label: "test NE", color: PALETTE[3] }],
+      id: "chart-pass-ne", title: "Train, validation and test NE by pass (overfitting gap)", xLabel: "pass", yLabel: "normalized entropy",
+      xKind: "pass", series: [{ label: "train NE", color: PALETTE[0] }, { label: "validation NE", color: PALETTE[2], dash: [6, 4] },
+        { label: "test NE", color: PALETTE[3] }],
       emptyText: "appears after the first pass",
     });
     const strataChart = new Chart(chartsEl, {
@@ -530,7 +553,16 @@
         `id ${job.id}`, `owner ${job.owner || "–"}`, `created ${fmtTime(job.created_at)}`,
         job.started_at ? `ran ${fmtDuration(job.started_at, job.finished_at)}` : null,
         `passes ${job.passes_done ?? 0} / ${job.num_passes ?? "?"}`,
-        `best test NE ${fmtNE(s.best_test_ne)}${s.best_pass != null ? ` (pass ${s.best_pass + 1})` : ""}`,
+        (() => {
+          const { sel, last } = selection(mergePasses(job, m.passes));
+          if (sel) return `selected pass ${sel.pass + 1} (lowest validation NE ${fmtNE(sel.val_ne)}): test NE ${fmtNE(sel.test_ne)}`;
+          if (last) return `no validation data: last pass ${last.pass + 1} test NE ${fmtNE(last.test_ne)}`;
+          return null;
+        })(),
+        (() => {
+          const { oracleVal, oracleTest } = selection(mergePasses(job, m.passes));
+          return oracleVal != null || oracleTest != null ? `oracle NE validation ${fmtNE(oracleVal)} · test ${fmtNE(oracleTest)}` : null;
+        })(),
         lastWin ? `step ${lastWin.step.toLocaleString("en-US")}` : null,
         isNum(s.last_examples_per_s) || lastWin ? `${fmtRate(lastWin ? lastWin.examples_per_s : s.last_examples_per_s)} ex/s` : null,
         `regularizers: ${regularizerSummary(job.spec)}`,
@@ -579,7 +611,7 @@
       const xs = Array.from({ length: nPasses }, (_, i) => i + 1);
       const byPass = new Map(rows.map((p) => [p.pass, p]));
       const col = (f) => xs.map((x) => { const p = byPass.get(x - 1); return p ? val(f(p)) : null; });
-      gapChart.setData([xs, col((p) => p.train_ne), col((p) => p.test_ne)]);
+      gapChart.setData([xs, col((p) => p.train_ne), col((p) => p.val_ne), col((p) => p.test_ne)]);
       strataChart.setData([xs, col((p) => stratum(p, "frequent")), col((p) => stratum(p, "medium")),
         col((p) => stratum(p, "rare")), col((p) => p.test_ne)]);
       calibChart.setData([xs, col((p) => p.test_calibration)]);
@@ -589,13 +621,13 @@
     function renderPassTable(rows) {
       passTableWrap.hidden = rows.length === 0;
       if (!rows.length) return;
-      let best = null;
-      for (const p of rows) if (isNum(p.test_ne) && (best == null || p.test_ne < best.test_ne)) best = p;
+      const { sel, oracleVal, oracleTest } = selection(rows);
       const body = rows.map((p) => {
         const gap = isNum(p.test_ne) && isNum(p.train_ne) ? p.test_ne - p.train_ne : null;
-        return h("tr", { class: p === best ? "best" : null, dataset: { pass: String(p.pass) } },
-          h("td", {}, `${p.pass + 1}${p === best ? " ★" : ""}`),
+        return h("tr", { class: p === sel ? "selected" : null, dataset: { pass: String(p.pass) } },
+          h("td", {}, `${p.pass + 1}${p === sel ? " ★" : ""}`),
           h("td", { class: "num" }, fmtNE(p.train_ne)),
+          h("td", { class: "num" }, fmtNE(p.val_ne)),
           h("td", { class: "num" }, fmtNE(p.test_ne)),
           h("td", { class: "num" }, fmtDelta(gap)),
           h("td", { class: "num" }, fmtNE(stratum(p, "frequent"))),
@@ -607,13 +639,17 @@
       });
       passTableWrap.replaceChildren(
         h("h2", {}, "Per pass ", h("span", { class: "muted", style: "font-weight:normal;font-size:13px" },
-          "— test NE on the held-out day after each pass; ★ best; gap = test − train")),
+          sel ? "— ★ selected pass: lowest validation NE (its test NE is the result); gap = test − train"
+            : "— no validation data: no pass is selected, the last pass is the result; gap = test − train")),
         h("div", { class: "table-wrap" }, h("table", { id: "pass-table" },
-          h("thead", {}, h("tr", {}, h("th", {}, "Pass"), h("th", { class: "num" }, "Train NE"), h("th", { class: "num" }, "Test NE"),
+          h("thead", {}, h("tr", {}, h("th", {}, "Pass"), h("th", { class: "num" }, "Train NE"), h("th", { class: "num" }, "Val NE"),
+            h("th", { class: "num" }, "Test NE"),
             h("th", { class: "num" }, "Gap"), h("th", { class: "num" }, "NE frequent"), h("th", { class: "num" }, "NE medium"),
             h("th", { class: "num" }, "NE rare"), h("th", { class: "num" }, "Calibration"), h("th", { class: "num" }, "AUC"),
             h("th", { class: "num" }, "Examples/s"))),
-          h("tbody", {}, body))));
+          h("tbody", {}, body))),
+        oracleVal != null || oracleTest != null ? h("p", { class: "muted", id: "oracle-ne" },
+          `Oracle NE (the generator's true click probabilities; no model does better in expectation): validation ${fmtNE(oracleVal)} · test ${fmtNE(oracleTest)}`) : null);
     }
 
     function renderLog() {
@@ -779,7 +815,7 @@
           syncUrl(); load();
         } }),
         statusBadge(j.status), h("span", {}, jobTitle(j)),
-        h("span", { class: "muted" }, `best ${fmtNE(j.summary && j.summary.best_test_ne)} · ${regularizerSummary(j.spec)}`))));
+        h("span", { class: "muted" }, (() => { const hl = headlineOf(j.summary); return `test NE ${fmtNE(hl.ne)}${hl.note ? ` (${hl.note})` : ""} · ${regularizerSummary(j.spec)}`; })()))));
       if (!known.size) picker.replaceChildren(h("p", { class: "muted", style: "padding:8px" }, "No jobs yet."));
     }
 
@@ -798,20 +834,19 @@
       testChart.setData([xs, ...chosen.map((c) => byPass(c, (p) => p.test_ne))]);
       gapChart.setData([xs, ...chosen.map((c) => byPass(c, (p) => (isNum(p.test_ne) && isNum(p.train_ne) ? p.test_ne - p.train_ne : null)))]);
 
+      // the headline row of a job: the pass selected by validation NE, or (no validation data) the last pass
       const stats = (c) => {
-        let best = null;
-        for (const p of c.passes) if (isNum(p.test_ne) && (!best || p.test_ne < best.test_ne)) best = p;
-        const last = c.passes.length ? c.passes[c.passes.length - 1] : null;
-        return { best, last };
+        const { sel, last, oracleTest } = selection(c.passes);
+        return { head: sel || last, selected: !!sel, last, oracleTest };
       };
       const base = chosen.find((c) => c.job.id === state.baseline);
       const bs = base ? stats(base) : null;
       const cls = (d) => (isNum(d) ? (d < 0 ? "num better" : d > 0 ? "num worse" : "num") : "num");
       const rows = chosen.map((c, i) => {
-        const { best, last } = stats(c);
+        const { head, selected, last, oracleTest } = stats(c);
         const isBase = base && c === base;
-        const dBest = !isBase && best && bs && bs.best ? best.test_ne - bs.best.test_ne : null;
-        const dPct = isNum(dBest) ? (100 * dBest) / bs.best.test_ne : null;
+        const dHead = !isBase && head && bs && bs.head && isNum(head.test_ne) && isNum(bs.head.test_ne) ? head.test_ne - bs.head.test_ne : null;
+        const dPct = isNum(dHead) ? (100 * dHead) / bs.head.test_ne : null;
         const dLast = !isBase && last && bs && bs.last && isNum(last.test_ne) && isNum(bs.last.test_ne) ? last.test_ne - bs.last.test_ne : null;
         return h("tr", { dataset: { jobId: c.job.id } },
           h("td", {}, h("span", { style: `display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px;background:${PALETTE[i % PALETTE.length]}` }),
@@ -819,20 +854,24 @@
           h("td", {}, statusBadge(c.job.status)),
           h("td", {}, regularizerSummary(c.job.spec)),
           h("td", { class: "num" }, `${c.passes.length} / ${c.job.num_passes ?? "?"}`),
-          h("td", { class: "num" }, best ? String(best.pass + 1) : "–"),
-          h("td", { class: "num" }, fmtNE(best && best.test_ne)),
-          h("td", { class: cls(dBest) }, isBase ? "baseline" : fmtDelta(dBest)),
+          h("td", { class: "num" }, head ? (selected ? String(head.pass + 1) : `no validation data (last: ${head.pass + 1})`) : "–"),
+          h("td", { class: "num" }, fmtNE(head && head.test_ne)),
+          h("td", { class: cls(dHead) }, isBase ? "baseline" : fmtDelta(dHead)),
           h("td", { class: cls(dPct) }, isBase ? "" : fmtPct(dPct)),
           h("td", { class: "num" }, fmtNE(last && last.test_ne)),
           h("td", { class: cls(dLast) }, isBase ? "" : fmtDelta(dLast)),
-          h("td", { class: "num" }, best && last && isNum(last.test_ne) ? fmtDelta(last.test_ne - best.test_ne) : "–"));
+          h("td", { class: "num" }, selected && last && isNum(last.test_ne) && isNum(head.test_ne) ? fmtDelta(last.test_ne - head.test_ne) : "–"),
+          h("td", { class: "num" }, fmtNE(oracleTest)));
       });
       tableWrap.replaceChildren(chosen.length ? h("table", { id: "compare-table" },
         h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Status"), h("th", {}, "Regularizers"),
-          h("th", { class: "num" }, "Passes"), h("th", { class: "num" }, "Best pass"), h("th", { class: "num" }, "Best test NE"),
-          h("th", { class: "num" }, "Δ best vs baseline"), h("th", { class: "num" }, "Δ %"),
+          h("th", { class: "num" }, "Passes"),
+          h("th", { class: "num", title: "the pass with the lowest validation NE; without validation data none is selected and the last pass is shown" }, "Selected pass"),
+          h("th", { class: "num" }, "Test NE (selected)"),
+          h("th", { class: "num" }, "Δ vs baseline"), h("th", { class: "num" }, "Δ %"),
           h("th", { class: "num" }, "Final test NE"), h("th", { class: "num" }, "Δ final"),
-          h("th", { class: "num", title: "final test NE − best test NE: how much later passes overfit" }, "Overfit (final − best)"))),
+          h("th", { class: "num", title: "final test NE − test NE at the selected pass: how much later passes overfit" }, "Overfit (final − selected)"),
+          h("th", { class: "num", title: "NE of the generator's true click probabilities on the test days (synthetic data)" }, "Oracle test NE"))),
         h("tbody", {}, rows)) : h("p", { class: "muted" }, "Pick two or more jobs on the left."));
     }
 
