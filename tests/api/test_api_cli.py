@@ -49,7 +49,8 @@ def test_serve_embedded_redis_and_the_client_commands(tmp_path, fake_trainer_pat
         assert (
             "submitted job" in out.stdout and "train NE" in out.stdout and "[status] succeeded" in out.stdout
         )
-        assert "best test NE" in out.stdout
+        assert "selected pass 1 (*, lowest validation NE 0.9000): test NE 0.9300" in out.stdout
+        assert "oracle NE (true click probabilities): validation 0.8000  test 0.8100" in out.stdout
         jid = out.stdout.split("submitted job ", 1)[1].split()[0]
         jobs = _cli(api.url, "jobs")
         assert jobs.returncode == 0 and jid in jobs.stdout and "succeeded" in jobs.stdout
@@ -71,6 +72,6 @@ def test_serve_embedded_redis_and_the_client_commands(tmp_path, fake_trainer_pat
         assert (
             page["count"] == 1 and page["data"][0]["id"] == jid and page["data"][0]["status"] == "succeeded"
         )
-        assert page["data"][0]["summary"]["best_test_ne"] is not None
+        assert page["data"][0]["summary"]["test_ne_at_selected"] is not None
     finally:
         api.stop()

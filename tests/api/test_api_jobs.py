@@ -30,7 +30,10 @@ def test_submit_stream_and_succeed(alice):
     assert done["status"] == "succeeded" and done["passes_done"] == 2 and done["error"] is None
     s = done["summary"]
     assert [p["pass"] for p in s["passes"]] == [0, 1]
-    assert s["best_test_ne"] == s["passes"][1]["test_ne"] and s["best_pass"] == 1
+    # the fake trainer's validation NE selects pass 0; pass 1 has the lower test NE
+    assert s["selection"] == "validation" and s["selected_pass"] == 0
+    assert s["test_ne_at_selected"] == s["passes"][0]["test_ne"] > s["passes"][1]["test_ne"]
+    assert s["passes"][0]["val_ne"] == s["val_ne_at_selected"] and s["oracle_test_ne"] == 0.81
     assert s["passes"][0]["test_ne_by_stratum"] == {"frequent": 0.9, "medium": 0.93, "rare": 0.97}
     assert s["last_examples_per_s"] > 0
     assert done["started_at"] <= done["finished_at"]

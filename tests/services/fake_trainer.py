@@ -23,6 +23,7 @@ import redis
 
 from services import keys
 from services.metrics_bus import RedisStreamSink
+from trainer.report import summarize_passes
 
 
 def main() -> int:
@@ -104,20 +105,22 @@ def main() -> int:
         res = {
             "pass": pas,
             "train_ne": 0.9 - 0.05 * pas,
+            # validation selects pass 0 while the test NE is lowest at pass 1: the test
+            # days must not choose the headline
+            "val_ne": 0.90 + 0.01 * pas,
             "test_ne": 0.92 + 0.01 * (pas - 1) ** 2,
             "test_calibration": 1.0,
             "test_auc": 0.7,
             "test_ne_by_stratum": {"frequent": 0.9, "medium": 0.93, "rare": 0.97},
+            "oracle_val_ne": 0.80,
+            "oracle_test_ne": 0.81,
             "examples_per_s": 5000.0,
         }
         passes.append(res)
         sink.emit({"type": "pass", "step": step, "ts": time.time(), **res})
     sink.emit({"type": "lifecycle", "phase": "finished", "step": step, "pass": -1, "ts": time.time()})
     sink.close()
-    best = min(passes, key=lambda x: x["test_ne"])
-    Path(a.run_dir, "results.json").write_text(
-        json.dumps({"passes": passes, "best_test_ne": best["test_ne"], "best_pass": best["pass"]})
-    )
+    Path(a.run_dir, "results.json").write_text(json.dumps(summarize_passes(passes)))
     return 0
 
 

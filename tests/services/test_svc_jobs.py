@@ -173,17 +173,36 @@ def test_reap_only_without_heartbeat(redis_url, redis_client):
 
 def test_summary_from_progress():
     prog = {
-        "pass:1": json.dumps({"pass": 1, "test_ne": 0.91}),
-        "pass:0": json.dumps({"pass": 0, "test_ne": 0.90}),
-        "pass:2": json.dumps({"pass": 2, "test_ne": float("nan")}),
+        "pass:1": json.dumps({"pass": 1, "val_ne": 0.88, "test_ne": 0.91, "oracle_test_ne": 0.8}),
+        "pass:0": json.dumps({"pass": 0, "val_ne": 0.89, "test_ne": 0.90, "oracle_test_ne": 0.8}),
+        "pass:2": json.dumps({"pass": 2, "val_ne": None, "test_ne": 0.95}),
         "last_examples_per_s": "1234.5",
     }
     s = summarize_progress(prog)
     assert [p["pass"] for p in s["passes"]] == [0, 1, 2]
-    assert s["best_test_ne"] == 0.90 and s["best_pass"] == 0 and s["last_examples_per_s"] == 1234.5
+    # the lowest validation NE selects pass 1, though pass 0 has the lower test NE
+    assert s["selection"] == "validation" and s["selected_pass"] == 1
+    assert s["val_ne_at_selected"] == 0.88 and s["test_ne_at_selected"] == 0.91
+    assert s["last_pass"] == 2 and s["test_ne_at_last"] == 0.95 and s["oracle_test_ne"] == 0.8
+    assert s["last_examples_per_s"] == 1234.5
+    # no validation data: nothing is selected, the last pass is the one shown
+    s = summarize_progress(
+        {
+            "pass:0": json.dumps({"pass": 0, "test_ne": 0.9}),
+            "pass:1": json.dumps({"pass": 1, "test_ne": 0.92}),
+        }
+    )
+    assert s["selection"] == "none" and s["selected_pass"] is None and s["test_ne_at_selected"] is None
+    assert s["last_pass"] == 1 and s["test_ne_at_last"] == 0.92
     assert summarize_progress({}) == {
-        "best_test_ne": None,
-        "best_pass": None,
         "passes": [],
+        "selection": "none",
+        "selected_pass": None,
+        "val_ne_at_selected": None,
+        "test_ne_at_selected": None,
+        "last_pass": None,
+        "test_ne_at_last": None,
+        "oracle_val_ne": None,
+        "oracle_test_ne": None,
         "last_examples_per_s": None,
     }

@@ -73,7 +73,10 @@ def test_job_succeeds_with_results(settings):
     job, summary = wait_for(settings, jid, lambda j: j.status.is_terminal, what="terminal")
     assert job.status == JobStatus.SUCCEEDED, _log(settings, jid)
     assert [p["pass"] for p in summary["passes"]] == [0, 1]
-    assert summary["best_test_ne"] == pytest.approx(0.92) and summary["best_pass"] == 1
+    # selected by validation NE (pass 0), not by the lower test NE of pass 1
+    assert summary["selection"] == "validation" and summary["selected_pass"] == 0
+    assert summary["test_ne_at_selected"] == pytest.approx(0.93) and summary["last_pass"] == 1
+    assert summary["oracle_test_ne"] == pytest.approx(0.81)
     assert job.trainer_pid and job.run_dir and job.started_at <= job.finished_at
 
 

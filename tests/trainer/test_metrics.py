@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from tests.trainer.specs import tiny_spec_dict
 from trainer.data.dataset import STRATA
 from trainer.loop import LocalSession, Trainer
 from trainer.metrics import ne
+from trainer.metrics.auc import ExactAUC
 from trainer.spec import parse_spec
 
 
@@ -76,3 +78,24 @@ def test_trainer_test_ne_equals_numpy_on_its_own_predictions(tmp_path):
     assert got["lifetime_ne"] == pytest.approx(numpy_ne(p, y, w), rel=1e-5)
     assert got["examples_by_stratum"] and sum(got["examples_by_stratum"].values()) == len(t.data.test)
     assert got["lifetime_ne"] < 1.0  # it learned something in one pass
+    # AUC over every test row (4000 > metrics.window_size 1024), exactly sklearn's
+    assert len(t.data.test) > spec.metrics.window_size
+    assert got["auc"] == pytest.approx(roc_auc_score(y, p, sample_weight=w), abs=1e-9)
+
+
+def test_exact_auc_matches_sklearn_on_a_set_larger_than_any_window():
+    """4.2M rows (more than the 4M-example window the test AUC used to be cut to), tied
+    predictions and weights (0 for padding rows): the whole set counts, ties as half."""
+    rng = np.random.default_rng(1)
+    n, bs = 4_200_000, 1 << 16
+    y = (rng.random(n) < 0.2).astype(np.float32)
+    p = np.round(np.clip(0.2 + 0.1 * (y - 0.2) + 0.15 * rng.normal(size=n), 0, 1), 2).astype(np.float32)
+    w = rng.choice([0.0, 1.0, 2.0], size=n, p=[0.1, 0.7, 0.2]).astype(np.float32)
+    # the first rows alone score differently: a window of the last rows would be caught
+    p[:1_000_000] = np.where(y[:1_000_000] > 0, 0.9, 0.1)
+    auc = ExactAUC(torch.device("cpu"))
+    for i in range(0, n, bs):
+        auc.update(*(torch.from_numpy(a[i : i + bs]) for a in (p, y, w)))
+    want = roc_auc_score(y, p, sample_weight=w)
+    assert auc.compute() == pytest.approx(want, abs=1e-9)
+    assert abs(roc_auc_score(y[-4_000_000:], p[-4_000_000:], sample_weight=w[-4_000_000:]) - want) > 0.01

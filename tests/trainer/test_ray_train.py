@@ -18,7 +18,20 @@ from trainer.spec import load_spec
 
 pytestmark = pytest.mark.ray
 
-PASS_FIELDS = ("train_ne", "test_ne", "test_calibration", "test_auc", "test_ne_by_stratum", "examples_per_s")
+PASS_FIELDS = (
+    "train_ne",
+    "val_ne",
+    "val_calibration",
+    "val_auc",
+    "val_ne_by_stratum",
+    "test_ne",
+    "test_calibration",
+    "test_auc",
+    "test_ne_by_stratum",
+    "oracle_val_ne",
+    "oracle_test_ne",
+    "examples_per_s",
+)
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -28,7 +41,8 @@ def _events(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def quickstart(ray_session, tmp_path_factory):
-    """The README's quickstart job itself: 2 workers, 3 passes over day 0, test on day 1."""
+    """The README's quickstart job itself: 2 workers, 3 passes over day 0, validation on
+    day 1, test on day 2."""
     run_dir = tmp_path_factory.mktemp("quickstart")
     spec = load_spec(REPO / "examples" / "quickstart.yaml")
     assert spec.scaling.num_workers == 2
@@ -47,9 +61,15 @@ def test_two_worker_run_reports_every_metric_per_pass(quickstart):
         assert set(p["test_ne_by_stratum"]) == {"frequent", "medium", "rare"}
         assert all(v is not None and 0 < v < 2 for v in p["test_ne_by_stratum"].values())
         assert 0 < p["test_ne"] < 1.5  # finite
-        assert 0.5 < p["test_auc"] < 1.0
+        assert 0.5 < p["test_auc"] < 1.0 and 0.5 < p["val_auc"] < 1.0
         assert p["examples_per_s"] > 0
-    assert result["best_test_ne"] < 1.0  # the model learns
+        # the oracle (true click probabilities) is the floor: no pass gets below it
+        assert p["oracle_test_ne"] < p["test_ne"] and p["oracle_val_ne"] < p["val_ne"]
+    # the pass with the lowest validation NE is selected; its test NE is the headline
+    sel = min(result["passes"], key=lambda p: p["val_ne"])
+    assert result["selection"] == "validation" and result["selected_pass"] == sel["pass"]
+    assert result["test_ne_at_selected"] == sel["test_ne"] < 1.0  # the model learns
+    assert result["oracle_test_ne"] == result["passes"][0]["oracle_test_ne"]
     events = _events(run_dir)
     kinds = {e["type"] for e in events}
     assert {"lifecycle", "train_window", "pass"} <= kinds
@@ -78,14 +98,16 @@ def test_tables_are_sharded_across_both_workers(quickstart):
 
 
 def test_multi_pass_training_overfits_at_quickstart_capacity(quickstart):
-    """The seeds' phenomenon: more passes over day 0 make day-1 test NE worse
-    after the first pass or two, while train NE keeps falling."""
+    """The seeds' phenomenon: more passes over day 0 make validation (day 1) and test
+    (day 2) NE worse after the first pass or two, while train NE keeps falling; the
+    validation day selects an early pass."""
     _, _, result = quickstart
     test_ne = [p["test_ne"] for p in result["passes"]]
+    val_ne = [p["val_ne"] for p in result["passes"]]
     train_ne = [p["train_ne"] for p in result["passes"]]
-    best = min(range(len(test_ne)), key=test_ne.__getitem__)
-    assert best <= 1, test_ne
-    assert test_ne[-1] > test_ne[best] + 0.01, test_ne
+    assert result["selected_pass"] <= 1, val_ne
+    assert test_ne[-1] > result["test_ne_at_selected"] + 0.01, test_ne
+    assert val_ne[-1] > val_ne[result["selected_pass"]] + 0.01, val_ne
     assert train_ne[-1] < train_ne[0], train_ne
 
 
@@ -155,7 +177,7 @@ def test_resume_after_a_killed_worker(ray_address, tmp_path):
     phases = [e.get("phase") for e in _events(run_dir) if e["type"] == "lifecycle"]
     assert "resumed" in phases
     assert int((run_dir / "pids" / "rank_1.pid").read_text()) != killed  # a new worker process
-    assert "best test NE" in out
+    assert "no validation data, no pass selected: last pass 4 test NE" in out
 
 
 def test_cli_prints_the_table_and_rejects_bad_specs(ray_address, tmp_path):
