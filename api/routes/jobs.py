@@ -126,7 +126,7 @@ def _store_errors() -> Iterator[None]:
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_NOT_FOUND)
 async def read_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> JobPublic:
-    """A job's status, spec and latest metrics summary (best test NE, per-pass table)."""
+    """A job's status, spec and latest metrics summary (test NE at the pass selected by validation NE, oracle NE, per-pass table)."""
     return await _public(store, await _job_or_404(store, job_id, owner))
 
 

@@ -14,7 +14,13 @@ import pytest
 pytestmark = [pytest.mark.browser, pytest.mark.ray, pytest.mark.slow]
 
 TINY_SPEC = {
-    "data": {"synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200}, "batch_size": 256},
+    "data": {
+        "synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200},
+        "batch_size": 256,
+        "train_days": [0],
+        "validation_days": [1],
+        "test_days": [2],
+    },
     "model": {"hash_size": 2000, "embedding_dim": 8, "dense_arch": [16, 8], "over_arch": [16]},
     "training": {"num_passes": 2},
     "metrics": {"window_size": 1024, "report_every_steps": 2},
@@ -161,8 +167,15 @@ def test_job_page_streams_ne_live_and_shows_per_pass_table(new_page, dashboard_a
     page.wait_for_selector("#pass-table")
     rows = page.locator("#pass-table tbody tr")
     assert rows.count() == LIVE_SPEC["training"]["num_passes"]
-    test_ne = [float(rows.nth(i).locator("td").nth(2).inner_text()) for i in range(rows.count())]
-    assert all(0.3 < v < 1.5 for v in test_ne), test_ne
+    val_ne = [float(rows.nth(i).locator("td").nth(2).inner_text()) for i in range(rows.count())]
+    test_ne = [float(rows.nth(i).locator("td").nth(3).inner_text()) for i in range(rows.count())]
+    assert all(0.3 < v < 1.5 for v in test_ne + val_ne), (val_ne, test_ne)
+    # the pass with the lowest validation NE is the selected one (★), and the header says so
+    sel = min(range(len(val_ne)), key=val_ne.__getitem__)
+    assert page.locator("#pass-table tbody tr.selected").count() == 1
+    assert page.get_attribute("#pass-table tbody tr.selected", "data-pass") == str(sel)
+    assert f"selected pass {sel + 1}" in page.inner_text("#job-meta")
+    assert "Oracle NE" in page.inner_text("#oracle-ne")
     for chart in ("#chart-pass-ne", "#chart-strata", "#chart-calibration", "#chart-throughput"):
         assert int(page.get_attribute(chart, "data-points")) > 0, chart
     assert page.inner_text("#conn-state") == "finished"
@@ -189,6 +202,7 @@ def test_compare_page_shows_two_jobs(new_page, dashboard_api, reg_job, shot):
     assert rows.nth(0).get_attribute("data-job-id") == base
     assert "baseline" in rows.nth(0).inner_text()
     assert "sparse_l2(weight=0.001)" in rows.nth(1).inner_text()
+    assert rows.nth(1).locator("td").nth(4).inner_text().isdigit()  # the selected pass
     delta = rows.nth(1).locator("td").nth(6).inner_text()
     assert delta[0] in "+−±" and float(delta[1:]) >= 0, delta  # a number vs the baseline
     passes = sum(dashboard_api.job(j)["num_passes"] for j in (base, reg_job))
