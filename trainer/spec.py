@@ -201,8 +201,9 @@ class DataSpec(_Strict):
             the pass (lowest validation NE); never trained on. Default: none.
         validation_fraction (float | None): instead of ``validation_days``, hold out
             the chronologically last fraction of the *last* training day (its last
-            rows in the source's order; deterministic) as validation data; those
-            rows are never trained on nor counted for the strata. 0 < f < 1.
+            rows in the source's order: file order for files, so sort a table by
+            time within the day; deterministic) as validation data; those rows are
+            never trained on nor counted for the strata or the sse_graph. 0 < f < 1.
         shuffle: none / within_partition / across_partitions / all.
         batch_size (int): examples per step *per worker*.
         max_examples_per_day (int | None): cap rows read per day.

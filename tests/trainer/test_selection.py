@@ -220,3 +220,22 @@ def test_trained_model_never_beats_the_oracle_beyond_sampling_noise(tmp_path):
     noise = diff.std() / np.sqrt(len(diff))
     assert diff.mean() > -3 * noise, (diff.mean(), noise)
     assert got["lifetime_ne"] - got["oracle_ne"] > -3 * noise
+
+
+def test_sse_graph_is_built_from_the_training_rows_only():
+    """With validation_fraction, the held-out rows link nothing in the sse_graph."""
+    from trainer.data.graph import GraphBuilder
+
+    d = tiny_spec_dict(data={"train_days": [0], "validation_fraction": 0.25, "test_days": [1]})
+    d["regularizers"] = [{"type": "sse_graph", "p": 0.2}]
+    spec = parse_spec(d)
+    source = SyntheticClicks(spec.data.synthetic)
+    day = next(source.read_day(0))
+    want = GraphBuilder(spec, source)
+    want.observe(day.take(np.arange(3000)))
+    want = want.build()
+    got = RankData(spec, 0, 1).graph
+    assert set(got.graphs) == set(want.graphs)
+    for f, g in want.graphs.items():
+        np.testing.assert_array_equal(got.graphs[f].nodes, g.nodes)
+        np.testing.assert_array_equal(got.graphs[f].val_nodes, g.val_nodes)
