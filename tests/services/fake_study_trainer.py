@@ -24,6 +24,7 @@ import redis
 
 from services import keys
 from services.metrics_bus import RedisStreamSink
+from trainer.report import summarize_passes
 
 
 def test_ne(pas: int, seed: int, regs: list[dict]) -> float:
@@ -83,10 +84,7 @@ def main() -> int:
         sink.emit({"type": "pass", "step": pas + 1, "ts": time.time(), **res})
     sink.emit({"type": "lifecycle", "phase": "finished", "step": len(passes), "pass": -1, "ts": time.time()})
     sink.close()
-    best = min(passes, key=lambda x: x["test_ne"])
-    Path(a.run_dir, "results.json").write_text(
-        json.dumps({"passes": passes, "best_test_ne": best["test_ne"], "best_pass": best["pass"]})
-    )
+    Path(a.run_dir, "results.json").write_text(json.dumps(summarize_passes(passes)))
     return 0
 
 

@@ -6,6 +6,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from tests.trainer.specs import tiny_spec_dict
+from trainer.collectives import Collectives
 from trainer.data.dataset import STRATA
 from trainer.loop import LocalSession, Trainer
 from trainer.metrics import ne
@@ -93,7 +94,7 @@ def test_exact_auc_matches_sklearn_on_a_set_larger_than_any_window():
     w = rng.choice([0.0, 1.0, 2.0], size=n, p=[0.1, 0.7, 0.2]).astype(np.float32)
     # the first rows alone score differently: a window of the last rows would be caught
     p[:1_000_000] = np.where(y[:1_000_000] > 0, 0.9, 0.1)
-    auc = ExactAUC(torch.device("cpu"))
+    auc = ExactAUC(Collectives("cpu"))
     for i in range(0, n, bs):
         auc.update(*(torch.from_numpy(a[i : i + bs]) for a in (p, y, w)))
     want = roc_auc_score(y, p, sample_weight=w)
