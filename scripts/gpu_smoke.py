@@ -199,7 +199,10 @@ def _ray_job(ctx: dict[str, Any], workers: int) -> dict[str, Any]:
     return {
         "workers": workers,
         "wall_seconds": round(res["wall_seconds"], 1),
-        "best_test_ne": res["best_test_ne"],
+        "selected_pass": res["selected_pass"],
+        "test_ne_at_selected": res["test_ne_at_selected"],
+        "test_ne_at_last": res["test_ne_at_last"],
+        "oracle_test_ne": res["oracle_test_ne"],
         "examples_per_s_by_pass": [p.get("examples_per_s") for p in res["passes"]],
     }
 
