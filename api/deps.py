@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import secrets
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services import keys
 from services.jobs import JobStore
 from services.launcher import JobLauncher
 from services.settings import Settings
@@ -55,16 +57,50 @@ def current_owner(
     return _owner_of(settings, creds.credentials if creds else None)
 
 
-def current_owner_sse(
+def _stream_subject(request: Request) -> str:
+    """What an event-stream route streams: ``job:<id>`` or ``study:<id>``."""
+    for kind in ("job", "study"):
+        value = request.path_params.get(f"{kind}_id")
+        if value is not None:
+            return f"{kind}:{value}"
+    return ""
+
+
+async def issue_stream_ticket(store: JobStore, settings: Settings, owner: str, subject: str) -> str:
+    """A random ticket, valid ``stream_ticket_ttl_s`` for ``owner`` on ``subject`` only."""
+    ticket = secrets.token_hex(24)
+    await store.r.set(keys.stream_ticket_key(ticket), f"{owner} {subject}", ex=settings.stream_ticket_ttl_s)
+    return ticket
+
+
+async def current_owner_sse(
+    request: Request,
     settings: SettingsDep,
+    store: StoreDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    token: Annotated[
+    ticket: Annotated[
         str | None,
-        Query(description="API token, for EventSource clients that cannot send an Authorization header"),
+        Query(
+            max_length=128,
+            description=(
+                "a stream ticket from POST .../stream-ticket, for EventSource clients that cannot "
+                "send an Authorization header (API tokens are never accepted in the URL)"
+            ),
+        ),
     ] = None,
 ) -> str:
-    """Like :func:`current_owner`, also accepting ``?token=`` (browsers' EventSource)."""
-    return _owner_of(settings, creds.credentials if creds else token)
+    """The owner of the bearer token, or of a short-lived stream ticket for this stream."""
+    if creds is not None or not ticket:
+        return _owner_of(settings, creds.credentials if creds else None)
+    value = await store.r.get(keys.stream_ticket_key(ticket)) if ticket.isalnum() else None
+    owner, _, subject = (value or "").partition(" ")
+    if not value or not hmac.compare_digest(subject.encode(), _stream_subject(request).encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Invalid or expired stream ticket",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return owner
 
 
 CurrentOwner = Annotated[str, Depends(current_owner)]

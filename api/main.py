@@ -17,14 +17,17 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from api.logs import install_access_log_redaction
 from api.middleware import BodySizeLimit, RequestTelemetry, Telemetry
 from api.routes import health, jobs, studies
+from api.routes.health import refresh_job_gauges_loop, start_metrics_server
 from services.jobs import JobStore
 from services.launcher import JobLauncher
 from services.queue import Dispatcher, dispatch_loop
 from services.reaper import reaper_loop
-from services.redis_conn import EmbeddedRedis, async_client
+from services.redis_conn import EmbeddedRedis, RedisSupervisor, async_client
 from services.settings import Settings
+from services.stream_hub import StreamHub
 from services.studies import StudyStore, study_loop
 from trainer.spec import _FIELD_PATHS
 
@@ -35,37 +38,66 @@ log = logging.getLogger("rectrain.api")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     embedded = None
+    tasks: list[asyncio.Task] = []
     url = settings.redis_url
+    app.state.redis_supervisor = None
     if not url:
         embedded = EmbeddedRedis(settings.data_dir)
         url = await asyncio.to_thread(embedded.start)
         log.info("embedded Redis at %s", url)
-    redis = async_client(url)
-    # blocking stream reads (SSE) wait up to the keepalive interval: a longer socket timeout
-    stream_redis = async_client(url, socket_timeout=settings.sse_keepalive_s + 10)
+        # restart it (from its append-only file) if it dies; /healthz reports it
+        app.state.redis_supervisor = RedisSupervisor(embedded)
+        tasks.append(asyncio.create_task(app.state.redis_supervisor.run()))
+    # blocking pools: past the limit a request waits (bounded) instead of failing
+    redis = async_client(
+        url, max_connections=settings.redis_max_connections, pool_timeout_s=settings.redis_pool_timeout_s
+    )
+    # the streams' shared watchers block up to the keepalive interval: a longer socket timeout
+    stream_redis = async_client(
+        url,
+        max_connections=settings.sse_max_streams + 2,
+        pool_timeout_s=settings.redis_pool_timeout_s,
+        socket_timeout=settings.sse_keepalive_s + 10,
+    )
     app.state.redis_url = url
     app.state.store = JobStore(redis)
     app.state.stream_redis = stream_redis
+    app.state.stream_hub = StreamHub(
+        stream_redis,
+        block_ms=int(settings.sse_keepalive_s * 1000),
+        max_streams=settings.sse_max_streams,
+        max_per_owner=settings.sse_max_streams_per_owner,
+    )
     app.state.launcher = JobLauncher(settings, url)
     app.state.studies = StudyStore(app.state.store)
-    reaper = asyncio.create_task(reaper_loop(app.state.store, app.state.launcher, settings.reaper_interval_s))
-    reconciler = asyncio.create_task(
-        study_loop(app.state.studies, app.state.launcher, settings.study_reconcile_interval_s)
+    tasks.append(
+        asyncio.create_task(reaper_loop(app.state.store, app.state.launcher, settings.reaper_interval_s))
+    )
+    tasks.append(
+        asyncio.create_task(
+            study_loop(app.state.studies, app.state.launcher, settings.study_reconcile_interval_s)
+        )
     )
     wait_hist = app.state.telemetry.queue_wait
     app.state.dispatcher = Dispatcher(
         app.state.store, app.state.launcher, on_dispatch=lambda _id, waited: wait_hist.observe(waited)
     )
-    dispatcher = asyncio.create_task(dispatch_loop(app.state.dispatcher, settings.dispatch_interval_s))
+    tasks.append(asyncio.create_task(dispatch_loop(app.state.dispatcher, settings.dispatch_interval_s)))
+    metrics_server = start_metrics_server(app, settings)
+    if metrics_server is not None:
+        tasks.append(asyncio.create_task(refresh_job_gauges_loop(app)))
     try:
         yield
     finally:
-        for task in (dispatcher, reaper, reconciler):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await redis.aclose()
-        await stream_redis.aclose()
+        for t in tasks:
+            t.cancel()
+        # bounded: a task stuck in a thread (or a dead Redis) must not hold the shutdown
+        await asyncio.wait(tasks, timeout=5)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        for closing in (app.state.stream_hub.close(), redis.aclose(), stream_redis.aclose()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(closing, 5)
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
 
@@ -109,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.telemetry = Telemetry()
+    install_access_log_redaction()
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)

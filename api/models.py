@@ -159,3 +159,10 @@ class Health(BaseModel):
 
 def _ts(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC)
+
+
+class StreamTicket(BaseModel):
+    """A short-lived ticket for one job's event stream (``GET /v1/jobs/{id}/events?ticket=``)."""
+
+    ticket: str
+    expires_in: int = Field(description="seconds the ticket stays valid")

@@ -512,6 +512,7 @@ class JobStore:
                         keys.events_stream_key(job_id),
                         keys.progress_key(job_id),
                         keys.heartbeat_key(job_id),
+                        keys.event_keys_key(job_id),
                     )
                     pipe.zrem(keys.jobs_index_key(), job_id)
                     pipe.zrem(keys.owner_jobs_key(owner), job_id)

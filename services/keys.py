@@ -169,3 +169,14 @@ def active_studies_key() -> str:
 
 def owner_studies_key(owner: str) -> str:
     return f"{KEY_PREFIX}:owner:{owner}:studies"
+
+
+def stream_ticket_key(ticket: str) -> str:
+    """A short-lived SSE stream ticket -> ``owner job_id`` (string, with a TTL)."""
+    return f"{KEY_PREFIX}:ticket:{ticket}"
+
+
+def event_keys_key(job_id: str) -> str:
+    """Set of the (type, step, pass, phase) keys of a job's non-``train_window`` events
+    already in its stream: makes writes and replays idempotent."""
+    return f"{KEY_PREFIX}:job:{job_id}:seen"

@@ -80,6 +80,7 @@ _SETTINGS_ENV = {
     "max_running_per_owner": "RECTRAIN_MAX_RUNNING_PER_OWNER",
     "max_queued_per_owner": "RECTRAIN_MAX_QUEUED_PER_OWNER",
     "dispatch_interval_s": "RECTRAIN_DISPATCH_INTERVAL_S",
+    "max_wall_seconds": "RECTRAIN_MAX_WALL_SECONDS",
 }
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -558,8 +559,31 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
         await hb.release()
 
 
+def _replay_run_dir(redis_url: str, job_id: str, run_dir: Path) -> int:
+    from services.metrics_bus import replay_events_file
+    from services.redis_conn import sync_client
+
+    c = sync_client(redis_url)
+    try:
+        return replay_events_file(c, job_id, run_dir / "events.jsonl")
+    finally:
+        c.close()
+
+
+def wall_limit_s(settings: Settings, spec: dict[str, Any]) -> float:
+    """The job's wall-clock limit: ``training.max_wall_seconds`` bounded by the service's
+    ``max_wall_seconds`` (which applies alone when the spec sets none)."""
+    asked = (spec.get("training") or {}).get("max_wall_seconds")
+    return float(min(asked, settings.max_wall_seconds) if asked else settings.max_wall_seconds)
+
+
 async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend, job_id: str) -> int:
     cancelled = False
+    timed_out: str | None = None
+    job = await _retry(store.get, job_id)
+    limit_s = wall_limit_s(settings, job.spec if job else {})
+    # from the job's start (an adopting runner keeps the original clock)
+    started = (job.started_at if job and job.started_at else time.time()) if job else time.time()
     while True:
         outcome = await backend.poll()
         if outcome is not None:
@@ -588,11 +612,33 @@ async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend
             await backend.stop(settings.cancel_grace_s)
             outcome = await backend.poll()
             break
+        if time.time() - started > limit_s:
+            timed_out = (
+                f"wall-clock limit: the job ran longer than {limit_s:g} s "
+                "(training.max_wall_seconds, bounded by RECTRAIN_MAX_WALL_SECONDS); cancelled"
+            )
+            _log(job_id, timed_out)
+            cancelled = True
+            # stop() kills the process group after the grace period: never waits forever
+            await backend.stop(settings.cancel_grace_s)
+            outcome = await backend.poll()
+            break
         await asyncio.sleep(_POLL_S)
 
+    if isinstance(backend, LocalBackend):
+        # events the trainer's sink could not write (Redis away, buffer overflow, close
+        # timeout) are in its events.jsonl: replay what the stream lacks, de-duplicated
+        try:
+            n = await _retry(asyncio.to_thread, _replay_run_dir, settings.redis_url, job_id, backend.run_dir)
+            if n:
+                _log(job_id, f"replayed {n} events from events.jsonl")
+        except Exception as e:
+            _log(job_id, f"could not replay events.jsonl: {e!r}")
     try:
         if cancelled:
-            await _retry(store.transition, job_id, JobStatus.CANCELLED, error="cancelled on request")
+            await _retry(
+                store.transition, job_id, JobStatus.CANCELLED, error=timed_out or "cancelled on request"
+            )
             _log(job_id, "cancelled")
             return 0
         assert outcome is not None

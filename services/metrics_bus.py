@@ -7,8 +7,11 @@ table survives stream trimming. While Redis is unreachable the thread backs off 
 retries; training never blocks on Redis and never sees an exception. ``close`` waits
 a bounded time for the buffer to drain.
 
-A retried batch may have been partly written before the connection broke, so readers
-can see an event twice: de-duplicate on (type, step, pass), as the event schema says.
+Writes are idempotent: a Lua script adds an event only if its key (type, step, pass,
+phase) is new (a set per job; ``train_window`` events: only if their step is past the
+last one written), so a batch retried after a broken connection, or replayed from the
+run directory's ``events.jsonl`` (:func:`replay_events_file`, by the runner when the
+trainer ends and by the reaper when it reconciles a finished job), appears once.
 
 Readers (async, API side): :func:`read_events` (cursor poll) and :func:`wait_events`
 (blocking, for SSE).
@@ -43,6 +46,65 @@ def decode_entry(fields: dict[str, str]) -> dict[str, Any]:
         return json.loads(fields["data"])
     except (KeyError, ValueError):
         return {"type": fields.get("type", "unknown")}
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """The de-duplication key of an event: (type, step, pass, phase)."""
+    return f"{event.get('type', '')}|{event.get('step', '')}|{event.get('pass', '')}|{event.get('phase', '')}"
+
+
+# KEYS: stream, progress hash, seen set. ARGV: maxlen, type, key, data, step, then
+# field/value pairs of the progress update. Returns 1 if added, 0 if already there.
+_ADD_ONCE_LUA = """
+local t = ARGV[2]
+if t == 'train_window' then
+  local last = tonumber(redis.call('HGET', KEYS[2], 'last_step') or '-1')
+  if tonumber(ARGV[5]) <= last then return 0 end
+else
+  if redis.call('SADD', KEYS[3], ARGV[3]) == 0 then return 0 end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', t, 'data', ARGV[4])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+def add_events_once(client: redis.Redis, job_id: str, events: list[dict[str, Any]], maxlen: int) -> int:
+    """Append ``events`` to the job's stream in one pipeline, skipping any already there;
+    returns how many were added."""
+    script = client.register_script(_ADD_ONCE_LUA)
+    ks = [keys.events_stream_key(job_id), keys.progress_key(job_id), keys.event_keys_key(job_id)]
+    pipe = client.pipeline(transaction=False)
+    for ev in events:
+        f = stream_fields(ev)
+        upd = [x for kv in progress_updates(ev).items() for x in kv]
+        script(
+            keys=ks,
+            args=[maxlen, f["type"], event_key(ev), f["data"], int(ev.get("step", 0)), *upd],
+            client=pipe,
+        )
+    return sum(int(x) for x in pipe.execute())
+
+
+def replay_events_file(
+    client: redis.Redis, job_id: str, path, maxlen: int = keys.METRICS_STREAM_MAXLEN
+) -> int:
+    """Write the events of a run directory's ``events.jsonl`` that the stream lacks (in
+    file order; an unreadable last line is skipped). Returns how many were added."""
+    events: list[dict[str, Any]] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    continue
+    except OSError:
+        return 0
+    added = 0
+    for i in range(0, len(events), BATCH_MAX_EVENTS):
+        added += add_events_once(client, job_id, events[i : i + BATCH_MAX_EVENTS], maxlen)
+    return added
 
 
 def progress_updates(event: dict[str, Any]) -> dict[str, str]:
@@ -198,14 +260,7 @@ class RedisStreamSink:
                 self._cond.notify_all()
 
     def _write(self, events: list[dict[str, Any]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        progress: dict[str, str] = {}
-        for ev in events:
-            pipe.xadd(self._stream, stream_fields(ev), maxlen=self.maxlen, approximate=True)
-            progress.update(progress_updates(ev))
-        if progress:
-            pipe.hset(self._progress, mapping=progress)
-        pipe.execute()
+        add_events_once(self._client, self.job_id, events, self.maxlen)
 
 
 # -------------------------------------------------------------------- readers (API side)

@@ -9,17 +9,26 @@ Every API process runs :func:`reap_once` every ``reaper_interval_s``:
 - a job the dispatcher claimed whose runner never took its heartbeat within
   ``keys.QUEUED_RELAUNCH_AFTER_S`` (the API died between claim and launch) gets a runner
   again. Queued jobs are the dispatcher's (:mod:`services.queue`), never the reaper's.
+Before declaring a local job lost, the reaper reconciles it from its run directory: a
+trainer that finished and wrote ``results.json`` (while its runner died, or Redis was
+away) makes the job ``succeeded``, with the events of its ``events.jsonl`` replayed
+(de-duplicated) into the stream. Just after Redis (re)started — its uptime below twice
+the heartbeat TTL — a missing heartbeat proves nothing (runners are reconnecting, and
+the append-only file may have lost the last second): no job is declared lost then.
 Several API processes may reap at once: every step is atomic or idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 from services import keys
-from services.jobs import DISPATCHED_PLACEHOLDER, JobStatus, JobStore
-from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, stop_orphan
+from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
+from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, run_dir_for, stop_orphan
+from services.metrics_bus import progress_from_results, replay_events_file
+from services.redis_conn import sync_client
 
 log = logging.getLogger("rectrain.reaper")
 
@@ -31,6 +40,8 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
     done: dict[str, str] = {}
     settings = launcher.settings
     launcher.collect()
+    info = await store.r.info("server")
+    just_restarted = float(info.get("uptime_in_seconds", 1e9)) < 2 * settings.heartbeat_ttl_s
     for status in (JobStatus.STARTING, JobStatus.RUNNING):
         for job_id in await store.ids_in_status(status):
             if await store.r.exists(keys.heartbeat_key(job_id)):
@@ -57,6 +68,11 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
                         launcher.launch(job_id, adopt=True)
                         done[job_id] = "adopt"
                     continue
+            if await reconcile_from_run_dir(store, launcher, job):
+                done[job_id] = JobStatus.SUCCEEDED.value
+                continue
+            if just_restarted:
+                continue
             where = f"{job.runner_host}:{job.runner_pid}" if job.runner_pid else "unknown"
             reason = (
                 f"launcher lost: no heartbeat for {settings.heartbeat_ttl_s:g} s "
@@ -68,6 +84,38 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
                 log.warning("job %s marked %s: %s%s", job_id, new.value, reason, f"; {what}" if what else "")
                 done[job_id] = new.value
     return done
+
+
+async def reconcile_from_run_dir(store: JobStore, launcher: JobLauncher, job: JobRecord) -> bool:
+    """A local job whose trainer wrote ``results.json``: replay its events, record its
+    results and mark it succeeded. False when there is nothing to reconcile from."""
+    if job.launcher == "ray":
+        return False  # its run directory is on the cluster's head
+    run_dir = run_dir_for(launcher.settings, job.id)
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+    def replay() -> int:
+        c = sync_client(launcher.redis_url)
+        try:
+            return replay_events_file(c, job.id, run_dir / "events.jsonl")
+        finally:
+            c.close()
+
+    added = await asyncio.to_thread(replay)
+    await store.r.hset(keys.progress_key(job.id), mapping=progress_from_results(results))
+    try:
+        await store.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.STARTING, JobStatus.RUNNING})
+    except IllegalTransition:
+        return False
+    log.warning(
+        "job %s: launcher lost, but its trainer finished (results.json): succeeded, %d events replayed",
+        job.id,
+        added,
+    )
+    return True
 
 
 async def reaper_loop(store: JobStore, launcher: JobLauncher, interval_s: float) -> None:

@@ -8,7 +8,10 @@ launchers started before the restart reconnect to the same address.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +22,8 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
+log = logging.getLogger("rectrain.redis")
+
 _MAX_UNIX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 
 
@@ -26,8 +31,23 @@ def sync_client(url: str, **kw) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
 
 
-def async_client(url: str, **kw) -> aioredis.Redis:
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
+def async_client(
+    url: str, *, max_connections: int | None = None, pool_timeout_s: float = 5.0, **kw
+) -> aioredis.Redis:
+    """An asyncio client; with ``max_connections`` its pool is a blocking one: a caller
+    beyond the limit waits up to ``pool_timeout_s`` for a free connection instead of
+    failing at once (redis-py's plain pool raises "Too many connections")."""
+    if max_connections is None:
+        return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
+        decode_responses=True,
+        health_check_interval=30,
+        **kw,
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def _redis_server_binary() -> str:
@@ -127,3 +147,61 @@ class EmbeddedRedis:
             self.proc.kill()
             self.proc.wait(5)
         self.proc = None
+
+
+class RedisSupervisor:
+    """Keeps the embedded Redis up: pings it every ``interval_s`` and, when it does not
+    answer, restarts it from its append-only file (under a file lock, so API processes
+    sharing the data directory restart it once). :attr:`healthy` is False once it has
+    been down longer than ``down_grace_s`` (the API's liveness probe reports it)."""
+
+    def __init__(self, embedded: EmbeddedRedis, interval_s: float = 1.0, down_grace_s: float = 15.0) -> None:
+        self.embedded = embedded
+        self.interval_s = interval_s
+        self.down_grace_s = down_grace_s
+        self.down_since: float | None = None
+        self.restarts = 0
+        self.last_error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.down_since is None or time.monotonic() - self.down_since < self.down_grace_s
+
+    def describe(self) -> str:
+        down = 0.0 if self.down_since is None else time.monotonic() - self.down_since
+        return f"not answering for {down:.0f} s; last restart error: {self.last_error or 'none'}"
+
+    def restart(self) -> None:
+        """Start it again (its AOF is replayed) unless another process already did."""
+        lock_path = self.embedded.dir / "supervisor.lock"
+        self.embedded.dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.embedded._ping():
+                return
+            if self.embedded.proc is not None and self.embedded.proc.poll() is None:
+                self.embedded.proc.kill()  # alive but not answering
+                self.embedded.proc.wait(5)
+            self.embedded.proc = None
+            self.embedded.start()
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if await asyncio.to_thread(self.embedded._ping):
+                if self.down_since is not None:
+                    log.warning("embedded Redis is back")
+                self.down_since = None
+                continue
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+                log.warning("embedded Redis does not answer; restarting it from its append-only file")
+            try:
+                await asyncio.to_thread(self.restart)
+                self.restarts += 1
+                self.last_error = None
+                self.down_since = None
+                log.warning("embedded Redis restarted (%d restarts)", self.restarts)
+            except Exception as e:  # keep trying; liveness turns 503 after the grace
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.error("embedded Redis restart failed: %s", self.last_error)

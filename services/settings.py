@@ -28,6 +28,18 @@ Queue, capacity and limits (see README "Capacity, fairness and limits"):
     RECTRAIN_DISPATCH_INTERVAL_S    how often the dispatcher looks at the queue (default 1)
     RECTRAIN_TRAINER_NICE     CPU niceness of trainers and of the Ray head ``rectrain serve``
                               starts, so the API stays responsive (default 10; 0: off)
+Limits and safety (see README "Limits and safety"):
+    RECTRAIN_DATA_ROOTS       comma-separated prefixes a job's data.path must lie under
+                              (local dirs, file://, s3://bucket/prefix/, gs://...);
+                              default: RECTRAIN_DATA_DIR/datasets
+    RECTRAIN_MAX_WORKERS, RECTRAIN_MAX_CPUS_PER_WORKER, RECTRAIN_MAX_MEMORY_PER_WORKER_GB,
+    RECTRAIN_MAX_PASSES, RECTRAIN_MAX_WALL_SECONDS   what one job may ask for
+    RECTRAIN_SSE_MAX_STREAMS, RECTRAIN_SSE_MAX_STREAMS_PER_OWNER   concurrent SSE streams (429)
+    RECTRAIN_REDIS_MAX_CONNECTIONS, RECTRAIN_REDIS_POOL_TIMEOUT_S  the API's Redis pool
+    RECTRAIN_STREAM_TICKET_TTL_S   lifetime of an SSE stream ticket
+    RECTRAIN_METRICS_TOKEN    /metrics requires this bearer token when set
+    RECTRAIN_METRICS_PORT     serve /metrics on this port instead of the API port
+    RECTRAIN_METRICS_HOST     the address that port binds (default 127.0.0.1)
 Production refuses the dev token, placeholder or short tokens, and embedded Redis.
 """
 
@@ -160,6 +172,50 @@ class Settings(BaseSettings):
     trainer_nice: int = Field(
         10, ge=0, le=19, validation_alias=AliasChoices("RECTRAIN_TRAINER_NICE", "trainer_nice")
     )
+    # ---- limits and safety (README "Limits and safety")
+    data_roots: str | None = Field(None, validation_alias=AliasChoices("RECTRAIN_DATA_ROOTS", "data_roots"))
+    max_workers: int = Field(16, ge=1, validation_alias=AliasChoices("RECTRAIN_MAX_WORKERS", "max_workers"))
+    max_cpus_per_worker: float = Field(
+        32.0, gt=0, validation_alias=AliasChoices("RECTRAIN_MAX_CPUS_PER_WORKER", "max_cpus_per_worker")
+    )
+    max_memory_per_worker_gb: float = Field(
+        64.0,
+        gt=0,
+        validation_alias=AliasChoices("RECTRAIN_MAX_MEMORY_PER_WORKER_GB", "max_memory_per_worker_gb"),
+    )
+    max_passes: int = Field(100, ge=1, validation_alias=AliasChoices("RECTRAIN_MAX_PASSES", "max_passes"))
+    max_wall_seconds: int = Field(
+        3 * 86400, ge=1, validation_alias=AliasChoices("RECTRAIN_MAX_WALL_SECONDS", "max_wall_seconds")
+    )
+    sse_max_streams: int = Field(
+        256, ge=1, validation_alias=AliasChoices("RECTRAIN_SSE_MAX_STREAMS", "sse_max_streams")
+    )
+    sse_max_streams_per_owner: int = Field(
+        16,
+        ge=1,
+        validation_alias=AliasChoices("RECTRAIN_SSE_MAX_STREAMS_PER_OWNER", "sse_max_streams_per_owner"),
+    )
+    redis_max_connections: int = Field(
+        64, ge=4, validation_alias=AliasChoices("RECTRAIN_REDIS_MAX_CONNECTIONS", "redis_max_connections")
+    )
+    redis_pool_timeout_s: float = Field(
+        5.0, gt=0, validation_alias=AliasChoices("RECTRAIN_REDIS_POOL_TIMEOUT_S", "redis_pool_timeout_s")
+    )
+    stream_ticket_ttl_s: int = Field(
+        60,
+        ge=5,
+        le=3600,
+        validation_alias=AliasChoices("RECTRAIN_STREAM_TICKET_TTL_S", "stream_ticket_ttl_s"),
+    )
+    metrics_token: str | None = Field(
+        None, validation_alias=AliasChoices("RECTRAIN_METRICS_TOKEN", "metrics_token")
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, validation_alias=AliasChoices("RECTRAIN_METRICS_PORT", "metrics_port")
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", validation_alias=AliasChoices("RECTRAIN_METRICS_HOST", "metrics_host")
+    )
     # The interpreter that runs the trainer (local launcher) and the module it runs;
     # tests point trainer_module at a stand-in.
     trainer_python: str = Field(
@@ -176,6 +232,10 @@ class Settings(BaseSettings):
         tokens = parse_tokens(self.api_tokens or "")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ValueError("RECTRAIN_HEARTBEAT_TTL_S must exceed RECTRAIN_HEARTBEAT_INTERVAL_S")
+        try:
+            self.data_root_list  # noqa: B018 - validates RECTRAIN_DATA_ROOTS
+        except ValueError as e:
+            raise ValueError(f"RECTRAIN_DATA_ROOTS: {e}") from None
         if self.effective_launcher == "ray" and not self.ray_address:
             raise ValueError("RECTRAIN_LAUNCHER=ray needs RAY_ADDRESS (the Ray dashboard URL)")
         if self.env == "production":
@@ -193,6 +253,10 @@ class Settings(BaseSettings):
                         f"shorter than {MIN_PRODUCTION_TOKEN_CHARS} characters; generate one with "
                         "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
                     )
+            if self.metrics_token is not None and len(self.metrics_token) < MIN_PRODUCTION_TOKEN_CHARS:
+                raise ValueError(
+                    f"RECTRAIN_METRICS_TOKEN: shorter than {MIN_PRODUCTION_TOKEN_CHARS} characters"
+                )
             if not self.redis_url:
                 raise ValueError("REDIS_URL: required when RECTRAIN_ENV=production (no embedded Redis)")
         return self
@@ -204,6 +268,14 @@ class Settings(BaseSettings):
         if not tokens and self.env == "development":
             tokens = {DEV_TOKEN: DEV_OWNER}
         return tokens
+
+    @property
+    def data_root_list(self) -> list[str]:
+        """Allowed data roots, normalised (default: ``data_dir/datasets``)."""
+        from trainer.data_roots import parse_roots
+
+        raw = self.data_roots or str(Path(self.data_dir).resolve() / "datasets")
+        return parse_roots(raw)
 
     @property
     def effective_launcher(self) -> Literal["local", "ray"]:

@@ -14,6 +14,7 @@ from typing import Any
 from services.capacity import job_demand, never_fits
 from services.jobs import JobRecord, JobStore
 from services.launcher import JobLauncher
+from services.limits import check_job_limits
 from services.queue import notify_dispatchers
 from trainer.errors import CapacityError
 from trainer.spec import JobSpec
@@ -38,8 +39,11 @@ async def submit_job(
     the field and the numbers); :class:`services.jobs.QueueFull` when the owner has
     ``RECTRAIN_MAX_QUEUED_PER_OWNER`` jobs queued already. The cluster's totals come
     from the launcher's (cached) capacity reader; the dispatchers of this process are
-    woken so the job starts without waiting for their next tick.
+    woken so the job starts without waiting for their next tick. Raises
+    :class:`trainer.errors.SpecError` when it asks for more than the service allows or
+    reads data outside the data roots (:mod:`services.limits`).
     """
+    check_job_limits(spec, launcher.settings)
     spec.check_capacity()
     settings = launcher.settings
     demand = job_demand(spec, settings)

@@ -28,3 +28,7 @@ class DataError(RectrainError):
 
 class CapacityError(SpecError):
     """The model does not fit the workers' memory."""
+
+
+class DivergedError(RectrainError):
+    """Training diverged: a non-finite loss or NE (``training.on_divergence: fail``)."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import RectrainError
+from trainer.errors import CapacityError, RectrainError
 from trainer.report import summarize_passes  # noqa: F401  (results.json's summary; re-exported)
 from trainer.spec import JobSpec, spec_to_yaml
 
@@ -39,17 +40,52 @@ def _ensure_ray(spec: JobSpec, ray_address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return address.startswith(("127.", "localhost"))
-    need = spec.scaling.num_workers * spec.scaling.cpus_per_worker
+    # The local Ray gets this machine's CPUs, never more: a job that needs more is
+    # refused (check_local_fit) instead of being silently oversubscribed.
+    check_local_fit(spec)
     # Worker logs stay in Ray's log files; the driver prints rank 0's events instead.
     ray.init(
         address="local",
-        num_cpus=max(os.cpu_count() or 1, int(need + 0.999)),
+        num_cpus=local_cpus(),
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=True,
         logging_level="ERROR",
     )
     return True
+
+
+def local_cpus() -> int:
+    """CPUs of this machine (what a local Ray is started with)."""
+    return os.cpu_count() or 1
+
+
+def check_local_fit(spec: JobSpec) -> None:
+    """Refuse, with the numbers, a job whose workers need more CPUs (or GPUs) than this
+    machine has: the embedded local Ray is never inflated past the machine."""
+    sc = spec.scaling
+    need = sc.num_workers * sc.cpus_per_worker
+    have = local_cpus()
+    if need > have:
+        fit = max(int(have // sc.cpus_per_worker), 0)
+        raise CapacityError(
+            f"scaling.num_workers: {sc.num_workers} workers x {sc.cpus_per_worker:g} CPUs "
+            f"(scaling.cpus_per_worker) = {need:g} CPUs, but this machine has {have}; "
+            + (f"use at most {fit} workers" if fit else "lower scaling.cpus_per_worker")
+            + ", or run on a Ray cluster (RAY_ADDRESS)"
+        )
+    if sc.use_gpu:
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except Exception:  # torch without CUDA
+            gpus = 0
+        if sc.num_workers > gpus:
+            raise CapacityError(
+                f"scaling.num_workers: {sc.num_workers} GPU workers (scaling.use_gpu) but this "
+                f"machine has {gpus} GPUs; use at most {gpus} workers or scaling.use_gpu: false"
+            )
 
 
 class _EventFollower(threading.Thread):
@@ -105,6 +141,12 @@ def run_job(
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` to the end; return (and write to run_dir/results.json) the results."""
+    ray_mod = sys.modules.get("ray")
+    joining = (
+        ray_address or os.environ.get("RAY_ADDRESS") or (ray_mod is not None and ray_mod.is_initialized())
+    )
+    if not joining:
+        check_local_fit(spec)  # before importing Ray: a refusal costs nothing
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -173,4 +215,6 @@ def _root_cause(e: BaseException) -> str:
     seen = e
     while seen.__cause__ is not None:
         seen = seen.__cause__
+    if isinstance(seen, RectrainError):  # ours (e.g. "diverged at step N"): its message says it all
+        return str(getattr(seen, "message", seen))
     return f"{type(seen).__name__}: {seen}"

@@ -11,6 +11,7 @@ and every ``training.checkpoint_every_steps`` if set).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from trainer.checkpoint import load_rank_state, save_rank_state
 from trainer.collectives import Collectives
 from trainer.data.dataset import STRATA, RankData, prefetch
+from trainer.errors import DivergedError
 from trainer.metrics import ne
 from trainer.metrics.auc import ExactAUC
 from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
@@ -159,6 +161,8 @@ class Trainer:
         self.passes: list[dict[str, Any]] = []
         # oracle NE per split: it does not depend on the model, so it is computed once
         self._oracle: dict[str, float | None] = {}
+        self._bad_step: torch.Tensor | None = None  # first step with a non-finite loss
+        self._bad_loss: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -189,7 +193,46 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.dense_params, clip)
         self.dense_opt.step()
         self.regs.after_step(self.dmp)
+        self._nonfinite_loss(loss)
         return logits
+
+    # ---- divergence (training.on_divergence) -------------------------------------
+
+    def _nonfinite_loss(self, loss: torch.Tensor) -> None:
+        """Remember (without a device sync) the first step whose loss was not finite."""
+        loss = loss.detach()
+        if self._bad_step is None:
+            self._bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+            self._bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first = ~torch.isfinite(loss) & (self._bad_step == 0)
+        self._bad_step = torch.where(first, self.global_step + 1, self._bad_step)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
+
+    def check_divergence(self, p: int, ne_value: float | None = 0.0) -> None:
+        """At a report point (all ranks together): a non-finite loss on any rank since
+        the last check, or a non-finite NE (``None``), stops the run with
+        "diverged at step N (loss = nan)" unless ``training.on_divergence`` is continue."""
+        flag = torch.zeros(1, dtype=torch.float64)
+        local_bad = self._bad_step is not None and int(self._bad_step) > 0
+        if local_bad:
+            flag[0] = float(self._bad_step)
+        if dist.is_initialized() and self.session.world_size > 1:
+            flag = self.collectives.all_reduce(flag, op=dist.ReduceOp.MAX).cpu()
+        ne_bad = ne_value is None or not math.isfinite(ne_value)
+        if flag[0] == 0 and not ne_bad:
+            return
+        if flag[0] > 0:
+            loss = float(self._bad_loss) if local_bad else float("nan")
+            msg = f"diverged at step {int(flag[0])} (loss = {loss})"
+            if self._bad_step is not None:
+                self._bad_step.zero_()
+        else:
+            msg = f"diverged at step {self.global_step} (NE = nan)"
+        if self.spec.training.on_divergence == "continue":
+            self.emit(EventType.LIFECYCLE, p, phase="diverged", message=f"{msg}; continuing (on_divergence)")
+            return
+        self.emit(EventType.LIFECYCLE, p, phase=Phase.FAILED.value, message=msg)
+        raise DivergedError(f"{msg}; lower the learning rates or set training.on_divergence: continue")
 
     def checkpoint(self, pass_idx: int, step_in_pass: int, metrics: dict[str, Any]) -> None:
         progress = {
@@ -323,11 +366,14 @@ class Trainer:
                     steps_in_pass=step + 1,
                 )
                 t_window, ex_window = now, 0
+                self.check_divergence(p, s.get("window_ne", 0.0))
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
                 self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1})
         seconds = time.perf_counter() - t0
         done = (steps - start_step) * global_batch
-        return ne.summarize(metrics.compute()), seconds, done
+        summary = ne.summarize(metrics.compute())
+        self.check_divergence(p, summary.get("lifetime_ne", 0.0) if steps > start_step else 0.0)
+        return summary, seconds, done
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, Any]:

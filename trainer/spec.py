@@ -32,10 +32,21 @@ def gpu_reserve_bytes(total_bytes: int) -> int:
     return max(GPU_RESERVE_MIN_BYTES, int(total_bytes * GPU_RESERVE_FRACTION))
 
 
+# Hard bounds of the spec (the service may allow less: see services/limits.py).
+MAX_LAYER_WIDTH = 16384
+MAX_LAYERS = 16
+MAX_ID_UNIVERSE = 1_000_000_000  # num_users / num_ads / context_cardinality
+MAX_DAY = 100_000
+MAX_DAYS = 1000  # train_days / test_days entries
+MAX_SEED = 2**32 - 1
+MAX_WALL_SECONDS = 30 * 86400
+
+
 class _Strict(BaseModel):
     """Base for every spec section: unknown fields are errors, not ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: Infinity / NaN are refused in every float field of the spec
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- model
@@ -65,10 +76,12 @@ class ModelSpec(_Strict):
     embedding_dim: int = Field(16, ge=4, le=1024, multiple_of=4)
     hash_size: int = Field(100_000, ge=2, le=2**31 - 1)
     num_replicas: int = Field(1, ge=1, le=16)
-    dense_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
-        default_factory=lambda: [64, 16], min_length=1
+    dense_arch: list[Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]] = Field(
+        default_factory=lambda: [64, 16], min_length=1, max_length=MAX_LAYERS
     )
-    over_arch: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default_factory=lambda: [64, 32])
+    over_arch: list[Annotated[int, Field(ge=1, le=MAX_LAYER_WIDTH)]] = Field(
+        default_factory=lambda: [64, 32], max_length=MAX_LAYERS
+    )
     interaction: Interaction = Interaction.DOT
     batch_norm: bool = False
     xavier_init: bool = True
@@ -112,20 +125,20 @@ class SyntheticSpec(_Strict):
         seed (int): generator seed (same seed -> identical data).
     """
 
-    num_users: int = Field(20_000, ge=1)
-    num_ads: int = Field(5_000, ge=1)
+    num_users: int = Field(20_000, ge=1, le=MAX_ID_UNIVERSE)
+    num_ads: int = Field(5_000, ge=1, le=MAX_ID_UNIVERSE)
     examples_per_day: int = Field(100_000, ge=1, le=100_000_000)
     rank: int = Field(8, ge=1, le=256)
     user_zipf: float = Field(1.05, gt=0.0, le=4.0)
     ad_zipf: float = Field(1.1, gt=0.0, le=4.0)
     history_length: int = Field(5, ge=0, le=256)
     num_context_features: int = Field(3, ge=0, le=64)
-    context_cardinality: int = Field(50, ge=1)
+    context_cardinality: int = Field(50, ge=1, le=MAX_ID_UNIVERSE)
     num_dense_features: int = Field(4, ge=0, le=1024)
     base_ctr: float = Field(0.1, gt=0.0, lt=1.0)
-    signal_scale: float = Field(1.5, ge=0.0)
-    label_noise: float = Field(0.5, ge=0.0)
-    seed: int = 0
+    signal_scale: float = Field(1.5, ge=0.0, le=100.0)
+    label_noise: float = Field(0.5, ge=0.0, le=100.0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class SparseColumn(_Strict):
@@ -137,9 +150,9 @@ class SparseColumn(_Strict):
         separator (str): separator for multi-valued cells.
     """
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=256)
     multi_valued: bool = False
-    separator: str = Field("|", min_length=1)
+    separator: str = Field("|", min_length=1, max_length=16)
 
 
 class TableColumns(_Strict):
@@ -158,13 +171,15 @@ class TableColumns(_Strict):
         dense (list[str]): numeric columns (missing values become 0).
     """
 
-    label: str = Field(min_length=1)
-    label_threshold: float | None = None
-    day: str = Field(min_length=1)
-    day_seconds: int | None = Field(None, ge=1)
-    day_origin: int = 0
-    sparse: list[SparseColumn] = Field(min_length=1)
-    dense: list[str] = Field(default_factory=list)
+    label: str = Field(min_length=1, max_length=256)
+    label_threshold: float | None = Field(None, ge=-1e12, le=1e12)
+    day: str = Field(min_length=1, max_length=256)
+    day_seconds: int | None = Field(None, ge=1, le=10**9)
+    day_origin: int = Field(0, ge=-(10**12), le=10**12)
+    sparse: list[SparseColumn] = Field(min_length=1, max_length=1024)
+    dense: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=1024
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -216,19 +231,25 @@ class DataSpec(_Strict):
     """
 
     source: DataSource = DataSource.SYNTHETIC
-    path: str | None = None
+    path: str | None = Field(None, min_length=1, max_length=4096)
     columns: TableColumns | None = None
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
-    train_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    test_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [1])
-    validation_days: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    train_days: list[Annotated[int, Field(ge=0, le=MAX_DAY)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=MAX_DAYS
+    )
+    test_days: list[Annotated[int, Field(ge=0, le=MAX_DAY)]] = Field(
+        default_factory=lambda: [1], max_length=MAX_DAYS
+    )
+    validation_days: list[Annotated[int, Field(ge=0, le=MAX_DAY)]] = Field(
+        default_factory=list, max_length=MAX_DAYS
+    )
     validation_fraction: float | None = Field(None, gt=0.0, lt=1.0)
     shuffle: Shuffle = Shuffle.WITHIN_PARTITION
     batch_size: int = Field(1024, ge=1, le=1_048_576)
-    max_examples_per_day: int | None = Field(None, ge=1)
-    stratum_feature: str | None = None
-    frequent_min_count: int = Field(100, ge=2)
-    rare_max_count: int = Field(10, ge=0)
+    max_examples_per_day: int | None = Field(None, ge=1, le=100_000_000)
+    stratum_feature: str | None = Field(None, max_length=256)
+    frequent_min_count: int = Field(100, ge=2, le=10**12)
+    rare_max_count: int = Field(10, ge=0, le=10**12)
     prefetch_batches: int = Field(4, ge=0, le=256)
 
     @model_validator(mode="after")
@@ -321,7 +342,7 @@ class SparseOptimizerSpec(_Strict):
     lr: float = Field(0.04, gt=0.0, le=100.0)
     eps: float = Field(1e-8, gt=0.0, le=1.0)
     gradient_clipping: bool = False
-    max_gradient: float = Field(1.0, gt=0.0)
+    max_gradient: float = Field(1.0, gt=0.0, le=1e6)
 
 
 class DenseOptimizerType(str, Enum):
@@ -367,16 +388,24 @@ class TrainingSpec(_Strict):
             checkpoint is always written at the end of every pass).
         max_failures (int): worker-group restarts Ray Train may do (resuming from
             the last checkpoint) before the run fails.
+        max_wall_seconds (int | None): wall-clock limit of the job; past it the
+            service cancels the job with the reason (the service's
+            ``RECTRAIN_MAX_WALL_SECONDS`` bounds it and applies when unset).
+        on_divergence: ``fail`` (default): a non-finite training loss or NE stops
+            the job as failed ("diverged at step N (loss = nan)"); ``continue``
+            keeps training and only reports it.
     """
 
     num_passes: int = Field(1, ge=1, le=1000)
     sparse_optimizer: SparseOptimizerSpec = Field(default_factory=SparseOptimizerSpec)
     dense_optimizer: DenseOptimizerSpec = Field(default_factory=DenseOptimizerSpec)
     reset_lr_each_pass: bool = False
-    dense_grad_clip_norm: float | None = Field(None, gt=0.0)
-    seed: int = 0
-    checkpoint_every_steps: int | None = Field(None, ge=1)
+    dense_grad_clip_norm: float | None = Field(None, gt=0.0, le=1e6)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=10**9)
     max_failures: int = Field(0, ge=0, le=100)
+    max_wall_seconds: int | None = Field(None, ge=1, le=MAX_WALL_SECONDS)
+    on_divergence: Literal["fail", "continue"] = "fail"
 
 
 # --------------------------------------------------------------------------- regularizers
@@ -501,8 +530,8 @@ class Shrink(_Strict):
     type: Literal["shrink"]
     s: float = Field(gt=0.0, le=1.0, description="shrink factor: w <- (1 - s) * w")
     at_pass_end: bool = True
-    every_steps: int | None = Field(None, ge=1)
-    max_count: int | None = Field(None, ge=1, description="K: only rows read fewer than K times")
+    every_steps: int | None = Field(None, ge=1, le=10**9)
+    max_count: int | None = Field(None, ge=1, le=10**12, description="K: only rows read fewer than K times")
     reset_state: bool = False
 
 
@@ -616,8 +645,8 @@ class MetricsSpec(_Strict):
         report_every_steps (int): emit windowed train NE every N steps.
     """
 
-    window_size: int = Field(100_000, ge=1)
-    report_every_steps: int = Field(50, ge=1)
+    window_size: int = Field(100_000, ge=1, le=100_000_000)
+    report_every_steps: int = Field(50, ge=1, le=10**9)
 
 
 # --------------------------------------------------------------------------- the spec
@@ -761,9 +790,92 @@ class JobSpec(_Strict):
         tables_per_worker = math.ceil(self.num_tables() / self.scaling.num_workers)
         return tables_per_worker * self.table_bytes()
 
+    def dense_param_count(self) -> int:
+        """Parameters of the dense part: the dense arch MLP and the over arch (with its
+        1-unit logit layer), as :class:`trainer.model.dlrm.DLRM` builds them."""
+        m = self.model
+        num_dense = self.data.num_dense_features()
+        n_feat = len(self.data.sparse_feature_names())
+        count, fan_in = 0, num_dense
+        if num_dense > 0:
+            for w in m.dense_arch:
+                count += fan_in * w + w + (2 * w if m.batch_norm else 0)
+                fan_in = w
+        dense_out = m.dense_arch[-1] if num_dense > 0 else 0
+        n_vec = n_feat + (1 if dense_out else 0)
+        if m.interaction == Interaction.DOT:
+            fan_in = dense_out + n_vec * (n_vec - 1) // 2
+        else:
+            fan_in = dense_out + n_feat * m.embedding_dim
+        for w in [*m.over_arch, 1]:
+            count += fan_in * w + w + (2 * w if m.batch_norm else 0)
+            fan_in = w
+        return count
+
+    def _ids_per_example(self) -> int:
+        """Sparse ids one example carries (multi-hot history counted at its maximum)."""
+        if self.data.source == DataSource.SYNTHETIC:
+            syn = self.data.synthetic
+            return 2 + syn.history_length + syn.num_context_features
+        return len(self.data.sparse_feature_names())
+
+    def _batch_bytes(self) -> int:
+        """One host batch: labels, weights, strata, dense floats, and per replica
+        hashed ids (int64) with their lengths (int32)."""
+        ids = self._ids_per_example() * self.model.num_replicas
+        per_row = 3 * 8 + self.data.num_dense_features() * _BYTES_PER_FLOAT + ids * 8
+        per_row += len(self.data.sparse_feature_names()) * self.model.num_replicas * 4
+        return self.data.batch_size * per_row
+
+    def memory_estimate_per_worker(self) -> dict[str, int]:
+        """Bytes the busiest worker needs, by part (a lower bound, not an exact figure).
+
+        - ``embeddings``: its tables' fp32 rows plus the row-wise AdaGrad state;
+        - ``dense``: dense parameters, their gradients and the dense optimizer state
+          (Adam 2 slots, momentum/adagrad/rmsprop 1, sgd 0);
+        - ``activations``: the MLP activations of one batch, kept for backward
+          (doubled for their gradients);
+        - ``data``: this worker's slice of the train and test days held in memory
+          (synthetic: ``examples_per_day``; files: ``max_examples_per_day`` when set);
+        - ``generator``: the synthetic source's ground truth (user, ad and context
+          factors and frequency tables, float64);
+        - ``prefetch``: ``prefetch_batches`` batches prepared ahead.
+        """
+        m, d, t = self.model, self.data, self.training
+        dense = self.dense_param_count()
+        slots = {"sgd": 0, "momentum": 1, "adagrad": 1, "rmsprop": 1, "adam": 2}[t.dense_optimizer.type.value]
+        widths = [*m.dense_arch, *m.over_arch, 1]
+        n_vec = len(d.sparse_feature_names()) * (1 + m.num_replicas)
+        act_per_row = sum(widths) * (2 if m.batch_norm else 1) + n_vec * m.embedding_dim + n_vec * n_vec
+        activations = 2 * d.batch_size * act_per_row * _BYTES_PER_FLOAT
+        rows_per_day: int | None = None
+        generator = 0
+        if d.source == DataSource.SYNTHETIC:
+            syn = d.synthetic
+            rows_per_day = syn.examples_per_day
+            # users/ads factors (rank floats) + bias, cluster, order, probability
+            generator = 8 * (syn.num_users + syn.num_ads) * (syn.rank + 5)
+            generator += 8 * max(syn.num_context_features, 1) * syn.context_cardinality
+        if d.max_examples_per_day is not None:
+            rows_per_day = min(rows_per_day or d.max_examples_per_day, d.max_examples_per_day)
+        data = 0
+        if rows_per_day is not None:
+            days = len(d.train_days) + len(d.test_days) + len(d.validation_days)
+            row_bytes = self._batch_bytes() // d.batch_size
+            data = math.ceil(rows_per_day * days / self.scaling.num_workers) * row_bytes
+        return {
+            "embeddings": self.embedding_bytes_per_worker(),
+            "dense": dense * _BYTES_PER_FLOAT * (2 + slots),
+            "activations": activations,
+            "data": data,
+            "generator": generator,
+            "prefetch": self._batch_bytes() * (d.prefetch_batches + 1),
+        }
+
     def check_capacity(self) -> None:
-        """Refuse a model whose embeddings do not fit the workers' memory (and, with
-        ``use_gpu`` and ``gpu_memory_gb`` set, their GPUs': no UVM/host spill)."""
+        """Refuse a spec whose memory estimate does not fit the workers' memory (and, with
+        ``use_gpu`` and ``gpu_memory_gb`` set, whose tables do not fit their GPUs': no
+        UVM/host spill)."""
         need = self.embedding_bytes_per_worker()
         gpu = self.scaling.gpu_memory_gb
         if self.scaling.use_gpu and gpu is not None:
@@ -778,18 +890,47 @@ class JobSpec(_Strict):
                     "(the row-level regularizers need them on the device): lower model.hash_size "
                     "or model.embedding_dim, or raise scaling.num_workers"
                 )
+        parts = self.memory_estimate_per_worker()
         if self.scaling.use_gpu:
-            return  # tables live in GPU memory; unset gpu_memory_gb: checked on the worker's GPU
+            # tables, dense parameters and activations live in GPU memory (unset
+            # gpu_memory_gb: checked on the worker's GPU); the host holds the rest
+            for k in ("embeddings", "dense", "activations"):
+                parts.pop(k)
+        need = sum(parts.values())
         have = self.scaling.memory_per_worker_gb * _GIB
-        if need > have:
-            raise CapacityError(
-                f"model: embedding tables need about {need / _GIB:.2f} GiB per worker "
-                f"({self.num_tables()} tables x {self.model.hash_size} rows x "
-                f"{self.model.embedding_dim} dims over {self.scaling.num_workers} workers) "
-                f"but each worker has {self.scaling.memory_per_worker_gb:g} GiB "
-                "(scaling.memory_per_worker_gb); lower model.hash_size, "
-                "model.embedding_dim or model.num_replicas, or raise scaling.num_workers"
+        if need <= have:
+            return
+        top = max(parts, key=parts.get)
+        breakdown = ", ".join(f"{k} {v / _GIB:.2f}" for k, v in parts.items() if v >= 0.005 * _GIB)
+        advice = {
+            "embeddings": "lower model.hash_size, model.embedding_dim or model.num_replicas, "
+            "or raise scaling.num_workers",
+            "dense": "narrow model.dense_arch / model.over_arch",
+            "activations": "lower data.batch_size or narrow model.dense_arch / model.over_arch",
+            "data": "lower data.synthetic.examples_per_day / data.max_examples_per_day, use fewer "
+            "days, or raise scaling.num_workers",
+            "generator": "lower data.synthetic.num_users / num_ads / context_cardinality",
+            "prefetch": "lower data.prefetch_batches or data.batch_size",
+        }[top]
+        field = {
+            "embeddings": "model",
+            "dense": "model",
+            "activations": "data.batch_size",
+            "data": "data",
+            "generator": "data.synthetic",
+            "prefetch": "data.prefetch_batches",
+        }[top]
+        detail = ""
+        if top == "embeddings":
+            detail = (
+                f" ({self.num_tables()} tables x {self.model.hash_size} rows x "
+                f"{self.model.embedding_dim} dims over {self.scaling.num_workers} workers)"
             )
+        raise CapacityError(
+            f"{field}: the job needs about {need / _GIB:.2f} GiB per worker, most of it "
+            f"{top}{detail} (GiB by part: {breakdown}), but each worker has "
+            f"{self.scaling.memory_per_worker_gb:g} GiB (scaling.memory_per_worker_gb); {advice}"
+        )
 
 
 # --------------------------------------------------------------------------- loading

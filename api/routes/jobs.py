@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -13,13 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
-from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep
-from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage
+from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
+from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage, StreamTicket
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
-from services.metrics_bus import read_events, read_events_raw, wait_events
+from services.metrics_bus import read_events, read_events_raw
 from services.queue import queue_info
+from services.stream_hub import StreamLimit
 from services.submit import submit_job
-from trainer.errors import CapacityError
+from trainer.errors import CapacityError, SpecError
 
 log = logging.getLogger("rectrain.api")
 
@@ -89,6 +91,10 @@ async def create_job(
     except QueueFull as e:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, e.message, headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)}
+        ) from None
+    except SpecError as e:  # service limits and data roots: the message names the field
+        raise RequestValidationError(
+            [{"type": "limit", "loc": ("body", "spec"), "msg": e.message, "input": None}]
         ) from None
     return await _public(store, job)
 
@@ -181,6 +187,10 @@ async def read_job_metrics(
     return Response(f'{{"data":[{items}],"next":"{nxt}"}}', media_type="application/json")
 
 
+_PAGE = 500
+_TERMINAL = {s.value for s in JobStatus if s.is_terminal}
+
+
 def _sse(event_id: str | None, event: str, data: Any) -> str:
     head = f"id: {event_id}\n" if event_id else ""
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
@@ -200,7 +210,28 @@ _SSE_DOC = {
 }
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse, responses=_SSE_DOC)
+@router.post(
+    "/{job_id}/stream-ticket",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StreamTicket,
+    responses=_NOT_FOUND,
+)
+async def create_stream_ticket(
+    job_id: str, owner: CurrentOwner, store: StoreDep, settings: SettingsDep
+) -> StreamTicket:
+    """A short-lived ticket that opens this job's event stream (``GET .../events?ticket=``)
+    for clients that cannot send headers (browsers' EventSource): the API token itself
+    never goes into a URL. It stays valid for ``expires_in`` seconds, for this job only."""
+    await _job_or_404(store, job_id, owner)
+    ticket = await issue_stream_ticket(store, settings, owner, f"job:{job_id}")
+    return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={**_SSE_DOC, 429: {"model": Message, "description": "too many open event streams"}},
+)
 async def stream_job_events(
     job_id: str,
     request: Request,
@@ -214,38 +245,63 @@ async def stream_job_events(
         str | None, Query(pattern=_CURSOR, description="resume after this stream id (Last-Event-ID wins)")
     ] = None,
 ) -> StreamingResponse:
-    """Stream a job's events live (Server-Sent Events), from the start or resumed."""
-    await _job_or_404(store, job_id, owner)
-    keepalive_ms = int(settings.sse_keepalive_s * 1000)
+    """Stream a job's events live (Server-Sent Events), from the start or resumed.
 
-    stream_redis = request.app.state.stream_redis
+    Streams are capped per owner and in total (429). If the server cannot go on (Redis
+    unavailable), it sends a ``stream_error`` event (``data``: ``{"detail", "retry_ms"}``)
+    before closing: reconnect after ``retry_ms`` with ``Last-Event-ID``."""
+    await _job_or_404(store, job_id, owner)
+    hub = request.app.state.stream_hub
+    try:
+        slot = hub.acquire(owner)
+    except StreamLimit as e:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, e.message, headers={"Retry-After": "5"}
+        ) from None
+    keepalive_s = settings.sse_keepalive_s
 
     async def events():
         cursor = last_event_id or after or "0-0"
-        yield "retry: 3000\n\n"
         try:
+            yield "retry: 3000\n\n"
+            entries = await read_events(store.r, job_id, cursor, _PAGE)
             while True:
-                entries = await read_events(store.r, job_id, cursor, 500)
-                if not entries:
-                    job = await store.get(job_id)
-                    if job is None or job.status.is_terminal:
-                        yield _sse(None, "end", {"status": job.status.value if job else "deleted"})
-                        return
-                    entries = await wait_events(stream_redis, job_id, cursor, block_ms=keepalive_ms)
-                    if not entries:
-                        if await request.is_disconnected():
-                            return
-                        yield ": keepalive\n\n"
-                        continue
+                ended = False
                 for eid, ev in entries:
                     cursor = eid
+                    ended = ended or (ev.get("type") == "status" and ev.get("status") in _TERMINAL)
                     yield _sse(eid, str(ev.get("type", "message")), ev)
+                if len(entries) >= _PAGE:  # still catching up
+                    entries = await read_events(store.r, job_id, cursor, _PAGE)
+                    continue
+                if ended or not entries:
+                    # quiet (or a terminal status went by): has the job finished?
+                    job = await store.get(job_id)
+                    if job is None or job.status.is_terminal:
+                        entries = await read_events(store.r, job_id, cursor, _PAGE)
+                        if entries:
+                            continue  # send what is left first
+                        yield _sse(None, "end", {"status": job.status.value if job else "deleted"})
+                        return
+                await hub.wait(job_id, cursor, keepalive_s)
+                got = hub.since(job_id, cursor)
+                entries = got if got is not None else await read_events(store.r, job_id, cursor, _PAGE)
+                if not entries:
+                    if await request.is_disconnected():
+                        return
+                    yield ": keepalive\n\n"
         except RedisError as e:
-            # the client reconnects with Last-Event-ID and resumes where this stopped
+            # never end a live stream silently: say why; the client reconnects with
+            # Last-Event-ID after retry_ms and resumes where this stopped
             log.warning("SSE stream of job %s ended: Redis error %s", job_id, e)
+            yield _sse(None, "stream_error", {"detail": "Redis unavailable", "retry_ms": 3000})
+        finally:
+            slot.release()
 
+    gen = events()
+    weakref.finalize(gen, slot.release)  # a response never started still frees its slot
     return StreamingResponse(
-        events(),
+        gen,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

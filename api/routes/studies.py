@@ -14,8 +14,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep
-from api.models import Message
+from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
+from api.models import Message, StreamTicket
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_stats import to_csv
 from trainer.errors import CapacityError, SpecError
@@ -253,6 +253,22 @@ _SSE_DOC = {
     },
     **_NOT_FOUND,
 }
+
+
+@router.post(
+    "/{study_id}/stream-ticket",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StreamTicket,
+    responses=_NOT_FOUND,
+)
+async def create_study_stream_ticket(
+    study_id: str, request: Request, owner: CurrentOwner, store: StoreDep, settings: SettingsDep
+) -> StreamTicket:
+    """A short-lived ticket that opens this study's event stream (``GET .../events?ticket=``)
+    for EventSource clients: the API token itself never goes into a URL."""
+    await _study_or_404(get_studies(request), study_id, owner)
+    ticket = await issue_stream_ticket(store, settings, owner, f"study:{study_id}")
+    return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
 
 
 @router.get("/{study_id}/events", response_class=StreamingResponse, responses=_SSE_DOC)

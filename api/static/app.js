@@ -256,13 +256,33 @@
       return this.catching;
     }
 
-    connect() {
+    async connect() {
       if (this.stopped) return;
-      if (this.es) this.es.close();
-      const q = new URLSearchParams({ token: getToken() || "" });
+      if (this.es) { this.es.close(); this.es = null; }
+      // EventSource cannot send the Authorization header, and the API token must never go
+      // into a URL (access logs): ask for a short-lived ticket for this job's stream.
+      const gen = (this.connectGen = (this.connectGen || 0) + 1);
+      let ticket;
+      try {
+        ticket = (await api(`/v1/jobs/${enc(this.jobId)}/stream-ticket`, { method: "POST" })).ticket;
+      } catch (e) {
+        if (gen === this.connectGen && !this.stopped) { this.setState("reconnecting"); this.scheduleReconnect(); }
+        return;
+      }
+      if (gen !== this.connectGen || this.stopped) return;  // a newer connect() (or stop) won
+      const q = new URLSearchParams({ ticket });
       if (this.cursor != null) q.set("after", this.cursor);
       const es = new EventSource(`${ROOT}/v1/jobs/${enc(this.jobId)}/events?${q}`);
       this.es = es;
+      // The API says why before it ends a live stream (e.g. Redis unavailable): reconnect later.
+      es.addEventListener("stream_error", () => {
+        es.close();
+        if (this.es === es) this.es = null;
+        this.setState("reconnecting");
+        this.reconnects++;
+        this.scheduleReconnect();
+        this.h.onDrop();
+      });
       const onMessage = (e) => {
         let ev;
         try { ev = JSON.parse(e.data); } catch (ex) { return; }

@@ -301,9 +301,18 @@
 
     // live: the study's SSE stream re-renders the page on every change
     let es = null, backoff = 1000, stopped = false;
-    function connect() {
+    async function connect() {
       if (stopped) return;
-      const q = new URLSearchParams({ token: ui.getToken() || "" });
+      // a short-lived stream ticket: the API token never goes into a URL
+      let ticket;
+      try {
+        ticket = (await api(`/v1/studies/${enc(study.id)}/stream-ticket`, { method: "POST" })).ticket;
+      } catch (e) {
+        setTimeout(connect, backoff); backoff = Math.min(backoff * 2, 30000);
+        return;
+      }
+      if (stopped) return;
+      const q = new URLSearchParams({ ticket });
       es = new EventSource(`${ROOT}/v1/studies/${enc(study.id)}/events?${q}`);
       es.onopen = () => { backoff = 1000; conn.className = "conn live"; conn.textContent = "live"; };
       es.addEventListener("study", (e) => {

@@ -36,6 +36,8 @@ def test_openapi_lists_every_route_with_auth(server):
         "/v1/studies/{study_id}/export.csv": {"get"},
         "/v1/studies/{study_id}/export.json": {"get"},
         "/v1/studies/{study_id}/events": {"get"},
+        "/v1/studies/{study_id}/stream-ticket": {"post"},
+        "/v1/jobs/{job_id}/stream-ticket": {"post"},
     }
     for path, ops in spec["paths"].items():
         for op in ops.values():
@@ -50,7 +52,7 @@ def test_openapi_lists_every_route_with_auth(server):
     assert set(schemas["JobPublic"]["required"]) >= {"id", "status", "spec", "summary", "passes_done"}
     events = spec["paths"]["/v1/jobs/{job_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
-    assert {p["name"] for p in events["parameters"]} >= {"token", "Last-Event-ID", "after"}
+    assert {p["name"] for p in events["parameters"]} >= {"ticket", "Last-Event-ID", "after"}
     assert create_app  # importable without side effects
 
 
@@ -72,7 +74,7 @@ def test_auth_required_and_owners_isolated(server, alice, bob):
     assert r.headers["www-authenticate"] == "Bearer"
     assert client_for(server.url, "nope").get("/v1/jobs").json() == {"detail": "Invalid token"}
     assert anon.post("/v1/jobs", json={"spec": TINY}).status_code == 401
-    # ?token= is only for the SSE route
+    # tokens are never accepted in the query string
     assert anon.get("/v1/jobs", params={"token": ALICE}).status_code == 401
 
     job = alice.post("/v1/jobs", json={"spec": TINY, "name": "a", "labels": {"mode": "slow"}}).json()
@@ -88,7 +90,8 @@ def test_auth_required_and_owners_isolated(server, alice, bob):
         r = bob.request(method, path)
         assert r.status_code == 404 and r.json() == {"detail": "Job not found"}, (method, path)
     assert bob.get("/v1/jobs").json() == {"data": [], "count": 0}
-    assert anon.get(f"/v1/jobs/{jid}/events", params={"token": "tok-bob"}).status_code == 404
+    assert anon.get(f"/v1/jobs/{jid}/events", params={"token": "tok-bob"}).status_code == 401
+    assert bob.post(f"/v1/jobs/{jid}/stream-ticket").status_code == 404
     assert alice.get("/v1/jobs/not-a-job-id").status_code == 404
     assert alice.post(f"/v1/jobs/{jid}/cancel").status_code == 202
 

@@ -44,7 +44,7 @@ def test_submit_stream_and_succeed(alice):
     assert alice.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
 
 
-def test_sse_resumes_after_last_event_id_and_takes_query_token(server, alice):
+def test_sse_resumes_after_last_event_id_and_takes_stream_ticket(server, alice):
     job = alice.post("/v1/jobs", json={"spec": TINY}).json()
     wait_status(alice, job["id"], lambda s: s in TERMINAL)
     path = f"/v1/jobs/{job['id']}/events"
@@ -57,9 +57,11 @@ def test_sse_resumes_after_last_event_id_and_takes_query_token(server, alice):
     # ?after= does the same; Last-Event-ID wins over it
     again = [m for m in read_sse(alice, path, params={"after": cut}) if "id" in m]
     assert [m["id"] for m in again] == [m["id"] for m in full[len(full) // 2 + 1 :]]
-    # browsers' EventSource: token in the query string
+    # browsers' EventSource: a stream ticket in the query string (never the token)
     anon = client_for(server.url, None)
-    msgs = read_sse(anon, path, params={"token": ALICE})
+    assert anon.get(path, params={"token": ALICE}).status_code == 401
+    ticket = alice.post(f"/v1/jobs/{job['id']}/stream-ticket").json()["ticket"]
+    msgs = read_sse(anon, path, params={"ticket": ticket})
     assert [m["id"] for m in msgs if "id" in m] == [m["id"] for m in full]
     assert anon.get(path).status_code == 401
     assert alice.get(path, headers={"Last-Event-ID": "not-an-id"}).status_code == 422

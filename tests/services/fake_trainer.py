@@ -8,6 +8,8 @@ services.metrics_bus.RedisStreamSink, ``results.json`` in the run dir, exit 0 / 
     fail          print an error to stderr and exit 3
     stubborn      like slow but ignores SIGTERM (the launcher must kill it)
     quiet         like slow but emits nothing after ``started``
+The ``step_s`` label sets the pause between ``ok`` steps (default 0.05 s). Like the real
+trainer it also appends every event to ``events.jsonl`` in the run dir.
 """
 
 from __future__ import annotations
@@ -26,6 +28,23 @@ from services.metrics_bus import RedisStreamSink
 from trainer.report import summarize_passes
 
 
+class _Tee:
+    """The Redis sink plus the run dir's events.jsonl, as the real trainer writes both."""
+
+    def __init__(self, sink: RedisStreamSink, path: Path) -> None:
+        self.sink = sink
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(path, "a", buffering=1)
+
+    def emit(self, ev: dict) -> None:
+        self.f.write(json.dumps(ev) + "\n")
+        self.sink.emit(ev)
+
+    def close(self) -> None:
+        self.sink.close()
+        self.f.close()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("cmd")
@@ -39,7 +58,8 @@ def main() -> int:
     r = redis.Redis.from_url(a.redis_url, decode_responses=True)
     labels = json.loads(r.hget(keys.job_key(a.job_id), "labels") or "{}")
     mode = labels.get("mode", "ok")
-    sink = RedisStreamSink(a.redis_url, a.job_id)
+    sink = _Tee(RedisStreamSink(a.redis_url, a.job_id), Path(a.run_dir) / "events.jsonl")
+    step_s = float(labels.get("step_s", 0.05))
     stop = {"flag": False}
     if mode == "stubborn":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -101,7 +121,7 @@ def main() -> int:
                     "steps_in_pass": 3,
                 }
             )
-            time.sleep(0.05)
+            time.sleep(step_s)
         res = {
             "pass": pas,
             "train_ne": 0.9 - 0.05 * pas,
