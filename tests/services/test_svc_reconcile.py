@@ -81,6 +81,7 @@ def test_no_job_is_declared_lost_right_after_redis_restarted(settings, redis_cli
         async with open_store(settings.redis_url) as store:
             job = await store.create(owner="alice", spec={}, num_passes=1, labels={}, launcher="local")
             await store.transition(job.id, JobStatus.STARTING)
+            await store.transition(job.id, JobStatus.RUNNING)
             orig = store.r.info
 
             async def young(section=None, *a, **kw):
