@@ -55,7 +55,21 @@ def api(study_settings):
 
     s = ThreadServer(create_app(study_settings)).start()
     yield s
-    s.stop()
+    stop(s)
+
+
+def cl(srv, token: str = ALICE):
+    """A client of ``srv`` that is closed before the server stops (an open keep-alive
+    connection can hold up uvicorn's shutdown)."""
+    c = client_for(srv.url, token)
+    srv.__dict__.setdefault("clients", []).append(c)
+    return c
+
+
+def stop(srv) -> None:
+    for c in srv.__dict__.get("clients", []):
+        c.close()
+    srv.stop()
 
 
 def wait_study(c, sid, pred, timeout=60.0) -> dict:
@@ -70,7 +84,7 @@ def wait_study(c, sid, pred, timeout=60.0) -> dict:
 
 
 def test_plan_shows_size_and_cost_and_bad_specs_name_the_field(api):
-    c = client_for(api.url, ALICE)
+    c = cl(api, ALICE)
     plan = c.post("/v1/studies/plan", json={"spec": study()}).json()
     assert plan["runs"] == 4 * 3 and plan["arms"] == 4 and plan["seeds"] == [0, 1, 2] and plan["passes"] == 2
     assert [a["label"] for a in plan["arm_list"]] == [
@@ -101,7 +115,7 @@ def test_plan_shows_size_and_cost_and_bad_specs_name_the_field(api):
 
 
 def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
-    c = client_for(api.url, ALICE)
+    c = cl(api, ALICE)
     created = c.post("/v1/studies", json={"spec": study()})
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
@@ -152,7 +166,7 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
     j = c.get(f"/v1/studies/{sid}/export.json").json()
     assert j["results"]["per_pass"][1]["arms"][2]["delta_test_ne"]["mean"] == pytest.approx(l2["mean"])
     # owners see only their own studies
-    bob = client_for(api.url, BOB)
+    bob = cl(api, BOB)
     assert bob.get(f"/v1/studies/{sid}").status_code == 404 and bob.get("/v1/studies").json()["count"] == 0
     assert c.get("/v1/studies").json()["data"][0]["id"] == sid
     # delete removes the study and its jobs
@@ -161,7 +175,7 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
 
 
 def test_one_seed_gives_no_interval_and_says_so(api):
-    c = client_for(api.url, ALICE)
+    c = cl(api, ALICE)
     sid = c.post("/v1/studies", json={"spec": study(seeds=1, variants=study()["variants"][:1])}).json()["id"]
     s = wait_study(c, sid, lambda s: s["status"] == "succeeded")
     d = s["results"]["per_pass"][0]["arms"][1]["delta_test_ne"]
@@ -171,7 +185,7 @@ def test_one_seed_gives_no_interval_and_says_so(api):
 
 
 def test_cancel_a_running_study_cancels_its_jobs(api):
-    c = client_for(api.url, ALICE)
+    c = cl(api, ALICE)
     sid = c.post("/v1/studies", json={"spec": study(labels={"mode": "slow"}, seeds=2)}).json()["id"]
     wait_study(c, sid, lambda s: s["progress"]["running"] >= 1)
     r = c.delete(f"/v1/studies/{sid}")
@@ -192,7 +206,7 @@ def test_per_owner_limit_refuses_with_the_field(study_settings):
 
     srv = ThreadServer(create_app(study_settings.model_copy(update={"study_max_runs": 10}))).start()
     try:
-        c = client_for(srv.url, ALICE)
+        c = cl(srv, ALICE)
         r = c.post("/v1/studies", json={"spec": study()})  # 12 runs
         assert r.status_code == 422
         assert r.json()["detail"][0]["loc"] == ["body", "spec", "variants"]
@@ -204,7 +218,7 @@ def test_per_owner_limit_refuses_with_the_field(study_settings):
         c.post(f"/v1/studies/{ok.json()['id']}/cancel")
         wait_study(c, ok.json()["id"], lambda s: s["status"] == "cancelled")
     finally:
-        srv.stop()
+        stop(srv)
 
 
 def test_api_restart_mid_study_loses_nothing(study_settings, tmp_path):
@@ -212,14 +226,14 @@ def test_api_restart_mid_study_loses_nothing(study_settings, tmp_path):
     env["RECTRAIN_TRAINER_MODULE"] = "fake_study_trainer"
     env["RECTRAIN_STUDY_RECONCILE_INTERVAL_S"] = "0.3"
     api = ProcessServer(env).start(tmp_path / "api1.log")
-    c = client_for(api.url, ALICE)
+    c = cl(api, ALICE)
     try:
         sid = c.post("/v1/studies", json={"spec": study(seeds=2, labels={"pass_delay": "1.5"})}).json()["id"]
         wait_study(c, sid, lambda s: s["progress"]["running"] >= 1)
         api.stop("kill")
         c.close()
         api = ProcessServer(env, port=api.port).start(tmp_path / "api2.log")
-        c = client_for(api.url, ALICE)
+        c = cl(api, ALICE)
         assert c.get(f"/v1/studies/{sid}").json()["status"] in ("running", "succeeded")
         s = wait_study(c, sid, lambda s: s["status"] == "succeeded", timeout=90)
         assert s["progress"]["succeeded"] == 8 and len(s["runs"]) == 8
@@ -259,7 +273,7 @@ def test_runs_missing_after_a_crash_mid_submission_are_submitted(study_settings,
 
     srv = ThreadServer(create_app(study_settings)).start()
     try:
-        c = client_for(srv.url, ALICE)
+        c = cl(srv, ALICE)
         s = wait_study(c, sid, lambda s: s["status"] == "succeeded")
         assert [r["status"] for r in s["runs"]] == ["succeeded"] * 4
         assert c.get("/v1/jobs").json()["count"] == 4
@@ -269,7 +283,7 @@ def test_runs_missing_after_a_crash_mid_submission_are_submitted(study_settings,
             time.sleep(0.1)
         assert redis_client.hget(keys.study_key(sid), "final_status") == "succeeded"
     finally:
-        srv.stop()
+        stop(srv)
 
 
 def test_a_full_queue_pauses_submission_and_a_run_that_never_fits_is_refused(study_settings):
@@ -283,7 +297,7 @@ def test_a_full_queue_pauses_submission_and_a_run_that_never_fits_is_refused(stu
     s = study_settings.model_copy(update={"capacity_cpus": 1.0, "max_queued_per_owner": 2})
     srv = ThreadServer(create_app(s)).start()
     try:
-        c = client_for(srv.url, ALICE)
+        c = cl(srv, ALICE)
         spec = study(seeds=2, variants=study()["variants"][1:], labels={"pass_delay": "0.3"})  # 4 runs
         r = c.post("/v1/studies", json={"spec": spec})
         assert r.status_code == 201, r.text
@@ -298,4 +312,4 @@ def test_a_full_queue_pauses_submission_and_a_run_that_never_fits_is_refused(stu
         assert d["loc"] == ["body", "spec", "base", "scaling", "num_workers"] and "CPU" in d["msg"]
         assert c.get("/v1/studies").json()["count"] == 1  # the refused study left nothing behind
     finally:
-        srv.stop()
+        stop(srv)

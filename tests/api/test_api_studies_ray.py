@@ -48,7 +48,11 @@ def ray_api(settings, ray_address):
 
 
 def test_tiny_study_on_real_ray(ray_api):
-    c = client_for(ray_api.url, ALICE)
+    with client_for(ray_api.url, ALICE) as c:  # closed before the server stops
+        _tiny_study(c)
+
+
+def _tiny_study(c):
     r = c.post("/v1/studies", json={"spec": STUDY})
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
