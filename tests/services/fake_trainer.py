@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -73,8 +74,10 @@ def main() -> int:
     step = 0
     passes = []
     num_passes = spec.get("training", {}).get("num_passes", 1)
+    parent = os.getppid()
     if mode in ("slow", "stubborn", "quiet"):
-        while not stop["flag"]:
+        # a stand-in whose launcher died (a killed test run) must not loop forever
+        while not stop["flag"] and os.getppid() == parent:
             if mode == "quiet":
                 time.sleep(0.1)
                 continue

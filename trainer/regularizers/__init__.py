@@ -1,4 +1,4 @@
-"""Sparse and dense regularizers, applied where each belongs (see DESIGN.md).
+"""Sparse and dense regularizers, applied where each belongs (see docs/regularizers.md).
 
 :class:`RegularizerSet` is what the train loop talks to; it gathers every
 regularizer in the spec behind a few hooks:
