@@ -175,7 +175,7 @@ def _ray_totals(address: str) -> tuple[float, float, float, float, float]:
 def _machine_totals() -> tuple[float, float, float, float, float]:
     import psutil
 
-    cpus = float(os.cpu_count() or 1)
+    cpus = float(len(os.sched_getaffinity(0)) or os.cpu_count() or 1)  # the cores this process may use
     return cpus, 0.0, float(psutil.virtual_memory().total), cpus, 0.0
 
 

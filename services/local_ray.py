@@ -37,7 +37,7 @@ class LocalRayHead:
 
     def __init__(self, log_path: Path, *, num_cpus: int | None = None, nice: int = 10) -> None:
         self.log_path = Path(log_path)
-        self.num_cpus = num_cpus or os.cpu_count() or 1
+        self.num_cpus = num_cpus or len(os.sched_getaffinity(0)) or os.cpu_count() or 1
         self.nice = nice
         self.port = _free_port()
         self.dashboard_port = _free_port()
