@@ -296,7 +296,7 @@ def test_serve_owns_one_local_ray_and_runs_real_jobs_on_it(tmp_path):
         banner = (tmp_path / "serve.log").read_text()
         assert "local Ray head owned by this process" in banner, banner
         dash = re.search(r"Ray Jobs API at (http://\S+)\)", banner).group(1)
-        cpus = os.cpu_count()
+        cpus = len(os.sched_getaffinity(0))
         r = c.post("/v1/jobs", json={"spec": _workers(cpus + 1)})
         assert r.status_code == 422, r.text
         assert f"{cpus + 1} workers x 1 CPU > {cpus} CPUs in the cluster" in r.json()["detail"][0]["msg"]
