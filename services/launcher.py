@@ -528,6 +528,13 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
                     return 0
             job = await _retry(store.get, job_id)
             assert job is not None
+            if job.cancel_requested:  # cancelled between the dispatcher's claim and now
+                with contextlib.suppress(IllegalTransition):
+                    await _retry(
+                        store.transition, job_id, JobStatus.CANCELLED, error="cancelled before it started"
+                    )
+                _log(job_id, "cancelled before it started")
+                return 0
             try:
                 backend = make_backend(settings, job, trainer_redis_url)
                 info = await backend.start()

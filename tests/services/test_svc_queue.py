@@ -176,3 +176,25 @@ def test_capacity_comes_from_ray(settings, ray_address):
         assert cap is not None, reader.error
         assert cap.cpus == 3 and cap.node_cpus == 3 and cap.gpus == 0  # the session head: 4 CPUs
         assert cap.memory_bytes > GIB and cap.source == f"ray at {address}"
+
+
+def test_a_job_cancelled_between_claim_and_runner_never_starts(settings):
+    """A real runner for a dispatched job whose cancel came first: cancelled, no trainer."""
+
+    async def claim_and_cancel():
+        async with open_store(settings.redis_url) as store:
+            jid = (await store.create(owner="alice", spec=SPEC, num_passes=1)).id
+            assert await store.claim(jid, placeholder_ttl_s=30)
+            assert await store.request_cancel(jid) == JobStatus.STARTING  # flagged only
+            return jid
+
+    jid = run(claim_and_cancel())
+    assert JobLauncher(settings, settings.redis_url).launch(jid).wait(60) == 0
+
+    async def get():
+        async with open_store(settings.redis_url) as store:
+            return await store.get(jid)
+
+    job = run(get())
+    assert job.status == JobStatus.CANCELLED and job.error == "cancelled before it started"
+    assert job.trainer_pid is None and job.runner_pid
