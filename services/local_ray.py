@@ -58,8 +58,12 @@ class LocalRayHead:
         # the job drivers and Ray Train workers import this checkout's packages
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray's workers (the Ray Train workers that do the training) at a lower CPU
+        # priority; the head's own processes (GCS, raylet, dashboard and job agent) keep
+        # the normal one, or a busy box starves them and the Jobs API stops answering
+        if self.nice > 0:
+            env["RAY_worker_niceness"] = str(self.nice)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        nice = self.nice
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -72,6 +76,14 @@ class LocalRayHead:
                     "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={self.dashboard_port}",
+                    # free ports for the node's agents: Ray's fixed defaults (52365 for the
+                    # agent that runs Ray Jobs) collide with any other Ray on the machine,
+                    # and then the Jobs API never accepts a job
+                    f"--dashboard-agent-listen-port={_free_port()}",
+                    f"--dashboard-agent-grpc-port={_free_port()}",
+                    f"--runtime-env-agent-port={_free_port()}",
+                    f"--metrics-export-port={_free_port()}",
+                    f"--ray-client-server-port={_free_port()}",
                     "--disable-usage-stats",
                 ],
                 env=env,
@@ -79,7 +91,6 @@ class LocalRayHead:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=(lambda: os.nice(nice)) if nice > 0 else None,
             )
         deadline = time.monotonic() + timeout_s
         while not (_listening(self.port) and _listening(self.dashboard_port)):

@@ -68,6 +68,13 @@ def ray_address(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # free agent ports: Ray's fixed defaults collide with any other Ray on the box
+            # (then its Jobs API never accepts a job: 'No available agent to submit job')
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
             "--disable-usage-stats",
         ],
         env=env,
