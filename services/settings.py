@@ -26,8 +26,8 @@ Queue, capacity and limits (see README "Capacity, fairness and limits"):
     RECTRAIN_MAX_RUNNING_PER_OWNER  jobs one owner may have starting/running (0: no limit)
     RECTRAIN_MAX_QUEUED_PER_OWNER   jobs one owner may have queued; more get 429 (default 200)
     RECTRAIN_DISPATCH_INTERVAL_S    how often the dispatcher looks at the queue (default 1)
-    RECTRAIN_TRAINER_NICE     CPU niceness of trainers and of the Ray head ``rectrain serve``
-                              starts, so the API stays responsive (default 10; 0: off)
+    RECTRAIN_TRAINER_NICE     CPU niceness of local trainers and of the Ray workers of the head
+                              ``rectrain serve`` starts, so the API stays responsive (default 10)
 Limits and safety (see README "Limits and safety"):
     RECTRAIN_DATA_ROOTS       comma-separated prefixes a job's data.path must lie under
                               (local dirs, file://, s3://bucket/prefix/, gs://...);
