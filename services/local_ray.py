@@ -63,6 +63,12 @@ class LocalRayHead:
         # the normal one, or a busy box starves them and the Jobs API stops answering
         if self.nice > 0:
             env["RAY_worker_niceness"] = str(self.nice)
+        # Ray processes that look the cluster up by themselves (Ray Train's placement
+        # group cleaner asks the State API whether its controller is alive) must find this
+        # head, not whichever Ray started last on the machine (/tmp/ray/ray_current_cluster):
+        # else they see the controller "gone" and remove a running job's placement group
+        env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
+        env["RAY_ADDRESS"] = self.address
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(

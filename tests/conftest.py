@@ -54,7 +54,12 @@ def ray_address(tmp_path_factory):
     """
     port, dash = free_port(), free_port()
     env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    # Ray's own lookups from inside the cluster (Ray Train's placement group cleaner asks
+    # the State API whether its controller lives) must reach this head, not the Ray that
+    # started last on a shared machine (it would see the controller gone and remove the
+    # running job's placement group)
+    env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     temp_dir = tmp_path_factory.mktemp("ray")
     log = open(temp_dir / "ray-start.log", "w")
     proc = subprocess.Popen(
