@@ -11,10 +11,12 @@ Ray's resource accounting backs the queue. ``rectrain run`` alone is unchanged.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class LocalRayHead:
         self.port = _free_port()
         self.dashboard_port = _free_port()
         self.proc: subprocess.Popen | None = None
+        self.temp_dir: str | None = None
 
     @property
     def dashboard_url(self) -> str:
@@ -70,6 +73,10 @@ class LocalRayHead:
         env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
         env["RAY_ADDRESS"] = self.address
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A temp dir of its own: Ray's job supervisor gives each job's driver the address
+        # in <temp dir>/ray_current_cluster, which in the shared /tmp/ray names whichever
+        # Ray started last on the machine. Short, for Ray's socket paths.
+        self.temp_dir = tempfile.mkdtemp(prefix="rectrain-ray-", dir="/tmp")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -90,6 +97,7 @@ class LocalRayHead:
                     f"--runtime-env-agent-port={_free_port()}",
                     f"--metrics-export-port={_free_port()}",
                     f"--ray-client-server-port={_free_port()}",
+                    f"--temp-dir={self.temp_dir}",
                     "--disable-usage-stats",
                 ],
                 env=env,
@@ -148,3 +156,6 @@ class LocalRayHead:
             pass
         self.proc.wait(timeout_s)
         self.proc = None
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None

@@ -61,6 +61,7 @@ def ray_address(tmp_path_factory):
     env["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dash}"
     temp_dir = tmp_path_factory.mktemp("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="rt-ray-", dir="/tmp")  # short: Ray's socket paths
     log = open(temp_dir / "ray-start.log", "w")
     proc = subprocess.Popen(
         [
@@ -80,6 +81,9 @@ def ray_address(tmp_path_factory):
             f"--runtime-env-agent-port={free_port()}",
             f"--metrics-export-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
+            # a temp dir of its own: Ray Jobs give drivers the address in
+            # <temp dir>/ray_current_cluster, which in /tmp/ray names the last Ray started
+            f"--temp-dir={ray_tmp}",
             "--disable-usage-stats",
         ],
         env=env,
@@ -104,6 +108,7 @@ def ray_address(tmp_path_factory):
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue
         log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
