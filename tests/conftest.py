@@ -183,3 +183,23 @@ def redis_client(redis_url):
     r.flushall()
     yield r
     r.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto) on loopback for the session."""
+    from tests.s3 import start_s3_server
+
+    server = start_s3_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's process talks to the loopback S3 server through the standard AWS variables."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server

@@ -1,13 +1,14 @@
 """File sources: the Criteo TSV layout and declared Parquet/CSV tables.
 
-Both stream from disk in bounded chunks (pandas ``chunksize`` / Parquet row
-groups), hash ids as they go and never hold the raw text in memory.
+Both stream in bounded chunks (pandas ``chunksize`` / Parquet row groups), hash ids
+as they go and never hold the raw text in memory. ``data.path`` is a local path or a
+URI (``s3://bucket/logs/day={day}/*.parquet``), read through :mod:`trainer.storage`;
+``{day}`` is replaced by the day and wildcards may match several files per day.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from trainer.data.chunk import Chunk
 from trainer.data.hashing import MISSING, base_hash_column, base_hash_strings
 from trainer.errors import DataError
 from trainer.spec import CRITEO_NUM_DENSE, CRITEO_NUM_SPARSE, TableColumns
+from trainer.storage import StorageError, expand, open_input_file
 
 _CHUNK_ROWS = 1 << 17
 
@@ -24,11 +26,20 @@ CRITEO_SPARSE = [f"C{i + 1}" for i in range(CRITEO_NUM_SPARSE)]
 CRITEO_COLUMNS = ["label", *CRITEO_DENSE, *CRITEO_SPARSE]
 
 
-def day_path(pattern: str, day: int) -> Path:
-    p = Path(pattern.replace("{day}", str(day)))
-    if not p.exists():
-        raise DataError(f"data.path: no file for day {day}: {p} does not exist")
-    return p
+def data_files(pattern: str, day: int | None = None) -> list[str]:
+    """The files of ``data.path`` (for ``day`` when it holds ``{day}``): one path or URI,
+    or every match of its wildcards."""
+    loc = pattern.replace("{day}", str(day)) if day is not None else pattern
+    try:
+        return expand(loc, "data.path")
+    except StorageError as e:
+        what = f" (day {day})" if day is not None and "{day}" in pattern else ""
+        raise DataError(f"{e}{what}") from None
+
+
+def _suffix(location: str) -> str:
+    name = location.partition("?")[0].rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def _log_dense(values: np.ndarray) -> np.ndarray:
@@ -44,9 +55,18 @@ class CriteoTSV:
         self.pattern = pattern
 
     def read_day(self, day: int, max_rows: int | None = None) -> Iterator[Chunk]:
-        path = day_path(self.pattern, day)
+        seen = 0
+        for path in data_files(self.pattern, day):
+            for chunk in self._read_file(path, None if max_rows is None else max_rows - seen):
+                seen += len(chunk)
+                yield chunk
+            if max_rows is not None and seen >= max_rows:
+                return
+
+    def _read_file(self, path: str, max_rows: int | None) -> Iterator[Chunk]:
+        f = open_input_file(path)
         reader = pd.read_csv(
-            path,
+            f,
             sep="\t",
             header=None,
             names=CRITEO_COLUMNS,
@@ -63,9 +83,11 @@ class CriteoTSV:
                 yield self._chunk(df, path)
         except (ValueError, pd.errors.ParserError) as e:
             raise DataError(f"{path}: not in the Criteo TSV layout (label, I1-I13, C1-C26): {e}") from None
+        finally:
+            f.close()
 
     @staticmethod
-    def _chunk(df: pd.DataFrame, path: Path) -> Chunk:
+    def _chunk(df: pd.DataFrame, path: str) -> Chunk:
         n = len(df)
         label = pd.to_numeric(df["label"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isnan(label).any() or not np.isin(label, (0.0, 1.0)).all():
@@ -91,31 +113,28 @@ class Table:
         self.pattern = pattern
         self.columns = columns
 
-    def _path(self, day: int) -> Path:
-        if "{day}" in self.pattern:
-            return day_path(self.pattern, day)
-        p = Path(self.pattern)
-        if not p.exists():
-            raise DataError(f"data.path: {p} does not exist")
-        return p
+    def _paths(self, day: int) -> list[str]:
+        return data_files(self.pattern, day if "{day}" in self.pattern else None)
 
-    def _frames(self, path: Path) -> Iterator[pd.DataFrame]:
+    def _frames(self, path: str) -> Iterator[pd.DataFrame]:
         cols = self.columns
         wanted = [cols.label, cols.day, *[s.name for s in cols.sparse], *cols.dense]
-        suffix = path.suffix.lower()
+        suffix = _suffix(path)
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
-            f = pq.ParquetFile(path)
-            missing = [c for c in wanted if c not in f.schema_arrow.names]
-            if missing:
-                raise DataError(f"{path}: columns {missing} declared in data.columns are not in the file")
-            for batch in f.iter_batches(batch_size=_CHUNK_ROWS, columns=wanted):
-                yield batch.to_pandas()
+            with open_input_file(path) as raw:
+                f = pq.ParquetFile(raw)
+                missing = [c for c in wanted if c not in f.schema_arrow.names]
+                if missing:
+                    raise DataError(f"{path}: columns {missing} declared in data.columns are not in the file")
+                for batch in f.iter_batches(batch_size=_CHUNK_ROWS, columns=wanted):
+                    yield batch.to_pandas()
         elif suffix in (".csv", ".tsv", ".txt", ".data", ".inter"):
             sep = "\t" if suffix in (".tsv", ".inter", ".data") else ","
             try:
-                head = pd.read_csv(path, sep=sep, nrows=0)
+                with open_input_file(path) as f:
+                    head = pd.read_csv(f, sep=sep, nrows=0)
             except pd.errors.EmptyDataError:
                 raise DataError(f"{path}: the file is empty") from None
             # tolerate RecBole-style "name:type" headers
@@ -123,14 +142,23 @@ class Table:
             missing = [c for c in wanted if c not in rename.values()]
             if missing:
                 raise DataError(f"{path}: columns {missing} declared in data.columns are not in the file")
-            for df in pd.read_csv(path, sep=sep, chunksize=_CHUNK_ROWS, dtype=str, keep_default_na=True):
-                yield df.rename(columns=rename)
+            with open_input_file(path) as f:
+                for df in pd.read_csv(f, sep=sep, chunksize=_CHUNK_ROWS, dtype=str, keep_default_na=True):
+                    yield df.rename(columns=rename)
         else:
             raise DataError(f"data.path: {path} must end in .parquet, .csv or .tsv")
 
     def read_day(self, day: int, max_rows: int | None = None) -> Iterator[Chunk]:
+        for path in self._paths(day):
+            for chunk in self._read_file(path, day, max_rows):
+                if max_rows is not None:
+                    max_rows -= len(chunk)
+                yield chunk
+            if max_rows is not None and max_rows <= 0:
+                return
+
+    def _read_file(self, path: str, day: int, max_rows: int | None) -> Iterator[Chunk]:
         cols = self.columns
-        path = self._path(day)
         seen = 0
         for df in self._frames(path):
             days = pd.to_numeric(df[cols.day], errors="coerce")
@@ -146,7 +174,7 @@ class Table:
             if max_rows is not None and seen >= max_rows:
                 return
 
-    def _chunk(self, df: pd.DataFrame, path: Path) -> Chunk:
+    def _chunk(self, df: pd.DataFrame, path: str) -> Chunk:
         cols = self.columns
         n = len(df)
         raw = pd.to_numeric(df[cols.label], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
