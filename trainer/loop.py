@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer.checkpoint import load_rank_state, save_rank_state
+from trainer.checkpoint import load_checkpoint, reseed, rng_state, save_checkpoint, set_rng_state
 from trainer.collectives import Collectives
 from trainer.data.dataset import STRATA, RankData, prefetch
 from trainer.errors import DivergedError
@@ -163,6 +163,7 @@ class Trainer:
         self._oracle: dict[str, float | None] = {}
         self._bad_step: torch.Tensor | None = None  # first step with a non-finite loss
         self._bad_loss: torch.Tensor | None = None
+        self._resumed_metrics: dict[str, Any] | None = None  # train-metric states of a pass resumed mid-way
 
     # ------------------------------------------------------------------ helpers
 
@@ -234,15 +235,30 @@ class Trainer:
         self.emit(EventType.LIFECYCLE, p, phase=Phase.FAILED.value, message=msg)
         raise DivergedError(f"{msg}; lower the learning rates or set training.on_divergence: continue")
 
-    def checkpoint(self, pass_idx: int, step_in_pass: int, metrics: dict[str, Any]) -> None:
-        progress = {
-            "pass": pass_idx,
-            "step_in_pass": step_in_pass,
-            "global_step": self.global_step,
-            "passes": self.passes,
+    def checkpoint(
+        self, pass_idx: int, step_in_pass: int, metrics: dict[str, Any], train_metrics=None
+    ) -> None:
+        """Collective: a DCP checkpoint of everything a resume needs to continue exactly
+        (mid-pass: with the pass's train-metric states), handed to the session."""
+        rank_state = {
+            "progress": {
+                "pass": pass_idx,
+                "step_in_pass": step_in_pass,
+                "global_step": self.global_step,
+                "passes": self.passes,
+            },
+            "rng": rng_state(self.device),
+            "train_metrics": ne.get_state(train_metrics) if train_metrics is not None else None,
         }
         with tempfile.TemporaryDirectory(prefix="rectrain-ckpt-") as d:
-            save_rank_state(d, self.session.rank, self.dmp, self.dense_opt, progress)
+            save_checkpoint(
+                d,
+                rank=self.session.rank,
+                world_size=self.session.world_size,
+                dmp=self.dmp,
+                dense_opt=self.dense_opt,
+                rank_state=rank_state,
+            )
             self.session.report({**metrics, "global_step": self.global_step, "passes": self.passes}, d)
 
     def _plan(self) -> dict[str, int]:
@@ -265,9 +281,21 @@ class Trainer:
                 **self._plan(),
             )
             return 0, 0
-        prog = load_rank_state(ckpt, self.session.rank, self.dmp, self.dense_opt)
+        st, own = load_checkpoint(
+            ckpt,
+            rank=self.session.rank,
+            world_size=self.session.world_size,
+            dmp=self.dmp,
+            dense_opt=self.dense_opt,
+        )
+        prog = st["progress"]
         self.global_step = prog["global_step"]
         self.passes = list(prog["passes"])
+        if own:  # same world size: continue this rank's random stream and train metrics exactly
+            set_rng_state(st["rng"], self.device)
+            self._resumed_metrics = st.get("train_metrics")
+        else:
+            reseed(self.spec.training.seed, self.global_step, self.session.rank, self.device)
         self.emit(
             EventType.LIFECYCLE,
             prog["pass"],
@@ -296,6 +324,7 @@ class Trainer:
                 phase=Phase.PASS_STARTED.value,
                 message=f"pass {p + 1}/{spec.training.num_passes}",
             )
+            resumed_at = start_step
             train_summary, seconds, examples = self._train_pass(p, start_step)
             start_step = 0
             val = self.evaluate("validation")
@@ -318,7 +347,10 @@ class Trainer:
                 "oracle_test_ne": test.get("oracle_ne"),
                 "train_examples": examples,
                 "train_seconds": seconds,
-                "examples_per_s": examples / seconds if seconds > 0 else None,
+                # throughput over the steps this process ran (a resumed pass ran fewer)
+                "examples_per_s": examples * (1 - resumed_at / self.data.steps_per_pass) / seconds
+                if seconds > 0
+                else None,
                 "global_step": self.global_step,
             }
             self.passes.append(result)
@@ -336,6 +368,9 @@ class Trainer:
     def _train_pass(self, p: int, start_step: int) -> tuple[dict[str, Any], float, int]:
         spec = self.spec
         metrics = self._train_metric_module()
+        if start_step > 0 and self._resumed_metrics is not None:
+            ne.set_state(metrics, self._resumed_metrics)
+        self._resumed_metrics = None
         steps = self.data.steps_per_pass
         global_batch = spec.data.batch_size * self.session.world_size
         self.regs.train_mode(p, self.dmp)
@@ -368,9 +403,9 @@ class Trainer:
                 t_window, ex_window = now, 0
                 self.check_divergence(p, s.get("window_ne", 0.0))
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
-                self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1})
+                self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1}, train_metrics=metrics)
         seconds = time.perf_counter() - t0
-        done = (steps - start_step) * global_batch
+        done = steps * global_batch  # the whole pass, also when it was resumed mid-way
         summary = ne.summarize(metrics.compute())
         self.check_divergence(p, summary.get("lifetime_ne", 0.0) if steps > start_step else 0.0)
         return summary, seconds, done

@@ -1,8 +1,12 @@
 """Checkpoints restore the sharded embeddings, the fused AdaGrad state and the dense optimizer exactly."""
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from tests.trainer.specs import tiny_spec_dict
+from trainer.errors import RectrainError
 from trainer.loop import LocalSession, Trainer
 from trainer.spec import parse_spec
 
@@ -53,3 +57,85 @@ def test_save_then_load_restores_everything(tmp_path):
     st2 = t2.dense_opt.state_dict()["state"]
     st1 = t.dense_opt.state_dict()["state"]
     assert st2 and st2.keys() == st1.keys()
+
+
+# ---------------------------------------------------------------- resharding (DCP)
+
+
+def _spawn_world(world: int, spec_dict: dict, train_steps: int, resume_from, save_to, dump_dir) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    from tests.conftest import free_port
+    from tests.trainer.reshard_worker import run_rank
+
+    Path(dump_dir).mkdir(parents=True, exist_ok=True)
+    mp.start_processes(
+        run_rank,
+        args=(world, free_port(), spec_dict, train_steps, resume_from, save_to, str(dump_dir)),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
+    return [torch.load(Path(dump_dir) / f"rank_{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _assert_same(got, want):
+    gt, gd = got
+    wt, wd = want
+    assert gt.keys() == wt.keys() and any("momentum" in k for k in gt)
+    for k in wt:
+        assert not torch.isnan(wt[k]).any(), k
+        assert torch.equal(gt[k], wt[k]), k
+    assert gd.keys() == wd.keys()
+    for k in wd:
+        assert torch.equal(gd[k], wd[k]), k
+
+
+def test_checkpoints_reshard_between_two_workers_and_one(tmp_path):
+    """Saved at 2 workers (each table on one of them), resumed at 1: the same weights and
+    row-wise AdaGrad state; trained on at 1, resumed at 2: the same again."""
+    from tests.trainer.reshard_worker import DirSession, assemble, shards
+
+    d = tiny_spec_dict(model={"num_replicas": 2}, scaling={"num_workers": 2})
+    spec = parse_spec(d)
+    ckpt2 = tmp_path / "at2"
+    dumps2 = _spawn_world(2, d, 3, None, str(ckpt2), tmp_path / "dump2")
+    assert {len(x["sharded"]) for x in dumps2} != {0}  # both ranks own tables
+    assert all(x["sharded"] for x in dumps2), "each rank should hold some table"
+    saved = assemble(dumps2)
+
+    # 2 -> 1
+    ckpt1 = tmp_path / "at1"
+    t = Trainer(spec, DirSession(0, 1, str(ckpt2), str(ckpt1)), tmp_path)
+    assert t._resume() == (0, 3) and t.global_step == 3
+    _assert_same(assemble([shards(t)]), saved)
+
+    # train on at 1 worker, save, then 1 -> 2
+    for b in list(t.data.train_batches(0))[3:5]:
+        t.train_step(b)
+        t.global_step += 1
+    t.checkpoint(0, 5, {})
+    at1 = assemble([shards(t)])
+    assert not torch.equal(at1[0][next(iter(at1[0]))], saved[0][next(iter(saved[0]))])
+    dumps = _spawn_world(2, d, 0, str(ckpt1), str(tmp_path / "unused"), tmp_path / "dump3")
+    assert [x["start"] for x in dumps] == [(0, 5), (0, 5)]
+    _assert_same(assemble(dumps), at1)
+
+
+def test_column_wise_plans_refuse_to_reshard(tmp_path):
+    import json
+
+    from trainer.checkpoint import META_FILE, load_checkpoint
+
+    spec = parse_spec(tiny_spec_dict())
+    t = Trainer(spec, LocalSession(tmp_path), tmp_path)
+    t.checkpoint(0, 0, {})
+    latest = tmp_path / "checkpoints" / "latest"
+    meta = json.loads((latest / META_FILE).read_text())
+    table = next(iter(meta["sharding"]))
+    meta.update(world_size=2, sharding={**meta["sharding"], table: "column_wise"})
+    (latest / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(
+        RectrainError, match=rf"column-wise sharded table\(s\) {table}.*scaling.num_workers: 2"
+    ):
+        load_checkpoint(latest, rank=0, world_size=1, dmp=t.dmp, dense_opt=t.dense_opt)

@@ -100,3 +100,61 @@ def summarize(computed: dict[str, Any]) -> dict[str, Any]:
     if by_stratum:
         out["ne_by_stratum"] = by_stratum
     return out
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone().cpu()
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def get_state(module: RecMetricModule) -> dict[str, Any]:
+    """Every state of every metric computation on this rank: the lifetime states (what
+    ``state_dict`` holds), the window states and torchrec's window buffers (which
+    ``state_dict`` leaves out), so a resumed pass reports the same train NE."""
+    from torchrec.metrics.rec_metric import RecMetric, RecMetricComputation
+
+    out: dict[str, Any] = {}
+    for m in module.modules():
+        if isinstance(m, RecMetric):
+            m._check_fused_update(force=True)
+    for name, comp in module.named_modules():
+        if not isinstance(comp, RecMetricComputation):
+            continue
+        windows = {
+            k: ([_copy(t) for t in b._buffers], list(b._used_sizes), b._window_used_size)
+            for k, b in (comp._batch_window_buffers or {}).items()
+        }
+        out[name] = {
+            "states": {k: _copy(getattr(comp, k)) for k in comp._defaults},
+            "windows": windows,
+            "update_count": comp._update_count,
+        }
+    return out
+
+
+def set_state(module: RecMetricModule, state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_state` on a module built with the same configuration."""
+    from torchrec.metrics.rec_metric import RecMetricComputation
+
+    comps = {n: c for n, c in module.named_modules() if isinstance(c, RecMetricComputation)}
+    if comps.keys() != state.keys():
+        raise ValueError(f"metric state for {sorted(state)} does not fit a module with {sorted(comps)}")
+    for name, comp in comps.items():
+        st = state[name]
+        for k, v in st["states"].items():
+            cur = getattr(comp, k)
+            if isinstance(cur, torch.Tensor):
+                cur.copy_(v.to(cur.device))
+            else:
+                setattr(comp, k, [t.to(comp.device) if isinstance(t, torch.Tensor) else t for t in v])
+        for k, (bufs, sizes, used) in st["windows"].items():
+            b = comp._batch_window_buffers[k]
+            b._buffers.clear()
+            b._buffers.extend(t.to(comp.device) for t in bufs)
+            b._used_sizes.clear()
+            b._used_sizes.extend(sizes)
+            b._window_used_size = used
+        comp._update_count = st["update_count"]
