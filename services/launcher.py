@@ -61,6 +61,7 @@ _SETTINGS_ENV = {
     "trainer_redis_url": "RECTRAIN_TRAINER_REDIS_URL",
     "api_tokens": "RECTRAIN_API_TOKENS",
     "data_dir": "RECTRAIN_DATA_DIR",
+    "storage_uri": "RECTRAIN_STORAGE_URI",
     "ray_address": "RAY_ADDRESS",
     "launcher": "RECTRAIN_LAUNCHER",
     "heartbeat_interval_s": "RECTRAIN_HEARTBEAT_INTERVAL_S",
@@ -319,6 +320,24 @@ class RayJobsBackend:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _stored_results(self) -> dict[str, Any] | None:
+        """results.json from the job's storage (only shared storage outlives the driver's temp dir)."""
+        if not self.settings.storage_uri:
+            return None
+        from trainer import storage
+
+        try:
+            loc = storage.join(storage.job_location(self.settings.storage_uri, self.job.id), "results.json")
+            return json.loads(storage.read_text(loc))
+        except (storage.StorageError, ValueError):
+            return None
+
+    def _env_vars(self, spec_b64: str) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}
+        if self.settings.storage_uri:  # checkpoints and results on storage every node shares
+            env["RECTRAIN_STORAGE_URI"] = self.settings.storage_uri
+        return env
+
     async def start(self) -> dict[str, Any]:
         # The spec travels in the job's env (not a working_dir package: Ray Train workers
         # then need that package too); the driver writes it to a temp dir on the head.
@@ -335,7 +354,7 @@ class RayJobsBackend:
             "submit_job",
             entrypoint=entrypoint,
             submission_id=self.submission_id,
-            runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}},
+            runtime_env={"env_vars": self._env_vars(spec_b64)},
             metadata={"rectrain_job_id": self.job.id, "owner": self.job.owner},
         )
         return {"ray_submission_id": self.submission_id}
@@ -350,7 +369,7 @@ class RayJobsBackend:
         if info.status in (RayStatus.PENDING, RayStatus.RUNNING):
             return None
         if info.status == RayStatus.SUCCEEDED:
-            return Outcome(ok=True)
+            return Outcome(ok=True, results=await asyncio.to_thread(self._stored_results))
         reason = f"Ray job {self.submission_id} {info.status.value.lower()}"
         if info.message:
             reason += f": {info.message.strip()}"

@@ -7,6 +7,11 @@ Environment variables:
     RECTRAIN_API_TOKENS       ``token:owner,token:owner``; unset in development: the dev
                               token :data:`DEV_TOKEN` for owner ``dev``
     RECTRAIN_DATA_DIR         run directories, launcher logs, embedded Redis (``.rectrain/``)
+    RECTRAIN_STORAGE_URI      where jobs keep checkpoints, spec and results, shared by the
+                              Ray nodes: a path mounted on every node (RWX volume) or
+                              ``s3://bucket/prefix``; unset: each job's run directory in
+                              RECTRAIN_DATA_DIR (one machine only). Credentials: the standard
+                              AWS variables, never the URI
     RAY_ADDRESS               a Ray cluster: jobs go through the Ray Jobs API (its dashboard
                               address, ``http://head:8265``); unset: a local subprocess
     RECTRAIN_LAUNCHER         auto (default: ``ray`` when RAY_ADDRESS is set) | local | ray
@@ -97,6 +102,9 @@ class Settings(BaseSettings):
     )
     api_tokens: str | None = Field(None, validation_alias=AliasChoices("RECTRAIN_API_TOKENS", "api_tokens"))
     data_dir: Path = Field(Path(".rectrain"), validation_alias=AliasChoices("RECTRAIN_DATA_DIR", "data_dir"))
+    storage_uri: str | None = Field(
+        None, validation_alias=AliasChoices("RECTRAIN_STORAGE_URI", "storage_uri")
+    )
     ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"))
     launcher: Literal["auto", "local", "ray"] = Field(
         "auto", validation_alias=AliasChoices("RECTRAIN_LAUNCHER", "launcher")
@@ -230,6 +238,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         tokens = parse_tokens(self.api_tokens or "")
+        if self.storage_uri:
+            from trainer.storage import check_uri
+
+            check_uri(self.storage_uri, "RECTRAIN_STORAGE_URI")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ValueError("RECTRAIN_HEARTBEAT_TTL_S must exceed RECTRAIN_HEARTBEAT_INTERVAL_S")
         try:
@@ -282,6 +294,11 @@ class Settings(BaseSettings):
         if self.launcher == "auto":
             return "ray" if self.ray_address else "local"
         return self.launcher
+
+    @property
+    def effective_storage_uri(self) -> str:
+        """Where job storage lives: RECTRAIN_STORAGE_URI, else the data directory."""
+        return self.storage_uri or str(Path(self.data_dir).resolve())
 
     @property
     def uses_dev_token(self) -> bool:

@@ -5,6 +5,13 @@ set (the embedded default), else joins that cluster; then a ``TorchTrainer`` run
 :func:`trainer.loop.train_worker` on ``scaling.num_workers`` workers with gloo on
 CPU or NCCL on GPU, restarting from the last checkpoint up to
 ``training.max_failures`` times.
+
+Storage (:mod:`trainer.storage`): with ``RECTRAIN_STORAGE_URI`` set, the job's
+checkpoints (Ray Train's ``storage_path``/``storage_filesystem``), ``spec.yaml`` and
+``results.json`` go to ``<uri>/runs/<job id or run name>``; unset, to the local run
+directory, which is refused when Ray workers run on other nodes. Running a job again
+with the same run directory (or job id and storage) resumes it from its latest
+checkpoint, also with another ``scaling.num_workers``.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trainer import storage
 from trainer.errors import CapacityError, RectrainError
 from trainer.report import summarize_passes  # noqa: F401  (results.json's summary; re-exported)
 from trainer.spec import JobSpec, spec_to_yaml
@@ -139,8 +147,10 @@ def run_job(
     redis_url: str | None = None,
     progress: bool = True,
     ray_address: str | None = None,
+    storage_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``spec`` to the end; return (and write to run_dir/results.json) the results."""
+    """Train ``spec`` to the end; return (and write to run_dir/results.json, and to the
+    job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``."""
     ray_mod = sys.modules.get("ray")
     joining = (
         ray_address or os.environ.get("RAY_ADDRESS") or (ray_mod is not None and ray_mod.is_initialized())
@@ -155,12 +165,18 @@ def run_job(
     spec.check_capacity()
     run_dir = Path(run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()
+    job_store = storage.job_location(root, job_id or run_dir.name) if root else str(run_dir)
     (run_dir / "spec.yaml").write_text(spec_to_yaml(spec))
     # ray.init installs its own SIGTERM handler; keep ours (a cancel aborts the run cleanly)
     prev_sigterm = signal.getsignal(signal.SIGTERM)
     local = _ensure_ray(spec, ray_address)
     if threading.current_thread() is threading.main_thread() and prev_sigterm is not None:
         signal.signal(signal.SIGTERM, prev_sigterm)
+    storage.check_shared(job_store, explicit=root is not None)
+    if job_store != str(run_dir):
+        storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
+    storage_path, storage_fs = storage.ray_storage(storage.join(job_store, "ray"))
 
     scaling = spec.scaling
     trainer = TorchTrainer(
@@ -180,7 +196,8 @@ def run_job(
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         run_config=RunConfig(
             name="train",
-            storage_path=os.environ.get("RECTRAIN_STORAGE_PATH") or str(run_dir / "ray"),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -201,13 +218,17 @@ def run_job(
     passes = (result.metrics or {}).get("passes", [])
     out = {
         "run_dir": str(run_dir),
+        "storage": job_store,
         "job_id": job_id,
         "status": "succeeded",
         "num_workers": scaling.num_workers,
         "wall_seconds": time.time() - t0,
         **summarize_passes(passes),
     }
-    (run_dir / RESULTS_FILE).write_text(json.dumps(out, indent=2))
+    text = json.dumps(out, indent=2)
+    (run_dir / RESULTS_FILE).write_text(text)
+    if job_store != str(run_dir):
+        storage.write_text(storage.join(job_store, RESULTS_FILE), text)
     return out
 
 

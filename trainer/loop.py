@@ -59,6 +59,7 @@ class RaySession:
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
         self._ckpt = ray.train.get_checkpoint()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self._ckpt_dir_ctx = None
 
     def checkpoint_dir(self) -> str | None:
@@ -474,6 +475,7 @@ def train_worker(config: dict[str, Any]) -> None:
     pid_dir = run_dir / "pids"
     pid_dir.mkdir(parents=True, exist_ok=True)
     (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
+    (pid_dir / f"rank_{session.rank}.node").write_text(session.node_id)
     sink = None
     if session.rank == 0:
         sink = make_sink(
