@@ -239,9 +239,12 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         tokens = parse_tokens(self.api_tokens or "")
         if self.storage_uri:
-            from trainer.storage import check_uri
+            from trainer.storage import StorageError, check_uri
 
-            check_uri(self.storage_uri, "RECTRAIN_STORAGE_URI")
+            try:
+                check_uri(self.storage_uri, "RECTRAIN_STORAGE_URI")
+            except StorageError as e:
+                raise ValueError(str(e)) from None
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ValueError("RECTRAIN_HEARTBEAT_TTL_S must exceed RECTRAIN_HEARTBEAT_INTERVAL_S")
         try:

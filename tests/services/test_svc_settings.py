@@ -56,3 +56,26 @@ def test_production_needs_redis_and_accepts_real_tokens():
 def test_ray_launcher_needs_an_address():
     with pytest.raises(ValidationError, match="RAY_ADDRESS"):
         Settings(launcher="ray", ray_address=None)
+
+
+def test_storage_uri_defaults_to_the_data_dir_and_refuses_keys(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from services.launcher import RayJobsBackend, settings_env
+
+    monkeypatch.delenv("RECTRAIN_STORAGE_URI", raising=False)
+    s = Settings(data_dir=tmp_path)
+    assert s.storage_uri is None and s.effective_storage_uri == str(tmp_path.resolve())
+    assert "RECTRAIN_STORAGE_URI" not in settings_env(s, "redis://x")
+    with pytest.raises(ValidationError, match="RECTRAIN_STORAGE_URI: credentials do not belong in a URI"):
+        Settings(storage_uri="s3://bucket/p?access_key=AKIA&secret_key=s")
+    monkeypatch.setenv("RECTRAIN_STORAGE_URI", "s3://bucket/rectrain")
+    s = Settings(data_dir=tmp_path)
+    assert s.effective_storage_uri == "s3://bucket/rectrain"
+    # the local trainer and a Ray job's driver both get it
+    assert settings_env(s, "redis://x")["RECTRAIN_STORAGE_URI"] == "s3://bucket/rectrain"
+    job = SimpleNamespace(id="j1", ray_submission_id=None)
+    assert (
+        RayJobsBackend(s, job, "redis://x")._env_vars("e30=")["RECTRAIN_STORAGE_URI"]
+        == "s3://bucket/rectrain"
+    )
