@@ -157,3 +157,38 @@ def load_checkpoint(
     own = saved_world == world_size
     st = torch.load(rank_file(d, rank if own else 0), map_location="cpu", weights_only=False)
     return st, own
+
+
+# ---------------------------------------------------------------- reading without a process group
+
+
+def read_model_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) model state of a checkpoint, in one process: name -> tensor."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(prefix="rectrain-read-") as tmp:
+        out = Path(tmp) / "full.pt"
+        dcp_to_torch_save(str(directory), str(out))
+        sd = torch.load(out, map_location="cpu", weights_only=False)
+    return dict(sd["model"])
+
+
+def shard_owners(directory: str | Path) -> dict[str, set[int]]:
+    """Model tensor name -> the ranks whose files hold (non-empty) parts of it."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    md = FileSystemReader(str(directory)).read_metadata()
+    out: dict[str, set[int]] = {}
+    for index, info in md.storage_data.items():
+        if not index.fqn.startswith("model."):
+            continue
+        name = index.fqn[len("model.") :]
+        chunk = md.state_dict_metadata[index.fqn]
+        chunks = getattr(chunk, "chunks", None)
+        if chunks is not None and index.index is not None and chunks[index.index].sizes.numel() == 0:
+            continue
+        rank = int(Path(info.relative_path).name.split("_")[2])  # "__<rank>_0.distcp"
+        out.setdefault(name, set()).add(rank)
+    return out

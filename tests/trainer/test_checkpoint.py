@@ -103,9 +103,19 @@ def test_checkpoints_reshard_between_two_workers_and_one(tmp_path):
     assert {len(x["sharded"]) for x in dumps2} != {0}  # both ranks own tables
     assert all(x["sharded"] for x in dumps2), "each rank should hold some table"
     saved = assemble(dumps2)
+    # read back in one process, without a process group: the same tables, each rank's own
+    from trainer.checkpoint import read_model_state, shard_owners
+
+    full = read_model_state(ckpt2)
+    owners = shard_owners(ckpt2)
+    tables = [k for k in saved[0] if "momentum" not in k]
+    assert tables and all(torch.equal(full[k], saved[0][k]) for k in tables)
+    assert {r for k in tables for r in owners[k]} == {0, 1}
+    assert all(len(owners[k]) == 1 for k in tables)  # table-wise: one rank per table
 
     # 2 -> 1
     ckpt1 = tmp_path / "at1"
+    LocalSession(tmp_path)  # this process: a world of 1 on gloo
     t = Trainer(spec, DirSession(0, 1, str(ckpt2), str(ckpt1)), tmp_path)
     assert t._resume() == (0, 3) and t.global_step == 3
     _assert_same(assemble([shards(t)]), saved)
