@@ -38,6 +38,7 @@ VALUES_SETS: dict[str, list[Path]] = {
     "ci-gpu": [CHART / "ci" / "gpu-values.yaml"],
     "ci-external-redis": [CHART / "ci" / "external-redis-values.yaml"],
     "ci-existing-ray": [CHART / "ci" / "existing-ray-values.yaml"],
+    "ci-storage-s3": [CHART / "ci" / "storage-s3-values.yaml"],
 }
 
 

@@ -256,7 +256,11 @@ def test_every_pod_runs_as_non_root(values_set):
         assert psc["runAsNonRoot"] is True, label
         assert psc["runAsUser"] != 0, label
         assert psc["seccompProfile"]["type"] == "RuntimeDefault", label
-        assert spec["automountServiceAccountToken"] is False, label
+        # only the head mounts a token, and only when its autoscaler needs the Kubernetes API
+        autoscaler_head = (
+            label == "RayCluster/head" and one(docs, "RayCluster")["spec"]["enableInTreeAutoscaling"]
+        )
+        assert spec["automountServiceAccountToken"] is bool(autoscaler_head), label
         assert spec["enableServiceLinks"] is False, label
         for c in spec["containers"]:
             sc = c["securityContext"]
@@ -284,12 +288,122 @@ def test_service_account():
     docs = render_set("default")
     sa = one(docs, "ServiceAccount")
     assert sa["automountServiceAccountToken"] is False
+    assert objs(docs, "Role") == [] and objs(docs, "RoleBinding") == []
     for label, _, spec in pod_specs(docs):
         assert spec["serviceAccountName"] == sa["metadata"]["name"], label
     docs = render_set("ci-external-redis")
     assert objs(docs, "ServiceAccount") == []
     for label, _, spec in pod_specs(docs):
         assert spec["serviceAccountName"] == "ml-jobs", label
+
+
+@pytest.mark.parametrize("values_set", ["gpu", "ci-gpu", "ci-storage-s3"])
+def test_autoscaler_gets_a_service_account_with_rbac_and_a_token(values_set):
+    """values-gpu.yaml turns the in-tree autoscaler on: it must reach the Kubernetes API
+    (list/watch pods, patch the RayCluster) from the head pod, and nothing else may."""
+    docs = render_set(values_set)
+    rc = one(docs, "RayCluster")
+    assert rc["spec"]["enableInTreeAutoscaling"] is True
+    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
+    sa = one(docs, "ServiceAccount", "-ray-autoscaler")
+    assert (
+        head["serviceAccountName"] == sa["metadata"]["name"] and head["automountServiceAccountToken"] is True
+    )
+    role, binding = one(docs, "Role", "-ray-autoscaler"), one(docs, "RoleBinding", "-ray-autoscaler")
+    rules = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in role["rules"]}
+    assert rules == {
+        ("", "pods"): {"get", "list", "watch"},
+        ("ray.io", "rayclusters"): {"get", "list", "watch", "patch"},
+    }
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "ml"}
+    ]
+    for label, _, spec in pod_specs(docs):
+        if label != "RayCluster/head":
+            assert (
+                spec["automountServiceAccountToken"] is False
+                and spec["serviceAccountName"] != sa["metadata"]["name"]
+            )
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _containers(docs):
+    for label, _, spec in pod_specs(docs):
+        if "redis" in label:
+            continue
+        for c in spec["containers"]:
+            yield label, c
+
+
+def test_s3_storage_with_credentials_from_a_secret():
+    docs = render_set("ci-storage-s3")
+    seen = set()
+    for label, c in _containers(docs):
+        env = env_of(c)
+        assert env["RECTRAIN_STORAGE_URI"]["value"] == "s3://rectrain-bucket/prod", label
+        assert env["RECTRAIN_DATA_ROOTS"]["value"] == "s3://click-logs/,/data/datasets", label
+        assert c["envFrom"] == [{"secretRef": {"name": "rectrain-s3-credentials"}}], label
+        assert not any(k.startswith("AWS_SECRET") for k in env), label
+        seen.add(label.split("/")[0])
+    assert seen == {"Deployment", "RayCluster"}
+
+
+def test_rwx_claim_is_the_storage_on_every_pod():
+    docs = render({"storage": {"existingClaim": "shared-rwx"}})
+    for label, _, spec in pod_specs(docs):
+        if "redis" in label:
+            continue
+        vols = {v["name"]: v for v in spec["volumes"]}
+        assert vols["data"]["persistentVolumeClaim"] == {"claimName": "shared-rwx"}, label
+        for c in spec["containers"]:
+            assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"], label
+            assert env_of(c)["RECTRAIN_STORAGE_URI"]["value"] == "/data", label
+            assert "envFrom" not in c
+    # without shared storage nothing claims to be shared
+    for _, c in _containers(render_set("default")):
+        assert "RECTRAIN_STORAGE_URI" not in env_of(c) and "RECTRAIN_DATA_ROOTS" not in env_of(c)
+    docs = render({"storage": {"existingClaim": "shared-rwx", "uri": "/data/rectrain"}})
+    assert all(env_of(c)["RECTRAIN_STORAGE_URI"]["value"] == "/data/rectrain" for _, c in _containers(docs))
+
+
+def test_ray_pods_admit_only_each_other_and_the_api_on_the_jobs_port():
+    docs = render_set("ci-storage-s3")
+    pol = one(docs, "NetworkPolicy", "-ray")
+    sel = pol["spec"]["podSelector"]
+
+    def selected(selector, labels):
+        ok = _matches(selector.get("matchLabels", {}), labels)
+        for e in selector.get("matchExpressions", []):
+            ok = ok and labels.get(e["key"]) in e["values"]
+        return ok
+
+    pods = {label: meta["labels"] for label, meta, _ in pod_specs(docs)}
+    assert {lbl for lbl, labels in pods.items() if selected(sel, labels)} == {
+        lbl for lbl in pods if lbl.startswith("RayCluster/")
+    }
+    ray_rule, api_rule = pol["spec"]["ingress"]
+    assert "ports" not in ray_rule  # Ray's own ports between its pods
+    [peer] = ray_rule["from"]
+    assert {lbl for lbl, labels in pods.items() if selected(peer["podSelector"], labels)} == {
+        lbl for lbl in pods if lbl.startswith("RayCluster/")
+    }
+    assert api_rule["ports"] == [{"protocol": "TCP", "port": 8265}]
+    [api_peer] = api_rule["from"]
+    assert {lbl for lbl, labels in pods.items() if selected(api_peer["podSelector"], labels)} == {
+        lbl for lbl in pods if lbl.startswith("Deployment/") and lbl.endswith("-api")
+    }
+    # Redis admits the external Ray namespace given in redisExtraFrom
+    redis_peers = one(docs, "NetworkPolicy", "-redis")["spec"]["ingress"][0]["from"]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}
+    } in redis_peers
 
 
 # --------------------------------------------------------------------------- secrets
@@ -358,7 +472,8 @@ def test_external_redis_url_kept_in_a_secret_and_no_statefulset():
     docs = render(values)
     assert objs(docs, "StatefulSet") == []
     assert not [s for s in objs(docs, "Service") if "redis" in s["metadata"]["name"]]
-    assert objs(docs, "NetworkPolicy") == []  # nothing in the release to protect
+    # no Redis in the release to protect; only the Ray pods' policy
+    assert [n["metadata"]["name"] for n in objs(docs, "NetworkPolicy")] == ["rt-rectrain-ray"]
     url = "redis://:ci-redis-password@redis.example.internal:6379/2"
     sec = one(docs, "Secret", "-redis-url")
     assert base64.b64decode(sec["data"]["redis-url"]).decode() == url
@@ -452,6 +567,12 @@ def test_network_policy_can_be_disabled():
         ({"auth": {"tokens": [{"owner": "a", "token": "short"}]}}, "at least 24 characters"),
         ({"ray": {"worker": {"minReplicas": 3, "maxReplicas": 2, "replicas": 2}}}, "maxReplicas"),
         ({"ray": {"worker": {"minReplicas": 1, "maxReplicas": 2, "replicas": 5}}}, "replicas must lie"),
+        (
+            {"storage": {"uri": "/data/rectrain"}},
+            "storage.uri: a path is shared only on a ReadWriteMany claim",
+        ),
+        ({"storage": {"uri": "/mnt/x", "existingClaim": "c"}}, "storage.uri: a path must lie under /data"),
+        ({"storage": {"uri": "s3://b/p?access_key=A&secret_key=B"}}, "credentials do not belong in the URI"),
     ],
 )
 def test_invalid_values_fail_to_render(values, message):

@@ -170,12 +170,61 @@ value already in the cluster (kept on upgrade), else one random token for "admin
 {{- end }}
 {{- end }}
 
+{{/* The ReadWriteMany claim mounted at /data, if any. */}}
+{{- define "rectrain.dataClaim" -}}
+{{- default .Values.data.existingClaim .Values.storage.existingClaim }}
+{{- end }}
+
+{{/* RECTRAIN_STORAGE_URI: storage.uri, else /data on a shared claim, else empty. */}}
+{{- define "rectrain.storageUri" -}}
+{{- $uri := toString .Values.storage.uri }}
+{{- $claim := include "rectrain.dataClaim" . }}
+{{- if and $uri (not (contains "://" $uri)) (not $claim) }}
+{{- fail "storage.uri: a path is shared only on a ReadWriteMany claim: set storage.existingClaim, or use s3://bucket/prefix" }}
+{{- end }}
+{{- if and $uri (not (contains "://" $uri)) (not (hasPrefix "/data" $uri)) }}
+{{- fail "storage.uri: a path must lie under /data, where storage.existingClaim is mounted" }}
+{{- end }}
+{{- if regexMatch "[?&](access_key|secret_key|session_token)=" $uri }}
+{{- fail "storage.uri: credentials do not belong in the URI; put them in the Secret named by storage.credentialsSecret" }}
+{{- end }}
+{{- if $uri }}{{ $uri }}{{ else if $claim }}/data{{ end }}
+{{- end }}
+
+{{/* Storage settings shared by the API and the Ray containers (env entries). */}}
+{{- define "rectrain.storageEnv" -}}
+{{- $uri := include "rectrain.storageUri" . }}
+{{- if $uri }}
+- name: RECTRAIN_STORAGE_URI
+  value: {{ $uri | quote }}
+{{- end }}
+{{- with .Values.storage.dataRoots }}
+- name: RECTRAIN_DATA_ROOTS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* envFrom of the object store's credentials Secret (empty when none). */}}
+{{- define "rectrain.storageEnvFrom" -}}
+{{- with .Values.storage.credentialsSecret }}
+envFrom:
+  - secretRef:
+      name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the head's ServiceAccount when the autoscaler runs in it. */}}
+{{- define "rectrain.autoscalerServiceAccountName" -}}
+{{- printf "%s-ray-autoscaler" (include "rectrain.fullname" .) }}
+{{- end }}
+
 {{/* /data volume (shared claim or emptyDir). */}}
 {{- define "rectrain.dataVolume" -}}
 - name: data
-{{- if .Values.data.existingClaim }}
+{{- $claim := include "rectrain.dataClaim" . }}
+{{- if $claim }}
   persistentVolumeClaim:
-    claimName: {{ .Values.data.existingClaim }}
+    claimName: {{ $claim }}
 {{- else }}
   emptyDir:
     sizeLimit: {{ .Values.data.sizeLimit }}
@@ -191,6 +240,7 @@ value already in the cluster (kept on upgrade), else one random token for "admin
   value: /data
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+{{- include "rectrain.storageEnv" . }}
 {{- with .Values.ray.extraEnv }}
 {{ toYaml . }}
 {{- end }}
