@@ -133,6 +133,13 @@ def test_ray_cluster_services(base_cfg):
     # scalable: `docker compose up --scale ray-worker=N` needs no fixed name and no host port
     assert "container_name" not in worker
     assert "ports" not in worker
+    for s in (head, worker, cfg["services"]["api"]):
+        # one shared volume is every container's job storage (RECTRAIN_STORAGE_URI)
+        assert s["environment"]["RECTRAIN_STORAGE_URI"] == "/data/storage"
+        assert any(
+            str(v.get("source", v) if isinstance(v, dict) else v).startswith("rectrain-data")
+            for v in s["volumes"]
+        )
     for s in (head, worker):
         assert s["environment"]["REDIS_URL"] == "redis://redis:6379/0"
         assert s["shm_size"] not in (None, "", 0)

@@ -160,16 +160,36 @@ def test_install_follows_setup_sh_pins(flavor):
     )
     text = DOCKERFILES[flavor].read_text()
     runs = " ".join(rest for ins, rest in instructions(DOCKERFILES[flavor]) if ins == "RUN")
-    assert f'pip install ".[{flavor}]"' in runs
+    assert f"['optional-dependencies']['{flavor}']" in runs and "pip install -r /tmp/requirements.txt" in runs
     assert "pip install --no-deps -r requirements-torchrec.txt" in runs
     assert f'"{torch_pin}" --index-url' in runs
     assert ("download.pytorch.org/whl/cpu" if flavor == "cpu" else "download.pytorch.org/whl/cu") in text
-    # the pin install order: torch from the PyTorch index, then the extra, then torchrec
+    # the pin install order: torch from the PyTorch index, then the pins, then torchrec, then our code
     assert (
         runs.index(torch_pin)
-        < runs.index(f'".[{flavor}]"')
+        < runs.index("pip install -r /tmp/requirements.txt")
         < runs.index("--no-deps -r requirements-torchrec.txt")
+        < runs.index("pip install --no-deps .")
     )
+
+
+@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+def test_dependencies_are_installed_before_the_code_is_copied(flavor):
+    """Layer caching: Ray, PyTorch, FBGEMM and TorchRec sit in layers a code change
+    does not invalidate; only `pip install --no-deps .` runs after the code COPY."""
+    build, stages = [], 0
+    for ins, rest in instructions(DOCKERFILES[flavor]):
+        stages += ins == "FROM"
+        if stages == 2:  # the build stage ends where the runtime stage begins
+            break
+        build.append((ins, rest))
+    first_code = next(
+        i for i, (ins, rest) in enumerate(build) if ins == "COPY" and rest.startswith("trainer")
+    )
+    heavy = [i for i, (ins, rest) in enumerate(build) if ins == "RUN" and "requirements" in rest]
+    assert heavy and max(heavy) < first_code
+    after = [rest for ins, rest in build[first_code:] if ins == "RUN"]
+    assert after == ["pip install --no-deps ."]
 
 
 @pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
