@@ -47,6 +47,20 @@ class LocalCluster:
 def start_cluster(
     *, head_cpus: int = 0, cpus_per_node: int = 1, num_nodes: int = 2, env: dict[str, str] | None = None
 ) -> LocalCluster:
+    """Start the cluster; on a loaded machine the head can miss Ray's start-up deadline,
+    so one failed start is cleaned up and tried again."""
+    for attempt in (1, 2):
+        try:
+            return _start_cluster_once(head_cpus, cpus_per_node, num_nodes, env)
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_cluster_once(
+    head_cpus: int, cpus_per_node: int, num_nodes: int, env: dict[str, str] | None
+) -> LocalCluster:
     # a short path: Ray's Unix sockets live under it (108-byte limit)
     tmpdir = tempfile.mkdtemp(prefix="rtc-", dir="/tmp")
     full_env = {**os.environ, **(env or {}), "RAY_TMPDIR": tmpdir}
@@ -65,7 +79,11 @@ def start_cluster(
     )
     line = proc.stdout.readline()
     if not line.startswith("ADDRESS "):
-        proc.kill()
+        LocalCluster("", tmpdir, proc).shutdown()
+        try:  # whatever of it did start lives in the helper's own process group
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         raise RuntimeError(
             f"the test Ray cluster did not start: {(Path(tmpdir) / 'cluster.log').read_text()[-3000:]}"
         )
