@@ -12,9 +12,11 @@ test: setup
 	./scripts/setup-test-tools.sh
 	$(PY) -m pytest -q tests
 
+# ruff (lint + format) and mypy over the packages; CI runs it before the tests (fast first)
 lint: setup
-	.venv/bin/ruff check api services trainer bench tests examples
-	.venv/bin/ruff format --check api services trainer bench tests
+	.venv/bin/ruff check api services trainer bench tests examples scripts
+	.venv/bin/ruff format --check api services trainer bench tests examples scripts
+	$(PY) -m mypy api services trainer bench
 
 bench: setup
 	.venv/bin/rectrain bench

@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services import keys
 from services.jobs import JobStore
 from services.launcher import JobLauncher
+from services.redis_conn import text
 from services.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="an API token from RECTRAIN_API_TOKENS")
@@ -92,8 +93,8 @@ async def current_owner_sse(
     """The owner of the bearer token, or of a short-lived stream ticket for this stream."""
     if creds is not None or not ticket:
         return _owner_of(settings, creds.credentials if creds else None)
-    value = await store.r.get(keys.stream_ticket_key(ticket)) if ticket.isalnum() else None
-    owner, _, subject = (value or "").partition(" ")
+    value = text(await store.r.get(keys.stream_ticket_key(ticket)) or "") if ticket.isalnum() else ""
+    owner, _, subject = value.partition(" ")
     if not value or not hmac.compare_digest(subject.encode(), _stream_subject(request).encode()):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

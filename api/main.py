@@ -29,7 +29,7 @@ from services.redis_conn import EmbeddedRedis, RedisSupervisor, async_client
 from services.settings import Settings
 from services.stream_hub import StreamHub
 from services.studies import StudyStore, study_loop
-from trainer.spec import _FIELD_PATHS
+from trainer.spec import FIELD_PATHS
 
 log = logging.getLogger("rectrain.api")
 
@@ -108,12 +108,13 @@ def _spec_loc(err: dict) -> tuple[list, str]:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     head = msg.split(":", 1)[0]
-    if loc[:2] == ["body", "spec"] and head in _FIELD_PATHS:
+    if loc[:2] == ["body", "spec"] and head in FIELD_PATHS:
         loc = ["body", "spec", *head.split(".")]
     return loc, msg
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for this class only
     detail = []
     for e in exc.errors():
         loc, msg = _spec_loc(e)
@@ -161,7 +162,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def __getattr__(name: str):
+app: FastAPI  # built on first access by __getattr__ below
+
+
+def __getattr__(name: str) -> FastAPI:
     # ``uvicorn api.main:app`` works too; the app is built on first access, not import
     if name == "app":
         global app

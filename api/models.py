@@ -147,6 +147,10 @@ class MetricsPage(BaseModel):
     next: str = Field(description="cursor for the next page (``after``)")
 
 
+# OpenAPI documentation of a route's extra responses, as FastAPI's ``responses=`` takes it
+Responses = dict[int | str, dict[str, Any]]
+
+
 class Message(BaseModel):
     """An error."""
 

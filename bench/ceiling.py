@@ -23,7 +23,9 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -239,9 +241,9 @@ class GatherCeiling:
         self.prefetch = prefetch
         self.out = torch.empty(batch, self.T, self.D, device=device)
         self.grad = (torch.rand(batch, self.T, self.D, device=device) - 0.5) * 1e-2
-        self.impl = "torch-cuda" if device == "cuda" else None
+        self.impl = "torch-cuda"  # the CPU paths below name themselves
         self._lib = None
-        self._numba = None
+        self._numba: Callable[..., Any] | None = None
         if device != "cuda":
             self._lib = _compile_c()
             if self._lib is not None:
@@ -286,7 +288,8 @@ class GatherCeiling:
         else:
             import numba
 
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]  # set at import
+            assert self._numba is not None  # neither C nor CUDA: numba
             self._numba(
                 self._nt,
                 self._nm,

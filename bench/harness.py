@@ -236,7 +236,7 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
     batches = tp.build_prebuilt(min(block, tp.steps_per_pass))
     tp.loop(2, metrics=True)  # warm: first-touch pages, JIT, metric states
     tp.prebuilt_loop(1)
-    mem = {
+    mem: dict[str, Any] = {
         "estimate_bytes": tp.embedding_estimate(),
         "rss_before_bytes": rss0,
         "peak_rss_bytes": peak_rss(),

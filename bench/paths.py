@@ -296,8 +296,9 @@ class KernelPath:
 
     def tables(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The kernel's own per-table weight and accumulator views (for the ceiling loop)."""
-        weights = self.tbe.split_embedding_weights()
-        moms = [s[0] for s in self.tbe.split_optimizer_states()]
+        # FBGEMM's module; torch types Module.__getattr__ as Tensor | Module
+        weights = self.tbe.split_embedding_weights()  # type: ignore[operator]
+        moms = [s[0] for s in self.tbe.split_optimizer_states()]  # type: ignore[operator]
         return weights, moms
 
     def loop(self, n: int) -> tuple[int, float]:
@@ -348,7 +349,8 @@ class PlainDLRM(nn.Module):
         vecs = [d] + [emb(ix[t], per_table_offsets) for t, emb in enumerate(self.embs)]
         stacked = torch.stack(vecs, dim=1)
         gram = torch.bmm(stacked, stacked.transpose(1, 2))
-        return self.over_arch(torch.cat([d, gram[:, self.triu[0], self.triu[1]]], dim=1)).squeeze(1)
+        triu: torch.Tensor = self.triu  # type: ignore[assignment]  # a buffer
+        return self.over_arch(torch.cat([d, gram[:, triu[0], triu[1]]], dim=1)).squeeze(1)
 
 
 class BaselinePath:

@@ -137,7 +137,9 @@ class PeerPath:
 def _table_names(src: nn.Module) -> list[str]:
     from trainer.model.dlrm import table_name
 
-    return [table_name(f, r) for f in src.features for r in range(src.replicas)]
+    features: list[str] = src.features  # type: ignore[assignment]  # DLRM attributes
+    replicas: int = src.replicas  # type: ignore[assignment]
+    return [table_name(f, r) for f in features for r in range(replicas)]
 
 
 def equal_work(tp: TrainerPaths, peer: PeerPath, batches: list[Any], steps: int) -> dict[str, Any]:

@@ -110,7 +110,9 @@ def build(args: argparse.Namespace):
 
     run_dir = Path(tempfile.mkdtemp(prefix="rectrain-bench-reg-"))
     session = LocalSession(run_dir)
-    variants = {"none": [], "none_loader": []} | ALONE | {"all": all_together()}
+    variants: dict[str, list[dict[str, Any]]] = (
+        {"none": [], "none_loader": []} | ALONE | {"all": all_together()}
+    )
     if args.only:
         keep = {"none", "none_loader", *args.only.split(",")}
         variants = {k: v for k, v in variants.items() if k in keep}

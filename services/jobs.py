@@ -9,18 +9,21 @@ changes in order with the metrics. Illegal transitions raise :class:`IllegalTran
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
 from services import keys
 from services.metrics_bus import stream_fields
+from services.redis_conn import redis_fields, text, text_hash, text_list, transaction
 from trainer.errors import RectrainError
 from trainer.report import summarize_passes
 
@@ -115,7 +118,7 @@ class JobRecord:
     dispatched_at: float | None = None  # when the dispatcher claimed it
 
     @classmethod
-    def from_hash(cls, h: dict[str, str]) -> "JobRecord":
+    def from_hash(cls, h: Mapping[str, str]) -> "JobRecord":
         kw: dict[str, Any] = {}
         for name in cls.__dataclass_fields__:
             v = h.get(name)
@@ -164,7 +167,7 @@ def status_event(status: JobStatus, previous: JobStatus | None, error: str | Non
     return ev
 
 
-def summarize_progress(progress: dict[str, str]) -> dict[str, Any]:
+def summarize_progress(progress: Mapping[str, str]) -> dict[str, Any]:
     """The job summary from its progress hash: per-pass table, the pass selected by
     validation NE and its test NE (the same rule as the trainer's results.json, see
     :func:`trainer.report.summarize_passes`), oracle NE, throughput."""
@@ -181,6 +184,16 @@ def summarize_progress(progress: dict[str, str]) -> dict[str, Any]:
     if eps:  # the latest train window is fresher than the last finished pass
         out["last_examples_per_s"] = float(eps)
     return out
+
+
+async def _read_head(pipe: Pipeline, key: str, *more: str) -> tuple[JobStatus | None, str, float, list[str]]:
+    """A job's status (None: no such job), owner, creation time and the ``more`` fields
+    ("" when unset), read through ``pipe`` (under WATCH in a transaction's check)."""
+    vals = await pipe.hmget(key, "status", "owner", "created_at", *more)
+    status, owner, created, *rest = ("" if v is None else text(v) for v in vals)
+    if not status:
+        return None, "", 0.0, rest
+    return JobStatus(status), owner, float(created), rest
 
 
 class JobStore:
@@ -224,34 +237,30 @@ class JobStore:
         )
         mapping = encode_fields({k: getattr(job, k) for k in JobRecord.__dataclass_fields__})
         queue = keys.queue_owner_key(owner)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(queue)
-                    queued = await pipe.zcard(queue)
-                    if max_queued is not None and queued >= max_queued:
-                        await pipe.unwatch()
-                        raise QueueFull(
-                            f"owner {owner!r} already has {queued} queued jobs, the most allowed "
-                            f"(RECTRAIN_MAX_QUEUED_PER_OWNER={max_queued}); wait for some to start"
-                        )
-                    pipe.multi()
-                    self._queue_create(pipe, job, mapping, keys.queue_score(priority, seq))
-                    await pipe.execute()
-                    return job
-                except WatchError:
-                    continue
 
-    def _queue_create(self, pipe, job: JobRecord, mapping: dict[str, str], score: float) -> None:
+        async def check(pipe: Pipeline) -> JobRecord:
+            queued = await pipe.zcard(queue)
+            if max_queued is not None and queued >= max_queued:
+                raise QueueFull(
+                    f"owner {owner!r} already has {queued} queued jobs, the most allowed "
+                    f"(RECTRAIN_MAX_QUEUED_PER_OWNER={max_queued}); wait for some to start"
+                )
+            pipe.multi()
+            self._queue_create(pipe, job, mapping, keys.queue_score(priority, seq))
+            return job
+
+        return await transaction(self.r, check, queue)
+
+    def _queue_create(self, pipe: Pipeline, job: JobRecord, mapping: Mapping[str, str], score: float) -> None:
         owner = job.owner
-        pipe.hset(keys.job_key(job.id), mapping=mapping)
+        pipe.hset(keys.job_key(job.id), mapping=redis_fields(mapping))
         pipe.zadd(keys.jobs_index_key(), {job.id: job.created_at})
         pipe.zadd(keys.owner_jobs_key(owner), {job.id: job.created_at})
         pipe.zadd(keys.status_index_key(job.status.value), {job.id: job.created_at})
         pipe.zadd(keys.owner_status_key(owner, job.status.value), {job.id: job.created_at})
         pipe.xadd(
             keys.events_stream_key(job.id),
-            stream_fields(status_event(job.status, None, None, job.created_at)),
+            redis_fields(stream_fields(status_event(job.status, None, None, job.created_at))),
             maxlen=keys.METRICS_STREAM_MAXLEN,
             approximate=True,
         )
@@ -262,7 +271,7 @@ class JobStore:
         if not keys.is_job_id(job_id):
             return None
         h = await self.r.hgetall(keys.job_key(job_id))
-        return JobRecord.from_hash(h) if h else None
+        return JobRecord.from_hash(text_hash(h)) if h else None
 
     async def get_for_owner(self, job_id: str, owner: str) -> JobRecord:
         """The job if it exists and belongs to ``owner``; else :class:`JobNotFound`."""
@@ -273,7 +282,7 @@ class JobStore:
 
     async def list(
         self, owner: str, status: JobStatus | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[JobRecord], int]:
+    ) -> tuple[builtins.list[JobRecord], int]:
         """An owner's jobs, newest first, and how many match in all."""
         index = keys.owner_status_key(owner, status.value) if status else keys.owner_jobs_key(owner)
         async with self.r.pipeline(transaction=False) as pipe:
@@ -286,12 +295,12 @@ class JobStore:
             for i in ids:
                 pipe.hgetall(keys.job_key(i))
             hashes = await pipe.execute()
-        return [JobRecord.from_hash(h) for h in hashes if h], count
+        return [JobRecord.from_hash(text_hash(h)) for h in hashes if h], count
 
     async def summary(self, job_id: str) -> dict[str, Any]:
-        return summarize_progress(await self.r.hgetall(keys.progress_key(job_id)))
+        return summarize_progress(text_hash(await self.r.hgetall(keys.progress_key(job_id))))
 
-    async def summaries(self, job_ids: list[str]) -> list[dict[str, Any]]:
+    async def summaries(self, job_ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
         async with self.r.pipeline(transaction=False) as pipe:
             for i in job_ids:
                 pipe.hgetall(keys.progress_key(i))
@@ -304,8 +313,8 @@ class JobStore:
             counts = await pipe.execute()
         return dict(zip(JobStatus, counts, strict=False))
 
-    async def ids_in_status(self, status: JobStatus) -> list[str]:
-        return await self.r.zrange(keys.status_index_key(status.value), 0, -1)
+    async def ids_in_status(self, status: JobStatus) -> builtins.list[str]:
+        return text_list(await self.r.zrange(keys.status_index_key(status.value), 0, -1))
 
     # ------------------------------------------------------------------ changes
 
@@ -314,22 +323,18 @@ class JobStore:
         if "status" in fields:
             raise KeyError("use transition() to change status")
         key = keys.job_key(job_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    if not await pipe.exists(key):
-                        raise JobNotFound("Job not found")
-                    pipe.multi()
-                    pipe.hset(key, mapping=encode_fields(fields))
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        async def check(pipe: Pipeline) -> None:
+            if not await pipe.exists(key):
+                raise JobNotFound("Job not found")
+            pipe.multi()
+            pipe.hset(key, mapping=redis_fields(encode_fields(fields)))
+
+        await transaction(self.r, check, key)
 
     def _queue_transition(
         self,
-        pipe,
+        pipe: Pipeline,
         job_id: str,
         owner: str,
         created: float,
@@ -343,7 +348,7 @@ class JobStore:
             fields["started_at"] = now
         if to.is_terminal and "finished_at" not in fields:
             fields["finished_at"] = now
-        pipe.hset(keys.job_key(job_id), mapping={"status": to.value, **encode_fields(fields)})
+        pipe.hset(keys.job_key(job_id), mapping=redis_fields({"status": to.value, **encode_fields(fields)}))
         if cur == JobStatus.QUEUED:  # leaves the queue, whatever it becomes
             pipe.zrem(keys.queue_owner_key(owner), job_id)
             pipe.hdel(keys.queue_info_key(), job_id)
@@ -353,7 +358,7 @@ class JobStore:
         pipe.zadd(keys.owner_status_key(owner, to.value), {job_id: created})
         pipe.xadd(
             keys.events_stream_key(job_id),
-            stream_fields(status_event(to, cur, fields.get("error"), now)),
+            redis_fields(stream_fields(status_event(to, cur, fields.get("error"), now))),
             maxlen=keys.METRICS_STREAM_MAXLEN,
             approximate=True,
         )
@@ -367,22 +372,18 @@ class JobStore:
         cannot become ``to`` (or is not in ``expect``).
         """
         key = keys.job_key(job_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    cur_s, owner, created = await pipe.hmget(key, "status", "owner", "created_at")
-                    if cur_s is None:
-                        raise JobNotFound("Job not found")
-                    cur = JobStatus(cur_s)
-                    if not cur.can_become(to) or (expect is not None and cur not in expect):
-                        raise IllegalTransition(f"job {job_id} is {cur.value}; cannot become {to.value}", cur)
-                    pipe.multi()
-                    self._queue_transition(pipe, job_id, owner, float(created), cur, to, fields, time.time())
-                    await pipe.execute()
-                    return cur
-                except WatchError:
-                    continue
+
+        async def check(pipe: Pipeline) -> JobStatus:
+            cur, owner, created, _ = await _read_head(pipe, key)
+            if cur is None:
+                raise JobNotFound("Job not found")
+            if not cur.can_become(to) or (expect is not None and cur not in expect):
+                raise IllegalTransition(f"job {job_id} is {cur.value}; cannot become {to.value}", cur)
+            pipe.multi()
+            self._queue_transition(pipe, job_id, owner, created, cur, to, fields, time.time())
+            return cur
+
+        return await transaction(self.r, check, key)
 
     async def claim(self, job_id: str, *, placeholder_ttl_s: float) -> bool:
         """The dispatcher's atomic claim: queued -> starting, out of its owner's queue.
@@ -393,39 +394,34 @@ class JobStore:
         """
         key = keys.job_key(job_id)
         turn = await self.r.incr(keys.queue_turn_key())
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    cur_s, owner, created = await pipe.hmget(key, "status", "owner", "created_at")
-                    if cur_s != JobStatus.QUEUED.value:
-                        await pipe.unwatch()
-                        return False
-                    queue = keys.queue_owner_key(owner)
-                    await pipe.watch(queue)
-                    if await pipe.zscore(queue, job_id) is None:
-                        await pipe.unwatch()
-                        return False
-                    now = time.time()
-                    pipe.multi()
-                    self._queue_transition(
-                        pipe,
-                        job_id,
-                        owner,
-                        float(created),
-                        JobStatus.QUEUED,
-                        JobStatus.STARTING,
-                        {"dispatched_at": now},
-                        now,
-                    )
-                    pipe.set(
-                        keys.heartbeat_key(job_id), DISPATCHED_PLACEHOLDER, px=int(placeholder_ttl_s * 1000)
-                    )
-                    pipe.zadd(keys.queue_owners_key(), {owner: turn})
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+
+        async def check(pipe: Pipeline) -> bool:
+            cur, owner, created, _ = await _read_head(pipe, key)
+            if cur != JobStatus.QUEUED:
+                await pipe.unwatch()
+                return False
+            queue = keys.queue_owner_key(owner)
+            await pipe.watch(queue)
+            if await pipe.zscore(queue, job_id) is None:
+                await pipe.unwatch()
+                return False
+            now = time.time()
+            pipe.multi()
+            self._queue_transition(
+                pipe,
+                job_id,
+                owner,
+                created,
+                JobStatus.QUEUED,
+                JobStatus.STARTING,
+                {"dispatched_at": now},
+                now,
+            )
+            pipe.set(keys.heartbeat_key(job_id), DISPATCHED_PLACEHOLDER, px=int(placeholder_ttl_s * 1000))
+            pipe.zadd(keys.queue_owners_key(), {owner: turn})
+            return True
+
+        return await transaction(self.r, check, key)
 
     async def request_cancel(self, job_id: str) -> JobStatus:
         """Cancel a job: queued ones at once, active ones by flagging their launcher.
@@ -433,92 +429,73 @@ class JobStore:
         Returns the status after the call; raises :class:`IllegalTransition` if it is finished.
         """
         key = keys.job_key(job_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    cur_s, owner, created = await pipe.hmget(key, "status", "owner", "created_at")
-                    if cur_s is None:
-                        raise JobNotFound("Job not found")
-                    cur = JobStatus(cur_s)
-                    if cur.is_terminal:
-                        raise IllegalTransition(f"Job already {cur.value}", cur)
-                    pipe.multi()
-                    if cur == JobStatus.QUEUED:
-                        self._queue_transition(
-                            pipe,
-                            job_id,
-                            owner,
-                            float(created),
-                            cur,
-                            JobStatus.CANCELLED,
-                            {"error": "cancelled before it started", "cancel_requested": True},
-                            time.time(),
-                        )
-                        new = JobStatus.CANCELLED
-                    else:
-                        pipe.hset(key, mapping=encode_fields({"cancel_requested": True}))
-                        new = cur
-                    await pipe.execute()
-                    return new
-                except WatchError:
-                    continue
+
+        async def check(pipe: Pipeline) -> JobStatus:
+            cur, owner, created, _ = await _read_head(pipe, key)
+            if cur is None:
+                raise JobNotFound("Job not found")
+            if cur.is_terminal:
+                raise IllegalTransition(f"Job already {cur.value}", cur)
+            pipe.multi()
+            if cur != JobStatus.QUEUED:
+                pipe.hset(key, mapping=redis_fields(encode_fields({"cancel_requested": True})))
+                return cur
+            self._queue_transition(
+                pipe,
+                job_id,
+                owner,
+                created,
+                cur,
+                JobStatus.CANCELLED,
+                {"error": "cancelled before it started", "cancel_requested": True},
+                time.time(),
+            )
+            return JobStatus.CANCELLED
+
+        return await transaction(self.r, check, key)
 
     async def reap_if_heartbeat_lost(self, job_id: str, reason: str) -> JobStatus | None:
         """Fail (or, if cancel was requested, cancel) an active job whose launcher
         heartbeat has expired. Atomic against a heartbeat refresh. Returns the new status."""
         key, hb = keys.job_key(job_id), keys.heartbeat_key(job_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key, hb)
-                    if await pipe.exists(hb):
-                        await pipe.unwatch()
-                        return None
-                    cur_s, owner, created, cancel = await pipe.hmget(
-                        key, "status", "owner", "created_at", "cancel_requested"
-                    )
-                    if cur_s is None or not JobStatus(cur_s).is_active:
-                        await pipe.unwatch()
-                        return None
-                    cur = JobStatus(cur_s)
-                    to = JobStatus.CANCELLED if cancel == "1" else JobStatus.FAILED
-                    error = reason if to == JobStatus.FAILED else f"cancelled; {reason}"
-                    pipe.multi()
-                    self._queue_transition(
-                        pipe, job_id, owner, float(created), cur, to, {"error": error}, time.time()
-                    )
-                    await pipe.execute()
-                    return to
-                except WatchError:
-                    continue
+
+        async def check(pipe: Pipeline) -> JobStatus | None:
+            if await pipe.exists(hb):
+                await pipe.unwatch()
+                return None
+            cur, owner, created, (cancel,) = await _read_head(pipe, key, "cancel_requested")
+            if cur is None or not cur.is_active:
+                await pipe.unwatch()
+                return None
+            to = JobStatus.CANCELLED if cancel == "1" else JobStatus.FAILED
+            error = reason if to == JobStatus.FAILED else f"cancelled; {reason}"
+            pipe.multi()
+            self._queue_transition(pipe, job_id, owner, created, cur, to, {"error": error}, time.time())
+            return to
+
+        return await transaction(self.r, check, key, hb)
 
     async def delete(self, job_id: str) -> None:
         """Remove a finished job: its record, stream, progress and index entries."""
         key = keys.job_key(job_id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    cur_s, owner = await pipe.hmget(key, "status", "owner")
-                    if cur_s is None:
-                        raise JobNotFound("Job not found")
-                    cur = JobStatus(cur_s)
-                    if not cur.is_terminal:
-                        raise IllegalTransition(f"Job is {cur.value}; cancel it first", cur)
-                    pipe.multi()
-                    pipe.delete(
-                        key,
-                        keys.events_stream_key(job_id),
-                        keys.progress_key(job_id),
-                        keys.heartbeat_key(job_id),
-                        keys.event_keys_key(job_id),
-                    )
-                    pipe.zrem(keys.jobs_index_key(), job_id)
-                    pipe.zrem(keys.owner_jobs_key(owner), job_id)
-                    pipe.zrem(keys.status_index_key(cur.value), job_id)
-                    pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        async def check(pipe: Pipeline) -> None:
+            cur, owner, _, _ = await _read_head(pipe, key)
+            if cur is None:
+                raise JobNotFound("Job not found")
+            if not cur.is_terminal:
+                raise IllegalTransition(f"Job is {cur.value}; cancel it first", cur)
+            pipe.multi()
+            pipe.delete(
+                key,
+                keys.events_stream_key(job_id),
+                keys.progress_key(job_id),
+                keys.heartbeat_key(job_id),
+                keys.event_keys_key(job_id),
+            )
+            pipe.zrem(keys.jobs_index_key(), job_id)
+            pipe.zrem(keys.owner_jobs_key(owner), job_id)
+            pipe.zrem(keys.status_index_key(cur.value), job_id)
+            pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
+
+        await transaction(self.r, check, key)

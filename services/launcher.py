@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -188,6 +188,24 @@ def _nice(n: int):
     if n <= 0:
         return None
     return lambda: os.nice(n)
+
+
+class Backend(Protocol):
+    """How a runner starts, watches and stops one job's trainer."""
+
+    kind: str
+
+    async def start(self) -> dict[str, Any]:
+        """Start the trainer; the job fields to record (pid, submission id, run dir)."""
+        ...
+
+    async def poll(self) -> Outcome | None:
+        """None while the trainer runs; its outcome once it has ended."""
+        ...
+
+    async def stop(self, grace_s: float) -> None:
+        """Ask the trainer to stop; force it after ``grace_s``."""
+        ...
 
 
 class LocalBackend:
@@ -394,10 +412,11 @@ class RayJobsBackend:
             await asyncio.sleep(_POLL_S)
 
 
-def make_backend(settings: Settings, job: JobRecord, trainer_redis_url: str):
+def make_backend(settings: Settings, job: JobRecord, trainer_redis_url: str) -> Backend:
     kind = job.launcher or settings.effective_launcher
-    cls = RayJobsBackend if kind == "ray" else LocalBackend
-    return cls(settings, job, trainer_redis_url)
+    if kind == "ray":
+        return RayJobsBackend(settings, job, trainer_redis_url)
+    return LocalBackend(settings, job, trainer_redis_url)
 
 
 def stop_orphan(job: JobRecord, settings: Settings) -> str | None:
@@ -503,25 +522,25 @@ async def run_job(settings: Settings, job_id: str, *, adopt: bool = False) -> in
     assert settings.redis_url, "the runner needs REDIS_URL"
     r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        return await _run_job(settings, r, job_id, adopt)
+        return await _run_job(settings, settings.redis_url, r, job_id, adopt)
     finally:
         await r.aclose()
 
 
-async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bool) -> int:
+async def _run_job(settings: Settings, redis_url: str, r: aioredis.Redis, job_id: str, adopt: bool) -> int:
     store = JobStore(r)
     hb = Heartbeat(r, job_id, settings.heartbeat_ttl_s, settings.heartbeat_interval_s)
     if not await _retry(hb.claim, adopt=adopt):
         _log(job_id, "another runner holds this job; exiting")
         return 0
     hb_task = asyncio.create_task(hb.run())
-    backend = None
+    backend: Backend | None = None
     try:
         job = await _retry(store.get, job_id)
         if job is None:
             _log(job_id, "job no longer exists")
             return 0
-        trainer_redis_url = settings.trainer_redis_url or settings.redis_url
+        trainer_redis_url = settings.trainer_redis_url or redis_url
         if adopt:
             if not (job.status.is_active and job.launcher == "ray" and job.ray_submission_id):
                 _log(job_id, f"nothing to adopt (status {job.status.value})")
@@ -572,7 +591,7 @@ async def _run_job(settings: Settings, r: aioredis.Redis, job_id: str, adopt: bo
                 return 1
             _log(job_id, f"running ({info})")
         try:
-            return await _supervise(settings, store, hb, backend, job_id)
+            return await _supervise(settings, redis_url, store, hb, backend, job_id)
         except Exception as e:
             _log(job_id, f"launcher error: {e!r}")
             with contextlib.suppress(Exception):
@@ -603,7 +622,9 @@ def wall_limit_s(settings: Settings, spec: dict[str, Any]) -> float:
     return float(min(asked, settings.max_wall_seconds) if asked else settings.max_wall_seconds)
 
 
-async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend, job_id: str) -> int:
+async def _supervise(
+    settings: Settings, redis_url: str, store: JobStore, hb: Heartbeat, backend: Backend, job_id: str
+) -> int:
     cancelled = False
     timed_out: str | None = None
     job = await _retry(store.get, job_id)
@@ -655,7 +676,7 @@ async def _supervise(settings: Settings, store: JobStore, hb: Heartbeat, backend
         # events the trainer's sink could not write (Redis away, buffer overflow, close
         # timeout) are in its events.jsonl: replay what the stream lacks, de-duplicated
         try:
-            n = await _retry(asyncio.to_thread, _replay_run_dir, settings.redis_url, job_id, backend.run_dir)
+            n = await _retry(asyncio.to_thread, _replay_run_dir, redis_url, job_id, backend.run_dir)
             if n:
                 _log(job_id, f"replayed {n} events from events.jsonl")
         except Exception as e:

@@ -35,6 +35,7 @@ from services import keys
 from services.capacity import Capacity, CapacityReader, Demand, Usage, job_demand, wait_reason
 from services.jobs import JobStatus, JobStore
 from services.launcher import JobLauncher
+from services.redis_conn import text_list
 from trainer.spec import JobSpec
 
 log = logging.getLogger("rectrain.queue")
@@ -143,13 +144,13 @@ class Dispatcher:
             i for st in (JobStatus.STARTING, JobStatus.RUNNING) for i in await self.store.ids_in_status(st)
         ]
         used = Usage()
-        running = Counter()
+        running: Counter[str] = Counter()
         for _, owner, d in await self._demands(active):
             if d is not None:
                 used.add(d)
             if owner:
                 running[owner] += 1
-        owners = await r.zrange(keys.queue_owners_key(), 0, -1)
+        owners = text_list(await r.zrange(keys.queue_owners_key(), 0, -1))
         async with r.pipeline(transaction=False) as pipe:
             for o in owners:
                 pipe.zrange(keys.queue_owner_key(o), 0, -1)

@@ -28,7 +28,7 @@ from services import keys
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, run_dir_for, stop_orphan
 from services.metrics_bus import progress_from_results, replay_events_file
-from services.redis_conn import sync_client
+from services.redis_conn import redis_fields, sync_client
 
 log = logging.getLogger("rectrain.reaper")
 
@@ -105,7 +105,7 @@ async def reconcile_from_run_dir(store: JobStore, launcher: JobLauncher, job: Jo
             c.close()
 
     added = await asyncio.to_thread(replay)
-    await store.r.hset(keys.progress_key(job.id), mapping=progress_from_results(results))
+    await store.r.hset(keys.progress_key(job.id), mapping=redis_fields(progress_from_results(results)))
     try:
         await store.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.STARTING, JobStatus.RUNNING})
     except IllegalTransition:

@@ -17,18 +17,59 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT
 
 log = logging.getLogger("rectrain.redis")
 
 _MAX_UNIX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 
 
-def sync_client(url: str, **kw) -> redis.Redis:
+T = TypeVar("T")
+
+
+def sync_client(url: str, **kw: Any) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
+
+
+def text(v: bytes | str) -> str:
+    """A reply value as ``str``. Every client here decodes replies (``decode_responses=True``)
+    but redis-py's stubs type replies as ``bytes | str`` whatever the client."""
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def text_hash(h: Any) -> dict[str, str]:
+    """An HGETALL reply as ``dict[str, str]`` (decoded by the client, see :func:`text`)."""
+    return cast(dict[str, str], h)
+
+
+def redis_fields(m: Mapping[str, str]) -> dict[EncodableT, EncodableT]:
+    """``m`` as HSET's ``mapping`` or XADD's ``fields``: redis-py types them with its wider
+    key type, invariant in the key, which a ``dict[str, str]`` is not to mypy though every
+    key fits."""
+    return cast(dict[EncodableT, EncodableT], m)
+
+
+def text_list(v: Any) -> list[str]:
+    """A ZRANGE/SMEMBERS-style reply of members as ``list[str]`` (see :func:`text`)."""
+    return cast(list[str], v)
+
+
+async def transaction(r: aioredis.Redis, check: Callable[[Pipeline], Awaitable[T]], *watch: str) -> T:
+    """Optimistic transaction: WATCH ``watch``, run ``check(pipe)`` and EXEC, again from the
+    start whenever a watched key changed meanwhile (redis-py's ``Redis.transaction``).
+
+    ``check`` reads through ``pipe`` (immediate mode; it may WATCH more keys), raises or
+    returns early (``await pipe.unwatch()`` first) when the change must not happen, else
+    calls ``pipe.multi()``, queues the writes and returns the caller's result.
+    """
+    return await r.transaction(check, *watch, value_from_callable=True)
 
 
 def async_client(

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import WatchError
+from redis.asyncio.client import Pipeline
 
 from services import keys
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, new_job_id
 from services.launcher import JobLauncher
+from services.redis_conn import redis_fields, text_list, transaction
 from services.study_stats import analyze
 from services.submit import submit_job
 from trainer.errors import CapacityError, RectrainError
@@ -219,7 +220,7 @@ class StudyStore:
     async def active_runs_of_owner(self, owner: str) -> int:
         """Runs of the owner's active studies that are not finished (or not submitted)."""
         n = 0
-        for sid in await self.r.zrange(keys.active_studies_key(), 0, -1):
+        for sid in text_list(await self.r.zrange(keys.active_studies_key(), 0, -1)):
             s = await self.get(sid)
             if s is None or s.owner != owner:
                 continue
@@ -262,7 +263,7 @@ class StudyStore:
             "cancel_requested": "0",
         }
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.study_key(rec.id), mapping=mapping)
+            pipe.hset(keys.study_key(rec.id), mapping=redis_fields(mapping))
             pipe.zadd(keys.studies_index_key(), {rec.id: now})
             pipe.zadd(keys.owner_studies_key(owner), {rec.id: now})
             pipe.zadd(keys.active_studies_key(), {rec.id: now})
@@ -319,12 +320,29 @@ class StudyStore:
             if offset >= count or not jobs:
                 return None
 
+    async def _resolve_claim(self, runs_key: str, run_key: str, claim: str, job_id: str | None) -> bool:
+        """Replace a stale claim by the run's job id (None: drop it, the run is submitted
+        again); False when another process resolved it first (the claim changed)."""
+
+        async def check(pipe: Pipeline) -> bool:
+            if await pipe.hget(runs_key, run_key) != claim:
+                await pipe.unwatch()
+                return False
+            pipe.multi()
+            if job_id:
+                pipe.hset(runs_key, run_key, job_id)
+            else:
+                pipe.hdel(runs_key, run_key)
+            return True
+
+        return await transaction(self.r, check, runs_key)
+
     async def reconcile(self, launcher: JobLauncher) -> dict[str, str]:
         """One sweep over active studies: resolve stale claims, submit missing runs,
         settle finished studies. Safe to run from several API processes."""
         done: dict[str, str] = {}
         now = time.time()
-        for sid in await self.r.zrange(keys.active_studies_key(), 0, -1):
+        for sid in text_list(await self.r.zrange(keys.active_studies_key(), 0, -1)):
             s = await self.get(sid)
             if s is None:
                 await self.r.zrem(keys.active_studies_key(), sid)
@@ -334,22 +352,9 @@ class StudyStore:
                 if not val.startswith(_CLAIM) or now - float(val[len(_CLAIM) :]) < keys.STUDY_CLAIM_STALE_S:
                     continue
                 jid = await self._find_job_by_label(s, run_key)
-                # only the process that still sees the same stale claim acts on it
-                async with self.r.pipeline(transaction=True) as pipe:
-                    await pipe.watch(runs_key)
-                    if await pipe.hget(runs_key, run_key) != val:
-                        await pipe.unwatch()
-                        continue
-                    pipe.multi()
-                    if jid:
-                        pipe.hset(runs_key, run_key, jid)
-                    else:
-                        pipe.hdel(runs_key, run_key)
-                    try:
-                        await pipe.execute()
-                    except WatchError:  # another process resolved it
-                        continue
-                done[f"{sid}/{run_key}"] = "recovered" if jid else "resubmit"
+
+                if await self._resolve_claim(runs_key, run_key, val, jid):
+                    done[f"{sid}/{run_key}"] = "recovered" if jid else "resubmit"
             s = await self.get(sid)
             if s is None:
                 continue

@@ -248,12 +248,12 @@ def strength_curves(arms: list[dict[str, Any]], per_pass: list[dict[str, Any]]) 
                 continue  # list-valued alternatives (lr_schedule.sparse): no axis
             groups: dict[str, list[dict[str, Any]]] = {}
             for a in vas:
-                others = {k: v for k, v in a["params"].items() if k != param}
-                groups.setdefault(_fmt_params(others), []).append(a)
-            for others, members in groups.items():
-                if len(members) < 2:
+                rest = {k: v for k, v in a["params"].items() if k != param}
+                groups.setdefault(_fmt_params(rest), []).append(a)
+            for others, group in groups.items():
+                if len(group) < 2:
                     continue
-                members = sorted(members, key=lambda a: a["params"][param])
+                members = sorted(group, key=lambda a: a["params"][param])
                 points = []
                 for a in members:
                     pts = []
@@ -281,7 +281,9 @@ def _d(x: float) -> str:
 def answer_sentence(k: int, rows: list[dict[str, Any]], n_seeds: int) -> str:
     """One sentence: which arms beat (or lose to) the baseline after k passes, by how much."""
     head = f"After {k} pass{'es' if k > 1 else ''}"
-    deltas = [(r, r.get("delta_test_ne")) for r in rows if r.get("delta_test_ne")]
+    deltas: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        (r, r["delta_test_ne"]) for r in rows if r.get("delta_test_ne")
+    ]
     if not deltas:
         return f"{head}: no paired results yet."
     if all(d["ci_low"] is None for _, d in deltas):

@@ -17,6 +17,7 @@ checkpoint, also with another ``scaling.num_workers``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -58,7 +59,7 @@ def _ensure_ray(spec: JobSpec, ray_address: str | None) -> bool:
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=True,
-        logging_level="ERROR",
+        logging_level=logging.ERROR,
     )
     return True
 

@@ -900,7 +900,7 @@ class JobSpec(_Strict):
         have = self.scaling.memory_per_worker_gb * _GIB
         if need <= have:
             return
-        top = max(parts, key=parts.get)
+        top = max(parts, key=lambda k: parts[k])
         breakdown = ", ".join(f"{k} {v / _GIB:.2f}" for k, v in parts.items() if v >= 0.005 * _GIB)
         advice = {
             "embeddings": "lower model.hash_size, model.embedding_dim or model.num_replicas, "
@@ -959,7 +959,7 @@ def format_validation_error(err: ValidationError) -> str:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         # model validators already name their field; avoid "x: x: ..."
-        lines.append(msg if (not loc or msg.split(":", 1)[0] in _FIELD_PATHS) else f"{loc}: {msg}")
+        lines.append(msg if (not loc or msg.split(":", 1)[0] in FIELD_PATHS) else f"{loc}: {msg}")
     return "\n".join(lines)
 
 
@@ -974,7 +974,9 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
     return out
 
 
-_FIELD_PATHS = _field_paths(JobSpec) | {"regularizers", "model", "data"}
+# every dotted field path of a job spec: validation messages that start with one are
+# reported at that field (here and by the API)
+FIELD_PATHS = _field_paths(JobSpec) | {"regularizers", "model", "data"}
 
 
 def parse_spec(data: dict[str, Any], *, check_capacity: bool = True) -> JobSpec:

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 
 from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
-from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage, StreamTicket
+from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage, Responses, StreamTicket
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
 from services.metrics_bus import read_events, read_events_raw
 from services.queue import queue_info
@@ -29,7 +29,6 @@ log = logging.getLogger("rectrain.api")
 QUEUE_RETRY_AFTER_S = 30
 
 _CURSOR = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
-_JOB_ID = r"^[0-9a-f]{16}$"
 
 router = APIRouter(
     prefix="/v1/jobs",
@@ -41,8 +40,8 @@ router = APIRouter(
     },
 )
 
-_NOT_FOUND = {404: {"model": Message, "description": "no such job for this token's owner"}}
-_CONFLICT = {409: {"model": Message, "description": "not allowed in the job's current status"}}
+_NOT_FOUND: Responses = {404: {"model": Message, "description": "no such job for this token's owner"}}
+_CONFLICT: Responses = {409: {"model": Message, "description": "not allowed in the job's current status"}}
 
 
 async def _job_or_404(store: JobStore, job_id: str, owner: str) -> JobRecord:
@@ -57,7 +56,7 @@ async def _public(store: JobStore, job: JobRecord) -> JobPublic:
     return JobPublic.from_record(job, await store.summary(job.id), info.get(job.id))
 
 
-_QUEUE_FULL = {
+_QUEUE_FULL: Responses = {
     429: {
         "model": Message,
         "description": "the owner has RECTRAIN_MAX_QUEUED_PER_OWNER jobs queued; retry after Retry-After s",
@@ -196,7 +195,7 @@ def _sse(event_id: str | None, event: str, data: Any) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-_SSE_DOC = {
+_SSE_DOC: Responses = {
     200: {
         "description": (
             "Server-Sent Events. Each message: ``id`` = stream id, ``event`` = the event type "

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
-from api.models import Message, StreamTicket
+from api.models import Message, Responses, StreamTicket
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_stats import to_csv
 from trainer.errors import CapacityError, SpecError
@@ -32,8 +32,8 @@ router = APIRouter(
         503: {"model": Message, "description": "Redis unavailable"},
     },
 )
-_NOT_FOUND = {404: {"model": Message, "description": "no such study for this token's owner"}}
-_CONFLICT = {409: {"model": Message, "description": "not allowed in the study's current state"}}
+_NOT_FOUND: Responses = {404: {"model": Message, "description": "no such study for this token's owner"}}
+_CONFLICT: Responses = {409: {"model": Message, "description": "not allowed in the study's current state"}}
 
 
 class StudyCreate(BaseModel):
@@ -207,7 +207,7 @@ async def delete_study(study_id: str, request: Request, owner: CurrentOwner) -> 
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-_CSV_DOC = {
+_CSV_DOC: Responses = {
     200: {
         "description": "one row per (pass count, arm): mean NE, paired Δ vs baseline, 95% CI, per stratum",
         "content": {"text/csv": {"schema": {"type": "string"}}},
@@ -240,7 +240,7 @@ async def export_study_json(study_id: str, request: Request, owner: CurrentOwner
     )
 
 
-_SSE_DOC = {
+_SSE_DOC: Responses = {
     200: {
         "description": (
             "Server-Sent Events: a ``study`` event carrying the whole study (as GET returns it, "

@@ -61,11 +61,14 @@ def batch_norm_statistics(module: nn.Module) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            assert m.running_mean is not None and m.running_var is not None  # tracked: present
             out += [m.running_mean, m.running_var]
     return out
 
 
 class DLRM(nn.Module):
+    _triu_flat: torch.Tensor  # a buffer (DOT interaction only)
+
     """logit = over_arch(interaction(dense_arch(dense), pooled embeddings))."""
 
     def __init__(

@@ -19,6 +19,7 @@ run, but a CPU and a GPU run start from different draws of the same distribution
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 
@@ -73,8 +74,10 @@ def init_embedding_tables(dmp: torch.nn.Module, seed: int) -> list[str]:
     return the names of the tables (shards) this rank holds."""
     names: list[str] = []
     for kernel in embedding_kernels(dmp):
-        weights = kernel._emb_module.split_embedding_weights()
-        for table, w in zip(kernel.config.embedding_tables, weights, strict=True):
+        # TorchRec kernel attributes; torch types Module.__getattr__ as Tensor | Module
+        weights: list[torch.Tensor] = kernel._emb_module.split_embedding_weights()  # type: ignore[union-attr,operator]
+        tables: list[Any] = kernel.config.embedding_tables  # type: ignore[union-attr,assignment]
+        for table, w in zip(tables, weights, strict=True):
             if w.numel() == 0:
                 continue
             meta = table.local_metadata

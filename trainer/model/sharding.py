@@ -8,6 +8,7 @@ gradient tensor ever exists). Dense parameters get the spec's torch optimizer.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ def fused_params(spec: JobSpec, extra: dict[str, Any] | None = None) -> dict[str
     return params
 
 
-def local_world_size(world: int, env: dict[str, str] | None = None) -> int:
+def local_world_size(world: int, env: Mapping[str, str] | None = None) -> int:
     """Workers on this node: ``LOCAL_WORLD_SIZE`` as Ray Train (and torchrun) set it, else
     ``world`` (one node). TorchRec's table-row-wise plans group ranks into nodes by it."""
     env = os.environ if env is None else env
@@ -121,7 +122,7 @@ def shard_model(
     allowed = [ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
     constraints = {
         cfg.name: ParameterConstraints(sharding_types=allowed, compute_kernels=_DEVICE_KERNELS)
-        for cfg in model.ebc.embedding_bag_configs()
+        for cfg in model.ebc.embedding_bag_configs()  # type: ignore[operator,union-attr]  # torch types nn.Module.__getattr__ as Tensor | Module
     }
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
     plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)

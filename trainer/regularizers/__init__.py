@@ -202,7 +202,8 @@ class RegularizerSet:
         if self.max_entropy is None or self._dmp is None:
             return loss
         model = getattr(self._dmp, "module", self._dmp)
-        pooled, model.last_pooled = model.last_pooled, None
+        pooled: dict[str, torch.Tensor] | None = model.last_pooled  # type: ignore[assignment]  # torch types nn.Module.__getattr__ as Tensor | Module
+        model.last_pooled = None
         if not pooled:
             return loss
         term = entropy.penalty(pooled, self.max_entropy.weight, self.max_entropy.per_feature)
