@@ -47,7 +47,8 @@ def rank_file(directory: str | Path, rank: int) -> Path:
 def sharding_types(dmp: torch.nn.Module) -> dict[str, str]:
     """Table name -> sharding type of the DMP's plan."""
     out: dict[str, str] = {}
-    for module_plan in dmp.plan.plan.values():
+    # DistributedModelParallel attributes: torch types Module.__getattr__ as Tensor | Module
+    for module_plan in dmp.plan.plan.values():  # type: ignore[union-attr,operator]
         for table, ps in module_plan.items():
             out[table] = str(ps.sharding_type)
     return out
@@ -83,7 +84,8 @@ def reseed(seed: int, step: int, rank: int, device: torch.device) -> None:
 
 
 def _sharded_state(dmp: torch.nn.Module) -> dict[str, Any]:
-    return {"model": dmp.state_dict(), "sparse_opt": dmp.fused_optimizer.state_dict()}
+    # DistributedModelParallel.fused_optimizer (torch types Module.__getattr__ as Tensor | Module)
+    return {"model": dmp.state_dict(), "sparse_opt": dmp.fused_optimizer.state_dict()}  # type: ignore[union-attr]
 
 
 def save_checkpoint(
@@ -152,7 +154,7 @@ def load_checkpoint(
     with torch.no_grad():
         dcp.load(sd, checkpoint_id=str(d))
         dmp.load_state_dict(sd["model"])
-        dmp.fused_optimizer.load_state_dict(sd["sparse_opt"])
+        dmp.fused_optimizer.load_state_dict(sd["sparse_opt"])  # type: ignore[union-attr]
     dense_opt.load_state_dict(torch.load(d / DENSE_OPT_FILE, map_location="cpu", weights_only=False))
     own = saved_world == world_size
     st = torch.load(rank_file(d, rank if own else 0), map_location="cpu", weights_only=False)

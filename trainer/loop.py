@@ -11,6 +11,7 @@ and every ``training.checkpoint_every_steps`` if set).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -60,7 +61,7 @@ class RaySession:
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
         self._ckpt = ray.train.get_checkpoint()
         self.node_id = ray.get_runtime_context().get_node_id()
-        self._ckpt_dir_ctx = None
+        self._ckpt_dir_ctx: contextlib.AbstractContextManager[str] | None = None
 
     def checkpoint_dir(self) -> str | None:
         if self._ckpt is None:
@@ -123,7 +124,8 @@ def _free_port() -> int:
 def reset_sparse_optimizer_state(dmp: torch.nn.Module) -> None:
     """Zero the fused row-wise AdaGrad accumulators (local shards, in place)."""
     with torch.no_grad():
-        for states in dmp.fused_optimizer.state_dict()["state"].values():
+        # DistributedModelParallel.fused_optimizer (torch types Module.__getattr__ as Tensor | Module)
+        for states in dmp.fused_optimizer.state_dict()["state"].values():  # type: ignore[union-attr]
             for st in states.values():
                 for shard in getattr(st, "local_shards", lambda: [])():
                     shard.tensor.zero_()
@@ -208,6 +210,7 @@ class Trainer:
             self._bad_loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
         first = ~torch.isfinite(loss) & (self._bad_step == 0)
         self._bad_step = torch.where(first, self.global_step + 1, self._bad_step)
+        assert self._bad_loss is not None  # set together with _bad_step
         self._bad_loss = torch.where(first, loss, self._bad_loss)
 
     def check_divergence(self, p: int, ne_value: float | None = 0.0) -> None:
@@ -216,7 +219,7 @@ class Trainer:
         "diverged at step N (loss = nan)" unless ``training.on_divergence`` is continue."""
         flag = torch.zeros(1, dtype=torch.float64)
         local_bad = self._bad_step is not None and int(self._bad_step) > 0
-        if local_bad:
+        if self._bad_step is not None and local_bad:
             flag[0] = float(self._bad_step)
         if dist.is_initialized() and self.session.world_size > 1:
             flag = self.collectives.all_reduce(flag, op=dist.ReduceOp.MAX).cpu()
@@ -224,7 +227,7 @@ class Trainer:
         if flag[0] == 0 and not ne_bad:
             return
         if flag[0] > 0:
-            loss = float(self._bad_loss) if local_bad else float("nan")
+            loss = float(self._bad_loss) if local_bad and self._bad_loss is not None else float("nan")
             msg = f"diverged at step {int(flag[0])} (loss = {loss})"
             if self._bad_step is not None:
                 self._bad_step.zero_()
