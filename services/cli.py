@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_API_URL = "http://127.0.0.1:8000"
+from services.settings import ClientSettings
+
 _FOLLOW_RECONNECT_FOR_S = 120.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="run the API (embedded Redis and a local Ray head by default)")
-    s.add_argument("--host", default=os.environ.get("RECTRAIN_API_HOST", "127.0.0.1"))
-    s.add_argument("--port", type=int, default=int(os.environ.get("RECTRAIN_API_PORT", "8000")))
+    s.add_argument("--host", default=None, help="default: RECTRAIN_API_HOST (127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="default: RECTRAIN_API_PORT (8000)")
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_cmd_serve)
 
@@ -96,11 +97,13 @@ def _serve(args: argparse.Namespace, settings, head) -> int:
 
     from services.settings import DEV_TOKEN
 
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"rectrain API on http://{host}:{args.port}  (dashboard: /, docs: /docs)")
+    bind = args.host or settings.api_host
+    port = args.port or settings.api_port
+    host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
+    print(f"rectrain API on http://{host}:{port}  (dashboard: /, docs: /docs)")
     if settings.uses_dev_token:
         print(f"dev token: {DEV_TOKEN}  (owner 'dev'; set RECTRAIN_API_TOKENS to use your own)")
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
+        if bind not in ("127.0.0.1", "localhost", "::1"):
             print("warning: the dev token is public; do not expose this port", file=sys.stderr)
     else:
         print(f"tokens: {len(settings.tokens)} from RECTRAIN_API_TOKENS")
@@ -114,8 +117,8 @@ def _serve(args: argparse.Namespace, settings, head) -> int:
     uvicorn.run(
         "api.main:create_app",
         factory=True,
-        host=args.host,
-        port=args.port,
+        host=bind,
+        port=port,
         log_level=args.log_level,
         timeout_graceful_shutdown=5,
     )
@@ -128,11 +131,10 @@ def _serve(args: argparse.Namespace, settings, head) -> int:
 def _client():
     import httpx
 
-    from services.settings import DEV_TOKEN
-
-    url = os.environ.get("RECTRAIN_API_URL", DEFAULT_API_URL).rstrip("/")
-    token = os.environ.get("RECTRAIN_TOKEN", DEV_TOKEN)
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    c = ClientSettings()
+    return httpx.Client(
+        base_url=c.api_url.rstrip("/"), headers={"Authorization": f"Bearer {c.token}"}, timeout=30
+    )
 
 
 class _ApiError(Exception):
@@ -166,7 +168,7 @@ def _run_client(fn) -> int:
         print(f"rectrain: {e}", file=sys.stderr)
         return 1
     except httpx.TransportError as e:
-        url = os.environ.get("RECTRAIN_API_URL", DEFAULT_API_URL)
+        url = ClientSettings().api_url
         print(f"rectrain: cannot reach the API at {url} ({e}); is `rectrain serve` running?", file=sys.stderr)
         return 1
 

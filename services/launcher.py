@@ -46,49 +46,23 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services import keys
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.metrics_bus import progress_from_results
-from services.settings import Settings
+from services.settings import Settings, env_var
 
 _POLL_S = 0.5
 _STDERR_TAIL_CHARS = 1500
 _REDIS_RETRY_FOR_S = 600.0
 _RAY_UNREACHABLE_S = 60.0  # a Ray dashboard unreachable this long fails the job
 
-# Environment the runner passes to itself (so a runner started from settings built in
-# code, e.g. by tests, sees the same settings). Tokens never reach the trainer.
-_SETTINGS_ENV = {
-    "env": "RECTRAIN_ENV",
-    "redis_url": "REDIS_URL",
-    "trainer_redis_url": "RECTRAIN_TRAINER_REDIS_URL",
-    "api_tokens": "RECTRAIN_API_TOKENS",
-    "data_dir": "RECTRAIN_DATA_DIR",
-    "storage_uri": "RECTRAIN_STORAGE_URI",
-    "ray_address": "RAY_ADDRESS",
-    "launcher": "RECTRAIN_LAUNCHER",
-    "heartbeat_interval_s": "RECTRAIN_HEARTBEAT_INTERVAL_S",
-    "heartbeat_ttl_s": "RECTRAIN_HEARTBEAT_TTL_S",
-    "cancel_grace_s": "RECTRAIN_CANCEL_GRACE_S",
-    "trainer_python": "RECTRAIN_TRAINER_PYTHON",
-    "trainer_module": "RECTRAIN_TRAINER_MODULE",
-    "ray_python": "RECTRAIN_RAY_PYTHON",
-    "trainer_nice": "RECTRAIN_TRAINER_NICE",
-    "capacity_cpus": "RECTRAIN_CAPACITY_CPUS",
-    "capacity_gpus": "RECTRAIN_CAPACITY_GPUS",
-    "capacity_memory_gb": "RECTRAIN_CAPACITY_MEMORY_GB",
-    "reserve_cpus": "RECTRAIN_RESERVE_CPUS",
-    "reserve_memory_gb": "RECTRAIN_RESERVE_MEMORY_GB",
-    "worker_overhead_gb": "RECTRAIN_WORKER_OVERHEAD_GB",
-    "driver_overhead_gb": "RECTRAIN_DRIVER_OVERHEAD_GB",
-    "max_running_per_owner": "RECTRAIN_MAX_RUNNING_PER_OWNER",
-    "max_queued_per_owner": "RECTRAIN_MAX_QUEUED_PER_OWNER",
-    "dispatch_interval_s": "RECTRAIN_DISPATCH_INTERVAL_S",
-    "max_wall_seconds": "RECTRAIN_MAX_WALL_SECONDS",
-}
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    """The runner's environment: ours, with every setting written out (so a runner started
+    from settings built in code, e.g. by tests, sees the same settings). The runner keeps
+    the API tokens from its trainer (LocalBackend)."""
     env = dict(os.environ)
-    for name, var in _SETTINGS_ENV.items():
+    for name in Settings.model_fields:
+        var = env_var(Settings, name)
         v = getattr(settings, name)
         if name == "redis_url":
             v = redis_url

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from services.settings import ClientSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +72,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     name = args.name or exp.spec.name or Path(args.spec).stem
     if args.local or not _service_up():
         if not args.local:
-            url = os.environ.get("RECTRAIN_API_URL", "http://127.0.0.1:8000")
+            url = ClientSettings().api_url
             print(f"no rectrain service at {url}: running the {len(exp.runs)} runs here, one after another")
         return _run_local(exp, name, Path(args.out) if args.out else None)
     return _run_service(exp, name, args.follow)
@@ -80,9 +81,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _service_up() -> bool:
     import httpx
 
-    from services.cli import DEFAULT_API_URL
-
-    url = os.environ.get("RECTRAIN_API_URL", DEFAULT_API_URL).rstrip("/")
+    url = ClientSettings().api_url.rstrip("/")
     try:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
