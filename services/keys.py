@@ -1,7 +1,9 @@
 """Every Redis key the control plane uses, its TTL and bounds, and one builder per key.
 
 Nothing else in the repository spells a key string: the job store, the metrics bus,
-the launcher and the trainer's stream sink all call the builders below.
+the launcher and the trainer's stream sink all call the builders below (the job-stream
+keys are defined in trainer/metrics/stream_keys.py, which the trainer imports, and
+re-exported here).
 
 Layout (``{id}`` is a job id, ``{owner}`` a token owner, ``{status}`` a JobStatus value):
 
@@ -34,11 +36,17 @@ from __future__ import annotations
 
 import re
 
-KEY_PREFIX = "rectrain"
-
-# The metrics stream keeps about this many events per job (XADD MAXLEN ~); per-pass
-# results also live in the progress hash, so trimming never loses the NE table.
-METRICS_STREAM_MAXLEN = 100_000
+# The keys of a job's metrics stream are the trainer's output protocol: they live with its
+# writer (trainer/metrics/stream_keys.py; the trainer cannot import services/) and are
+# re-exported here, so this module still lists and builds every key.
+from trainer.metrics.stream_keys import (  # noqa: F401
+    KEY_PREFIX,
+    METRICS_STREAM_MAXLEN,
+    event_keys_key,
+    events_stream_key,
+    progress_key,
+    progress_pass_field,
+)
 
 # The launcher refreshes its heartbeat every HEARTBEAT_INTERVAL_S; a heartbeat not
 # refreshed for HEARTBEAT_TTL_S expires and the reaper marks the job failed.
@@ -82,14 +90,6 @@ def is_job_id(value: str) -> bool:
 
 def job_key(job_id: str) -> str:
     return f"{KEY_PREFIX}:job:{job_id}"
-
-
-def events_stream_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}:job:{job_id}:events"
-
-
-def progress_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}:job:{job_id}:progress"
 
 
 def heartbeat_key(job_id: str) -> str:
@@ -141,11 +141,6 @@ def queue_score(priority: int, seq: int) -> float:
     return float(-int(priority) * QUEUE_PRIORITY_STRIDE + int(seq))
 
 
-def progress_pass_field(pass_index: int) -> str:
-    """Field of the progress hash holding one pass's result (JSON)."""
-    return f"pass:{int(pass_index)}"
-
-
 def is_study_id(value: str) -> bool:
     """Study ids have the same shape as job ids."""
     return is_job_id(value)
@@ -174,9 +169,3 @@ def owner_studies_key(owner: str) -> str:
 def stream_ticket_key(ticket: str) -> str:
     """A short-lived SSE stream ticket -> ``owner job_id`` (string, with a TTL)."""
     return f"{KEY_PREFIX}:ticket:{ticket}"
-
-
-def event_keys_key(job_id: str) -> str:
-    """Set of the (type, step, pass, phase) keys of a job's non-``train_window`` events
-    already in its stream: makes writes and replays idempotent."""
-    return f"{KEY_PREFIX}:job:{job_id}:seen"

@@ -136,7 +136,7 @@ def make_sink(
     if stdout:
         sinks.append(StdoutSink())
     if redis_url and job_id:
-        from services.metrics_bus import RedisStreamSink  # control plane's writer
+        from trainer.metrics.redis_sink import RedisStreamSink
 
         sinks.append(RedisStreamSink(redis_url, job_id))
     return MultiSink(sinks)
