@@ -15,7 +15,9 @@ storage: a shared path or ``s3://``) holds:
   At another world size a rank's random stream and metric states have no counterpart:
   the random state is seeded from (``training.seed``, step, rank) and a pass resumed
   mid-way reports train NE over its resumed part only (test NE is unaffected).
-- ``rectrain.json`` (rank 0): format, world size and each table's sharding type.
+- ``rectrain.json`` (rank 0): format, world size, each table's sharding type, where
+  in the run it was taken (``progress``) and the model it holds (``model``:
+  :func:`trainer.lifecycle.model_signature`), readable without torch.
 
 Column-wise sharded tables cannot change world size: their row-wise AdaGrad state
 holds one value per row *per column shard*, which does not map onto another column
@@ -96,8 +98,10 @@ def save_checkpoint(
     dmp: torch.nn.Module,
     dense_opt: torch.optim.Optimizer,
     rank_state: dict[str, Any],
+    meta: dict[str, Any] | None = None,
 ) -> None:
-    """Collective (every rank calls it): write this rank's part of a checkpoint."""
+    """Collective (every rank calls it): write this rank's part of a checkpoint
+    (``meta``: more fields for rank 0's ``rectrain.json``)."""
     import torch.distributed.checkpoint as dcp
 
     d = Path(directory)
@@ -107,8 +111,8 @@ def save_checkpoint(
     torch.save(rank_state, rank_file(d, rank))
     if rank == 0:
         torch.save(dense_opt.state_dict(), d / DENSE_OPT_FILE)
-        meta = {"format": FORMAT, "world_size": world_size, "sharding": sharding_types(dmp)}
-        (d / META_FILE).write_text(json.dumps(meta, indent=1))
+        out = {**(meta or {}), "format": FORMAT, "world_size": world_size, "sharding": sharding_types(dmp)}
+        (d / META_FILE).write_text(json.dumps(out, indent=1))
 
 
 def load_checkpoint(
@@ -122,6 +126,22 @@ def load_checkpoint(
     """Collective: restore the sharded model, both optimizers; return (this rank's saved
     state, whether it is this rank's own — False after a change of world size, where it
     is rank 0's, for the progress counters only)."""
+    d = Path(directory)
+    saved_world = load_weights(d, world_size=world_size, dmp=dmp, dense_opt=dense_opt)
+    own = saved_world == world_size
+    st = torch.load(rank_file(d, rank if own else 0), map_location="cpu", weights_only=False)
+    return st, own
+
+
+def load_weights(
+    directory: str | Path,
+    *,
+    world_size: int,
+    dmp: torch.nn.Module,
+    dense_opt: torch.optim.Optimizer | None,
+) -> int:
+    """Collective: restore the sharded model and (unless ``dense_opt`` is None) both
+    optimizers' state from a checkpoint saved at any world size; return that world size."""
     import torch.distributed.checkpoint as dcp
 
     d = Path(directory)
@@ -150,15 +170,15 @@ def load_checkpoint(
                 f"{', '.join(col)}; their row-wise AdaGrad state does not reshard to another "
                 f"column split: resume with scaling.num_workers: {saved_world}"
             )
-    sd = _sharded_state(dmp)
+    sd = _sharded_state(dmp) if dense_opt is not None else {"model": dmp.state_dict()}
     with torch.no_grad():
         dcp.load(sd, checkpoint_id=str(d))
         dmp.load_state_dict(sd["model"])
-        dmp.fused_optimizer.load_state_dict(sd["sparse_opt"])  # type: ignore[union-attr]
-    dense_opt.load_state_dict(torch.load(d / DENSE_OPT_FILE, map_location="cpu", weights_only=False))
-    own = saved_world == world_size
-    st = torch.load(rank_file(d, rank if own else 0), map_location="cpu", weights_only=False)
-    return st, own
+        if dense_opt is not None:
+            dmp.fused_optimizer.load_state_dict(sd["sparse_opt"])  # type: ignore[union-attr]
+    if dense_opt is not None:
+        dense_opt.load_state_dict(torch.load(d / DENSE_OPT_FILE, map_location="cpu", weights_only=False))
+    return saved_world
 
 
 # ---------------------------------------------------------------- reading without a process group

@@ -200,7 +200,11 @@ def run_job(
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=spec.training.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # the latest checkpoint and the two best pass ends (trainer/lifecycle.py): the
+            # selected pass stays exportable and usable by training.init_from
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute="keep_score", checkpoint_score_order="max"
+            ),
         ),
     )
     t0 = time.time()

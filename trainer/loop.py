@@ -24,10 +24,18 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer.checkpoint import load_checkpoint, reseed, rng_state, save_checkpoint, set_rng_state
+from trainer.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    reseed,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trainer.collectives import Collectives
 from trainer.data.dataset import STRATA, RankData, prefetch
 from trainer.errors import DivergedError
+from trainer.lifecycle import MID_PASS_SCORE, keep_score, model_signature
 from trainer.metrics import ne
 from trainer.metrics.auc import ExactAUC
 from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
@@ -254,6 +262,13 @@ class Trainer:
             "rng": rng_state(self.device),
             "train_metrics": ne.get_state(train_metrics) if train_metrics is not None else None,
         }
+        progress = {k: v for k, v in rank_state["progress"].items() if k != "passes"}
+        meta = {"progress": progress, "model": model_signature(self.spec)}
+        # which checkpoints Ray Train keeps (trainer/lifecycle.py): the latest, and the pass
+        # ends with the best score (lowest validation NE; without validation, the last)
+        score = MID_PASS_SCORE
+        if step_in_pass == 0 and pass_idx > 0 and self.passes:
+            score = keep_score(self.passes[-1].get("val_ne"), pass_idx - 1, self.spec.data.has_validation)
         with tempfile.TemporaryDirectory(prefix="rectrain-ckpt-") as d:
             save_checkpoint(
                 d,
@@ -262,8 +277,11 @@ class Trainer:
                 dmp=self.dmp,
                 dense_opt=self.dense_opt,
                 rank_state=rank_state,
+                meta=meta,
             )
-            self.session.report({**metrics, "global_step": self.global_step, "passes": self.passes}, d)
+            self.session.report(
+                {**metrics, "global_step": self.global_step, "passes": self.passes, "keep_score": score}, d
+            )
 
     def _plan(self) -> dict[str, int]:
         steps = self.data.steps_per_pass
@@ -277,6 +295,7 @@ class Trainer:
     def _resume(self) -> tuple[int, int]:
         ckpt = self.session.checkpoint_dir()
         if ckpt is None:
+            self._warm_start()
             self.emit(
                 EventType.LIFECYCLE,
                 -1,
@@ -308,6 +327,43 @@ class Trainer:
             **self._plan(),
         )
         return prog["pass"], prog["step_in_pass"]
+
+    def _warm_start(self) -> None:
+        """``training.init_from``: a new job starts from another run's weights (and, unless
+        ``reset_optimizer``, its optimizers' state), saved at any number of workers."""
+        init = self.spec.training.init_from
+        if init is None:
+            return
+        from trainer import storage
+        from trainer.lifecycle import LifecycleError, read_meta, resolve_checkpoint, signature_differences
+
+        if init.checkpoint is None:
+            raise LifecycleError(
+                f"training.init_from.job: job {init.job} is resolved to its checkpoint by the service "
+                "(rectrain submit); with rectrain run, name its run directory or checkpoint in "
+                "training.init_from.checkpoint"
+            )
+        location, at = resolve_checkpoint(init.checkpoint, init.pass_, "training.init_from.checkpoint")
+        diff = signature_differences((read_meta(location) or {}).get("model") or {}, model_signature(self.spec))
+        if diff:
+            raise LifecycleError(
+                "training.init_from: the checkpoint's model differs from this spec's: " + "; ".join(diff)
+            )
+        with tempfile.TemporaryDirectory(prefix="rectrain-init-") as tmp:
+            local = storage.download_dir(location, tmp)
+            load_weights(
+                local,
+                world_size=self.session.world_size,
+                dmp=self.dmp,
+                dense_opt=None if init.reset_optimizer else self.dense_opt,
+            )
+        what = "weights" if init.reset_optimizer else "weights and optimizer state"
+        self.emit(
+            EventType.LIFECYCLE,
+            -1,
+            phase="warm_start",
+            message=f"{what} from {location}" + (f" (pass {at})" if at is not None else ""),
+        )
 
     # ------------------------------------------------------------------ passes
 

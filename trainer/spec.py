@@ -374,6 +374,44 @@ class DenseOptimizerSpec(_Strict):
     )
 
 
+class InitFrom(_Strict):
+    """``training.init_from``: start from another run's model instead of fresh weights.
+
+    Args:
+        job (str | None): a job id of the same owner; the service resolves it to its
+            checkpoint at submit (only your own, finished jobs) and fills ``checkpoint``.
+        checkpoint (str | None): a run directory, a job's storage location or one
+            checkpoint directory (path, ``file://`` or ``s3://``).
+        pass_ (int | None, ``pass`` in YAML): the 0-based pass of that run whose
+            end-of-pass checkpoint to load; default the run's selected pass (lowest
+            validation NE), else its last.
+        reset_optimizer (bool): load the weights only; the row-wise AdaGrad
+            accumulators and the dense optimizer start fresh.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        allow_inf_nan=False,
+        populate_by_name=True,
+        serialize_by_alias=True,
+    )
+
+    job: str | None = Field(None, pattern=r"^[0-9a-f]{16}$")
+    checkpoint: str | None = Field(None, min_length=1, max_length=4096)
+    pass_: int | None = Field(None, alias="pass", ge=0, le=1000)
+    reset_optimizer: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InitFrom":
+        if self.job is None and self.checkpoint is None:
+            raise ValueError(
+                "training.init_from: name the model to start from: training.init_from.job (a job id) "
+                "or training.init_from.checkpoint (a run directory or checkpoint URI)"
+            )
+        return self
+
+
 class TrainingSpec(_Strict):
     """How to train.
 
@@ -394,6 +432,8 @@ class TrainingSpec(_Strict):
         on_divergence: ``fail`` (default): a non-finite training loss or NE stops
             the job as failed ("diverged at step N (loss = nan)"); ``continue``
             keeps training and only reports it.
+        init_from (InitFrom | None): warm start from another run's model (see
+            :class:`InitFrom`); default: fresh weights.
     """
 
     num_passes: int = Field(1, ge=1, le=1000)
@@ -406,6 +446,7 @@ class TrainingSpec(_Strict):
     max_failures: int = Field(0, ge=0, le=100)
     max_wall_seconds: int | None = Field(None, ge=1, le=MAX_WALL_SECONDS)
     on_divergence: Literal["fail", "continue"] = "fail"
+    init_from: InitFrom | None = None
 
 
 # --------------------------------------------------------------------------- regularizers

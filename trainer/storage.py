@@ -299,3 +299,19 @@ def check_shared(location: str, *, explicit: bool) -> None:
             f"storage: {ENV_STORAGE_URI}={location} is not shared: Ray node(s) {', '.join(blind)} do not "
             "see files written there; mount the same ReadWriteMany volume on every node or use s3://"
         )
+
+
+def download_dir(location: str | Path, dest: str | Path) -> Path:
+    """Copy a directory (a checkpoint) from any location into the local ``dest``; a local
+    location is returned as it is (no copy)."""
+    import pyarrow.fs as pafs
+
+    s = str(location)
+    if is_local(s):
+        return Path(resolve(s)[1])
+    fs, path = resolve(s)
+    try:
+        pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    except OSError as e:
+        raise StorageError(f"cannot download {s}: {e}") from e
+    return Path(dest)

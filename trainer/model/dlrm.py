@@ -78,6 +78,7 @@ class DLRM(nn.Module):
         dense_dropout: float = 0.0,
         dense_device: torch.device | None = None,
         pooled_train_scale: dict[str, float] | None = None,
+        ebc_device: torch.device | None = None,
     ) -> None:
         super().__init__()
         m = spec.model
@@ -97,7 +98,9 @@ class DLRM(nn.Module):
             for f in self.features
             for r in range(m.num_replicas)
         ]
-        self.ebc = EmbeddingBagCollection(tables=tables, device=torch.device("meta"))
+        # meta: DistributedModelParallel materialises each rank's shards; an exported
+        # model (trainer/export.py) builds whole tables on the CPU instead
+        self.ebc = EmbeddingBagCollection(tables=tables, device=ebc_device or torch.device("meta"))
         with torch.device(dense_device or torch.device("cpu")):
             self.dense_arch = (
                 MLP(
