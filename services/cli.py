@@ -51,6 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("id")
     s.set_defaults(func=_cmd_follow)
 
+    s = sub.add_parser(
+        "export", help="write a job's or run directory's model as one file (see docs/model-format.md)"
+    )
+    s.add_argument("source", help="a job id (downloaded from the API) or a run directory / job storage URI")
+    s.add_argument(
+        "--pass", dest="pass_", type=int, default=None, help="0-based pass (default: the selected)"
+    )
+    s.add_argument("--out", required=True, help="where to write the model file")
+    s.set_defaults(func=_cmd_export)
+
     from services.study_cli import register as register_study
 
     register_study(sub)
@@ -350,6 +360,50 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
             job = _check(c.post(f"/v1/jobs/{args.id}/cancel"))
         state = job["status"] if job["status"] == "cancelled" else f"{job['status']}, cancel requested"
         print(f"job {job['id']}: {state}")
+        return 0
+
+    return _run_client(go)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import re
+
+    from trainer import storage
+
+    src = args.source
+    if re.fullmatch(r"[0-9a-f]{16}", src) and not storage.exists(src):
+        return _download_model(src, args.pass_, args.out)
+    from trainer.export import export_model
+
+    info = export_model(src, args.out, pass_=args.pass_)
+    _print_export(info, args.out)
+    return 0
+
+
+def _print_export(info: dict, out: str) -> None:
+    m = info.get("metrics") or {}
+    ne = f", test NE {m['test_ne']:.4f}" if m.get("test_ne") is not None else ""
+    print(f"model of pass {info.get('pass')}{ne}: {out}")
+
+
+def _download_model(job_id: str, pass_: int | None, out: str) -> int:
+    def go() -> int:
+        params = {"pass": pass_} if pass_ is not None else {}
+        p = Path(out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".part")
+        with _client() as c, c.stream("GET", f"/v1/jobs/{job_id}/model", params=params, timeout=600) as r:
+            if r.status_code >= 400:
+                r.read()
+                _check(r)
+            with open(tmp, "wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+        tmp.replace(p)
+        print(f"model of job {job_id} (pass {r.headers.get('x-rectrain-pass', '?')}): {out}")
         return 0
 
     return _run_client(go)

@@ -314,20 +314,22 @@ class RayJobsBackend:
 
     def _stored_results(self) -> dict[str, Any] | None:
         """results.json from the job's storage (only shared storage outlives the driver's temp dir)."""
-        if not self.settings.storage_uri:
-            return None
         from trainer import storage
 
         try:
-            loc = storage.join(storage.job_location(self.settings.storage_uri, self.job.id), "results.json")
+            loc = storage.join(
+                storage.job_location(self.settings.effective_storage_uri, self.job.id), "results.json"
+            )
             return json.loads(storage.read_text(loc))
         except (storage.StorageError, ValueError):
             return None
 
     def _env_vars(self, spec_b64: str) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}
-        if self.settings.storage_uri:  # checkpoints and results on storage every node shares
-            env["RECTRAIN_STORAGE_URI"] = self.settings.storage_uri
+        # checkpoints and results on the job's storage (RECTRAIN_STORAGE_URI, else the data
+        # directory: a local path, which the trainer refuses when workers run on other nodes
+        # that do not share it), where export and training.init_from find them
+        env["RECTRAIN_STORAGE_URI"] = self.settings.effective_storage_uri
         return env
 
     async def start(self) -> dict[str, Any]:

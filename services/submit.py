@@ -15,6 +15,7 @@ from services.capacity import job_demand, never_fits
 from services.jobs import JobRecord, JobStore
 from services.launcher import JobLauncher
 from services.limits import check_job_limits
+from services.model_lifecycle import resolve_init_from
 from services.queue import notify_dispatchers
 from trainer.errors import CapacityError
 from trainer.spec import JobSpec
@@ -41,11 +42,15 @@ async def submit_job(
     from the launcher's (cached) capacity reader; the dispatchers of this process are
     woken so the job starts without waiting for their next tick. Raises
     :class:`trainer.errors.SpecError` when it asks for more than the service allows or
-    reads data outside the data roots (:mod:`services.limits`).
+    reads data outside the data roots (:mod:`services.limits`), or when its
+    ``training.init_from`` cannot be used (:mod:`services.model_lifecycle`).
     """
     check_job_limits(spec, launcher.settings)
     spec.check_capacity()
     settings = launcher.settings
+    # training.init_from: the owner's own succeeded job (or a checkpoint under the data
+    # roots) with the same model, resolved to its checkpoint now
+    spec = await resolve_init_from(store, settings, owner, spec)
     demand = job_demand(spec, settings)
     cap = await launcher.capacity.read()
     if cap is not None:  # unknown (Ray away): admit; the queue shows why it waits

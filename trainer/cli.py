@@ -36,6 +36,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from trainer.predict import predict
+
+    r = predict(args.model, args.data, args.out, batch_size=args.batch_size, progress=not args.no_progress)
+    print(f"{r['examples']:,} predictions: {r['out']}")
+    if r["ne"] is not None:
+        auc = f"{r['auc']:.4f}" if r["auc"] is not None else "n/a"
+        print(f"NE {r['ne']:.6f}  calibration {r['calibration']:.4f}  AUC {auc}")
+    else:
+        print("no labels: no NE, calibration or AUC")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rectrain", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -52,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--redis-url", default=None, help="Redis URL for the job's metrics stream")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
+    r = sub.add_parser(
+        "predict", help="score data with an exported model (CPU) and write predictions as Parquet"
+    )
+    r.add_argument("model", help="an exported model file (rectrain export)")
+    r.add_argument(
+        "data",
+        help="day:N[,M] (days of the model's own data source), a data spec (.yaml/.json with its "
+        "test_days), or a .parquet/.csv table / Criteo .tsv file",
+    )
+    r.add_argument("--out", default="predictions.parquet", help="Parquet file (default: %(default)s)")
+    r.add_argument("--batch-size", type=int, default=4096)
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_predict)
     for mod in _PLUGINS:
         try:
             m = importlib.import_module(mod)

@@ -10,6 +10,7 @@ scores batches.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def hashing_info(spec: JobSpec) -> dict[str, Any]:
         "hash_size": spec.model.hash_size,
         "num_replicas": spec.model.num_replicas,
         "tables": {
-            table_name(f, r): {"feature": f, "replica": r} for f in spec.data.sparse_feature_names()
+            table_name(f, r): {"feature": f, "replica": r}
+            for f in spec.data.sparse_feature_names()
             for r in range(spec.model.num_replicas)
         },
     }
@@ -80,7 +82,9 @@ def _load_spec(run: str) -> JobSpec:
     raise LifecycleError(f"export: {run} has no spec.yaml (is it a run directory or a job's storage?)")
 
 
-def export_model(run: str | Path, out: str | Path, *, pass_: int | None = None, job_id: str | None = None) -> dict:
+def export_model(
+    run: str | Path, out: str | Path, *, pass_: int | None = None, job_id: str | None = None
+) -> dict:
     """Write the model of ``run`` (a run directory or a job's storage location) at pass
     ``pass_`` (default: the selected pass, else the last) to ``out`` (a path or URI);
     return the artifact's description (everything but the weights)."""
@@ -114,7 +118,7 @@ def export_model(run: str | Path, out: str | Path, *, pass_: int | None = None, 
         if storage.is_local(str(out)):
             p = Path(storage.resolve(str(out))[1])
             p.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out = p.with_name(p.name + ".tmp")
+            tmp_out = p.with_name(f"{p.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
             import shutil
 
             shutil.copyfile(f, tmp_out)

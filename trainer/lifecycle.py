@@ -82,7 +82,9 @@ def signature_differences(source: dict[str, Any], target: dict[str, Any]) -> lis
                 only_a = [f for f in a if f not in b]
                 only_b = [f for f in b if f not in a]
                 detail = (
-                    f"only in the source {only_a}, only here {only_b}" if (only_a or only_b) else "other order"
+                    f"only in the source {only_a}, only here {only_b}"
+                    if (only_a or only_b)
+                    else "other order"
                 )
                 out.append(f"{name}: {detail}")
             else:

@@ -344,7 +344,9 @@ class Trainer:
                 "training.init_from.checkpoint"
             )
         location, at = resolve_checkpoint(init.checkpoint, init.pass_, "training.init_from.checkpoint")
-        diff = signature_differences((read_meta(location) or {}).get("model") or {}, model_signature(self.spec))
+        diff = signature_differences(
+            (read_meta(location) or {}).get("model") or {}, model_signature(self.spec)
+        )
         if diff:
             raise LifecycleError(
                 "training.init_from: the checkpoint's model differs from this spec's: " + "; ".join(diff)

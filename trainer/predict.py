@@ -168,7 +168,9 @@ def _batches(spec: JobSpec, part: _Part, batch_size: int) -> Iterator[tuple[np.n
             lengths = part.lengths[f][rows]
             for r in range(replicas):
                 table_rows = part.rows[f][r]
-                values = table_rows[rows] if part.single[f] else gather_jagged(table_rows, part.offsets[f], rows)
+                values = (
+                    table_rows[rows] if part.single[f] else gather_jagged(table_rows, part.offsets[f], rows)
+                )
                 values_all.append(values)
                 lengths_all.append(lengths)
         kjt = KeyedJaggedTensor.from_lengths_sync(
@@ -176,12 +178,15 @@ def _batches(spec: JobSpec, part: _Part, batch_size: int) -> Iterator[tuple[np.n
             values=torch.from_numpy(np.concatenate(values_all)),
             lengths=torch.from_numpy(np.concatenate(lengths_all)),
         )
-        yield rows, Batch(
-            dense=torch.from_numpy(np.ascontiguousarray(part.dense[rows])),
-            sparse=kjt,
-            labels=torch.from_numpy(part.label[rows]),
-            weights=torch.ones(len(rows)),
-            strata=torch.zeros(len(rows), dtype=torch.long),
+        yield (
+            rows,
+            Batch(
+                dense=torch.from_numpy(np.ascontiguousarray(part.dense[rows])),
+                sparse=kjt,
+                labels=torch.from_numpy(part.label[rows]),
+                weights=torch.ones(len(rows)),
+                strata=torch.zeros(len(rows), dtype=torch.long),
+            ),
         )
 
 
@@ -226,7 +231,9 @@ def predict(
                 raise DataError(
                     f"data: {chunk.dense.shape[1]} dense features, the model reads {spec.data.num_dense_features()}"
                 )
-            part = _Part(chunk, np.full(len(chunk), day), np.zeros(len(chunk), dtype=np.int64), spec, features)
+            part = _Part(
+                chunk, np.full(len(chunk), day), np.zeros(len(chunk), dtype=np.int64), spec, features
+            )
             for rows, batch in _batches(spec, part, batch_size):
                 logits = model.logits(batch)
                 p = torch.sigmoid(logits)
@@ -256,11 +263,19 @@ def predict(
             writer.close()
     if written == 0:
         raise DataError(f"data: {data} holds no examples")
-    result: dict[str, Any] = {"examples": written, "out": str(out), "ne": None, "calibration": None, "auc": None}
+    result: dict[str, Any] = {
+        "examples": written,
+        "out": str(out),
+        "ne": None,
+        "calibration": None,
+        "auc": None,
+    }
     if preds and labelled:
         s = ne.summarize(metrics.compute())
         p, y = torch.cat(preds), torch.cat(labels)
         result.update(
-            ne=s.get("lifetime_ne"), calibration=s.get("lifetime_calibration"), auc=weighted_auc(p, y, torch.ones_like(y))
+            ne=s.get("lifetime_ne"),
+            calibration=s.get("lifetime_calibration"),
+            auc=weighted_auc(p, y, torch.ones_like(y)),
         )
     return result

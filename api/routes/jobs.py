@@ -13,15 +13,19 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
+from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
 from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage, Responses, StreamTicket
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
 from services.metrics_bus import read_events, read_events_raw
+from services.model_lifecycle import ModelNotReady, iter_file, model_file
 from services.queue import queue_info
 from services.stream_hub import StreamLimit
 from services.submit import submit_job
 from trainer.errors import CapacityError, SpecError
+from trainer.lifecycle import LifecycleError
+from trainer.storage import StorageError
 
 log = logging.getLogger("rectrain.api")
 
@@ -161,6 +165,45 @@ async def delete_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> Respo
     with _store_errors():
         await store.delete(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+_MODEL_DOC = {
+    200: {
+        "content": {"application/octet-stream": {}},
+        "description": "the exported model file of the pass (docs/model-format.md); header X-Rectrain-Pass",
+    },
+    404: {"model": Message, "description": "no such job for this token's owner, or the pass is not kept"},
+    409: {"model": Message, "description": "the job has not succeeded"},
+}
+
+
+@router.get("/{job_id}/model", response_class=StreamingResponse, responses=_MODEL_DOC)
+async def read_job_model(
+    job_id: str,
+    owner: CurrentOwner,
+    store: StoreDep,
+    settings: SettingsDep,
+    pass_: Annotated[
+        int | None, Query(alias="pass", ge=0, le=1000, description="0-based pass; default the selected")
+    ] = None,
+) -> StreamingResponse:
+    """Download a succeeded job's model: one unsharded file (weights, spec, hashing, features)."""
+    job = await _job_or_404(store, job_id, owner)
+    try:
+        loc, at, size = await model_file(settings, job, pass_)
+    except ModelNotReady as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+    except (LifecycleError, StorageError) as e:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, e.message) from None
+    name = f"rectrain-{job_id}-pass{at}.pt"
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Rectrain-Pass": str(at),
+        "Content-Length": str(size),
+    }
+    return StreamingResponse(
+        iterate_in_threadpool(iter_file(loc)), media_type="application/octet-stream", headers=headers
+    )
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPage, responses=_NOT_FOUND)
