@@ -38,6 +38,7 @@ def test_openapi_lists_every_route_with_auth(server):
         "/v1/studies/{study_id}/events": {"get"},
         "/v1/studies/{study_id}/stream-ticket": {"post"},
         "/v1/jobs/{job_id}/stream-ticket": {"post"},
+        "/v1/jobs/{job_id}/model": {"get"},
     }
     for path, ops in spec["paths"].items():
         for op in ops.values():
