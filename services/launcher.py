@@ -316,20 +316,32 @@ class RayJobsBackend:
         """results.json from the job's storage (only shared storage outlives the driver's temp dir)."""
         from trainer import storage
 
+        root = self._storage_uri()
+        if root is None:
+            return None
         try:
-            loc = storage.join(
-                storage.job_location(self.settings.effective_storage_uri, self.job.id), "results.json"
-            )
+            loc = storage.join(storage.job_location(root, self.job.id), "results.json")
             return json.loads(storage.read_text(loc))
         except (storage.StorageError, ValueError):
             return None
 
+    def _storage_uri(self) -> str | None:
+        """The jobs' storage root: RECTRAIN_STORAGE_URI (shared by every node), else, for a
+        Ray head on this machine (serve's own), the data directory; else none (the driver
+        keeps the run in a temp dir on the head, and its model cannot be exported)."""
+        if self.settings.storage_uri:
+            return self.settings.storage_uri
+        addr = self.settings.ray_address or ""
+        host = addr.split("://", 1)[-1].split(":", 1)[0]
+        if host in ("", "127.0.0.1", "localhost"):
+            return self.settings.effective_storage_uri
+        return None
+
     def _env_vars(self, spec_b64: str) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}
-        # checkpoints and results on the job's storage (RECTRAIN_STORAGE_URI, else the data
-        # directory: a local path, which the trainer refuses when workers run on other nodes
-        # that do not share it), where export and training.init_from find them
-        env["RECTRAIN_STORAGE_URI"] = self.settings.effective_storage_uri
+        root = self._storage_uri()
+        if root is not None:  # checkpoints and results where export and init_from find them
+            env["RECTRAIN_STORAGE_URI"] = root
         return env
 
     async def start(self) -> dict[str, Any]:

@@ -88,7 +88,10 @@ def _model_file(settings: Settings, job: JobRecord, pass_: int | None) -> tuple[
 
     run = job_storage(settings, job.id)
     if not storage.exists(run):
-        raise LifecycleError(f"job {job.id} kept no files (its storage {run} is gone)")
+        raise LifecycleError(
+            f"job {job.id} kept no files at {run}: set RECTRAIN_STORAGE_URI (shared storage) so that "
+            "jobs on a remote Ray cluster keep their checkpoints"
+        )
     ckpt, at = resolve_checkpoint(run, pass_, "pass")
     loc = storage.join(run, "models", f"pass_{at}.pt")
     if not storage.exists(loc):

@@ -28,6 +28,7 @@ from typing import Any
 
 from trainer import storage
 from trainer.errors import CapacityError, RectrainError
+from trainer.lifecycle import prepare_init_from
 from trainer.report import summarize_passes  # noqa: F401  (results.json's summary; re-exported)
 from trainer.spec import JobSpec, spec_to_yaml
 
@@ -164,6 +165,7 @@ def run_job(
     from trainer.loop import train_worker
 
     spec.check_capacity()
+    spec = prepare_init_from(spec)  # warm start: the checkpoint resolved and checked up front
     run_dir = Path(run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()

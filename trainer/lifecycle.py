@@ -189,3 +189,29 @@ def resolve_checkpoint(location: str, pass_: int | None, field: str = "checkpoin
             f"{', '.join(map(str, kept))}: the selected and the last passes)"
         )
     return kept[pass_], pass_
+
+
+def prepare_init_from(spec: JobSpec) -> JobSpec:
+    """The driver's side of ``training.init_from``: resolve the checkpoint (an absolute
+    location, the pass filled in) and check the model matches, before any worker starts."""
+    init = spec.training.init_from
+    if init is None:
+        return spec
+    if init.checkpoint is None:
+        raise LifecycleError(
+            f"training.init_from.job: job {init.job} is resolved to its checkpoint by the service "
+            "(rectrain submit); with rectrain run, name its run directory or checkpoint in "
+            "training.init_from.checkpoint"
+        )
+    field = "training.init_from.checkpoint"
+    loc = init.checkpoint
+    if not storage.is_uri(loc):
+        from pathlib import Path
+
+        loc = str(Path(loc).resolve())
+    ckpt, at = resolve_checkpoint(loc, init.pass_, field)
+    diff = signature_differences((read_meta(ckpt) or {}).get("model") or {}, model_signature(spec))
+    if diff:
+        raise LifecycleError(f"{field}: the model to start from differs from this spec's: " + "; ".join(diff))
+    resolved = init.model_copy(update={"checkpoint": ckpt, "pass_": at})
+    return spec.model_copy(update={"training": spec.training.model_copy(update={"init_from": resolved})})

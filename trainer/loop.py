@@ -335,22 +335,12 @@ class Trainer:
         if init is None:
             return
         from trainer import storage
-        from trainer.lifecycle import LifecycleError, read_meta, resolve_checkpoint, signature_differences
+        from trainer.lifecycle import prepare_init_from
 
-        if init.checkpoint is None:
-            raise LifecycleError(
-                f"training.init_from.job: job {init.job} is resolved to its checkpoint by the service "
-                "(rectrain submit); with rectrain run, name its run directory or checkpoint in "
-                "training.init_from.checkpoint"
-            )
-        location, at = resolve_checkpoint(init.checkpoint, init.pass_, "training.init_from.checkpoint")
-        diff = signature_differences(
-            (read_meta(location) or {}).get("model") or {}, model_signature(self.spec)
-        )
-        if diff:
-            raise LifecycleError(
-                "training.init_from: the checkpoint's model differs from this spec's: " + "; ".join(diff)
-            )
+        # the driver resolved it already (trainer/launch.py); in-process runs resolve here
+        init = prepare_init_from(self.spec).training.init_from
+        assert init is not None and init.checkpoint is not None
+        location, at = init.checkpoint, init.pass_
         with tempfile.TemporaryDirectory(prefix="rectrain-init-") as tmp:
             local = storage.download_dir(location, tmp)
             load_weights(
