@@ -386,7 +386,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _print_export(info: dict, out: str) -> None:
     m = info.get("metrics") or {}
     ne = f", test NE {m['test_ne']:.4f}" if m.get("test_ne") is not None else ""
-    print(f"model of pass {info.get('pass')}{ne}: {out}")
+    at = info.get("pass")
+    shown = f"pass {at} (0-based; pass {at + 1} in the table)" if at is not None else "the checkpoint"
+    print(f"model of {shown}{ne}: {out}")
 
 
 def _download_model(job_id: str, pass_: int | None, out: str) -> int:
