@@ -37,7 +37,7 @@ def _finished_job(alice, settings, run: Path) -> str:
     return job["id"]
 
 
-def test_download_the_model_with_auth_and_ownership(server, alice, bob, settings, trained_run):
+def test_download_the_model_with_auth_and_ownership(server, alice, bob, settings, trained_run, monkeypatch):
     from trainer.export import load_model
 
     job_id = _finished_job(alice, settings, trained_run)
@@ -52,6 +52,20 @@ def test_download_the_model_with_auth_and_ownership(server, alice, bob, settings
     assert m.pass_ == 0 and m.spec.model.hash_size == 2000
     # the same twice (the export is kept in the job's storage)
     assert alice.get(f"/v1/jobs/{job_id}/model", params={"pass": 0}).content == r.content
+
+    # the CLI: rectrain export <job id> downloads it
+    from api_helpers import ALICE, BOB
+
+    from trainer.cli import main
+
+    monkeypatch.setenv("RECTRAIN_API_URL", server.url)
+    monkeypatch.setenv("RECTRAIN_TOKEN", ALICE)
+    out = Path(settings.data_dir) / "cli.pt"
+    assert main(["export", job_id, "--out", str(out)]) == 0
+    assert out.read_bytes() == r.content
+    monkeypatch.setenv("RECTRAIN_TOKEN", BOB)
+    assert main(["export", job_id, "--out", str(out) + ".bob"]) == 1
+    assert not Path(str(out) + ".bob").exists()
 
     assert bob.get(f"/v1/jobs/{job_id}/model").status_code == 404  # another owner: no such job
     assert httpx.get(f"{server.url}/v1/jobs/{job_id}/model").status_code == 401
