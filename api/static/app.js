@@ -601,6 +601,16 @@
       if (job.labels && job.labels.study) btns.push(h("a", { class: "button", id: "job-study", href: `${ROOT}/ui/studies/${enc(job.labels.study)}` }, "Study"));
       btns.push(h("a", { class: "button", href: `${ROOT}/ui/compare?ids=${enc(job.id)}` }, "Compare…"));
       btns.push(h("a", { class: "button", href: `${ROOT}/ui/submit?from=${enc(job.id)}` }, "Clone spec"));
+      if (job.status === "succeeded") {
+        btns.push(h("button", { type: "button", id: "download-model", onclick: async (e) => {
+          e.target.disabled = true;
+          try { await downloadModel(job.id); actionErr.textContent = ""; }
+          catch (ex) { actionErr.textContent = `download: ${ex.message}`; }
+          e.target.disabled = false;
+        } }, "Download model"));
+        btns.push(h("a", { class: "button", id: "continue-job", href: `${ROOT}/ui/submit?from=${enc(job.id)}&continue=1` },
+          "Continue on new days"));
+      }
       if (TERMINAL.has(job.status)) {
         btns.push(h("button", { type: "button", class: "danger", id: "delete-job", onclick: async (e) => {
           if (Date.now() - deleteArmed > 4000) { deleteArmed = Date.now(); e.target.textContent = "Confirm delete"; return; }
@@ -956,6 +966,41 @@
     textarea.scrollTop = Math.max(0, (line - 4) * lh);
   }
 
+  // The model file of a succeeded job (its selected pass), fetched with the bearer header
+  // (never a token in a URL) and handed to the browser as a download.
+  async function downloadModel(jobId) {
+    const token = await ensureToken();
+    const r = await fetch(`${ROOT}/v1/jobs/${enc(jobId)}/model`, { headers: { Authorization: `Bearer ${token}` } });
+    if (!r.ok) {
+      let detail = r.statusText;
+      try { detail = (await r.json()).detail || detail; } catch (e) { /* not JSON */ }
+      throw new Error(`${r.status}: ${detail}`);
+    }
+    const blob = await r.blob();
+    const m = (r.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+    const url = URL.createObjectURL(blob);
+    const a = h("a", { href: url, download: m ? m[1] : `rectrain-${jobId}.pt`, hidden: true });
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
+  // "Continue on new days": the job's spec warm-started from it (training.init_from), every
+  // day list moved past the days it trained on.
+  function continueSpec(src) {
+    const spec = JSON.parse(JSON.stringify(src.spec || {}));
+    const data = spec.data || (spec.data = {});
+    const train = data.train_days || [0];
+    const shift = Math.max(...train) - Math.min(...train) + 1;
+    for (const k of ["train_days", "validation_days", "test_days"]) {
+      if (Array.isArray(data[k])) data[k] = data[k].map((d) => d + shift);
+    }
+    const training = spec.training || (spec.training = {});
+    training.init_from = { job: src.id, reset_optimizer: false };
+    return spec;
+  }
+
   async function pageSubmit() {
     const params = new URLSearchParams(location.search);
     const nameIn = h("input", { id: "job-name", name: "name", placeholder: "optional, e.g. l2-1e-4", style: "width:100%" });
@@ -987,8 +1032,9 @@
     if (params.get("from")) {
       try {
         const src = await api(`/v1/jobs/${enc(params.get("from"))}`);
-        specIn.value = jsyaml.dump(src.spec || {}, { lineWidth: 100 });
-        nameIn.value = src.name ? `${src.name}-2` : "";
+        const cont = params.get("continue") === "1";
+        specIn.value = jsyaml.dump(cont ? continueSpec(src) : src.spec || {}, { lineWidth: 100 });
+        nameIn.value = src.name ? `${src.name}-${cont ? "next" : "2"}` : "";
         if (src.labels) labelsIn.value = Object.entries(src.labels).map(([k, v]) => `${k}=${v}`).join(", ");
       } catch (ex) { await loadExample(); errForm.textContent = `could not load job ${params.get("from")}: ${ex.message}`; }
     } else {
