@@ -94,7 +94,7 @@ def export_model(
     spec = _load_spec(run)
     ckpt, at = resolve_checkpoint(run, pass_, "pass")
     results = read_results(run) or {}
-    row = next((p for p in results.get("passes", []) if p.get("pass") == at), {})
+    row: dict[str, Any] = next((p for p in results.get("passes", []) if p.get("pass") == at), {})
     with tempfile.TemporaryDirectory(prefix="rectrain-export-") as tmp:
         local = storage.download_dir(ckpt, Path(tmp) / "ckpt")
         state = read_model_state(local)

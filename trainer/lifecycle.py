@@ -79,8 +79,8 @@ def signature_differences(source: dict[str, Any], target: dict[str, Any]) -> lis
             continue
         if a != b:
             if k == "sparse_features":
-                only_a = [f for f in a if f not in b]
-                only_b = [f for f in b if f not in a]
+                only_a = [f for f in a if f not in (b or [])]
+                only_b = [f for f in (b or []) if f not in a]
                 detail = (
                     f"only in the source {only_a}, only here {only_b}"
                     if (only_a or only_b)
