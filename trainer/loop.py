@@ -262,7 +262,7 @@ class Trainer:
             "rng": rng_state(self.device),
             "train_metrics": ne.get_state(train_metrics) if train_metrics is not None else None,
         }
-        progress = {k: v for k, v in rank_state["progress"].items() if k != "passes"}
+        progress = {"pass": pass_idx, "step_in_pass": step_in_pass, "global_step": self.global_step}
         meta = {"progress": progress, "model": model_signature(self.spec)}
         # which checkpoints Ray Train keeps (trainer/lifecycle.py): the latest, and the pass
         # ends with the best score (lowest validation NE; without validation, the last)

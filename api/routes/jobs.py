@@ -167,7 +167,7 @@ async def delete_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> Respo
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-_MODEL_DOC = {
+_MODEL_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {"application/octet-stream": {}},
         "description": "the exported model file of the pass (docs/model-format.md); header X-Rectrain-Pass",

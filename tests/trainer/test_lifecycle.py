@@ -125,7 +125,8 @@ def test_warm_start_from_two_workers_on_one(tmp_path):
         model={"num_replicas": 2, "hash_size": 3000}, training={"init_from": {"checkpoint": str(ckpt2)}}
     )
     with pytest.raises(
-        RectrainError, match=r"training.init_from.checkpoint: .*model.hash_size: 2000 in the source, 3000 here"
+        RectrainError,
+        match=r"training.init_from.checkpoint: .*model.hash_size: 2000 in the source, 3000 here",
     ):
         Trainer(parse_spec(other), DirSession(0, 1, None, str(tmp_path / "out")), tmp_path)._resume()
 
