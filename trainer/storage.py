@@ -310,6 +310,7 @@ def download_dir(location: str | Path, dest: str | Path) -> Path:
     if is_local(s):
         return Path(resolve(s)[1])
     fs, path = resolve(s)
+    Path(dest).mkdir(parents=True, exist_ok=True)
     try:
         pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except OSError as e:

@@ -157,3 +157,34 @@ def test_init_from_refusals(tmp_path):
     spec = parse_spec(tiny_spec_dict(training={"init_from": {"job": "0123456789abcdef"}}))
     with pytest.raises(RectrainError, match=r"training.init_from.job: .*resolved .* by the service"):
         Trainer(spec, LocalSession(tmp_path), tmp_path / "r")._resume()
+
+
+def test_export_and_warm_start_from_s3(s3_env, tmp_path):
+    """A run kept on S3 (as a job's storage is on a cluster): its pass found, exported to
+    S3 and read back, and a new job warm-started from it."""
+    import pyarrow.fs as pafs
+
+    from trainer import storage
+    from trainer.export import export_model, load_model
+    from trainer.lifecycle import pass_checkpoints
+
+    d = tiny_spec_dict(training={"num_passes": 1})
+    _run(tmp_path / "run", d)
+    root = s3_env.make_bucket("lifecycle")
+    fs, path = storage.resolve(f"{root}/runs/j1")
+    pafs.copy_files(str(tmp_path / "run"), path, destination_filesystem=fs)
+    run = f"{root}/runs/j1"
+    assert list(pass_checkpoints(run)) == [0]
+    info = export_model(run, f"{run}/models/pass_0.pt")
+    assert info["pass"] == 0 and load_model(f"{run}/models/pass_0.pt").spec.model.hash_size == 2000
+
+    warm = tiny_spec_dict(training={"num_passes": 1, "init_from": {"checkpoint": run}})
+    t = Trainer(parse_spec(warm), LocalSession(tmp_path / "w"), tmp_path / "w")
+    t._resume()
+    from trainer.checkpoint import read_model_state
+
+    want = read_model_state(tmp_path / "run" / "checkpoints" / "latest")
+    got = {k: v for k, v in t.dmp.state_dict().items()}
+    table = next(k for k in want if k.startswith("ebc."))
+    shard = got[table].local_shards()[0].tensor
+    assert torch.equal(shard, want[table])
