@@ -27,8 +27,6 @@ from urllib.parse import unquote, urlparse
 
 from trainer.errors import SpecError
 
-URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "az")
-
 
 class DataPathRefused(SpecError):
     """``data.path`` is outside every allowed data root."""

@@ -483,9 +483,3 @@ def load_study(path: str | Path) -> Expansion:
     except (ValueError, yaml.YAMLError) as e:
         raise SpecError(f"study file {p} is not valid YAML/JSON: {e}") from None
     return parse_study(data or {}, base_dir=p.parent)
-
-
-def study_dict_for_api(path: str | Path) -> dict[str, Any]:
-    """A study file as the API takes it: ``base`` inlined (and validated here first)."""
-    exp = load_study(path)
-    return exp.spec.model_dump(mode="json", exclude_none=True)

@@ -18,7 +18,6 @@ from torchrec.metrics.metrics_config import MetricsConfig, RecMetricDef, RecMetr
 from trainer.data.dataset import STRATA, Batch
 
 TASK = RecTaskInfo(name="ctr", label_name="label", prediction_name="prediction", weight_name="weight")
-_P = f"{TASK.name}|"
 
 
 def make_metric_module(
