@@ -2,7 +2,8 @@
 
 :class:`Settings` (the service: API, dispatcher, runners) and :class:`ClientSettings`
 (the CLI talking to an API) each name every variable with its default and one line
-(``Field(description=...)``). :func:`env_var` gives a field's variable; the launcher
+(``Field(description=...)``); a field `x` is read from ``RECTRAIN_X`` (``env_prefix``) but
+for REDIS_URL and RAY_ADDRESS. :func:`env_var` gives a field's variable; the launcher
 builds its runners' environment from every field (``services.launcher.settings_env``);
 :func:`settings_table` renders the README's settings
 table (``python -m services.settings`` rewrites it; a test fails when it is stale).
@@ -52,11 +53,10 @@ def parse_tokens(raw: str) -> dict[str, str]:
 class Settings(BaseSettings):
     """The control plane's configuration (see the module docstring for the variables)."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="RECTRAIN_", extra="ignore", populate_by_name=True)
 
     env: Literal["development", "production"] = Field(
         "development",
-        validation_alias=AliasChoices("RECTRAIN_ENV", "env"),
         description="development | production (production refuses the dev token, placeholder or short tokens, and embedded Redis)",
     )
     redis_url: str | None = Field(
@@ -66,22 +66,18 @@ class Settings(BaseSettings):
     )
     trainer_redis_url: str | None = Field(
         None,
-        validation_alias=AliasChoices("RECTRAIN_TRAINER_REDIS_URL", "trainer_redis_url"),
         description="the Redis URL as trainers must spell it, when it differs from the API's (another network namespace)",
     )
     api_tokens: str | None = Field(
         None,
-        validation_alias=AliasChoices("RECTRAIN_API_TOKENS", "api_tokens"),
         description="`token:owner,token:owner`; unset in development: the dev token for owner `dev`",
     )
     data_dir: Path = Field(
         Path(".rectrain"),
-        validation_alias=AliasChoices("RECTRAIN_DATA_DIR", "data_dir"),
         description="run directories, launcher logs, the embedded Redis",
     )
     storage_uri: str | None = Field(
         None,
-        validation_alias=AliasChoices("RECTRAIN_STORAGE_URI", "storage_uri"),
         description="job checkpoints, specs and results (a directory or s3:// gs:// URI); unset: the data directory",
     )
     ray_address: str | None = Field(
@@ -91,243 +87,203 @@ class Settings(BaseSettings):
     )
     launcher: Literal["auto", "local", "ray"] = Field(
         "auto",
-        validation_alias=AliasChoices("RECTRAIN_LAUNCHER", "launcher"),
         description="auto (`ray` when RAY_ADDRESS is set) | local (a `rectrain run` subprocess per job) | ray",
     )
     max_body_bytes: int = Field(
         1 << 20,
         ge=1024,
-        validation_alias=AliasChoices("RECTRAIN_MAX_BODY_BYTES", "max_body_bytes"),
         description="larger request bodies get 413",
     )
     heartbeat_interval_s: float = Field(
         keys.HEARTBEAT_INTERVAL_S,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_HEARTBEAT_INTERVAL_S", "heartbeat_interval_s"),
         description="how often a job's runner refreshes its heartbeat",
     )
     heartbeat_ttl_s: float = Field(
         keys.HEARTBEAT_TTL_S,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_HEARTBEAT_TTL_S", "heartbeat_ttl_s"),
         description="a runner silent this long is presumed dead (the reaper fails or re-adopts its job)",
     )
     reaper_interval_s: float = Field(
         keys.REAPER_INTERVAL_S,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_REAPER_INTERVAL_S", "reaper_interval_s"),
         description="how often the reaper looks for jobs whose heartbeat expired",
     )
     cancel_grace_s: float = Field(
         30.0,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_CANCEL_GRACE_S", "cancel_grace_s"),
         description="after a cancel (or the wall-clock limit), SIGKILL follows SIGTERM after this long",
     )
     sse_keepalive_s: float = Field(
         15.0,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_SSE_KEEPALIVE_S", "sse_keepalive_s"),
         description="comment lines keep idle event streams open this often",
     )
     study_max_runs: int = Field(
         500,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_STUDY_MAX_RUNS", "study_max_runs"),
         description="per owner: runs of unfinished studies",
     )
     study_reconcile_interval_s: float = Field(
         keys.STUDY_RECONCILE_INTERVAL_S,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_STUDY_RECONCILE_INTERVAL_S", "study_reconcile_interval_s"),
         description="how often each API process reconciles active studies",
     )
     study_poll_s: float = Field(
         keys.STUDY_POLL_S,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_STUDY_POLL_S", "study_poll_s"),
         description="how often a study's event stream looks for changes",
     )
     # Queue, capacity and per-owner limits (services.queue, services.capacity).
     capacity_cpus: float | None = Field(
         None,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_CAPACITY_CPUS", "capacity_cpus"),
         description="the cluster's CPUs for jobs when Ray's own figure is not the right one; unset: from Ray (or this machine)",
     )
     capacity_gpus: float | None = Field(
         None,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_CAPACITY_GPUS", "capacity_gpus"),
         description="the cluster's GPUs for jobs; unset: from Ray (or this machine)",
     )
     capacity_memory_gb: float | None = Field(
         None,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_CAPACITY_MEMORY_GB", "capacity_memory_gb"),
         description="the cluster's memory for jobs (GB); unset: from Ray (or this machine)",
     )
     reserve_cpus: float = Field(
         0.0,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_RESERVE_CPUS", "reserve_cpus"),
         description="CPUs the scheduler never hands out",
     )
     reserve_memory_gb: float = Field(
         2.0,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_RESERVE_MEMORY_GB", "reserve_memory_gb"),
         description="memory the scheduler never hands out: the service itself",
     )
     worker_overhead_gb: float = Field(
         0.75,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_WORKER_OVERHEAD_GB", "worker_overhead_gb"),
         description="memory per Ray Train worker on top of the spec's embedding estimate",
     )
     driver_overhead_gb: float = Field(
         0.5,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_DRIVER_OVERHEAD_GB", "driver_overhead_gb"),
         description="memory of a job's driver",
     )
     max_running_per_owner: int = Field(
         0,
         ge=0,
-        validation_alias=AliasChoices("RECTRAIN_MAX_RUNNING_PER_OWNER", "max_running_per_owner"),
         description="jobs one owner may have starting/running (0: no limit)",
     )
     max_queued_per_owner: int = Field(
         200,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_MAX_QUEUED_PER_OWNER", "max_queued_per_owner"),
         description="jobs one owner may have queued; more get 429",
     )
     dispatch_interval_s: float = Field(
         keys.DISPATCH_INTERVAL_S,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_DISPATCH_INTERVAL_S", "dispatch_interval_s"),
         description="how often the dispatcher looks at the queue",
     )
     trainer_nice: int = Field(
         10,
         ge=0,
         le=19,
-        validation_alias=AliasChoices("RECTRAIN_TRAINER_NICE", "trainer_nice"),
         description="CPU niceness of local trainers and of the Ray head `rectrain serve` starts (0: off)",
     )
     # ---- limits and safety (README "Limits and safety")
     data_roots: str | None = Field(
         None,
-        validation_alias=AliasChoices("RECTRAIN_DATA_ROOTS", "data_roots"),
         description="comma-separated prefixes a job's data.path must lie under (dirs, file://, s3://bucket/prefix/, gs://...); unset: RECTRAIN_DATA_DIR/datasets",
     )
     max_workers: int = Field(
         16,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_MAX_WORKERS", "max_workers"),
         description="most scaling.num_workers one job may ask for",
     )
     max_cpus_per_worker: float = Field(
         32.0,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_MAX_CPUS_PER_WORKER", "max_cpus_per_worker"),
         description="most scaling.cpus_per_worker",
     )
     max_memory_per_worker_gb: float = Field(
         64.0,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_MAX_MEMORY_PER_WORKER_GB", "max_memory_per_worker_gb"),
         description="most scaling.memory_per_worker_gb",
     )
     max_passes: int = Field(
         100,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_MAX_PASSES", "max_passes"),
         description="most training.num_passes",
     )
     max_wall_seconds: int = Field(
         3 * 86400,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_MAX_WALL_SECONDS", "max_wall_seconds"),
         description="most training.max_wall_seconds, and the limit of jobs that set none",
     )
     sse_max_streams: int = Field(
         256,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_SSE_MAX_STREAMS", "sse_max_streams"),
         description="open event streams on one API process; more get 429",
     )
     sse_max_streams_per_owner: int = Field(
         16,
         ge=1,
-        validation_alias=AliasChoices("RECTRAIN_SSE_MAX_STREAMS_PER_OWNER", "sse_max_streams_per_owner"),
         description="open event streams per owner; more get 429",
     )
     redis_max_connections: int = Field(
         64,
         ge=4,
-        validation_alias=AliasChoices("RECTRAIN_REDIS_MAX_CONNECTIONS", "redis_max_connections"),
         description="the API's Redis pool; a request beyond it waits for a free connection",
     )
     redis_pool_timeout_s: float = Field(
         5.0,
         gt=0,
-        validation_alias=AliasChoices("RECTRAIN_REDIS_POOL_TIMEOUT_S", "redis_pool_timeout_s"),
         description="how long it waits before answering 503",
     )
     stream_ticket_ttl_s: int = Field(
         60,
         ge=5,
         le=3600,
-        validation_alias=AliasChoices("RECTRAIN_STREAM_TICKET_TTL_S", "stream_ticket_ttl_s"),
         description="lifetime of an SSE stream ticket (one job or study, one owner)",
     )
     metrics_token: str | None = Field(
         None,
-        validation_alias=AliasChoices("RECTRAIN_METRICS_TOKEN", "metrics_token"),
         description="when set, /metrics needs this bearer token",
     )
     metrics_port: int | None = Field(
         None,
         ge=1,
         le=65535,
-        validation_alias=AliasChoices("RECTRAIN_METRICS_PORT", "metrics_port"),
         description="serve /metrics on this port instead of the API port",
     )
     metrics_host: str = Field(
         "127.0.0.1",
-        validation_alias=AliasChoices("RECTRAIN_METRICS_HOST", "metrics_host"),
         description="the address RECTRAIN_METRICS_PORT binds",
     )
     # The interpreter that runs the trainer (local launcher) and the module it runs;
     # tests point trainer_module at a stand-in.
     trainer_python: str = Field(
         sys.executable,
-        validation_alias=AliasChoices("RECTRAIN_TRAINER_PYTHON", "trainer_python"),
         description="the interpreter that runs local trainers (default: the API's)",
     )
     trainer_module: str = Field(
         "trainer.cli",
-        validation_alias=AliasChoices("RECTRAIN_TRAINER_MODULE", "trainer_module"),
         description="the module local trainers run (tests point it at a stand-in)",
     )
     api_host: str = Field(
         "127.0.0.1",
-        validation_alias=AliasChoices("RECTRAIN_API_HOST", "api_host"),
         description="the address `rectrain serve` binds (`--host` overrides it)",
     )
     api_port: int = Field(
         8000,
         ge=1,
         le=65535,
-        validation_alias=AliasChoices("RECTRAIN_API_PORT", "api_port"),
         description="the port `rectrain serve` binds (`--port` overrides it)",
     )
     # The interpreter on the Ray cluster's head that runs the job's driver.
     ray_python: str = Field(
         "python",
-        validation_alias=AliasChoices("RECTRAIN_RAY_PYTHON", "ray_python"),
         description="the interpreter on the Ray head that runs a job's driver",
     )
 
@@ -411,27 +367,25 @@ def get_settings() -> Settings:
 class ClientSettings(BaseSettings):
     """What the CLI's client commands (``rectrain submit | jobs | follow | study ...``) read."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="RECTRAIN_", extra="ignore", populate_by_name=True)
 
     api_url: str = Field(
         "http://127.0.0.1:8000",
-        validation_alias=AliasChoices("RECTRAIN_API_URL", "api_url"),
         description="the API the CLI's client commands talk to",
     )
     token: str = Field(
         DEV_TOKEN,
-        validation_alias=AliasChoices("RECTRAIN_TOKEN", "token"),
         description="the bearer token the CLI sends (default: the development token)",
     )
 
 
 def env_var(model: type[BaseSettings], name: str) -> str:
-    """The environment variable of a settings field (the first of its aliases)."""
+    """The environment variable of a settings field: ``RECTRAIN_<NAME>``, or the first
+    alias of the few that keep their conventional names (REDIS_URL, RAY_ADDRESS)."""
     alias = model.model_fields[name].validation_alias
-    assert isinstance(alias, AliasChoices), f"{model.__name__}.{name} has no environment variable"
-    first = alias.choices[0]
-    assert isinstance(first, str)
-    return first
+    if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+        return alias.choices[0]
+    return f"{model.model_config.get('env_prefix', '')}{name.upper()}"
 
 
 def _default_text(model: type[BaseSettings], name: str) -> str:

@@ -36,15 +36,13 @@ def test_readme_settings_table_is_current():
             assert f"| `{env_var(model, name)}` |" in block, f"{env_var(model, name)} missing from README"
 
 
-def test_runner_environment_carries_every_setting(tmp_path):
+def test_runner_environment_carries_every_setting(tmp_path, monkeypatch):
     s = Settings(data_dir=tmp_path, max_passes=7, data_roots=str(tmp_path))
     env = settings_env(s, "redis://example:6379/0")
     assert env["REDIS_URL"] == "redis://example:6379/0"
     assert env["RECTRAIN_MAX_PASSES"] == "7"  # not in the old hand-written list
     assert env["RECTRAIN_DATA_DIR"] == str(tmp_path.resolve())
-    assert (
-        Settings.model_validate(
-            {k: v for k, v in env.items() if k.startswith(("RECTRAIN_", "REDIS_", "RAY_"))}
-        ).max_passes
-        == 7
-    )
+    for k, v in env.items():  # what the runner's Settings() reads back
+        monkeypatch.setenv(k, v)
+    back = Settings()
+    assert (back.max_passes, back.data_roots, back.redis_url) == (7, str(tmp_path), "redis://example:6379/0")
