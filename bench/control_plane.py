@@ -33,12 +33,14 @@ from pathlib import Path
 TOKEN = "bench-token-0123456789abcdef0123"
 
 
-def _pct(xs: list[float], q: float) -> float:
+def percentile(xs: list[float], q: float) -> float:
+    """The ``q`` quantile of ``xs`` (nearest rank); nan when empty."""
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
     import socket
 
     with socket.socket() as s:
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rectrain-bench-") as d:
         redis_srv = EmbeddedRedis(Path(d) / "data")
         redis_url = redis_srv.start()
-        port = _free_port()
+        port = free_port()
         env = dict(
             os.environ,
             REDIS_URL=redis_url,
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             k: {
                 "requests": len(v),
                 "p50_ms": 1e3 * statistics.median(v) if v else None,
-                "p99_ms": 1e3 * _pct(v, 0.99),
+                "p99_ms": 1e3 * percentile(v, 0.99),
                 "rps": len(v) / a.seconds,
             }
             for k, v in lat.items()

@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench.control_plane import free_port, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-queue-token-0123456789abcdef"
@@ -51,17 +52,6 @@ TINY = {
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ts(iso: str | None) -> float | None:
     from datetime import datetime
 
@@ -72,7 +62,7 @@ class Serve:
     """``rectrain serve`` in a subprocess (its own process group: stops its Ray head too)."""
 
     def __init__(self, mode: str, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         drop = ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_ENV", "RECTRAIN_LAUNCHER")
         env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -231,8 +221,8 @@ def run_mode(mode: str, n_burst: int, n_seq: int, pollers: int) -> dict:
                 out["burst_peak_mem_gib"] = (peak["mem"] - base) / 2**30
                 out["burst_start_overhead_s"] = [_start_overhead(c, j) for j in burst.values()]
                 out["pollers"] = pollers
-                out["poll_p50_ms"] = _pct(lat, 0.5) * 1000
-                out["poll_p99_ms"] = _pct(lat, 0.99) * 1000
+                out["poll_p50_ms"] = percentile(lat, 0.5) * 1000
+                out["poll_p99_ms"] = percentile(lat, 0.99) * 1000
                 out["poll_requests"] = len(lat)
         finally:
             serve.stop()

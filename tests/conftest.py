@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.net import free_port, wait_port
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -27,22 +28,6 @@ VENV_BIN = Path(sys.executable).parent
 # test starts (Ray 2.60 otherwise turns token auth on for whoever finds ~/.ray/auth_token).
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +77,8 @@ def ray_address(tmp_path_factory):
         start_new_session=True,
     )
     try:
-        _wait_port(port, 90)
-        _wait_port(dash, 90)
+        wait_port(port, 90)
+        wait_port(dash, 90)
         address = f"127.0.0.1:{port}"
         os.environ["RECTRAIN_TEST_RAY_DASHBOARD"] = f"http://127.0.0.1:{dash}"
         yield address
@@ -162,7 +147,7 @@ def redis_server():
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port, 10)
+        wait_port(port, 10)
         yield {"port": port, "url": f"redis://127.0.0.1:{port}/0", "proc": proc}
     finally:
         proc.terminate()

@@ -8,12 +8,13 @@ reach a real S3 (or MinIO) with keys from a Kubernetes Secret.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+
+from tests.net import free_port
 
 
 @dataclass
@@ -59,9 +60,7 @@ class S3Server:
 
 
 def start_s3_server(timeout_s: float = 30) -> S3Server:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ import httpx
 import uvicorn
 
 from services.settings import Settings
-from tests.conftest import _wait_port, free_port
+from tests.net import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -85,7 +85,7 @@ class ProcessServer:
             stderr=subprocess.STDOUT,
             cwd=str(REPO),
         )
-        _wait_port(self.port, timeout_s)
+        wait_port(self.port, timeout_s)
         return self
 
     def stop(self, sig: str = "term") -> None:

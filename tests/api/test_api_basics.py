@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 from api_helpers import ALICE, client_for
+
+from tests.net import free_port
 
 TINY = {
     "data": {"synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200}, "batch_size": 256},
@@ -154,9 +154,7 @@ def test_readyz_503_when_redis_is_gone(settings, monkeypatch):
 
     from api.main import create_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
+    dead = free_port()
     s2 = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{dead}/0"})
     srv = ThreadServer(create_app(s2)).start()
     try:

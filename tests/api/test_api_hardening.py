@@ -14,7 +14,7 @@ from api_helpers import ALICE, BOB, ThreadServer, client_for, read_sse, wait_sta
 from test_api_basics import TINY
 
 from services.settings import Settings
-from tests.conftest import free_port
+from tests.net import free_port
 
 
 @pytest.fixture

@@ -285,7 +285,7 @@ def test_serve_owns_one_local_ray_and_runs_real_jobs_on_it(tmp_path):
     from ray.job_submission import JobSubmissionClient
 
     from services.settings import DEV_TOKEN
-    from tests.conftest import _wait_port
+    from tests.net import wait_port
 
     drop = ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_API_TOKENS", "RECTRAIN_ENV", "RECTRAIN_LAUNCHER")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("RECTRAIN_CAPACITY")}
@@ -311,4 +311,4 @@ def test_serve_owns_one_local_ray_and_runs_real_jobs_on_it(tmp_path):
         api.stop()
     port = int(dash.rsplit(":", 1)[1])
     with pytest.raises(TimeoutError):  # the head went away with the service
-        _wait_port(port, 0.5)
+        wait_port(port, 0.5)

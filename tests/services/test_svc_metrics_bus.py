@@ -14,7 +14,7 @@ from svc_helpers import open_store, run
 from services import keys
 from services.jobs import summarize_progress
 from services.metrics_bus import RedisStreamSink, read_events, wait_events
-from tests.conftest import _wait_port, free_port
+from tests.net import free_port, wait_port
 
 JOB = "0123456789abcdef"
 
@@ -72,7 +72,7 @@ def own_redis(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(port, 10)
+        wait_port(port, 10)
         return p
 
     procs = [start()]

@@ -65,7 +65,7 @@ def test_save_then_load_restores_everything(tmp_path):
 def _spawn_world(world: int, spec_dict: dict, train_steps: int, resume_from, save_to, dump_dir) -> list[dict]:
     import torch.multiprocessing as mp
 
-    from tests.conftest import free_port
+    from tests.net import free_port
     from tests.trainer.reshard_worker import run_rank
 
     Path(dump_dir).mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ every collective through the wrapper on the session device."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.net import free_port
 from tests.trainer.two_ranks import SPEC, local_tables
 from trainer.loop import LocalSession, Trainer
 from trainer.spec import parse_spec
@@ -23,18 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("two_ranks.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     """Both ranks' records of one 2-process run (started once for the module)."""
     out = tmp_path_factory.mktemp("two_ranks")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    port = str(_free_port())
+    port = str(free_port())
     logs = [open(out / f"rank_{r}.log", "w") for r in range(2)]
     procs = [
         subprocess.Popen(
