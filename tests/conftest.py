@@ -155,6 +155,16 @@ def redis_server():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture
+def fake_trainer_path(monkeypatch):
+    """Make ``python -m fake_trainer`` (tests/services) importable in runner/trainer subprocesses."""
+    from tests.control_plane import FAKE_TRAINER_DIR
+
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(FAKE_TRAINER_DIR), os.environ.get("PYTHONPATH", "")])
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_url(redis_server) -> str:
     return redis_server["url"]

@@ -18,7 +18,6 @@ from tests.net import free_port, wait_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-FAKE_TRAINER_DIR = REPO / "tests" / "services"
 ALICE, BOB = "tok-alice", "tok-bob"
 TOKENS = f"{ALICE}:alice,{BOB}:bob"
 

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from api_helpers import ALICE, BOB, FAKE_TRAINER_DIR, TOKENS, ThreadServer, client_for
+from api_helpers import ALICE, BOB, TOKENS, ThreadServer, client_for
 
 from services.settings import Settings
-
-
-@pytest.fixture
-def fake_trainer_path(monkeypatch):
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(FAKE_TRAINER_DIR), os.environ.get("PYTHONPATH", "")])
-    )
+from tests.control_plane import control_plane_settings
 
 
 @pytest.fixture
 def settings(redis_url, redis_client, tmp_path, fake_trainer_path) -> Settings:
-    return Settings(
-        redis_url=redis_url,
-        api_tokens=TOKENS,
-        data_dir=tmp_path / "data",
-        launcher="local",
-        ray_address=None,
-        heartbeat_interval_s=0.3,
-        heartbeat_ttl_s=1.5,
-        reaper_interval_s=0.3,
-        cancel_grace_s=3.0,
-        trainer_module="fake_trainer",
-        sse_keepalive_s=0.5,
-        max_body_bytes=64 * 1024,
+    return control_plane_settings(
+        redis_url, tmp_path / "data", api_tokens=TOKENS, sse_keepalive_s=0.5, max_body_bytes=64 * 1024
     )
 
 

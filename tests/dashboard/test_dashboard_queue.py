@@ -4,13 +4,11 @@ stand-in trainer, headless chromium)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import redis
 
-from services.settings import Settings
-from tests.api.api_helpers import FAKE_TRAINER_DIR, ThreadServer, client_for, wait_status
+from tests.api.api_helpers import ThreadServer, client_for, wait_status
+from tests.control_plane import control_plane_settings
 
 pytestmark = [pytest.mark.browser]
 
@@ -18,29 +16,22 @@ TOKEN = "dashboard-queue-token"
 SPEC = {"training": {"num_passes": 1}}
 
 
-def test_jobs_and_job_pages_show_queue_position_and_reason(browser, redis_url, tmp_path, monkeypatch, shot):
+def test_jobs_and_job_pages_show_queue_position_and_reason(
+    browser, redis_url, tmp_path, fake_trainer_path, shot
+):
     from api.main import create_app
 
-    monkeypatch.setenv(
-        "PYTHONPATH", os.pathsep.join([str(FAKE_TRAINER_DIR), os.environ.get("PYTHONPATH", "")])
-    )
     url = redis_url.rsplit("/", 1)[0] + "/5"  # a database of its own: no other test's jobs
     redis.Redis.from_url(url).flushdb()
-    s = Settings(
-        redis_url=url,
+    s = control_plane_settings(
+        url,
+        tmp_path / "data",
         api_tokens=f"{TOKEN}:alice",
-        data_dir=tmp_path / "data",
-        launcher="local",
-        ray_address=None,
-        trainer_module="fake_trainer",
         capacity_cpus=1,
         capacity_gpus=0,
         capacity_memory_gb=8,
         reserve_memory_gb=0,
         dispatch_interval_s=0.2,
-        heartbeat_interval_s=0.3,
-        heartbeat_ttl_s=1.5,
-        cancel_grace_s=3.0,
     )
     srv = ThreadServer(create_app(s)).start()
     http = client_for(srv.url, TOKEN)
