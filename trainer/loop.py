@@ -354,7 +354,7 @@ class Trainer:
             EventType.LIFECYCLE,
             -1,
             phase="warm_start",
-            message=f"{what} from {location}" + (f" (pass {at})" if at is not None else ""),
+            message=f"{what} from {location}" + (f" (pass {at}, 0-based)" if at is not None else ""),
         )
 
     # ------------------------------------------------------------------ passes

@@ -46,5 +46,8 @@ def test_download_model_and_continue_on_new_days(new_page, dashboard_api, shot, 
     new_id = page.url.rstrip("/").rsplit("/", 1)[-1]
     init = dashboard_api.job(new_id)["spec"]["training"]["init_from"]
     assert init["job"] == job["id"] and init["pass"] == 0 and init["checkpoint"]
-    dashboard_api.http.post(f"/v1/jobs/{new_id}/cancel")
+    # the service's warm start runs through the real trainer on Ray
+    assert dashboard_api.wait_terminal(new_id, 300)["status"] == "succeeded"
+    events = dashboard_api.http.get(f"/v1/jobs/{new_id}/metrics", params={"limit": 1000}).json()
+    assert any(e["event"].get("phase") == "warm_start" for e in events["data"]), events
     assert not page.errors, page.errors

@@ -52,6 +52,19 @@ def test_export_then_predict_equals_the_trainers_test_metrics(tmp_path):
     t = pq.read_table(tmp_path / "p.parquet")
     assert t.num_rows == 4000 and {"row", "day", "prediction", "label"} <= set(t.column_names)
 
+    # the same days named by a data section (YAML): the same NE
+    import yaml
+
+    (tmp_path / "days.yaml").write_text(
+        yaml.safe_dump({"data": {**d["data"], "validation_days": [], "test_days": [2]}})
+    )
+    r2 = predict(tmp_path / "model.pt", str(tmp_path / "days.yaml"), tmp_path / "p2.parquet", progress=False)
+    assert r2["examples"] == 4000 and abs(r2["ne"] - r["ne"]) < 1e-9
+    with pytest.raises(
+        RectrainError, match=r"trained on synthetic data; score days of its generator with day:N"
+    ):
+        predict(tmp_path / "model.pt", str(tmp_path / "x.parquet"), tmp_path / "p3.parquet", progress=False)
+
     with pytest.raises(RectrainError, match=r"pass 3 .* is not kept"):
         export_model(tmp_path / "run", tmp_path / "m3.pt", pass_=3)
 
