@@ -239,6 +239,12 @@ def test_jobs_page_filters_and_cancels(new_page, dashboard_api, shot):
     spec = copy.deepcopy(TINY_SPEC)
     spec["training"]["num_passes"] = 50
     job = dashboard_api.submit(spec, name="to-cancel")
+    # the job passes through queued/starting: filter on a status it stays in
+    t0 = time.time()
+    while dashboard_api.job(job["id"])["status"] != "running" and time.time() - t0 < 120:
+        time.sleep(0.2)
+    job = dashboard_api.job(job["id"])
+    assert job["status"] == "running", job
     page = new_page()
     page.goto("/?status=" + job["status"])
     row = page.locator(f"#jobs-table tr[data-job-id='{job['id']}']")
