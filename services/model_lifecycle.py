@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 from services.jobs import JobNotFound, JobRecord, JobStatus, JobStore
 from services.settings import Settings
@@ -67,6 +68,15 @@ async def resolve_init_from(store: JobStore, settings: Settings, owner: str, spe
         except SpecError as e:
             raise SpecError(f"{e.message}; to continue one of your jobs use training.init_from.job") from None
         location = init.checkpoint
+        # jobs' storage is reached through training.init_from.job only (ownership is
+        # checked there), even where the operator's data roots would cover it
+        runs = storage.join(settings.effective_storage_uri, "runs")
+        norm = location if storage.is_uri(location) else str(Path(location).resolve())
+        if norm.rstrip("/").startswith(runs.rstrip("/") + "/") or norm.rstrip("/") == runs.rstrip("/"):
+            raise SpecError(
+                f"{field}: {location} is in the service's job storage; name the job in "
+                "training.init_from.job instead"
+            )
     try:
         ckpt, at = await asyncio.to_thread(
             resolve_checkpoint, location, init.pass_, "training.init_from.pass" if init.job else field

@@ -118,6 +118,21 @@ def test_init_from_job_is_resolved_and_checked_at_submit(alice, bob, settings, t
     msg = _detail(alice.post("/v1/jobs", json={"spec": running}))
     assert f"training.init_from.job: job {slow['id']} is" in msg and "succeeded" in msg
     alice.post(f"/v1/jobs/{slow['id']}/cancel")
+    # another job's storage by path, even inside the data roots: only through init_from.job
+    import asyncio
+
+    from services.model_lifecycle import resolve_init_from
+    from services.settings import Settings
+    from trainer.errors import SpecError
+    from trainer.spec import parse_spec
+
+    data = Path(settings.data_dir).resolve()
+    wide = Settings(data_dir=data, data_roots=str(data))
+    by_path = parse_spec({**TINY, "training": {"init_from": {"checkpoint": str(data / "runs" / job_id)}}})
+    with pytest.raises(
+        SpecError, match="is in the service's job storage; name the job in training.init_from.job"
+    ):
+        asyncio.run(resolve_init_from(None, wide, "alice", by_path))  # type: ignore[arg-type]
     # a checkpoint path outside the data roots
     outside = {**TINY, "training": {"init_from": {"checkpoint": str(trained_run)}}}
     assert "training.init_from.checkpoint" in _detail(alice.post("/v1/jobs", json={"spec": outside}))

@@ -201,3 +201,31 @@ def test_export_and_warm_start_from_s3(s3_env, tmp_path):
     table = next(k for k in want if k.startswith("ebc."))
     shard = got[table].local_shards()[0].tensor
     assert torch.equal(shard, want[table])
+
+
+def test_predict_a_criteo_file_equals_the_test_day(tmp_path):
+    import numpy as np
+
+    from trainer.export import export_model
+    from trainer.predict import predict
+
+    rng = np.random.default_rng(1)
+    for day in (0, 1):
+        lines = []
+        for _ in range(1500):
+            ints = ["" if rng.random() < 0.1 else str(int(rng.integers(0, 50))) for _ in range(13)]
+            cats = [format(int(rng.integers(0, 40)), "08x") for _ in range(26)]
+            lines.append("\t".join([str(int(rng.random() < 0.2)), *ints, *cats]))
+        (tmp_path / f"day_{day}.tsv").write_text("\n".join(lines) + "\n")
+    d = {
+        "model": {"embedding_dim": 4, "hash_size": 200, "dense_arch": [8, 4], "over_arch": [8]},
+        "data": {"source": "criteo", "path": str(tmp_path / "day_{day}.tsv"), "batch_size": 256},
+        "training": {"num_passes": 1},
+        "scaling": {"num_workers": 1},
+        "metrics": {"window_size": 1024, "report_every_steps": 5},
+    }
+    passes = _run(tmp_path / "run", d)
+    export_model(tmp_path / "run", tmp_path / "model.pt")
+    r = predict(tmp_path / "model.pt", str(tmp_path / "day_1.tsv"), tmp_path / "p.parquet", progress=False)
+    assert r["examples"] == 1500
+    assert abs(r["ne"] - passes[0]["test_ne"]) < 1e-6 and abs(r["auc"] - passes[0]["test_auc"]) < 1e-6
