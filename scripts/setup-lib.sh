@@ -26,6 +26,15 @@ rectrain_device() {
   esac
 }
 
+# index_reachable URL: true (0) when a package index answers within a few seconds
+# (offline machines and ones that reach only PyPI must not wait on pip's retries).
+index_reachable() {
+  "${PY:-python3}" - "$1" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/", timeout=5)
+PY
+}
+
 # installed_variant PYTHON: "cuda", "cpu" or "none" (no torch in that interpreter).
 # pip treats 2.13.0+cpu as satisfying ==2.13.0, so the variant is read, not assumed.
 installed_variant() {

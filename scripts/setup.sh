@@ -25,8 +25,20 @@ if [ "$DEVICE" = cuda ]; then
   .venv/bin/python -m pip install -q "torch==2.13.0" --index-url "${TORCH_INDEX_URL:-$RECTRAIN_CUDA_INDEX_URL}" \
     --extra-index-url https://pypi.org/simple
 elif [ "$(installed_variant .venv/bin/python)" != cpu ]; then
-  # PyPI's Linux torch wheel is the CUDA build: the CPU one comes from the CPU index
-  .venv/bin/python -m pip install -q "torch==2.13.0" --index-url "${TORCH_INDEX_URL:-$RECTRAIN_CPU_INDEX_URL}"
+  # PyPI's Linux torch wheel is the CUDA build: the CPU one comes from the CPU index when it
+  # answers; else from what pip's own configuration offers (a machine whose find-links hold
+  # torch-2.13.0+cpu, as the dev and CI machines do), and the variant is checked after.
+  cpu_index="${TORCH_INDEX_URL:-$RECTRAIN_CPU_INDEX_URL}"
+  if index_reachable "$cpu_index"; then
+    .venv/bin/python -m pip install -q "torch==2.13.0" --index-url "$cpu_index" --extra-index-url https://pypi.org/simple
+  else
+    echo "rectrain setup: $cpu_index is not reachable; installing torch==2.13.0 from pip's configured sources" >&2
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+    if [ "$(installed_variant .venv/bin/python)" != cpu ]; then
+      echo "rectrain setup: got the CUDA build of torch (no CPU build reachable); it runs on the CPU too, but is large." >&2
+      echo "  Set TORCH_INDEX_URL to a reachable CPU index (or a mirror of $RECTRAIN_CPU_INDEX_URL) for the small CPU build." >&2
+    fi
+  fi
 fi
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 .venv/bin/python -m pip install -q --no-deps -r requirements-torchrec.txt
