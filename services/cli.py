@@ -72,8 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from services.logs import setup_logging
     from services.settings import Settings
 
+    setup_logging()
     try:
         settings = Settings()
     except ValidationError as e:

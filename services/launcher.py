@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -501,8 +502,11 @@ async def _retry(fn, *args, **kw):
             delay = min(delay * 2, 2.0)
 
 
+_runner_log = logging.getLogger("rectrain.runner")
+
+
 def _log(job_id: str, msg: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} runner[{job_id}] {msg}", flush=True)
+    _runner_log.info("%s", msg, extra={"job_id": job_id})
 
 
 async def run_job(settings: Settings, job_id: str, *, adopt: bool = False) -> int:

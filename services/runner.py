@@ -12,6 +12,7 @@ import signal
 import sys
 
 from services.launcher import run_job
+from services.logs import setup_logging
 from services.settings import Settings
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     # a stray SIGINT/SIGHUP (terminal closed) must not orphan the trainer mid-run
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    setup_logging(stream=sys.stdout)  # the API sends it to the job's runner.log
     return asyncio.run(run_job(Settings(), args.job_id, adopt=args.adopt))
 
 

@@ -78,6 +78,9 @@ def test_job_succeeds_with_results(settings):
     assert summary["test_ne_at_selected"] == pytest.approx(0.93) and summary["last_pass"] == 1
     assert summary["oracle_test_ne"] == pytest.approx(0.81)
     assert job.trainer_pid and job.run_dir and job.started_at <= job.finished_at
+    # the runner logs through services.logs: every line greppable by the job id
+    lines = [ln for ln in _log(settings, jid).splitlines() if " rectrain.runner " in ln]
+    assert lines and all(f" job={jid} " in ln for ln in lines), _log(settings, jid)
 
 
 def test_trainer_failure_is_reported_with_its_reason(settings):

@@ -19,7 +19,7 @@ The readers are in :mod:`services.metrics_bus` (control plane), which re-exports
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import threading
 import time
 from collections import deque
@@ -152,6 +152,9 @@ class RedisStreamSink:
         close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.job_id = job_id
+        # records carry job_id (services.logs formats it; bare, logging's last resort
+        # handler prints WARNING lines to stderr)
+        self._log = logging.LoggerAdapter(logging.getLogger("rectrain.metrics_bus"), {"job_id": job_id})
         self.maxlen = maxlen
         self.buffer_max = buffer_max
         self.close_timeout_s = close_timeout_s
@@ -201,10 +204,11 @@ class RedisStreamSink:
         self._thread.join(self.close_timeout_s + 1.0)
         left = len(self._buf)
         if left or self.dropped:
-            print(
-                f"rectrain: metrics stream of job {self.job_id}: {left} events not written "
-                f"(Redis unreachable), {self.dropped} dropped",
-                file=sys.stderr,
+            self._log.warning(
+                "metrics stream of job %s: %d events not written (Redis unreachable), %d dropped",
+                self.job_id,
+                left,
+                self.dropped,
             )
         self._client.close()
 
@@ -232,10 +236,10 @@ class RedisStreamSink:
                 self._write([ev for _, ev in batch])
             except (redis.RedisError, OSError) as e:
                 if not self._warned:
-                    print(
-                        f"rectrain: metrics stream of job {self.job_id}: Redis unreachable ({e}); "
-                        "buffering and retrying",
-                        file=sys.stderr,
+                    self._log.warning(
+                        "metrics stream of job %s: Redis unreachable (%s); buffering and retrying",
+                        self.job_id,
+                        e,
                     )
                     self._warned = True
                 with self._cond:
@@ -245,9 +249,7 @@ class RedisStreamSink:
                 backoff = min(backoff * 2, _RETRY_MAX_S)
                 continue
             if self._warned:
-                print(
-                    f"rectrain: metrics stream of job {self.job_id}: Redis reachable again", file=sys.stderr
-                )
+                self._log.warning("metrics stream of job %s: Redis reachable again", self.job_id)
                 self._warned = False
             backoff = _RETRY_MIN_S
             last = batch[-1][0]
