@@ -136,6 +136,21 @@ def _start_run(spec: dict, tmp_path: Path, ray_address: str) -> tuple[subprocess
     return proc, run_dir
 
 
+def test_the_selected_and_the_last_pass_stay_exportable(quickstart, tmp_path):
+    """Ray Train keeps the latest checkpoint and the best pass ends by validation NE: the
+    selected pass (usually not the last, since the quickstart overfits) can be exported,
+    with the trainer's metrics of that pass."""
+    from trainer.export import export_model
+    from trainer.lifecycle import pass_checkpoints
+
+    _, run_dir, result = quickstart
+    kept = pass_checkpoints(result["storage"])
+    sel, last = result["selected_pass"], result["last_pass"]
+    assert sel in kept and last in kept and len(kept) <= 3, (sel, last, kept)
+    info = export_model(result["storage"], tmp_path / "model.pt")
+    assert info["pass"] == sel and info["metrics"]["test_ne"] == result["passes"][sel]["test_ne"]
+
+
 def test_resume_after_a_killed_worker(ray_address, tmp_path):
     """SIGKILL rank 1 after the first pass's checkpoint: Ray Train restarts the worker group from
     the last checkpoint and the job still finishes every pass exactly once."""
