@@ -47,6 +47,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from services import keys
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.metrics_bus import progress_from_results
+from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA
 from services.settings import Settings, env_var
 
 _POLL_S = 0.5
@@ -430,12 +431,6 @@ def stop_orphan(job: JobRecord, settings: Settings) -> str | None:
 # ------------------------------------------------------------------------ runner
 
 
-_REFRESH_LUA = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-return 0
-"""
 _CLAIM_LUA = """
 local v = redis.call('GET', KEYS[1])
 if (not v) or v == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) return 1 end
@@ -443,10 +438,6 @@ return 0
 """
 # what the reaper puts in a dead runner's heartbeat key while an adopting runner starts
 ADOPT_PLACEHOLDER = "adopting"
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class Heartbeat:
@@ -460,8 +451,8 @@ class Heartbeat:
         self.interval_s = interval_s
         self.lost = asyncio.Event()  # another runner owns it now
         self.lapsed = asyncio.Event()  # it expired while we could not refresh it
-        self._refresh = r.register_script(_REFRESH_LUA)
-        self._release = r.register_script(_RELEASE_LUA)
+        self._refresh = r.register_script(LEASE_REFRESH_LUA)
+        self._release = r.register_script(LEASE_RELEASE_LUA)
         self._claim = r.register_script(_CLAIM_LUA)
 
     async def claim(self, *, adopt: bool = False) -> bool:

@@ -35,21 +35,10 @@ from services import keys
 from services.capacity import Capacity, CapacityReader, Demand, Usage, job_demand, wait_reason
 from services.jobs import JobStatus, JobStore
 from services.launcher import JobLauncher
-from services.redis_conn import text_list
+from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA, text_list
 from trainer.spec import JobSpec
 
 log = logging.getLogger("rectrain.queue")
-
-_LEAD_LUA = """
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-return 0
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 _DISPATCHERS: weakref.WeakSet = weakref.WeakSet()
@@ -101,8 +90,8 @@ class Dispatcher:
         self.on_dispatch = on_dispatch  # (job id, seconds it waited)
         self.wake = asyncio.Event()
         self.token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._lead = store.r.register_script(_LEAD_LUA)
-        self._release = store.r.register_script(_RELEASE_LUA)
+        self._lead = store.r.register_script(LEASE_REFRESH_LUA)
+        self._release = store.r.register_script(LEASE_RELEASE_LUA)
         _DISPATCHERS.add(self)
         self.lease_ttl_s = max(keys.DISPATCH_LEASE_TTL_S, 3 * self.settings.dispatch_interval_s)
 

@@ -34,6 +34,22 @@ _MAX_UNIX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 T = TypeVar("T")
 
 
+# Leases (the runner's heartbeat, the dispatcher's leadership): a key holding its holder's
+# token with a TTL. KEYS[1]: the key; ARGV: token, ttl ms.
+# Refresh: 1 extended (ours), 2 was free and is ours again (it had lapsed), 0 another's.
+LEASE_REFRESH_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+# Release: delete the key only while it holds our token (ARGV[1]); 1 deleted, 0 not ours.
+LEASE_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def sync_client(url: str, **kw: Any) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, **kw)
 
