@@ -35,6 +35,13 @@ from trainer.spec import JobSpec, spec_to_yaml
 RESULTS_FILE = "results.json"
 
 
+def env_ray_address() -> str | None:
+    """``RAY_ADDRESS``: Ray's own variable, which ``ray.init`` reads too. It is listed in
+    the settings registry (``services.settings.Settings.ray_address``, the README's
+    table); the trainer reads it here, once, because trainer/ never imports services/."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
 def default_run_dir(root: str | Path = "runs") -> Path:
     return Path(root) / time.strftime("run-%Y%m%d-%H%M%S")
 
@@ -46,7 +53,7 @@ def _ensure_ray(spec: JobSpec, ray_address: str | None) -> bool:
 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address.startswith(("127.", "localhost"))
-    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    address = ray_address or env_ray_address()
     if address:
         ray.init(address=address, log_to_driver=True)
         return address.startswith(("127.", "localhost"))
@@ -154,9 +161,7 @@ def run_job(
     """Train ``spec`` to the end; return (and write to run_dir/results.json, and to the
     job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``."""
     ray_mod = sys.modules.get("ray")
-    joining = (
-        ray_address or os.environ.get("RAY_ADDRESS") or (ray_mod is not None and ray_mod.is_initialized())
-    )
+    joining = ray_address or env_ray_address() or (ray_mod is not None and ray_mod.is_initialized())
     if not joining:
         check_local_fit(spec)  # before importing Ray: a refusal costs nothing
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

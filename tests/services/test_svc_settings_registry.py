@@ -46,3 +46,26 @@ def test_runner_environment_carries_every_setting(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     back = Settings()
     assert (back.max_passes, back.data_roots, back.redis_url) == (7, str(tmp_path), "redis://example:6379/0")
+
+
+def test_variables_the_packages_read_are_in_the_registry():
+    """A RECTRAIN_* / REDIS_URL / RAY_ADDRESS variable read anywhere in the packages is a
+    setting (trainer/ cannot import services/, so it names the variable itself)."""
+    import re
+
+    registry = {env_var(m, n) for m in (Settings, ClientSettings) for n in m.model_fields}
+    internal = {"RECTRAIN_SPEC_B64"}  # the launcher's own hand-over to a Ray job's driver
+    pattern = re.compile(
+        r"""(?:environ(?:\.get)?\(?\[?|getenv\(|ENV_[A-Z_]+ = )["']((?:RECTRAIN_[A-Z0-9_]+)|RAY_ADDRESS|REDIS_URL)["']"""
+    )
+    repo = README.parent
+    read = {
+        m.group(1)
+        for pkg in ("api", "services", "trainer", "bench")
+        for p in (repo / pkg).rglob("*.py")
+        for m in pattern.finditer(p.read_text())
+    }
+    assert read, "the pattern found nothing: update it"
+    assert read - internal <= registry, (
+        f"read but not in services/settings.py: {sorted(read - internal - registry)}"
+    )
