@@ -4,17 +4,13 @@ can be restarted), httpx clients with tokens, and an SSE reader."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from services.settings import Settings
-from tests.net import free_port, wait_port
+from tests.servers import ProcessServer, ThreadServer  # noqa: F401  (the API tests import them from here)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -22,76 +18,9 @@ ALICE, BOB = "tok-alice", "tok-bob"
 TOKENS = f"{ALICE}:alice,{BOB}:bob"
 
 
-class ThreadServer:
-    """uvicorn serving an app object on 127.0.0.1 in a background thread."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host="127.0.0.1",
-                port=self.port,
-                log_level="warning",
-                lifespan="on",
-                timeout_graceful_shutdown=2,
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> "ThreadServer":
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        # an open SSE stream must not keep this server (and its reaper, which would
-        # adopt other tests' jobs in the shared Redis) alive after its test
-        self.server.should_exit = True
-        self.thread.join(10)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(10)
-        assert not self.thread.is_alive(), "uvicorn thread did not stop"
-
-
 def client_for(url: str, token: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=url, headers=headers, timeout=30)
-
-
-class ProcessServer:
-    """``rectrain serve`` as a subprocess (so a test can kill and restart the API process)."""
-
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
-        self.env = env
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, log: Path, timeout_s: float = 30) -> "ProcessServer":
-        self.log = open(log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=str(REPO),
-        )
-        wait_port(self.port, timeout_s)
-        return self
-
-    def stop(self, sig: str = "term") -> None:
-        if self.proc and self.proc.poll() is None:
-            (self.proc.terminate if sig == "term" else self.proc.kill)()
-            self.proc.wait(20)
-        self.log.close()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

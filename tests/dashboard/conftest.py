@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.net import free_port
+from tests.servers import SubprocessServer
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
@@ -37,68 +36,56 @@ OWNER = "alice"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
-class ApiServer:
+class ApiServer(SubprocessServer):
     """``uvicorn api.main:create_app --factory`` in a subprocess; restartable on its port."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
+        super().__init__(env)
+        self.base_url = self.url
+        self.api_log = log_path
         self.http = httpx.Client(
             base_url=self.base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
         )
 
-    def start(self, timeout_s: float = 90) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                "--timeout-graceful-shutdown",
-                "2",
-            ],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "2",
+        ]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        assert self.proc is not None
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited ({self.proc.returncode}); see {self.log_path}")
+                raise RuntimeError(f"the API exited ({self.proc.returncode}); see {self.api_log}")
             try:
                 if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"the API did not get ready in {timeout_s}s; see {self.log_path}")
+        raise TimeoutError(f"the API did not get ready in {timeout_s}s; see {self.api_log}")
+
+    def start(self, log: Path | None = None, timeout_s: float = 90) -> "ApiServer":
+        super().start(log or self.api_log, timeout_s)
+        return self
 
     def restart(self) -> None:
         """Stop and start the API on the same port (jobs keep running: runners are detached)."""
         self.stop()
         self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
 
     # -- REST helpers for the tests (the browser is what is under test) ------------------
     def submit(self, spec: dict, name: str | None = None, labels: dict | None = None) -> dict:
