@@ -151,6 +151,16 @@ class MetricsPage(BaseModel):
 Responses = dict[int | str, dict[str, Any]]
 
 
+def sse_responses(description: str, *others: Responses) -> Responses:
+    """The documentation of a Server-Sent Events route: its 200 stream, then ``others``."""
+    out: Responses = {
+        200: {"description": description, "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    }
+    for o in others:
+        out.update(o)
+    return out
+
+
 class Message(BaseModel):
     """An error."""
 

@@ -51,7 +51,7 @@ def parse_tokens(raw: str) -> dict[str, str]:
 
 
 class Settings(BaseSettings):
-    """The control plane's configuration (see the module docstring for the variables)."""
+    """The control plane's configuration: one field per environment variable (see :func:`env_var`)."""
 
     model_config = SettingsConfigDict(env_prefix="RECTRAIN_", extra="ignore", populate_by_name=True)
 

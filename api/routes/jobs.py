@@ -16,7 +16,16 @@ from redis.exceptions import RedisError
 from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
-from api.models import JobCreate, JobPublic, JobsPublic, Message, MetricsPage, Responses, StreamTicket
+from api.models import (
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    Message,
+    MetricsPage,
+    Responses,
+    StreamTicket,
+    sse_responses,
+)
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
 from services.metrics_bus import read_events, read_events_raw
 from services.model_lifecycle import ModelNotReady, iter_file, model_file
@@ -238,18 +247,15 @@ def _sse(event_id: str | None, event: str, data: Any) -> str:
     return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-_SSE_DOC: Responses = {
-    200: {
-        "description": (
-            "Server-Sent Events. Each message: ``id`` = stream id, ``event`` = the event type "
-            "(``train_window``, ``pass``, ``lifecycle``, ``status``), ``data`` = the event JSON. "
-            "Comments keep the connection alive. When the job has finished and every event was "
-            'sent, a final ``end`` event (``data``: ``{"status": ...}``) is sent and the stream closes.'
-        ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    **_NOT_FOUND,
-}
+_SSE_DOC = sse_responses(
+    (
+        "Server-Sent Events. Each message: ``id`` = stream id, ``event`` = the event type "
+        "(``train_window``, ``pass``, ``lifecycle``, ``status``), ``data`` = the event JSON. "
+        "Comments keep the connection alive. When the job has finished and every event was "
+        'sent, a final ``end`` event (``data``: ``{"status": ...}``) is sent and the stream closes.'
+    ),
+    _NOT_FOUND,
+)
 
 
 @router.post(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
 from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
-from api.models import Message, Responses, StreamTicket
+from api.models import Message, Responses, StreamTicket, sse_responses
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_stats import to_csv
 from trainer.errors import CapacityError, SpecError
@@ -240,19 +240,16 @@ async def export_study_json(study_id: str, request: Request, owner: CurrentOwner
     )
 
 
-_SSE_DOC: Responses = {
-    200: {
-        "description": (
-            "Server-Sent Events: a ``study`` event carrying the whole study (as GET returns it, "
-            "answer included) first and whenever a run changes status or finishes a pass; "
-            "comments keep the connection alive; when the study has finished an ``end`` event "
-            '(``data``: ``{"status": ...}``) is sent and the stream closes. Reconnecting simply '
-            "starts again with the current state."
-        ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    },
-    **_NOT_FOUND,
-}
+_SSE_DOC = sse_responses(
+    (
+        "Server-Sent Events: a ``study`` event carrying the whole study (as GET returns it, "
+        "answer included) first and whenever a run changes status or finishes a pass; "
+        "comments keep the connection alive; when the study has finished an ``end`` event "
+        '(``data``: ``{"status": ...}``) is sent and the stream closes. Reconnecting simply '
+        "starts again with the current state."
+    ),
+    _NOT_FOUND,
+)
 
 
 @router.post(
