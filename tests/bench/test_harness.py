@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,9 @@ def result(tmp_path_factory) -> tuple[dict, Path]:
             str(md),
         ],
         cwd=REPO,
+        # an in-process test earlier in the session set MASTER_PORT for its own gloo
+        # group (still bound by this process): the bench must pick its own port
+        env={k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")},
         capture_output=True,
         text=True,
         timeout=300,
