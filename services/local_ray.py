@@ -61,6 +61,14 @@ class LocalRayHead:
         # the job drivers and Ray Train workers import this checkout's packages
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # One auth mode for the head and its clients (this process, job drivers): Ray 2.60's
+        # `ray start` turns token auth on by itself when ~/.ray/auth_token exists while its
+        # clients default to "disabled", and then serve cannot even read the head's
+        # resources. Unless the operator chose a mode, the head serve owns runs without
+        # tokens, as the single-box default always has (its dashboard binds 127.0.0.1).
+        mode = os.environ.get("RAY_AUTH_MODE") or "disabled"
+        env["RAY_AUTH_MODE"] = mode
+        os.environ["RAY_AUTH_MODE"] = mode
         # Ray's workers (the Ray Train workers that do the training) at a lower CPU
         # priority; the head's own processes (GCS, raylet, dashboard and job agent) keep
         # the normal one, or a busy box starves them and the Jobs API stops answering
