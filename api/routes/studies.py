@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -172,6 +174,15 @@ async def read_study(study_id: str, request: Request, owner: CurrentOwner) -> St
     return StudyPublic.model_validate(await studies.snapshot(rec))
 
 
+@contextmanager
+def _conflict_as_409() -> Iterator[None]:
+    """A study in a status that refuses the action answers 409 with the store's reason."""
+    try:
+        yield
+    except StudyConflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
+
+
 @router.post(
     "/{study_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
@@ -182,10 +193,8 @@ async def cancel_study(study_id: str, request: Request, owner: CurrentOwner) -> 
     """Cancel a study: no more runs are submitted and every unfinished job is cancelled."""
     studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
-    try:
+    with _conflict_as_409():
         await studies.cancel(rec)
-    except StudyConflict as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
     rec = await _study_or_404(studies, study_id, owner)
     return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
 
@@ -200,10 +209,8 @@ async def delete_study(study_id: str, request: Request, owner: CurrentOwner) -> 
     """Delete a finished (or cancelled) study with all its jobs."""
     studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
-    try:
+    with _conflict_as_409():
         await studies.delete(rec)
-    except StudyConflict as e:
-        raise HTTPException(status.HTTP_409_CONFLICT, e.message) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
