@@ -37,3 +37,19 @@ def test_tables_and_seeds_draw_different_weights(small_blocks):
     assert torch.equal(a, _rows(1, "t_a", 0, 50))
     # blocks of one table are not copies of each other
     assert not torch.equal(a[:16], a[16:32])
+
+
+def test_rows_drawn_into_a_given_tensor_in_place(small_blocks):
+    """The trainer draws whole-row shards straight into the table's weights (no
+    full-size scratch copy): same values as a fresh tensor, written through views."""
+    b = math.sqrt(1 / 50)
+    table = torch.full((60, 4), 7.0)
+    shard = table[5:45]  # a view, as split_embedding_weights returns
+    got = table_rows(1, "t_a", 50, 4, 10, 40, low=-b, high=b, out=shard)
+    assert got.data_ptr() == shard.data_ptr()
+    assert torch.equal(table[5:45], _rows(1, "t_a", 10, 40))
+    assert torch.equal(table[:5], torch.full((5, 4), 7.0)) and torch.equal(
+        table[45:], torch.full((15, 4), 7.0)
+    )
+    with pytest.raises(ValueError, match="expected"):
+        table_rows(1, "t_a", 50, 4, 10, 40, low=-b, high=b, out=torch.empty(39, 4))

@@ -47,10 +47,17 @@ def table_rows(
     high: float,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rows ``[row_start, row_start + row_count)`` (all ``dim`` columns) of table
-    ``table``'s initial weights, without materialising the rest of the table."""
-    out = torch.empty(row_count, dim, dtype=dtype, device=device)
+    ``table``'s initial weights, without materialising the rest of the table.
+
+    ``out`` (``row_count x dim``): written in place, block by block, so that filling a
+    table costs one block of scratch memory rather than a second copy of the table."""
+    if out is None:
+        out = torch.empty(row_count, dim, dtype=dtype, device=device)
+    elif tuple(out.shape) != (row_count, dim):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {(row_count, dim)}")
     if row_count == 0:
         return out
     end = row_start + row_count
@@ -82,6 +89,7 @@ def init_embedding_tables(dmp: torch.nn.Module, seed: int) -> list[str]:
                 continue
             meta = table.local_metadata
             row0, col0 = (meta.shard_offsets[0], meta.shard_offsets[1]) if meta is not None else (0, 0)
+            whole_rows = col0 == 0 and w.shape[1] == table.embedding_dim
             rows = table_rows(
                 seed,
                 table.name,
@@ -93,7 +101,12 @@ def init_embedding_tables(dmp: torch.nn.Module, seed: int) -> list[str]:
                 high=table.get_weight_init_max(),
                 device=w.device,
                 dtype=w.dtype,
+                # table- and row-wise shards hold whole rows: drawn straight into the
+                # weights (a full-size scratch copy per table stayed in the allocator's
+                # heap: +0.16 GiB RSS at 26 x 100k x 64); column shards need the copy
+                out=w if whole_rows else None,
             )
-            w.copy_(rows[:, col0 : col0 + w.shape[1]])
+            if not whole_rows:
+                w.copy_(rows[:, col0 : col0 + w.shape[1]])
             names.append(table.name)
     return names
