@@ -72,6 +72,16 @@ def _ensure_ray(spec: JobSpec, ray_address: str | None) -> bool:
     return True
 
 
+def absolute_data_path(spec: JobSpec) -> JobSpec:
+    """A relative local ``data.path`` made absolute against this (the driver's) working
+    directory: Ray Train workers run in their own directories, where the path would
+    name nothing. Wildcards and ``{day}`` are kept as they are; URIs are untouched."""
+    path = spec.data.path
+    if path is None or storage.is_uri(path) or os.path.isabs(path):
+        return spec
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"path": os.path.abspath(path)})})
+
+
 def local_cpus() -> int:
     """CPUs of this machine (what a local Ray is started with)."""
     return os.cpu_count() or 1
@@ -171,6 +181,7 @@ def run_job(
 
     spec.check_capacity()
     spec = prepare_init_from(spec)  # warm start: the checkpoint resolved and checked up front
+    spec = absolute_data_path(spec)
     run_dir = Path(run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()

@@ -212,3 +212,36 @@ def test_sigterm_cancels_the_run(ray_address, tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 143, out[-2000:]
     assert not (run_dir / "results.json").exists()
+
+
+def test_a_relative_data_path_is_read_from_the_drivers_directory(ray_session, tmp_path, monkeypatch):
+    """Ray Train workers run in directories of their own: a relative ``data.path`` (as
+    examples/movielens.yaml has) names the file under the directory the run was started
+    from, and the recorded spec says where that was."""
+    import numpy as np
+    import pandas as pd
+
+    from trainer.spec import parse_spec
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    (tmp_path / "data").mkdir()
+    pd.DataFrame(
+        {
+            "user": rng.integers(0, 50, n),
+            "item": rng.integers(0, 30, n),
+            "click": rng.integers(0, 2, n),
+            "day": np.repeat([0, 1], n // 2),
+        }
+    ).to_csv(tmp_path / "data" / "t.csv", index=False)
+    cols = {"label": "click", "day": "day", "sparse": ["user", "item"]}
+    d = tiny_spec_dict(
+        data={"source": "table", "path": "data/t.csv", "columns": cols, "train_days": [0], "test_days": [1]},
+        training={"num_passes": 1},
+    )
+    d["data"].pop("synthetic")
+    monkeypatch.chdir(tmp_path)
+    result = run_job(parse_spec(d), run_dir=tmp_path / "run", progress=False)
+    assert result["passes"][0]["test_ne"] is not None
+    recorded = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
+    assert recorded["data"]["path"] == str(tmp_path / "data" / "t.csv")
