@@ -162,6 +162,8 @@ class Trainer:
             pooled_train_scale=self.regs.pooled_train_scale(spec.data.sparse_feature_names()),
         )
         model.init_output_bias(float(self.data.train.label.mean()))
+        if spec.training.compile:
+            model.compile_dense()  # the dense part only; DMP shards the EBC eagerly
         self.dmp = shard_model(model, spec, self.device, self.regs.fused_params())
         init_embedding_tables(self.dmp, spec.training.seed)  # per (seed, table): same on any world size
         self.regs.attach(self.dmp)

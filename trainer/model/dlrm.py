@@ -182,8 +182,17 @@ class DLRM(nn.Module):
             return emb
         return emb.reshape(b, len(self.features), self.replicas, self.dim).sum(2)
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        emb = self.pooled(sparse)
+    # training.compile: torch.compile of dense_forward (set by compile_dense); None: eager
+    _dense_compiled = None
+
+    def compile_dense(self) -> None:
+        """``torch.compile`` (inductor, static shapes) the dense part only: dense arch,
+        interaction, over arch. The sharded EBC stays eager (DMP owns it); no module is
+        wrapped, so parameter names and ``state_dict`` keys are unchanged."""
+        self._dense_compiled = torch.compile(self.dense_forward, dynamic=False)
+
+    def dense_forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The logit from the dense features and the pooled embeddings ``[B, F, D]``."""
         if self.training and self._train_scale is not None:
             emb = emb * self._train_scale.to(emb.device)
         d = self.dense_arch(dense) if self.dense_arch is not None else None
@@ -193,3 +202,8 @@ class DLRM(nn.Module):
             flat = emb.reshape(emb.shape[0], -1)
             x = torch.cat([d, flat], dim=1) if d is not None else flat
         return self.over_arch(x).squeeze(1)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        emb = self.pooled(sparse)
+        fn = self._dense_compiled or self.dense_forward
+        return fn(dense, emb)
