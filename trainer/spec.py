@@ -454,10 +454,11 @@ class TrainingSpec(_Strict):
         description=(
             "torch.compile (inductor, static shapes) the dense part: dense arch, interaction and "
             "over arch; the sharded embedding tables stay eager. Each worker compiles once for "
-            "training and once for evaluation on its first batches (tens of seconds on a cold "
-            "cache, a few seconds on a warm one); same losses as eager to float32 rounding, but "
-            "dropout draws its masks from inductor's generator. On the CPU at 26 x 100k x 64, "
-            "batch 2048, dot interaction: about 1.08-1.14x the eager step (BENCHMARKS.md)."
+            "training and once for evaluation on its first batches (about 30 s on a cold inductor "
+            "cache, 2-7 s on a warm one, on 2 CPU cores); same losses as eager to float32 "
+            "rounding, but dropout draws its masks from inductor's generator. On the CPU at "
+            "26 x 100k x 64, batch 2048, dot interaction: about 1.07x the eager step "
+            "(BENCHMARKS.md, 'torch.compile'); measured on the CPU only."
         ),
     )
 
