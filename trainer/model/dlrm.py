@@ -188,7 +188,10 @@ class DLRM(nn.Module):
     def compile_dense(self) -> None:
         """``torch.compile`` (inductor, static shapes) the dense part only: dense arch,
         interaction, over arch. The sharded EBC stays eager (DMP owns it); no module is
-        wrapped, so parameter names and ``state_dict`` keys are unchanged."""
+        wrapped, so parameter names and ``state_dict`` keys are unchanged. Dynamo caches by
+        code object, parameters as graph inputs: models of the same shapes in one process
+        share a graph; past ``torch._dynamo.config.recompile_limit`` (8) distinct shapes
+        or modes in one process it runs eager (same results, no speed-up)."""
         self._dense_compiled = torch.compile(self.dense_forward, dynamic=False)
 
     def dense_forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
