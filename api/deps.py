@@ -14,6 +14,7 @@ from services.jobs import JobStore
 from services.launcher import JobLauncher
 from services.redis_conn import text
 from services.settings import Settings
+from services.stream_hub import StreamLimit, StreamSlot
 
 bearer = HTTPBearer(auto_error=False, description="an API token from RECTRAIN_API_TOKENS")
 
@@ -65,6 +66,17 @@ def _stream_subject(request: Request) -> str:
         if value is not None:
             return f"{kind}:{value}"
     return ""
+
+
+def acquire_stream_slot(request: Request, owner: str) -> StreamSlot:
+    """One of the capped event-stream slots (per owner and in total; job and study
+    streams count alike), or 429 with Retry-After."""
+    try:
+        return request.app.state.stream_hub.acquire(owner)
+    except StreamLimit as e:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, e.message, headers={"Retry-After": "5"}
+        ) from None
 
 
 async def issue_stream_ticket(store: JobStore, settings: Settings, owner: str, subject: str) -> str:

@@ -15,7 +15,15 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import iterate_in_threadpool
 
-from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
+from api.deps import (
+    CurrentOwner,
+    CurrentOwnerSSE,
+    LauncherDep,
+    SettingsDep,
+    StoreDep,
+    acquire_stream_slot,
+    issue_stream_ticket,
+)
 from api.models import (
     JobCreate,
     JobPublic,
@@ -30,7 +38,6 @@ from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, 
 from services.metrics_bus import read_events, read_events_raw
 from services.model_lifecycle import ModelNotReady, iter_file, model_file
 from services.queue import queue_info
-from services.stream_hub import StreamLimit
 from services.submit import submit_job
 from trainer.errors import CapacityError, SpecError
 from trainer.lifecycle import LifecycleError
@@ -300,12 +307,7 @@ async def stream_job_events(
     before closing: reconnect after ``retry_ms`` with ``Last-Event-ID``."""
     await _job_or_404(store, job_id, owner)
     hub = request.app.state.stream_hub
-    try:
-        slot = hub.acquire(owner)
-    except StreamLimit as e:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS, e.message, headers={"Retry-After": "5"}
-        ) from None
+    slot = acquire_stream_slot(request, owner)
     keepalive_s = settings.sse_keepalive_s
 
     async def events():

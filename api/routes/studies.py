@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -16,7 +17,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
-from api.deps import CurrentOwner, CurrentOwnerSSE, LauncherDep, SettingsDep, StoreDep, issue_stream_ticket
+from api.deps import (
+    CurrentOwner,
+    CurrentOwnerSSE,
+    LauncherDep,
+    SettingsDep,
+    StoreDep,
+    acquire_stream_slot,
+    issue_stream_ticket,
+)
 from api.models import Message, Responses, StreamTicket, sse_responses
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_stats import to_csv
@@ -275,13 +284,22 @@ async def create_study_stream_ticket(
     return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
 
 
-@router.get("/{study_id}/events", response_class=StreamingResponse, responses=_SSE_DOC)
+@router.get(
+    "/{study_id}/events",
+    response_class=StreamingResponse,
+    responses={**_SSE_DOC, 429: {"model": Message, "description": "too many open event streams"}},
+)
 async def stream_study_events(
     study_id: str, request: Request, owner: CurrentOwnerSSE, settings: SettingsDep
 ) -> StreamingResponse:
-    """Follow a study live: its progress and answer as runs finish passes."""
+    """Follow a study live: its progress and answer as runs finish passes.
+
+    Streams are capped per owner and in total, job and study streams together (429). If
+    the server cannot go on (Redis unavailable), a ``stream_error`` event (``data``:
+    ``{"detail", "retry_ms"}``) is sent before closing: reconnect after ``retry_ms``."""
     studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
+    slot = acquire_stream_slot(request, owner)
     poll_s = settings.study_poll_s
     keepalive_s = settings.sse_keepalive_s
 
@@ -313,9 +331,15 @@ async def stream_study_events(
                     yield ": keepalive\n\n"
         except RedisError as e:
             log.warning("SSE stream of study %s ended: Redis error %s", study_id, e)
+            err = {"detail": "Redis unavailable", "retry_ms": 3000}
+            yield f"event: stream_error\ndata: {json.dumps(err)}\n\n"
+        finally:
+            slot.release()
 
+    gen = events()
+    weakref.finalize(gen, slot.release)  # a response never started still frees its slot
     return StreamingResponse(
-        events(),
+        gen,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -221,6 +221,47 @@ def test_per_owner_limit_refuses_with_the_field(study_settings):
         stop(srv)
 
 
+def test_study_streams_count_in_the_stream_caps(study_settings):
+    """A study's event stream takes one of the owner's capped stream slots, as a job's
+    does: with one slot per owner, a second stream (study or job) gets 429 until the
+    first closes; another owner is not affected."""
+    from api_helpers import ThreadServer
+
+    from api.main import create_app
+
+    srv = ThreadServer(create_app(study_settings.model_copy(update={"sse_max_streams_per_owner": 1}))).start()
+    try:
+        c = cl(srv, ALICE)
+        sid = c.post("/v1/studies", json={"spec": study(seeds=1, labels={"mode": "slow"})}).json()["id"]
+        job_id = c.get("/v1/jobs", params={"limit": 1}).json()["data"][0]["id"]
+        with c.stream("GET", f"/v1/studies/{sid}/events", timeout=30) as first:
+            assert first.status_code == 200
+            lines = first.iter_lines()  # kept: dropping the iterator closes the stream
+            assert next(lines) == "retry: 3000"  # open, and holding the owner's one slot
+            for path in (f"/v1/studies/{sid}/events", f"/v1/jobs/{job_id}/events"):
+                with c.stream("GET", path, timeout=30) as r:
+                    assert r.status_code == 429 and r.headers["Retry-After"] == "5", (path, r.status_code)
+                    assert "stream" in r.read().decode()
+            bob = cl(srv, BOB)
+            bob_sid = bob.post("/v1/studies", json={"spec": study(seeds=1, labels={"mode": "slow"})}).json()[
+                "id"
+            ]
+            with bob.stream("GET", f"/v1/studies/{bob_sid}/events", timeout=30) as other:
+                assert other.status_code == 200
+            bob.post(f"/v1/studies/{bob_sid}/cancel")
+        deadline = time.monotonic() + 30
+        while True:  # the slot comes back once the server has seen the client go
+            with c.stream("GET", f"/v1/studies/{sid}/events", timeout=30) as again:
+                if again.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed study stream never gave its slot back"
+            time.sleep(0.1)
+        c.post(f"/v1/studies/{sid}/cancel")
+        wait_study(c, sid, lambda s: s["status"] == "cancelled")
+    finally:
+        stop(srv)
+
+
 def test_api_restart_mid_study_loses_nothing(study_settings, tmp_path):
     env = settings_env(study_settings)
     env["RECTRAIN_TRAINER_MODULE"] = "fake_study_trainer"
