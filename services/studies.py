@@ -37,7 +37,7 @@ from services.redis_conn import redis_fields, text_list, transaction
 from services.study_stats import analyze
 from services.submit import submit_job
 from trainer.errors import CapacityError, RectrainError
-from trainer.study_spec import Expansion, StudySpec, expand
+from trainer.study_spec import Expansion, StudySpec, eta_seconds, expand
 
 log = logging.getLogger("rectrain.studies")
 
@@ -187,6 +187,12 @@ class StudyStore:
             )
         status = study.final_status or _status_of(study, len(exp.runs), jobs)
         counts["finished"] = sum(counts[s.value] for s in JobStatus if s.is_terminal)
+        starts = [j.started_at for j in jobs.values() if j.started_at]
+        eta = None
+        if status in ("queued", "running") and starts:
+            eta = eta_seconds(
+                time.time() - min(starts), counts["finished"], len(exp.runs) - counts["finished"]
+            )
         out: dict[str, Any] = {
             "id": study.id,
             "name": study.name,
@@ -204,6 +210,7 @@ class StudyStore:
                 "passes_done": passes_done,
                 "passes_total": len(exp.runs) * exp.passes,
             },
+            "eta_seconds": eta,
             "runs": runs,
         }
         if with_results:

@@ -178,6 +178,7 @@ def _run_local(exp, name: str, out: Path | None) -> int:
     from services.study_stats import analyze, format_table, to_csv
     from trainer.errors import RectrainError
     from trainer.launch import run_job
+    from trainer.study_spec import eta_seconds
 
     out = (out or Path("runs") / time.strftime("study-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,11 @@ def _run_local(exp, name: str, out: Path | None) -> int:
             continue
         run_passes[run.key] = res["passes"]
         ne = "  ".join("-" if p.get("test_ne") is None else f"{p['test_ne']:.4f}" for p in res["passes"])
-        print(f"  test NE by pass: {ne}   ({time.time() - t0:.0f} s so far)", flush=True)
+        left = eta_seconds(time.time() - t0, i, len(exp.runs) - i)
+        print(
+            f"  test NE by pass: {ne}   ({time.time() - t0:.0f} s so far, about {left or 0:.0f} s left)",
+            flush=True,
+        )
     results = analyze(
         [a.to_dict() for a in exp.arms], [r.to_dict() for r in exp.runs], run_passes, exp.passes
     )

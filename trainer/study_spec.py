@@ -47,6 +47,16 @@ ASSUMED_RUN_STARTUP_S = 20.0
 ASSUMED_EXAMPLES_PER_S = 50_000.0
 
 
+def eta_seconds(elapsed_s: float, finished: int, remaining: int) -> float | None:
+    """Time left at the rate runs have finished so far (``elapsed_s`` since the first
+    run started, ``finished`` runs ended): measured, so it includes this machine's
+    speed, the start-up of each run and how many run at once; None before the first
+    run ends (the plan's fixed-rate estimate is all there is then)."""
+    if finished <= 0 or elapsed_s <= 0:
+        return None
+    return round(remaining * elapsed_s / finished, 1)
+
+
 def regularizer_models() -> dict[str, type[BaseModel]]:
     """type name -> pydantic model of every regularizer :mod:`trainer.spec` knows."""
     union = typing.get_args(Regularizer)[0]  # Annotated[Union[...], discriminator]

@@ -90,6 +90,11 @@ class StudyPublic(BaseModel):
     spec: dict[str, Any]
     plan: StudyPlan
     progress: dict[str, int]
+    eta_seconds: float | None = Field(
+        None,
+        description="time left at the rate its runs have finished so far (null before the "
+        "first run ends and once the study has ended)",
+    )
     runs: list[dict[str, Any]]
     results: dict[str, Any] | None = Field(None, description="the answer (see docs/studies.md)")
 

@@ -13,10 +13,15 @@
   const fmtCI = (ui, d) => (d && ui.isNum(d.ci_low) ? `[${ui.fmtDelta(d.ci_low)}, ${ui.fmtDelta(d.ci_high)}]` : "–");
   const cls = (d) => (!d || d.ci_low == null ? "num" : d.ci_high < 0 ? "num better" : d.ci_low > 0 ? "num worse" : "num");
 
-  function progressText(p) {
+  function etaText(s) {
+    if (s == null) return "";
+    return s < 90 ? ` · about ${Math.round(s)} s left` : ` · about ${Math.round(s / 60)} min left`;
+  }
+
+  function progressText(p, eta) {
     return `${p.finished} / ${p.total} runs finished · ${p.running + p.starting} running · ${p.queued + p.unsubmitted} waiting` +
       (p.failed ? ` · ${p.failed} failed` : "") + (p.cancelled ? ` · ${p.cancelled} cancelled` : "") +
-      ` · passes ${p.passes_done} / ${p.passes_total}`;
+      ` · passes ${p.passes_done} / ${p.passes_total}` + etaText(eta);
   }
 
   // ------------------------------------------------------------------ list
@@ -158,7 +163,7 @@
       title.textContent = study.name || study.id;
       badge.replaceChildren(ui.statusBadge(study.status));
       const p = study.progress;
-      progress.textContent = progressText(p) + (study.waiting ? ` · ${study.waiting}` : "");
+      progress.textContent = progressText(p, study.eta_seconds) + (study.waiting ? ` · ${study.waiting}` : "");
       if (study.error) actErr.textContent = `stopped: ${study.error}`;
       bar.max = String(p.total || 1);
       bar.value = String(p.finished);

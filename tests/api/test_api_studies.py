@@ -125,6 +125,10 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
     assert msgs[-1]["event"] == "end" and msgs[-1]["data"] == {"status": "succeeded"}
     assert snaps[-1]["progress"]["succeeded"] == 12
     assert len(snaps) >= 2 and snaps[0]["progress"]["succeeded"] < 12  # it filled in live
+    # time left at the rate runs finished: none before the first run ends or after the end
+    assert all(x["eta_seconds"] is None for x in snaps if x["progress"]["finished"] == 0)
+    assert all(x["eta_seconds"] > 0 for x in snaps if 0 < x["progress"]["finished"] < 12)
+    assert snaps[-1]["eta_seconds"] is None
 
     s = c.get(f"/v1/studies/{sid}").json()
     assert s["status"] == "succeeded" and s["progress"]["passes_done"] == 24

@@ -163,3 +163,12 @@ def test_study_files_resolve_base_and_overrides(tmp_path):
 def test_example_studies_load(name):
     exp = load_study(REPO / "examples" / name)
     assert exp.arms[0].is_baseline and len(exp.seeds) == 3
+
+
+def test_time_left_follows_the_rate_runs_finished_at():
+    from trainer.study_spec import eta_seconds
+
+    assert eta_seconds(120.0, 0, 10) is None  # nothing finished: no rate yet
+    assert eta_seconds(0.0, 1, 10) is None
+    assert eta_seconds(120.0, 4, 6) == 180.0  # 30 s a run so far, 6 to go
+    assert eta_seconds(120.0, 4, 0) == 0.0
