@@ -412,3 +412,71 @@ def format_table(results: dict[str, Any]) -> str:
     for n in results.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines).rstrip()
+
+
+def _md_delta(d: dict[str, Any] | None, ne: float | None) -> str:
+    """One cell: mean Δ and its interval (bold when the interval excludes 0)."""
+    if d is None:
+        return "–" if ne is None else f"{ne:.4f}"
+    if d.get("ci_low") is None:
+        return f"{d['mean']:+.4f}"
+    cell = f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] {d['favouring']}/{d['n']}"
+    return f"**{cell}**" if d["ci_high"] < 0 or d["ci_low"] > 0 else cell
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """The answer as one Markdown table (for docs and reports): a row per arm; per pass
+    count the paired Δ test NE vs the same-seed baseline with its 95% interval and the
+    seeds favouring the arm (bold: the interval excludes 0), then the same at the pass
+    validation NE selects; the baseline row holds its mean test NE. Then one answer
+    sentence per pass count and the notes."""
+    per_pass = results.get("per_pass", [])
+    if not per_pass:
+        return "(no results)"
+    selected = {r["arm"]: r for r in results.get("selected", [])}
+    with_sel = any(r.get("mean_test_ne_at_selected") is not None for r in selected.values())
+    head = ["arm"] + [
+        f"{pp['pass']} pass{'es' if pp['pass'] > 1 else ''}: Δ test NE [95% CI] seeds" for pp in per_pass
+    ]
+    if with_sel:
+        head.append("at the validation-selected pass")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, arm in enumerate(per_pass[0]["arms"]):
+        cells = [arm["label"]]
+        for pp in per_pass:
+            row = pp["arms"][i]
+            cells.append(_md_delta(row.get("delta_test_ne"), row.get("mean_test_ne")))
+        if with_sel:
+            sel = selected.get(arm["arm"], {})
+            cells.append(_md_delta(sel.get("delta_test_ne_at_selected"), sel.get("mean_test_ne_at_selected")))
+        lines.append("| " + " | ".join(cells) + " |")
+    oracle = [pp.get("oracle_test_ne") for pp in per_pass]
+    if any(o is not None for o in oracle):
+        lines.append("")
+        lines.append(
+            "Oracle test NE (the data's true probabilities; no model beats it): "
+            + f"{next(o for o in oracle if o is not None):.4f}"
+        )
+    lines.append("")
+    lines += [f"- {pp['sentence']}" for pp in per_pass]
+    lines += [f"- note: {n}" for n in results.get("notes", [])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m services.study_stats STUDY.json``: the answer of a finished study
+    (``rectrain study --local``'s study.json, or GET /v1/studies/{id}) as Markdown."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m services.study_stats", description=main.__doc__)
+    ap.add_argument("study_json")
+    args = ap.parse_args(argv)
+    doc = json.loads(Path(args.study_json).read_text())
+    print(to_markdown(doc["results"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

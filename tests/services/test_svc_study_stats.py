@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from services.study_stats import ONE_SEED_NOTE as ONE_SEED
 from services.study_stats import (
     analyze,
     answer_sentence,
@@ -17,6 +18,7 @@ from services.study_stats import (
     selected_pass,
     t_interval,
     to_csv,
+    to_markdown,
 )
 
 # t(0.975, df) from a printed table (Student's t, two-sided 95%)
@@ -133,6 +135,18 @@ def test_analyze_per_pass_strata_selection_curves_sentence_and_csv():
         "pass,arm,label,mean_test_ne,delta_test_ne,ci_low,ci_high,seeds,seeds_favouring"
     )
     assert len(rows) == 1 + 2 * 3
+    md = to_markdown(res).splitlines()
+    assert md[0].startswith("| arm | 1 pass: Δ test NE") and md[0].endswith(
+        "| at the validation-selected pass |"
+    )
+    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in md[2:5]}
+    assert table["baseline"][1] == f"{np.mean([0.95, 0.96, 0.955]):.4f}"
+    assert (
+        table["sparse_l2 weight=0.001"][1]
+        == f"**{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] 3/3**"
+    )
+    assert not table["sparse_l2 weight=0.0001"][1].startswith("**")  # its interval contains 0
+    assert f"- {s}" in md
 
 
 def test_sentence_says_when_nothing_beats_the_baseline():
@@ -146,3 +160,15 @@ def test_sentence_says_when_nothing_beats_the_baseline():
     ]
     s = answer_sentence(3, rows, 3)
     assert "no variant beats the baseline" in s and "worse than the baseline: dropout (+0.0040)" in s
+
+
+def test_markdown_cli_renders_a_study_json(tmp_path, capsys):
+    import json
+
+    from services.study_stats import main
+
+    arms, runs, passes = _study({"baseline": {0: [0.93]}, "v0.0": {0: [0.92]}, "v0.1": {0: [0.94]}})
+    (tmp_path / "study.json").write_text(json.dumps({"results": analyze(arms, runs, passes, 1)}))
+    assert main([str(tmp_path / "study.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| sparse_l2 weight=0.0001 | -0.0100 |" in out and ONE_SEED in out
