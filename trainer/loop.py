@@ -12,6 +12,7 @@ and every ``training.checkpoint_every_steps`` if set).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -177,6 +178,7 @@ class Trainer:
         self._bad_step: torch.Tensor | None = None  # first step with a non-finite loss
         self._bad_loss: torch.Tensor | None = None
         self._resumed_metrics: dict[str, Any] | None = None  # train-metric states of a pass resumed mid-way
+        self.last_pass_cpu_seconds = 0.0  # this rank's training CPU time in the last pass
 
     # ------------------------------------------------------------------ helpers
 
@@ -223,16 +225,33 @@ class Trainer:
         assert self._bad_loss is not None  # set together with _bad_step
         self._bad_loss = torch.where(first, loss, self._bad_loss)
 
-    def check_divergence(self, p: int, ne_value: float | None = 0.0) -> None:
+    def check_divergence(
+        self, p: int, ne_value: float | None = 0.0, cpu_seconds: float | None = None
+    ) -> float | None:
         """At a report point (all ranks together): a non-finite loss on any rank since
         the last check, or a non-finite NE (``None``), stops the run with
-        "diverged at step N (loss = nan)" unless ``training.on_divergence`` is continue."""
+        "diverged at step N (loss = nan)" unless ``training.on_divergence`` is continue.
+
+        ``cpu_seconds`` (end of a pass: this rank's training CPU time) rides on the same
+        collective (an all-gather instead of the MAX all-reduce, no extra sync); the sum
+        over the ranks is returned (None when not given)."""
         flag = torch.zeros(1, dtype=torch.float64)
         local_bad = self._bad_step is not None and int(self._bad_step) > 0
         if self._bad_step is not None and local_bad:
             flag[0] = float(self._bad_step)
+        cpu_total = cpu_seconds
         if dist.is_initialized() and self.session.world_size > 1:
-            flag = self.collectives.all_reduce(flag, op=dist.ReduceOp.MAX).cpu()
+            if cpu_seconds is None:
+                flag = self.collectives.all_reduce(flag, op=dist.ReduceOp.MAX).cpu()
+            else:
+                mine = torch.tensor([flag[0].item(), cpu_seconds], dtype=torch.float64)
+                rows = torch.stack([t.cpu() for t in self.collectives.all_gather(mine)])
+                flag = rows[:, 0].max().reshape(1)
+                cpu_total = float(rows[:, 1].sum())
+        self._raise_if_diverged(p, flag, local_bad, ne_value)
+        return cpu_total
+
+    def _raise_if_diverged(self, p: int, flag: torch.Tensor, local_bad: bool, ne_value: float | None) -> None:
         ne_bad = ne_value is None or not math.isfinite(ne_value)
         if flag[0] == 0 and not ne_bad:
             return
@@ -379,10 +398,12 @@ class Trainer:
                 message=f"pass {p + 1}/{spec.training.num_passes}",
             )
             resumed_at = start_step
-            train_summary, seconds, examples = self._train_pass(p, start_step)
+            train_summary, seconds, examples, cpu_seconds = self._train_pass(p, start_step)
             start_step = 0
             val = self.evaluate("validation")
             test = self.evaluate("test")
+            # the examples this process trained (a resumed pass ran fewer steps)
+            ran = examples * (1 - resumed_at / self.data.steps_per_pass)
             result = {
                 "pass": p,
                 "train_ne": train_summary.get("lifetime_ne"),
@@ -402,9 +423,11 @@ class Trainer:
                 "train_examples": examples,
                 "train_seconds": seconds,
                 # throughput over the steps this process ran (a resumed pass ran fewer)
-                "examples_per_s": examples * (1 - resumed_at / self.data.steps_per_pass) / seconds
-                if seconds > 0
-                else None,
+                "examples_per_s": ran / seconds if seconds > 0 else None,
+                # training CPU time (all threads) summed over the workers, over the same
+                # span as examples_per_s: comparable across worker counts on a shared box
+                "cpu_seconds": cpu_seconds,
+                "cpu_seconds_per_example": cpu_seconds / ran if ran > 0 else None,
                 "global_step": self.global_step,
             }
             self.passes.append(result)
@@ -419,7 +442,9 @@ class Trainer:
         )
         return self.passes
 
-    def _train_pass(self, p: int, start_step: int) -> tuple[dict[str, Any], float, int]:
+    def _train_pass(self, p: int, start_step: int) -> tuple[dict[str, Any], float, int, float]:
+        """Train pass ``p`` from ``start_step``: (train-metric summary, wall seconds, the
+        pass's examples over all workers, training CPU seconds summed over the workers)."""
         spec = self.spec
         metrics = self._train_metric_module()
         if start_step > 0 and self._resumed_metrics is not None:
@@ -428,7 +453,7 @@ class Trainer:
         steps = self.data.steps_per_pass
         global_batch = spec.data.batch_size * self.session.world_size
         self.regs.train_mode(p, self.dmp)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         t_window, ex_window = t0, 0
         every_n = spec.training.checkpoint_every_steps
         step = start_step
@@ -459,10 +484,15 @@ class Trainer:
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
                 self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1}, train_metrics=metrics)
         seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0  # this process, every thread (loader, intra-op pool)
+        self.last_pass_cpu_seconds = cpu  # this rank's own share of the pass's cpu_seconds
         done = steps * global_batch  # the whole pass, also when it was resumed mid-way
         summary = ne.summarize(metrics.compute())
-        self.check_divergence(p, summary.get("lifetime_ne", 0.0) if steps > start_step else 0.0)
-        return summary, seconds, done
+        cpu_total = self.check_divergence(
+            p, summary.get("lifetime_ne", 0.0) if steps > start_step else 0.0, cpu_seconds=cpu
+        )
+        assert cpu_total is not None  # given cpu_seconds, check_divergence returns the sum
+        return summary, seconds, done, cpu_total
 
     @torch.no_grad()
     def evaluate(self, split: str = "test") -> dict[str, Any]:
@@ -518,6 +548,21 @@ class Trainer:
         return out
 
 
+def worker_threads(spec: JobSpec) -> int:
+    """Intra-op threads of a worker: its reserved CPUs (``scaling.cpus_per_worker``,
+    rounded down, at least 1), so workers sharing a node do not oversubscribe it."""
+    return max(1, int(spec.scaling.cpus_per_worker))
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (runs on every worker)."""
     from trainer.metrics.events import make_sink
@@ -529,6 +574,20 @@ def train_worker(config: dict[str, Any]) -> None:
     pid_dir.mkdir(parents=True, exist_ok=True)
     (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
     (pid_dir / f"rank_{session.rank}.node").write_text(session.node_id)
+    threads_before = torch.get_num_threads()
+    threads = worker_threads(spec)
+    if threads != threads_before:
+        torch.set_num_threads(threads)
+    # what the worker ran with and its RSS before the Trainer existed (the interpreter,
+    # torch, Ray): `rectrain bench` subtracts it from the worker's sampled peak
+    info = {
+        "pid": os.getpid(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_threads_at_start": threads_before,
+        "torch_threads": torch.get_num_threads(),
+        "rss_before_trainer_bytes": rss_bytes(),
+    }
+    (pid_dir / f"rank_{session.rank}.json").write_text(json.dumps(info))
     sink = None
     if session.rank == 0:
         sink = make_sink(

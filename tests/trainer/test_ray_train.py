@@ -63,6 +63,7 @@ def test_two_worker_run_reports_every_metric_per_pass(quickstart):
         assert 0 < p["test_ne"] < 1.5  # finite
         assert 0.5 < p["test_auc"] < 1.0 and 0.5 < p["val_auc"] < 1.0
         assert p["examples_per_s"] > 0
+        assert p["cpu_seconds"] > 0 and p["cpu_seconds_per_example"] > 0
         # the oracle (true click probabilities) is the floor: no pass gets below it
         assert p["oracle_test_ne"] < p["test_ne"] and p["oracle_val_ne"] < p["val_ne"]
     # the pass with the lowest validation NE is selected; its test NE is the headline
@@ -149,6 +150,45 @@ def test_the_selected_and_the_last_pass_stay_exportable(quickstart, tmp_path):
     assert sel in kept and last in kept and len(kept) <= 3, (sel, last, kept)
     info = export_model(result["storage"], tmp_path / "model.pt")
     assert info["pass"] == sel and info["metrics"]["test_ne"] == result["passes"][sel]["test_ne"]
+
+
+_OMP_DRIVER = """
+import json, sys
+import ray
+from trainer.launch import run_job
+from trainer.spec import parse_spec
+# the job's workers start with OMP_NUM_THREADS=1 (as a cluster or image that sets it for
+# everything would give them): Ray then leaves it alone, so torch would run 1 thread
+ray.init(address=sys.argv[1], runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, log_to_driver=False)
+run_job(parse_spec(json.loads(sys.argv[2])), run_dir=sys.argv[3], progress=False)
+"""
+
+
+def test_worker_threads_match_its_cpus_and_the_pass_reports_cpu_seconds(ray_address, tmp_path):
+    """A Ray Train worker runs torch with as many intra-op threads as the CPUs it
+    reserves (scaling.cpus_per_worker), also where its environment says otherwise; it
+    reports them in run_dir/pids/rank_N.json with its RSS before the Trainer was built,
+    and each pass reports its training CPU time."""
+    d = tiny_spec_dict(training={"num_passes": 1}, scaling={"num_workers": 1, "cpus_per_worker": 2})
+    d["data"]["synthetic"]["examples_per_day"] = 1024
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-c", _OMP_DRIVER, ray_address, json.dumps(d), str(run_dir)],
+        env=_cli_env(ray_address),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads((run_dir / "pids" / "rank_0.json").read_text())
+    assert info["omp_num_threads"] == "1" and info["torch_threads_at_start"] == 1, info
+    assert info["torch_threads"] == 2, info
+    assert info["rss_before_trainer_bytes"] > 50 * 2**20, info  # python + torch at least
+    p = json.loads((run_dir / "results.json").read_text())["passes"][0]
+    assert p["cpu_seconds"] > 0 and p["cpu_seconds_per_example"] == pytest.approx(
+        p["cpu_seconds"] / p["train_examples"]
+    )
 
 
 def test_resume_after_a_killed_worker(ray_address, tmp_path):

@@ -107,3 +107,14 @@ def test_two_rank_collectives_go_through_the_wrapper_on_the_session_device(ranks
         assert names.count("all_reduce") >= 2 and "all_gather" in names, names
         for _, devices in r["calls"]:
             assert devices and set(devices) == {r["device"]}
+
+
+@pytest.mark.slow
+def test_pass_cpu_seconds_are_summed_over_the_ranks(ranks):
+    """The pass's training CPU time rides on the end-of-pass divergence collective: both
+    ranks return the same total, the sum of each rank's own process time."""
+    own = [r["cpu_own"] for r in ranks]
+    assert all(c > 0 for c in own), own
+    assert ranks[0]["cpu_total"] == ranks[1]["cpu_total"]
+    assert ranks[0]["cpu_total"] == pytest.approx(sum(own), rel=1e-9)
+    assert ranks[0]["cpu_total"] > max(own)  # not one rank's figure

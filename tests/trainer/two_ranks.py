@@ -102,7 +102,8 @@ def main() -> None:
         tr.collectives = Recording(session.device)
         tables = local_tables(tr.dmp)
         tr.regs.on_pass_start(0, tr.dmp, tr.dense_opt)
-        tr._train_pass(0, 0)
+        _, seconds, examples, cpu_total = tr._train_pass(0, 0)
+        cpu_own = tr.last_pass_cpu_seconds
         bn_trained = [b.detach().clone() for b in batch_norm_statistics(tr.dmp)]
         tr.evaluate()
         bn_eval = [b.detach().clone() for b in batch_norm_statistics(tr.dmp)]
@@ -113,6 +114,10 @@ def main() -> None:
             "bn_eval": bn_eval,
             "calls": calls,
             "device": str(session.device),
+            "pass_seconds": seconds,
+            "pass_examples": examples,
+            "cpu_total": cpu_total,  # summed over the ranks by the trainer
+            "cpu_own": cpu_own,  # this rank's own share
         },
         out / f"rank_{rank}.pt",
     )
