@@ -46,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the torch.profiler pass")
     p.add_argument("--no-huge-pages", action="store_true", help="skip the huge-page ceiling")
     p.add_argument("--no-peer", action="store_true", help="skip TorchRec's own DLRM loop (the peer)")
+    p.add_argument(
+        "--interaction",
+        choices=("dot", "concat"),
+        default="dot",
+        help="the model's interaction (model.interaction) for the trainer, plain PyTorch and Ray runs; "
+        "concat has no interaction arithmetic, so the step/kernel ratio shows the plumbing; the peer "
+        "(TorchRec's DLRM, dot only) is skipped (default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]):
@@ -61,6 +69,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
         w = replace(w, dim=args.dim)
     if args.batch is not None:
         w = replace(w, batch=args.batch)
+    w = replace(w, interaction=args.interaction)
     cfg = replace(
         cfg,
         workload=w,

@@ -34,6 +34,9 @@ class Workload:
     dense: int = NUM_DENSE
     dense_arch: tuple[int, ...] = (64,)  # + (dim,) appended: the dot interaction needs it
     over_arch: tuple[int, ...] = (64, 32)
+    # "dot" (pairwise dot products, DLRM's default) or "concat" (dense output and pooled
+    # embeddings side by side, no interaction arithmetic), as model.interaction
+    interaction: str = "dot"
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +57,7 @@ def make_spec(
                 "hash_size": w.rows,
                 "dense_arch": [*w.dense_arch, w.dim],
                 "over_arch": list(w.over_arch),
-                "interaction": "dot",
+                "interaction": w.interaction,
             },
             "data": {
                 "source": "synthetic",
@@ -126,6 +129,10 @@ class TrainerPaths:
 
     def embedding_estimate(self) -> int:
         return self.spec.embedding_bytes_per_worker()
+
+    def estimate_parts(self) -> dict[str, int]:
+        """The spec's full per-worker estimate by part (what capacity checks add up)."""
+        return self.spec.memory_estimate_per_worker()
 
     def build_prebuilt(self, n: int) -> list[Any]:
         """Materialise ``n`` batches from the trainer's own loader (same ids for all paths)."""
@@ -317,7 +324,10 @@ class KernelPath:
 
 class PlainDLRM(nn.Module):
     """What a user writes without TorchRec/FBGEMM: one ``nn.EmbeddingBag(sparse=True)``
-    per table, the same dense arch, dot interaction and over arch as rectrain's DLRM."""
+    per table, the same dense arch, interaction and over arch as rectrain's DLRM
+    (``dot``: the strict upper triangle of the Gram matrix of [dense out, pooled...]
+    beside the dense output; ``concat``: the dense output and every pooled embedding
+    side by side, as trainer/model/dlrm.py)."""
 
     def __init__(self, w: Workload) -> None:
         super().__init__()
@@ -331,9 +341,10 @@ class PlainDLRM(nn.Module):
             d_in = h
         self.dense_arch = nn.Sequential(*layers)
         n_vec = w.tables + 1
+        self.concat = w.interaction == "concat"
         self.register_buffer("triu", torch.triu_indices(n_vec, n_vec, offset=1), persistent=False)
         layers = []
-        d_in = w.dim + n_vec * (n_vec - 1) // 2
+        d_in = w.dim + (w.tables * w.dim if self.concat else n_vec * (n_vec - 1) // 2)
         for h in w.over_arch:
             layers += [nn.Linear(d_in, h), nn.ReLU()]
             d_in = h
@@ -347,6 +358,8 @@ class PlainDLRM(nn.Module):
         d = self.dense_arch(dense)
         ix = idx.view(self.T, -1)
         vecs = [d] + [emb(ix[t], per_table_offsets) for t, emb in enumerate(self.embs)]
+        if self.concat:
+            return self.over_arch(torch.cat(vecs, dim=1)).squeeze(1)
         stacked = torch.stack(vecs, dim=1)
         gram = torch.bmm(stacked, stacked.transpose(1, 2))
         triu: torch.Tensor = self.triu  # type: ignore[assignment]  # a buffer

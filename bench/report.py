@@ -53,6 +53,7 @@ def _rows(res: dict[str, Any]) -> list[list[str]]:
             ]
         )
     for k, ray in sorted(res.get("ray", {}).items()):
+        cpe = ray.get("cpu_seconds_per_example")
         rows.append(
             [
                 f"ray_{k}",
@@ -60,7 +61,7 @@ def _rows(res: dict[str, Any]) -> list[list[str]]:
                 _eps(ray["examples_per_s"]),
                 _x(ray["vs_kernel"]),
                 _x(ray["vs_ceiling"]),
-                "-",
+                _eps(1 / cpe) if cpe else "-",
             ]
         )
     return rows
@@ -99,8 +100,9 @@ def _scaling_rows(res: dict[str, Any]) -> list[list[str]]:
                 f"{s['trainer_vs_kernel']:.2f}",
                 f"{s['kernel_vs_ceiling']:.2f}",
                 f"{s['trainer_vs_ceiling']:.2f}",
-                f"{s['peak_increase_bytes'] / _GIB:.2f} / {s['estimate_bytes'] / _GIB:.2f}",
-                f"{s['increase_vs_estimate']:.2f}",
+                f"{s['peak_increase_bytes'] / _GIB:.2f} / "
+                f"{s.get('full_estimate_bytes', s['estimate_bytes']) / _GIB:.2f}",
+                f"{s.get('increase_vs_full_estimate', s['increase_vs_estimate']):.2f}",
             ]
         )
     return rows
@@ -117,7 +119,7 @@ _SCALING_HEADER = [
     "trainer/kernel",
     "kernel/ceiling",
     "trainer/ceiling",
-    "peak RSS incr. / estimate GiB",
+    "peak RSS incr. / full estimate GiB",
     "ratio",
 ]
 _MAIN_HEADER = ["path", "what", "examples/s (median round)", "x kernel", "x ceiling", "ex per CPU-s"]
@@ -152,7 +154,8 @@ def _render(res: dict[str, Any], md: bool) -> str:
         h(
             f"Workload (every path): {w['tables']} sparse features -> {w['tables']} tables x "
             f"{w['rows']:,} rows x dim {w['dim']}, one id per table, {w['dense']} dense features, "
-            f"batch {w['batch']}; dense arch {list(w['dense_arch']) + [w['dim']]}, dot interaction, "
+            f"batch {w['batch']}; dense arch {list(w['dense_arch']) + [w['dim']]}, "
+            f"{w.get('interaction', 'dot')} interaction, "
             f"over arch {list(w['over_arch'])} + 1"
         )
     )
@@ -163,6 +166,8 @@ def _render(res: dict[str, Any], md: bool) -> str:
     )
     lines.append("")
     lines.append(_table(_MAIN_HEADER, _rows(res), md))
+    if main.get("peer_skipped"):
+        lines.append(f"Peer (TorchRec's own DLRM loop) skipped: {main['peer_skipped']}.")
     lines.append("")
     lines.append(h("Physical ceiling"))
     lines.append(
@@ -191,12 +196,22 @@ def _render(res: dict[str, Any], md: bool) -> str:
         f"Metrics A/B: with metrics / without = {main['ratios']['trainer_vs_trainer_nometrics']:.2f}."
     )
     lines.append("")
+    full = mem.get("full_estimate_bytes")
+    parts = mem.get("estimate_parts") or {}
     lines.append(
-        h("Memory") + f": trainer peak RSS increase {mem['peak_increase_bytes'] / _GIB:.2f} GiB vs "
-        f"planner/spec estimate {mem['estimate_bytes'] / _GIB:.2f} GiB "
-        f"({mem['increase_vs_estimate']:.2f}x; whole-process peak {mem['peak_rss_bytes'] / _GIB:.2f} GiB, "
-        f"{mem['peak_vs_estimate']:.2f}x, includes the interpreter and libraries; right after building the "
-        f"Trainer: +{mem['build_increase_bytes'] / _GIB:.2f} GiB)"
+        h("Memory")
+        + f": trainer peak RSS increase {mem['peak_increase_bytes'] / _GIB:.2f} GiB vs the spec's full "
+        + (
+            f"estimate {full / _GIB:.2f} GiB ({mem['increase_vs_full_estimate']:.2f}x; "
+            + ", ".join(f"{k} {v / _GIB:.2f}" for k, v in parts.items())
+            + ") "
+            if full
+            else "estimate (not recorded) "
+        )
+        + f"and the embeddings alone {mem['estimate_bytes'] / _GIB:.2f} GiB "
+        f"({mem['increase_vs_estimate']:.2f}x, information); whole-process peak "
+        f"{mem['peak_rss_bytes'] / _GIB:.2f} GiB, includes the interpreter and libraries; right after "
+        f"building the Trainer: +{mem['build_increase_bytes'] / _GIB:.2f} GiB"
     )
     if "gpu_peak_allocated_bytes" in mem:
         lines.append(
@@ -205,12 +220,31 @@ def _render(res: dict[str, Any], md: bool) -> str:
             f"{mem['estimate_bytes'] / _GIB:.2f} GiB ({mem['gpu_increase_vs_estimate']:.2f}x)"
         )
     for _k, ray in sorted(res.get("ray", {}).items()):
+        inc = ray.get("worker_peak_increase_bytes")
+        full_r = ray.get("worker_full_estimate_bytes")
+        cpe = ray.get("cpu_seconds_per_example")
         lines.append(
-            f"{'- ' if md else '  '}Ray {ray['workers']} worker(s): worker peak RSS "
-            f"{ray['worker_peak_rss_bytes'] / _GIB:.2f} GiB vs estimate "
-            f"{ray['worker_estimate_bytes'] / _GIB:.2f} GiB ({ray['worker_peak_vs_estimate']:.2f}x, whole "
-            f"process); examples/s by pass {[round(x) for x in ray['examples_per_s_by_pass']]}, "
-            f"global batch {ray['global_batch']}, {ray['wall_seconds']:.0f} s wall incl. Ray start-up"
+            f"{'- ' if md else '  '}Ray {ray['workers']} worker(s), batch "
+            f"{ray.get('batch_per_worker', ray['global_batch'] // ray['workers'])} each "
+            f"(global {ray['global_batch']}): "
+            + (f"{cpe * 1e6:.1f} CPU-us per example (pass 2, all workers); " if cpe else "")
+            + f"worker peak RSS {ray['worker_peak_rss_bytes'] / _GIB:.2f} GiB (whole process"
+            + (
+                f", {ray['worker_peak_vs_full_estimate']:.2f}x the full estimate "
+                f"{full_r / _GIB:.2f} GiB; minus its RSS before the Trainer: {inc / _GIB:.2f} GiB, "
+                f"{ray['worker_increase_vs_full_estimate']:.2f}x"
+                if full_r and inc
+                else f", {ray['worker_peak_vs_estimate']:.2f}x the embedding estimate"
+            )
+            + f"); examples/s by pass {[round(x) for x in ray['examples_per_s_by_pass']]}, "
+            f"{ray['wall_seconds']:.0f} s wall incl. Ray start-up"
+        )
+    sc = res.get("ray_scaling")
+    if sc:
+        lines.append(
+            f"{'- ' if md else '  '}strong scaling at global batch {sc['global_batch']}: CPU-seconds per "
+            f"example 2 workers / 1 = {sc['cpu_per_example_2w_vs_1w']:.2f} (1.0 = free; on a shared "
+            f"machine wall time says little), examples/s 2 workers / 1 = {sc['examples_per_s_2w_vs_1w']:.2f}"
         )
     if res.get("ray"):
         lines.append(
