@@ -676,7 +676,8 @@ class ScalingSpec(_Strict):
         num_workers (int): Ray Train workers (data-parallel dense, model-parallel
             sparse).
         use_gpu (bool): one GPU per worker, CUDA + NCCL; else CPU + gloo.
-        cpus_per_worker (float): Ray CPUs reserved per worker.
+        cpus_per_worker (float): Ray CPUs reserved per worker; also the worker's torch
+            intra-op threads (rounded down, at least 1).
         memory_per_worker_gb (float): memory each worker has; specs whose embedding
             estimate exceeds it are refused.
         gpu_memory_gb (float | None): memory of each worker's GPU (``use_gpu`` only).
