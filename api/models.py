@@ -52,6 +52,10 @@ class PassResult(BaseModel):
     oracle_val_ne: float | None = None
     oracle_test_ne: float | None = None
     examples_per_s: float | None = None
+    cpu_seconds: float | None = Field(
+        None, description="training CPU time of the pass (every thread), summed over the workers"
+    )
+    cpu_seconds_per_example: float | None = Field(None, description="cpu_seconds / examples trained")
 
 
 class JobSummary(BaseModel):
