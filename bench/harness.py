@@ -228,6 +228,10 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
     t_start = time.perf_counter()
 
     # ---- the trainer first, alone, so its peak memory is its own
+    # its libraries (TorchRec, FBGEMM: ~0.2 GiB of code and data) loaded before the
+    # baseline, as a Ray worker's baseline (its RSS before building the Trainer) has them
+    import trainer.loop  # noqa: F401
+
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()

@@ -3,7 +3,7 @@
 One checkpoint directory (Ray Train merges every rank's files into it, under the job's
 storage: a shared path or ``s3://``) holds:
 
-- DCP files (``.metadata``, ``__<rank>_0.distcp``): the DMP state dict — embedding
+- DCP files (``.metadata``, ``__<rank>_<n>.distcp``, one per tensor): the DMP state dict — embedding
   shards and the replicated dense weights — and the FBGEMM fused optimizer's state
   (row-wise AdaGrad ``momentum1`` shards). DCP records each shard's global offsets, so
   a job with another ``scaling.num_workers`` (another plan) loads the same checkpoint:
@@ -106,8 +106,13 @@ def save_checkpoint(
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    # one file per tensor: DCP's file writer copies each view it writes (FBGEMM keeps
+    # every table of a worker as a view of one flat buffer) and holds the copies until
+    # the file is closed, so one file per rank held a second copy of all the tables at
+    # every checkpoint; per tensor, one table's copy at a time
+    writer = dcp.FileSystemWriter(str(d), single_file_per_rank=False)
     with torch.no_grad():
-        dcp.save(_sharded_state(dmp), checkpoint_id=str(d))
+        dcp.save(_sharded_state(dmp), storage_writer=writer)
     torch.save(rank_state, rank_file(d, rank))
     if rank == 0:
         torch.save(dense_opt.state_dict(), d / DENSE_OPT_FILE)
@@ -211,6 +216,6 @@ def shard_owners(directory: str | Path) -> dict[str, set[int]]:
         chunks = getattr(chunk, "chunks", None)
         if chunks is not None and index.index is not None and chunks[index.index].sizes.numel() == 0:
             continue
-        rank = int(Path(info.relative_path).name.split("_")[2])  # "__<rank>_0.distcp"
+        rank = int(Path(info.relative_path).name.split("_")[2])  # "__<rank>_<n>.distcp"
         out.setdefault(name, set()).add(rank)
     return out

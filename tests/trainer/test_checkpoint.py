@@ -149,3 +149,42 @@ def test_column_wise_plans_refuse_to_reshard(tmp_path):
         RectrainError, match=rf"column-wise sharded table\(s\) {table}.*scaling.num_workers: 2"
     ):
         load_checkpoint(latest, rank=0, world_size=1, dmp=t.dmp, dense_opt=t.dense_opt)
+
+
+def _vm_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def test_saving_holds_no_second_copy_of_the_tables(tmp_path):
+    """DCP's file writer copies each table view it writes (FBGEMM keeps a worker's tables
+    in one flat buffer) and held the copies until its one file per rank was closed: peak
+    memory at every checkpoint was the tables twice. One file per tensor: one table's copy
+    at a time."""
+    from trainer.checkpoint import save_checkpoint
+
+    d = tiny_spec_dict(model={"embedding_dim": 32, "hash_size": 200_000, "dense_arch": [16, 32]})
+    spec = parse_spec(d)
+    t = Trainer(spec, LocalSession(tmp_path), tmp_path)
+    tables = spec.embedding_bytes_per_worker()
+    assert spec.num_tables() >= 5 and tables > 100 * 2**20
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset this process's peak RSS (VmHWM) to its current RSS
+    except OSError:
+        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
+    before = _vm_kib("VmRSS") * 1024
+    save_checkpoint(
+        tmp_path / "ckpt",
+        rank=0,
+        world_size=1,
+        dmp=t.dmp,
+        dense_opt=t.dense_opt,
+        rank_state={"progress": {}},
+    )
+    peak = _vm_kib("VmHWM") * 1024 - before
+    # one table (1/num_tables of them) plus DCP's planning: far below a second copy
+    assert peak < 0.5 * tables, (
+        f"saving raised peak RSS by {peak / 2**20:.0f} MiB, tables {tables / 2**20:.0f} MiB"
+    )
+    assert len(list((tmp_path / "ckpt").glob("__0_*.distcp"))) > spec.num_tables()
