@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-huge-pages", action="store_true", help="skip the huge-page ceiling")
     p.add_argument("--no-peer", action="store_true", help="skip TorchRec's own DLRM loop (the peer)")
     p.add_argument(
+        "--over-arch",
+        default=None,
+        help="hidden sizes of the over arch, comma-separated (default 64,32; tiny 16); its first "
+        "layer's width sets most of the dense arithmetic with --interaction concat",
+    )
+    p.add_argument(
         "--interaction",
         choices=("dot", "concat"),
         default="dot",
@@ -70,6 +76,14 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
     if args.batch is not None:
         w = replace(w, batch=args.batch)
     w = replace(w, interaction=args.interaction)
+    if args.over_arch is not None:
+        try:
+            over = tuple(int(x) for x in args.over_arch.split(","))
+        except ValueError:
+            over = ()
+        if not over or min(over) < 1:
+            raise SystemExit("rectrain bench: --over-arch must be positive integers, e.g. 64,32")
+        w = replace(w, over_arch=over)
     cfg = replace(
         cfg,
         workload=w,

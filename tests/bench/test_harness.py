@@ -221,12 +221,15 @@ def test_concat_interaction_runs_every_path_but_the_peer(tmp_path) -> None:
             "--no-huge-pages",
             "--interaction",
             "concat",
+            "--over-arch",
+            "8",
         ],
         tmp_path,
     )
     res, out = r["json"], r["stdout"]
     main = res["main"]
     assert res["meta"]["workload"]["interaction"] == "concat"
+    assert res["meta"]["workload"]["over_arch"] == [8]
     assert "peer" not in main["paths"] and "dot interaction only" in main["peer_skipped"]
     assert "peer skipped" in out and "concat interaction" in out
     for k in ("trainer_vs_kernel", "trainer_vs_baseline", "trainer_prebuilt_vs_kernel"):
