@@ -53,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "layer's width sets most of the dense arithmetic with --interaction concat",
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="rectrain's paths with training.compile (torch.compile of the dense part; the peer and "
+        "plain PyTorch stay eager); compilation happens in the warm-up, outside the timed rounds",
+    )
+    p.add_argument(
         "--interaction",
         choices=("dot", "concat"),
         default="dot",
@@ -75,7 +81,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]):
         w = replace(w, dim=args.dim)
     if args.batch is not None:
         w = replace(w, batch=args.batch)
-    w = replace(w, interaction=args.interaction)
+    w = replace(w, interaction=args.interaction, compile=args.compile)
     if args.over_arch is not None:
         try:
             over = tuple(int(x) for x in args.over_arch.split(","))

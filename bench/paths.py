@@ -37,6 +37,10 @@ class Workload:
     # "dot" (pairwise dot products, DLRM's default) or "concat" (dense output and pooled
     # embeddings side by side, no interaction arithmetic), as model.interaction
     interaction: str = "dot"
+    # training.compile for rectrain's paths (the trainer and its Ray runs): the dense
+    # arch + interaction + over arch through torch.compile; the peer and the plain
+    # PyTorch model stay eager
+    compile: bool = False
 
     def asdict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +78,7 @@ def make_spec(
                 "test_days": [],
                 "batch_size": w.batch,
             },
-            "training": {"num_passes": num_passes},
+            "training": {"num_passes": num_passes, "compile": w.compile},
             "scaling": {
                 "num_workers": num_workers,
                 "use_gpu": device == "cuda",

@@ -157,6 +157,11 @@ def _render(res: dict[str, Any], md: bool) -> str:
             f"batch {w['batch']}; dense arch {list(w['dense_arch']) + [w['dim']]}, "
             f"{w.get('interaction', 'dot')} interaction, "
             f"over arch {list(w['over_arch'])} + 1"
+            + (
+                "; rectrain's paths with training.compile (peer and plain PyTorch eager)"
+                if w.get("compile")
+                else ""
+            )
         )
     )
     lines.append(f"Ids: {w['ids']}. The kernel, baseline and ceiling replay the trainer loader's batches.")

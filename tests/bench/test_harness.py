@@ -335,3 +335,20 @@ def _render_ready(res: dict) -> dict:
     res["breakdown"] = {"kernel": 0, "model_overhead": 0, "loader": 0, "metrics": 0, "unattributed": 0}
     res["targets"] = []
     return res
+
+
+def test_compile_flag_reaches_rectrains_spec_only() -> None:
+    """``--compile``: rectrain's paths get training.compile (the Trainer compiles its
+    dense part in the warm-up); the workload records it for the report."""
+    import argparse
+
+    from bench.cli import add_arguments, config_from_args
+    from bench.paths import Workload, make_spec
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    argv = ["--tiny", "--compile"]
+    cfg = config_from_args(p.parse_args(argv), argv)
+    assert cfg.workload.compile is True and cfg.workload.asdict()["compile"] is True
+    assert make_spec(cfg.workload, 4).training.compile is True
+    assert make_spec(Workload(rows=50, dim=8, batch=4), 4).training.compile is False
