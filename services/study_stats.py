@@ -428,8 +428,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     """The answer as one Markdown table (for docs and reports): a row per arm; per pass
     count the paired Δ test NE vs the same-seed baseline with its 95% interval and the
     seeds favouring the arm (bold: the interval excludes 0), then the same at the pass
-    validation NE selects; the baseline row holds its mean test NE. Then one answer
-    sentence per pass count and the notes."""
+    validation NE selects; the baseline row holds its mean test NE. A second table: each
+    arm's mean test NE by pass. Then one answer sentence per pass count and the notes."""
     per_pass = results.get("per_pass", [])
     if not per_pass:
         return "(no results)"
@@ -450,6 +450,21 @@ def to_markdown(results: dict[str, Any]) -> str:
             sel = selected.get(arm["arm"], {})
             cells.append(_md_delta(sel.get("delta_test_ne_at_selected"), sel.get("mean_test_ne_at_selected")))
         lines.append("| " + " | ".join(cells) + " |")
+    # the same arms' mean test NE (over seeds), to read whether NE rises across passes
+    lines += [
+        "",
+        "| arm | "
+        + " | ".join(f"test NE after {pp['pass']}" for pp in per_pass)
+        + (" | at selected |" if with_sel else " |"),
+    ]
+    lines.append("|" + "---|" * (len(per_pass) + 1 + with_sel))
+    for i, arm in enumerate(per_pass[0]["arms"]):
+        nes = [pp["arms"][i].get("mean_test_ne") for pp in per_pass]
+        if with_sel:
+            nes.append(selected.get(arm["arm"], {}).get("mean_test_ne_at_selected"))
+        lines.append(
+            "| " + " | ".join([arm["label"], *("–" if v is None else f"{v:.4f}" for v in nes)]) + " |"
+        )
     oracle = [pp.get("oracle_test_ne") for pp in per_pass]
     if any(o is not None for o in oracle):
         lines.append("")

@@ -147,6 +147,11 @@ def test_analyze_per_pass_strata_selection_curves_sentence_and_csv():
     )
     assert not table["sparse_l2 weight=0.0001"][1].startswith("**")  # its interval contains 0
     assert f"- {s}" in md
+    means = next(i for i, line in enumerate(md) if line.startswith("| arm | test NE after 1"))
+    assert md[means + 2] == (
+        f"| baseline | {np.mean([0.93, 0.94, 0.935]):.4f} | {np.mean([0.95, 0.96, 0.955]):.4f} | "
+        f"{np.mean([0.93, 0.94, 0.935]):.4f} |"  # validation selects the first pass
+    )
 
 
 def test_sentence_says_when_nothing_beats_the_baseline():
