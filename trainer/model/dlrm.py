@@ -8,6 +8,8 @@ by DistributedModelParallel on the shards each rank owns (see ``sharding.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,6 +21,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from trainer.data.dataset import table_feature_name
 from trainer.model.interaction import dot_interaction, triu_flat_index
 from trainer.spec import Interaction, JobSpec
+
+DenseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def table_name(feature: str, replica: int) -> str:
@@ -81,6 +85,8 @@ class DLRM(nn.Module):
         ebc_device: torch.device | None = None,
     ) -> None:
         super().__init__()
+        # training.compile: the compiled dense_forward (set by compile_dense); None: eager
+        self._dense_compiled: DenseFn | None = None
         m = spec.model
         self.features = spec.data.sparse_feature_names()
         self.replicas = m.num_replicas
@@ -182,9 +188,6 @@ class DLRM(nn.Module):
             return emb
         return emb.reshape(b, len(self.features), self.replicas, self.dim).sum(2)
 
-    # training.compile: torch.compile of dense_forward (set by compile_dense); None: eager
-    _dense_compiled = None
-
     def compile_dense(self) -> None:
         """``torch.compile`` (inductor, static shapes) the dense part only: dense arch,
         interaction, over arch. The sharded EBC stays eager (DMP owns it); no module is
@@ -192,7 +195,7 @@ class DLRM(nn.Module):
         code object, parameters as graph inputs: models of the same shapes in one process
         share a graph; past ``torch._dynamo.config.recompile_limit`` (8) distinct shapes
         or modes in one process it runs eager (same results, no speed-up)."""
-        self._dense_compiled = torch.compile(self.dense_forward, dynamic=False)
+        self._dense_compiled = cast(DenseFn, torch.compile(self.dense_forward, dynamic=False))
 
     def dense_forward(self, dense: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """The logit from the dense features and the pooled embeddings ``[B, F, D]``."""
