@@ -116,6 +116,7 @@ def _progress_line(s: dict[str, Any]) -> str:
         f"({p['succeeded']} ok, {p['failed']} failed, {p['cancelled']} cancelled; "
         f"{p['running'] + p['starting']} running, {p['queued'] + p['unsubmitted']} waiting); "
         f"passes {p['passes_done']}/{p['passes_total']}"
+        + (f"; about {s['eta_seconds'] / 60:.0f} min left" if s.get("eta_seconds") else "")
     )
 
 

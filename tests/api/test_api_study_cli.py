@@ -73,3 +73,14 @@ def test_without_a_service_it_runs_on_local_ray_one_after_another(tmp_path, ray_
     assert row["delta_test_ne"]["n"] == 1 and row["delta_test_ne"]["ci_low"] is None  # one seed
     assert "one seed" in out.stdout
     assert (env_out / "study.csv").read_text().startswith("pass,arm,label")
+
+
+def test_follow_lines_say_the_time_left_once_runs_have_finished():
+    from services.study_cli import _progress_line
+
+    p = {"finished": 3, "total": 9, "succeeded": 3, "failed": 0, "cancelled": 0, "running": 2, "starting": 0}
+    p |= {"queued": 4, "unsubmitted": 0, "passes_done": 10, "passes_total": 27}
+    assert _progress_line({"status": "running", "progress": p, "eta_seconds": 150.0}).endswith(
+        "passes 10/27; about 2 min left"
+    )
+    assert _progress_line({"status": "running", "progress": p, "eta_seconds": None}).endswith("passes 10/27")
