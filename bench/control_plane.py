@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
+    from services.cli import api_command
     from services.redis_conn import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="rectrain-bench-") as d:
@@ -209,20 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         env.pop("RAY_ADDRESS", None)
         api = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
+            api_command(port, "--log-level", "warning", "--no-access-log"),
             env=env,
             cwd=str(Path(__file__).resolve().parents[1]),
         )

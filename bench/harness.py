@@ -114,12 +114,6 @@ def tiny_config(**overrides: Any) -> BenchConfig:
 # --------------------------------------------------------------------------- memory
 
 
-def rss_now() -> int:
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
 def reset_peak_rss() -> bool:
     """Reset this process's peak RSS (Linux ``clear_refs`` 5); False where unsupported."""
     try:
@@ -230,17 +224,17 @@ def run_point(w: Workload, cfg: BenchConfig, *, full: bool, log: Callable[[str],
     # ---- the trainer first, alone, so its peak memory is its own
     # its libraries (TorchRec, FBGEMM: ~0.2 GiB of code and data) loaded before the
     # baseline, as a Ray worker's baseline (its RSS before building the Trainer) has them
-    import trainer.loop  # noqa: F401
+    from trainer.loop import rss_bytes
 
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         gpu0 = torch.cuda.memory_allocated()
-    rss0 = rss_now()
+    rss0 = rss_bytes()
     exact_peak = reset_peak_rss()
     tp = TrainerPaths(w, steps_per_pass, device)
-    rss_built = rss_now()
+    rss_built = rss_bytes()
     batches = tp.build_prebuilt(min(block, tp.steps_per_pass))
     tp.loop(2, metrics=True)  # warm: first-touch pages, JIT, metric states
     tp.prebuilt_loop(1)

@@ -19,6 +19,27 @@ from typing import Any
 
 from services.settings import ClientSettings
 
+# the API as uvicorn loads it (an import string: workers and reload need one)
+APP_FACTORY = "api.main:create_app"
+
+
+def api_command(port: int, *options: str, host: str = "127.0.0.1") -> list[str]:
+    """``python -m uvicorn`` serving the API factory on ``host:port`` in a process of its
+    own (tests and benchmarks that need a real server process), plus uvicorn ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        APP_FACTORY,
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *options,
+    ]
+
+
 _FOLLOW_RECONNECT_FOR_S = 120.0
 
 
@@ -127,7 +148,7 @@ def _serve(args: argparse.Namespace, settings, head) -> int:
         flush=True,
     )
     uvicorn.run(
-        "api.main:create_app",
+        APP_FACTORY,
         factory=True,
         host=bind,
         port=port,

@@ -73,25 +73,12 @@ def _positive(x, where: str) -> None:
     assert math.isfinite(x) and x > 0, f"{where}: {x!r} is not finite and positive"
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory) -> tuple[dict, Path]:
-    d = tmp_path_factory.mktemp("bench")
-    out, md = d / "bench.json", d / "BENCHMARKS.md"
-    md.write_text("# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n")
+def _bench(args: list[str], d: Path, markdown: Path | None = None) -> dict:
+    """``rectrain bench ARGS`` in a subprocess; its JSON results and stdout."""
+    out = d / "bench.json"
+    md = ["--markdown", str(markdown)] if markdown else ["--no-markdown"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.cli",
-            "bench",
-            "--tiny",
-            "--skip-ray",
-            "--scaling",
-            "--out",
-            str(out),
-            "--markdown",
-            str(md),
-        ],
+        [sys.executable, "-m", "trainer.cli", "bench", *args, "--out", str(out), *md],
         cwd=REPO,
         # an in-process test earlier in the session set MASTER_PORT for its own gloo
         # group (still bound by this process): the bench must pick its own port
@@ -101,8 +88,17 @@ def result(tmp_path_factory) -> tuple[dict, Path]:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "examples/s" in proc.stdout and "Targets" in proc.stdout
-    return json.loads(out.read_text()), md
+    return {"json": json.loads(out.read_text()), "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> tuple[dict, Path]:
+    d = tmp_path_factory.mktemp("bench")
+    md = d / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n")
+    r = _bench(["--tiny", "--skip-ray", "--scaling"], d, markdown=md)
+    assert "examples/s" in r["stdout"] and "Targets" in r["stdout"]
+    return r["json"], md
 
 
 def test_every_figure_finite_and_positive(result) -> None:
@@ -193,20 +189,6 @@ def test_cli_registers_bench() -> None:
     cfg = config_from_args(args, ["--tiny"])
     assert (cfg.workload.rows, cfg.workload.dim, cfg.workload.batch, cfg.steps) == (1000, 8, 64, 2)
     assert cfg.skip_ray and not cfg.scaling and cfg.device == "cpu"
-
-
-def _bench(args: list[str], d: Path) -> dict:
-    out = d / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "bench", *args, "--out", str(out), "--no-markdown"],
-        cwd=REPO,
-        env={k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT")},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"json": json.loads(out.read_text()), "stdout": proc.stdout}
 
 
 def test_concat_interaction_runs_every_path_but_the_peer(tmp_path) -> None:
@@ -340,15 +322,13 @@ def _render_ready(res: dict) -> dict:
 def test_compile_flag_reaches_rectrains_spec_only() -> None:
     """``--compile``: rectrain's paths get training.compile (the Trainer compiles its
     dense part in the warm-up); the workload records it for the report."""
-    import argparse
-
-    from bench.cli import add_arguments, config_from_args
+    from bench.cli import config_from_args
     from bench.paths import Workload, make_spec
+    from trainer.cli import build_parser
 
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    argv = ["--tiny", "--compile"]
-    cfg = config_from_args(p.parse_args(argv), argv)
+    cfg = config_from_args(
+        build_parser().parse_args(["bench", "--tiny", "--compile"]), ["--tiny", "--compile"]
+    )
     assert cfg.workload.compile is True and cfg.workload.asdict()["compile"] is True
     assert make_spec(cfg.workload, 4).training.compile is True
     assert make_spec(Workload(rows=50, dim=8, batch=4), 4).training.compile is False

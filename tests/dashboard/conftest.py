@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from services.cli import api_command
 from tests.servers import SubprocessServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,21 +48,7 @@ class ApiServer(SubprocessServer):
         )
 
     def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "2",
-        ]
+        return api_command(self.port, "--log-level", "warning", "--timeout-graceful-shutdown", "2")
 
     def wait_ready(self, timeout_s: float) -> None:
         assert self.proc is not None

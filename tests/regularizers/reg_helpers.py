@@ -101,6 +101,17 @@ def dense_snapshot(tr: Trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in dense_named_parameters(tr.dmp)}
 
 
+def train_losses(tr: Trainer, steps: int) -> list[float]:
+    """``steps`` training steps of pass 0; the (unweighted) BCE loss of each."""
+    out = []
+    for i, batch in enumerate(tr.data.train_batches(0)):
+        if i == steps:
+            break
+        logits = tr.train_step(batch)
+        out.append(float(F.binary_cross_entropy_with_logits(logits, batch.labels)))
+    return out
+
+
 def first_batch(tr: Trainer, index: int = 0) -> Batch:
     for i, b in enumerate(tr.data.train_batches(0)):
         if i == index:

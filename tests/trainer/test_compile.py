@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.loop import LocalSession, Trainer
 from trainer.spec import SpecError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "regularizers"))
-from reg_helpers import make_spec  # noqa: E402
+from reg_helpers import make_spec, train_losses  # noqa: E402
 
 STEPS = 8
 
@@ -25,13 +24,7 @@ def _train(tmp_path: Path, compile_: bool) -> tuple[Trainer, list[float]]:
     # batch norm on: the compiled graph updates the running statistics (buffers) too
     spec = make_spec(None, model={"batch_norm": True}, training={"compile": compile_})
     tr = Trainer(spec, LocalSession(tmp_path), tmp_path)
-    losses = []
-    for i, batch in enumerate(tr.data.train_batches(0)):
-        if i == STEPS:
-            break
-        logits = tr.train_step(batch)
-        losses.append(float(F.binary_cross_entropy_with_logits(logits, batch.labels)))
-    return tr, losses
+    return tr, train_losses(tr, STEPS)
 
 
 def _eval_logits(tr: Trainer) -> torch.Tensor:

@@ -16,7 +16,7 @@ from trainer.model.dlrm import DLRM
 from trainer.model.interaction import dot_interaction, triu_flat_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "regularizers"))
-from reg_helpers import make_spec  # noqa: E402
+from reg_helpers import make_spec, train_losses  # noqa: E402
 
 
 def plain_interaction(dense: torch.Tensor | None, emb: torch.Tensor) -> torch.Tensor:
@@ -77,14 +77,7 @@ def _plain_forward(self, dense, sparse):
 
 
 def _losses(tmp_path, spec, steps: int) -> list[float]:
-    tr = Trainer(spec, LocalSession(tmp_path), tmp_path)
-    out = []
-    for i, batch in enumerate(tr.data.train_batches(0)):
-        if i == steps:
-            break
-        logits = tr.train_step(batch)
-        out.append(float(F.binary_cross_entropy_with_logits(logits, batch.labels)))
-    return out
+    return train_losses(Trainer(spec, LocalSession(tmp_path), tmp_path), steps)
 
 
 @pytest.mark.parametrize("interaction,replicas", [("dot", 1), ("dot", 2), ("concat", 1)])
