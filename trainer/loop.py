@@ -233,20 +233,18 @@ class Trainer:
         "diverged at step N (loss = nan)" unless ``training.on_divergence`` is continue.
 
         ``cpu_seconds`` (end of a pass: this rank's training CPU time) rides on the same
-        collective (an all-gather instead of the MAX all-reduce, no extra sync); the sum
-        over the ranks is returned (None when not given)."""
+        all-gather (no extra sync); the sum over the ranks is returned (None when not
+        given)."""
         flag = torch.zeros(1, dtype=torch.float64)
         local_bad = self._bad_step is not None and int(self._bad_step) > 0
         if self._bad_step is not None and local_bad:
             flag[0] = float(self._bad_step)
         cpu_total = cpu_seconds
         if dist.is_initialized() and self.session.world_size > 1:
-            if cpu_seconds is None:
-                flag = self.collectives.all_reduce(flag, op=dist.ReduceOp.MAX).cpu()
-            else:
-                mine = torch.tensor([flag[0].item(), cpu_seconds], dtype=torch.float64)
-                rows = torch.stack([t.cpu() for t in self.collectives.all_gather(mine)])
-                flag = rows[:, 0].max().reshape(1)
+            mine = torch.tensor([flag[0].item(), cpu_seconds or 0.0], dtype=torch.float64)
+            rows = torch.stack([t.cpu() for t in self.collectives.all_gather(mine)])
+            flag = rows[:, 0].max().reshape(1)
+            if cpu_seconds is not None:
                 cpu_total = float(rows[:, 1].sum())
         self._raise_if_diverged(p, flag, local_bad, ne_value)
         return cpu_total
@@ -555,12 +553,10 @@ def worker_threads(spec: JobSpec) -> int:
 
 
 def rss_bytes() -> int:
-    """This process's resident set size now (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+    """This process's resident set size now."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
 
 
 def train_worker(config: dict[str, Any]) -> None:

@@ -309,10 +309,10 @@ async def stream_study_events(
     keepalive_s = settings.sse_keepalive_s
 
     async def events():
-        yield "retry: 3000\n\n"
         last_sig = None
         quiet = 0.0
         try:
+            yield "retry: 3000\n\n"
             while True:
                 sig = await studies.change_signature(rec)
                 if sig != last_sig:
