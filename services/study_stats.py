@@ -1,18 +1,29 @@
-"""Study statistics: paired differences against the same-seed baseline, with t-intervals.
+"""Study statistics: paired differences against the same-seed baseline, with t-intervals,
+multiplicity-adjusted p-values, and choices made on validation NE only.
 
-For every arm, pass count k and metric, each seed s gives
-``Δ_s = NE(arm, seed s, after k passes) − NE(baseline, seed s, after k passes)``; the
-study reports the mean Δ over the seeds both runs finished, a 95% Student-t interval
-``mean ± t(0.975, n−1) · sd/√n`` (``scipy.stats.t``), and how many seeds favour the arm
-(Δ < 0: lower NE is better). Pairing by seed removes the part of the seed noise the two
-runs share (same init stream, same data order). With one seed there is no interval,
-and the result says so. docs/studies.md explains the choice (t-interval, not bootstrap).
+The answer has two comparisons, each paired by seed (``Δ_s = NE(arm, seed s) −
+NE(baseline, seed s)``; lower NE is better):
 
-Also: the same per frequency stratum (frequent / medium / rare) for test and
-validation NE; the pass each run's validation NE selects (lowest validation NE, the
-earliest on ties) and the test NE there; strength curves (Δ vs a grid parameter per
-pass); one answer sentence per pass count. Input is plain data (per-run per-pass
-dicts, as in the jobs' ``pass`` events), so this module needs no Redis.
+1. **The headline: what you would ship.** Each run stops at its own validation-selected
+   pass (lowest validation NE, the earliest on ties) and its test NE there is compared with
+   the baseline's run of the same seed at *the baseline's* validation-selected pass. It
+   answers "does a regularizer make extra passes pay, compared with simply stopping the
+   baseline early?". This is the first table and the first sentence of every answer.
+2. **The same pass (second table):** after k passes against the baseline after k passes;
+   it answers "does the regularizer stop the damage after k passes".
+
+Per arm and comparison: mean Δ over the seeds both runs finished, a 95% Student-t
+interval ``mean ± t(0.975, n−1) · sd/√n`` (``scipy.stats.t``), the sd of Δ, the seeds
+favouring the arm, the two-sided paired t-test p-value, and the **Holm-adjusted** p over
+the arms of that comparison; an arm "beats" or is "worse" only when its adjusted p is
+below 0.05 (docs/studies.md: why Holm, not Dunnett). A power line gives the smallest Δ
+the study's seeds can detect at 80% power and the seeds needed for a given Δ.
+
+**Choices use validation NE only**: the pass of each run, the best strength per
+regularizer, the best arm and the ranking; test NE is reported for what was chosen
+(``tests/services/test_svc_study_stats.py`` permutes the test values and checks that no
+choice changes). Input is plain data (per-run per-pass dicts, as in the jobs' ``pass``
+events), so this module needs no Redis.
 """
 
 from __future__ import annotations
@@ -23,11 +34,23 @@ import math
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 STRATA = ("frequent", "medium", "rare")
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
+POWER = 0.8
 ONE_SEED_NOTE = "one seed: no confidence interval (add seeds to tell a difference from seed noise)"
+CHOICE_NOTE = (
+    "Every choice (each run's pass, the best strength per regularizer, the best arm, the ranking) "
+    "is made on validation NE; test NE is reported for what was chosen."
+)
+HEADLINE_WHAT = (
+    "each arm at its runs' validation-selected pass vs the baseline at its runs' "
+    "validation-selected pass, paired by seed"
+)
+# per-run metrics shown beside NE (item: calibration alone flags a collapsed model)
+EXTRA_METRICS = ("train_ne", "test_calibration", "test_auc", "val_auc")
 
 
 def _num(v: Any) -> float | None:
@@ -50,10 +73,85 @@ def t_interval(
     return mean - half, mean + half
 
 
-def paired_delta(arm: dict[int, float | None], baseline: dict[int, float | None]) -> dict[str, Any] | None:
-    """Mean Δ = arm − baseline over the seeds both have, its 95% t-interval, seeds favouring.
+def t_pvalue(d: list[float] | np.ndarray) -> float | None:
+    """Two-sided p of the paired t-test (mean Δ = 0); None with fewer than two values.
 
-    Returns None when no seed has both values.
+    ``scipy.stats.ttest_1samp`` gives NaN when every Δ is equal: all zero (a freeze arm
+    before it starts) is no evidence (p = 1); a constant non-zero Δ is certain (p = 0).
+    """
+    x = np.asarray(d, dtype=np.float64)
+    if x.size < 2:
+        return None
+    if float(x.std(ddof=1)) == 0.0:
+        return 1.0 if float(x.mean()) == 0.0 else 0.0
+    return float(stats.ttest_1samp(x, 0.0).pvalue)
+
+
+def holm(pvalues: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (None entries are left out of the family).
+
+    Written here (ten lines) rather than importing statsmodels at run time for one
+    function; the tests check it against ``statsmodels.stats.multitest.multipletests``.
+    """
+    idx = [i for i, p in enumerate(pvalues) if p is not None]
+    m = len(idx)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):  # type: ignore[arg-type,return-value]
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))  # type: ignore[operator]
+        out[i] = running
+    return out
+
+
+def ttest_power(effect: float, n: int, alpha: float) -> float:
+    """Power of the two-sided one-sample (paired) t-test at standardized effect Δ/sd
+    with n pairs (noncentral t; the same as statsmodels' ``TTestPower.power``)."""
+    df = n - 1
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+    nc = effect * math.sqrt(n)
+    upper = float(stats.nct.sf(crit, df, nc))
+    lower = float(stats.nct.cdf(-crit, df, nc))  # far from 0 it underflows (scipy: NaN)
+    return (upper if math.isfinite(upper) else 1.0) + (lower if math.isfinite(lower) else 0.0)
+
+
+def detectable_delta(sd: float, n: int, alpha: float, power: float = POWER) -> float | None:
+    """Smallest |Δ| a paired t-test on n seeds detects with ``power`` at level ``alpha``."""
+    if n < 2 or not sd > 0:
+        return None
+    hi = 1.0
+    while ttest_power(hi, n, alpha) < power:  # bracket the root (nct is NaN far out)
+        hi *= 2
+    eff = optimize.brentq(lambda e: ttest_power(e, n, alpha) - power, 0.0, hi, xtol=1e-10)
+    return float(eff * sd)
+
+
+def seeds_needed(
+    delta: float, sd: float, alpha: float, power: float = POWER, max_n: int = 100_000
+) -> int | None:
+    """Fewest seeds (≥ 2) for which a paired t-test detects |Δ| with ``power``."""
+    if not sd > 0 or not abs(delta) > 0:
+        return None
+    eff = abs(delta) / sd
+    lo, hi = 2, 2
+    while ttest_power(eff, hi, alpha) < power:
+        if hi >= max_n:
+            return None
+        lo, hi = hi, min(hi * 2, max_n)
+    while lo < hi:  # power rises with n: the first n that reaches it
+        mid = (lo + hi) // 2
+        if ttest_power(eff, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def paired_delta(arm: dict[int, float | None], baseline: dict[int, float | None]) -> dict[str, Any] | None:
+    """Mean Δ = arm − baseline over the seeds both have, its 95% t-interval, the
+    two-sided paired t-test p, sd of Δ and the seeds favouring the arm.
+
+    Returns None when no seed has both values. ``p_adj`` and ``verdict`` are added by
+    :func:`adjust` once the whole comparison is known.
     """
     seeds = sorted(s for s in arm if _num(arm.get(s)) is not None and _num(baseline.get(s)) is not None)
     if not seeds:
@@ -67,6 +165,7 @@ def paired_delta(arm: dict[int, float | None], baseline: dict[int, float | None]
         "sd": float(d.std(ddof=1)) if d.size > 1 else None,
         "ci_low": ci[0] if ci else None,
         "ci_high": ci[1] if ci else None,
+        "p": t_pvalue(d),
         "favouring": int((d < 0).sum()),
         "per_seed": [float(x) for x in d],
         "excludes_zero": bool(ci and (ci[1] < 0 or ci[0] > 0)),
@@ -76,9 +175,31 @@ def paired_delta(arm: dict[int, float | None], baseline: dict[int, float | None]
     return out
 
 
+def adjust(deltas: list[dict[str, Any] | None]) -> None:
+    """Holm over one comparison's arms: sets ``p_adj`` and ``verdict`` ("beats" /
+    "worse" when the adjusted p < 0.05, else "no difference"; None without a p)."""
+    adj = holm([d.get("p") if d else None for d in deltas])
+    for d, pa in zip(deltas, adj, strict=True):
+        if d is None:
+            continue
+        d["p_adj"] = pa
+        if pa is None:
+            d["verdict"] = None
+        elif pa < ALPHA:
+            d["verdict"] = "beats" if d["mean"] < 0 else "worse"
+        else:
+            d["verdict"] = "no difference"
+
+
 def _mean(vals: list[float | None]) -> float | None:
     xs = [v for v in (_num(x) for x in vals) if v is not None]
     return float(np.mean(xs)) if xs else None
+
+
+def _sd(vals: list[float | None]) -> float | None:
+    """Sample sd over seeds (ddof 1); None with fewer than two values."""
+    xs = [v for v in (_num(x) for x in vals) if v is not None]
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else None
 
 
 def selected_pass(passes: list[dict[str, Any]], upto: int | None = None) -> int | None:
@@ -111,12 +232,44 @@ def _fmt_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
+def _val_key(d: dict[str, Any] | None, label: str) -> tuple[float, str]:
+    """Sort key of a choice: the mean validation Δ (lower is better), never test NE."""
+    m = d.get("mean") if d else None
+    return (m if m is not None else math.inf, label)
+
+
+def _references(
+    given: dict[str, Any] | None,
+    run_summaries: dict[str, dict[str, Any]],
+    run_passes: dict[str, list[dict[str, Any]]],
+) -> dict[str, dict[str, float | None]]:
+    """Reference predictors' NE per split, ``{name: {"val_ne", "test_ne"}}`` (e.g.
+    ``constant``, ``logistic``): given, or the mean over runs of a ``references`` field
+    in their summaries or pass results (every run of a study sees the same data)."""
+    found: dict[str, dict[str, list[float]]] = {}
+    sources: list[Any] = [given] if given else []
+    if not given:
+        sources += [s.get("references") for s in run_summaries.values()]
+        sources += [p.get("references") for ps in run_passes.values() for p in ps]
+    for src in sources:
+        if not isinstance(src, dict):
+            continue
+        for name, splits in src.items():
+            if not isinstance(splits, dict):
+                continue
+            for split, v in splits.items():
+                if _num(v) is not None and str(split).endswith("_ne"):
+                    found.setdefault(str(name), {}).setdefault(str(split), []).append(float(v))
+    return {name: {split: float(np.mean(v)) for split, v in splits.items()} for name, splits in found.items()}
+
+
 def analyze(
     arms: list[dict[str, Any]],
     runs: list[dict[str, Any]],
     run_passes: dict[str, list[dict[str, Any]]],
     num_passes: int,
     run_summaries: dict[str, dict[str, Any]] | None = None,
+    references: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The study's answer.
 
@@ -124,10 +277,18 @@ def analyze(
         arms: ``Arm.to_dict()`` of every arm (the baseline first).
         runs: ``{"key", "arm", "seed"}`` of every run.
         run_passes: run key -> its per-pass results (``pass`` events: ``pass`` 0-based,
-            ``test_ne``, ``val_ne``, ``*_by_stratum``, ``oracle_*``); missing fields allowed.
+            ``test_ne``, ``val_ne``, ``train_ne``, ``test_calibration``, ``test_auc``,
+            ``*_by_stratum``, ``oracle_*``); missing fields allowed.
         num_passes: passes every run trains.
         run_summaries: run key -> job summary (may hold ``selected_pass`` /
             ``test_ne_at_selected`` from the trainer; used when present).
+        references: reference predictors' NE, ``{name: {"val_ne", "test_ne"}}``; when
+            absent, taken from a ``references`` field of the runs' summaries or passes.
+
+    Returns a dict with ``headline`` (the comparison against stopping the baseline
+    early: ranking, best arm, best per variant, Holm-adjusted p, power, sentence),
+    ``per_pass`` (the same-pass comparison), ``selected`` (every arm at its selected
+    pass), ``curves``, ``references`` and ``notes``.
     """
     run_summaries = run_summaries or {}
     by_arm: dict[str, dict[int, dict[int, dict[str, Any]]]] = {a["key"]: {} for a in arms}
@@ -141,7 +302,7 @@ def analyze(
     def values(arm_key: str, k: int, metric: str, stratum: str | None = None) -> dict[int, float | None]:
         return {s: _metric(ps.get(k - 1), metric, stratum) for s, ps in by_arm.get(arm_key, {}).items()}
 
-    per_pass = []
+    per_pass: list[dict[str, Any]] = []
     for k in range(1, num_passes + 1):
         rows = []
         for a in arms:
@@ -152,6 +313,9 @@ def analyze(
                 row[f"n_{metric}"] = sum(1 for v in vals.values() if _num(v) is not None)
                 if not a.get("is_baseline"):
                     row[f"delta_{metric}"] = paired_delta(vals, values(base_key, k, metric))
+            row["sd_test_ne"] = _sd(list(values(a["key"], k, "test_ne").values()))
+            for metric in EXTRA_METRICS:
+                row[f"mean_{metric}"] = _mean(list(values(a["key"], k, metric).values()))
             strata: dict[str, Any] = {}
             for metric in ("test_ne", "val_ne"):
                 for st in STRATA:
@@ -164,6 +328,7 @@ def analyze(
                     strata.setdefault(metric, {})[st] = cell
             row["strata"] = strata
             rows.append(row)
+        adjust([r["delta_test_ne"] for r in rows if "delta_test_ne" in r])
         oracle = _mean([ps.get(k - 1, {}).get("oracle_test_ne") for ps in base.values()]) if base else None
         per_pass.append(
             {
@@ -174,41 +339,67 @@ def analyze(
             }
         )
 
-    selected = []
+    # ---- every run at its validation-selected pass
+    at_sel: dict[str, dict[int, dict[str, Any] | None]] = {}
+    chosen_by_arm: dict[str, dict[int, int | None]] = {}
+    test_by_arm: dict[str, dict[int, float | None]] = {}
     for a in arms:
         chosen: dict[int, int | None] = {}
         test_at: dict[int, float | None] = {}
+        rows_at: dict[int, dict[str, Any] | None] = {}
         for s, ps in by_arm.get(a["key"], {}).items():
             summ = run_summaries.get(f"{a['key']}/s{s}", {})
             sp = summ.get("selected_pass") if isinstance(summ.get("selected_pass"), int) else None
             if sp is None:
                 sp = selected_pass(list(ps.values()))
             chosen[s] = sp
+            rows_at[s] = ps.get(sp) if sp is not None else None
             at = _num(summ.get("test_ne_at_selected"))
-            test_at[s] = (
-                at if at is not None else (_metric(ps.get(sp), "test_ne") if sp is not None else None)
-            )
+            test_at[s] = at if at is not None else _metric(rows_at[s], "test_ne")
+        at_sel[a["key"]], chosen_by_arm[a["key"]], test_by_arm[a["key"]] = rows_at, chosen, test_at
+
+    def sel_vals(arm_key: str, metric: str, stratum: str | None = None) -> dict[int, float | None]:
+        if metric == "test_ne" and stratum is None:
+            return test_by_arm[arm_key]
+        return {s: _metric(p, metric, stratum) for s, p in at_sel[arm_key].items()}
+
+    selected = []
+    for a in arms:
         row = {
             "arm": a["key"],
             "label": a["label"],
+            "variant": a.get("variant"),
+            "variant_index": a.get("variant_index"),
+            "params": a.get("params") or {},
             "selected_pass_per_seed": {
-                str(s): (None if p is None else p + 1) for s, p in sorted(chosen.items())
+                str(s): (None if p is None else p + 1) for s, p in sorted(chosen_by_arm[a["key"]].items())
             },
-            "mean_test_ne_at_selected": _mean(list(test_at.values())),
+            "mean_test_ne_at_selected": _mean(list(sel_vals(a["key"], "test_ne").values())),
+            "sd_test_ne_at_selected": _sd(list(sel_vals(a["key"], "test_ne").values())),
+            "mean_val_ne_at_selected": _mean(list(sel_vals(a["key"], "val_ne").values())),
         }
+        for metric in EXTRA_METRICS:
+            row[f"mean_{metric}_at_selected"] = _mean(list(sel_vals(a["key"], metric).values()))
+        strata_at: dict[str, Any] = {}
+        for st in STRATA:
+            vals = sel_vals(a["key"], "test_ne", st)
+            if any(_num(v) is not None for v in vals.values()):
+                cell = {"mean": _mean(list(vals.values()))}
+                if not a.get("is_baseline"):
+                    cell["delta"] = paired_delta(vals, sel_vals(base_key, "test_ne", st))
+                strata_at[st] = cell
+        row["strata_test_ne_at_selected"] = strata_at
         if not a.get("is_baseline"):
-            base_at = {}
-            for s, ps in base.items():
-                summ = run_summaries.get(f"{base_key}/s{s}", {})
-                at = _num(summ.get("test_ne_at_selected"))
-                if at is None:
-                    sp = summ.get("selected_pass") if isinstance(summ.get("selected_pass"), int) else None
-                    sp = selected_pass(list(ps.values())) if sp is None else sp
-                    at = _metric(ps.get(sp), "test_ne") if sp is not None else None
-                base_at[s] = at
-            row["delta_test_ne_at_selected"] = paired_delta(test_at, base_at)
+            row["delta_test_ne_at_selected"] = paired_delta(
+                sel_vals(a["key"], "test_ne"), sel_vals(base_key, "test_ne")
+            )
+            row["delta_val_ne_at_selected"] = paired_delta(
+                sel_vals(a["key"], "val_ne"), sel_vals(base_key, "val_ne")
+            )
         selected.append(row)
+    headline = _headline(selected, base_key, len(seeds_all), has_val)
 
+    refs = _references(references, run_summaries, run_passes)
     notes = []
     if len(seeds_all) < 2:
         notes.append(ONE_SEED_NOTE)
@@ -217,20 +408,267 @@ def analyze(
             "no validation NE in the runs' results (no validation days, or a trainer that does not "
             "report val_ne): the validation-selected pass is not available"
         )
+    const = (refs.get("constant") or {}).get("test_ne")
+    base_first = per_pass[0]["arms"][0].get("mean_test_ne") if per_pass else None
+    if const is not None and base_first is not None and base_first > const:
+        notes.append(
+            f"the baseline's test NE after 1 pass ({base_first:.4f}) is worse than the constant "
+            f"predictor's ({const:.4f}): the model learns nothing the click rate does not; fix the "
+            "data or model before reading the regularizers"
+        )
+    notes.append(CHOICE_NOTE)
     return {
         "baseline": base_key,
         "seeds": seeds_all,
         "passes": num_passes,
         "confidence": CONFIDENCE,
+        "adjustment": "holm",
+        "headline": headline,
         "per_pass": per_pass,
         "selected": selected,
-        "curves": strength_curves(arms, per_pass),
+        "curves": strength_curves(arms, per_pass, selected, headline),
+        "references": refs,
         "notes": notes,
     }
 
 
-def strength_curves(arms: list[dict[str, Any]], per_pass: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each variant with a numeric grid: Δ test NE vs the parameter, per pass.
+def _headline(selected: list[dict[str, Any]], base_key: str, n_seeds: int, has_val: bool) -> dict[str, Any]:
+    """The comparison against stopping the baseline early: Holm over its arms, the
+    ranking, the best arm and the best strength per variant (all on validation NE)."""
+    arms = [r for r in selected if r["arm"] != base_key]
+    base = next(r for r in selected if r["arm"] == base_key)
+    adjust([r.get("delta_test_ne_at_selected") for r in arms])
+    ranked = sorted(
+        (r for r in arms if (r.get("delta_val_ne_at_selected") or {}).get("mean") is not None),
+        key=lambda r: _val_key(r.get("delta_val_ne_at_selected"), r["label"]),
+    )
+    for i, r in enumerate(ranked, 1):
+        r["rank"] = i
+    best_per_variant: dict[int, dict[str, Any]] = {}
+    for r in ranked:  # ranked: the first of each variant is its best on validation
+        best_per_variant.setdefault(r["variant_index"], r)
+    for r in arms:
+        r["best_of_variant"] = best_per_variant.get(r["variant_index"]) is r
+    best = ranked[0] if ranked and ranked[0]["delta_val_ne_at_selected"]["mean"] < 0 else None
+    tested = [r["delta_test_ne_at_selected"] for r in arms if r.get("delta_test_ne_at_selected")]
+    h: dict[str, Any] = {
+        "comparison": HEADLINE_WHAT,
+        "chosen_on": "validation NE",
+        "adjustment": "holm",
+        "family": sum(1 for d in tested if d.get("p") is not None),
+        "ranking": [r["arm"] for r in ranked],
+        "best": best["arm"] if best else None,
+        "closest": ranked[0]["arm"] if ranked else None,
+        "best_per_variant": [
+            {"variant": r["variant"], "arm": r["arm"], "label": r["label"]}
+            for _, r in sorted(best_per_variant.items())
+        ],
+        "beats": [
+            r["arm"] for r in ranked if (r["delta_test_ne_at_selected"] or {}).get("verdict") == "beats"
+        ],
+        "worse": [
+            r["arm"] for r in ranked if (r["delta_test_ne_at_selected"] or {}).get("verdict") == "worse"
+        ],
+        "baseline": {
+            "mean_test_ne": base["mean_test_ne_at_selected"],
+            "sd_test_ne": base["sd_test_ne_at_selected"],
+            "selected_pass_per_seed": base["selected_pass_per_seed"],
+        },
+    }
+    h["power"] = _power(arms, best or (ranked[0] if ranked else None), n_seeds, h["family"], base)
+    h["sentence"] = headline_sentence(h, {r["arm"]: r for r in arms}, has_val)
+    return h
+
+
+def _power(
+    arms: list[dict[str, Any]],
+    target: dict[str, Any] | None,
+    n_seeds: int,
+    family: int,
+    base: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The smallest Δ the study detects at 80% power and the seeds a given Δ needs.
+
+    A paired t-test at the level of Holm's first step (0.05 / arms: what the best arm
+    must pass), with the median sd of Δ over the arms."""
+    sds = [
+        d["sd"]
+        for r in arms
+        if (d := r.get("delta_test_ne_at_selected")) and d.get("sd") is not None and d["sd"] > 0
+    ]
+    if n_seeds < 2 or not sds or family < 1:
+        return None
+    sd = float(np.median(sds))
+    alpha = ALPHA / family
+    out: dict[str, Any] = {
+        "seeds": n_seeds,
+        "arms": family,
+        "alpha": alpha,
+        "power": POWER,
+        "sd_delta": sd,
+        "baseline_sd": base.get("sd_test_ne_at_selected"),
+        "detectable_delta": detectable_delta(sd, n_seeds, alpha),
+        "target": None,
+    }
+    d = (target or {}).get("delta_test_ne_at_selected") or {}
+    if d.get("mean"):
+        out["target"] = {
+            "arm": target["arm"],  # type: ignore[index]
+            "label": target["label"],  # type: ignore[index]
+            "delta": abs(d["mean"]),
+            "seeds_needed": seeds_needed(d["mean"], sd, alpha),
+        }
+    return out
+
+
+def _d(x: float) -> str:
+    return f"{abs(x):.4f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return "–"
+    if p < 0.001:
+        return "<0.001"
+    return f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def _strength(r: dict[str, Any]) -> str:
+    """ "sparse_l2 at weight=0.0001" (the arm's grid point), or the label without a grid."""
+    label, variant = r["label"], r.get("variant") or ""
+    if r.get("params") and label.startswith(variant + " "):
+        return f"{variant} at {label[len(variant) + 1 :]}"
+    return label
+
+
+def _passes_text(per_seed: dict[str, int | None]) -> str:
+    ks = [p for p in per_seed.values() if p is not None]
+    if not ks:
+        return "no pass selected"
+    if len(set(ks)) == 1:
+        return f"selects pass {ks[0]}"
+    return f"selects passes {min(ks)}–{max(ks)} by seed ({', '.join(map(str, ks))})"
+
+
+def _delta_text(d: dict[str, Any]) -> str:
+    if d.get("ci_low") is None:
+        return f"Δ test NE {d['mean']:+.4f} (one seed: no interval)"
+    return (
+        f"Δ test NE {d['mean']:+.4f} [95% CI {d['ci_low']:+.4f}, {d['ci_high']:+.4f}, "
+        f"Holm-adjusted p {fmt_p(d.get('p_adj'))}], {d['n']} seeds"
+    )
+
+
+def headline_sentence(h: dict[str, Any], rows: dict[str, dict[str, Any]], has_val: bool) -> str:
+    """The first sentence of the answer: the arm validation chooses, against stopping
+    the baseline at its own validation-selected pass, with its interval and Holm p."""
+    if not has_val:
+        return (
+            "No validation NE in the runs: the study cannot select a pass or choose an arm, so it "
+            "cannot compare with stopping the baseline early (see the same-pass table)."
+        )
+    if not h["closest"]:
+        return "No paired results at the validation-selected pass yet."
+    top = rows[h["closest"]]
+    d = top.get("delta_test_ne_at_selected")
+    what = f"{_strength(top)} ({_passes_text(top['selected_pass_per_seed'])})"
+    if d is None:
+        return f"Best on validation: {what}; no paired test NE yet."
+    if d.get("ci_low") is None:
+        return (
+            f"Best on validation (one seed, so no interval or p-value): {what}, {_delta_text(d)}; "
+            "add seeds to tell it from seed noise."
+        )
+    if h["best"] is None:
+        dv = top["delta_val_ne_at_selected"]
+        return (
+            "No regularizer beats stopping the baseline early: on validation none is below the "
+            f"baseline at its selected pass (closest: {what}, Δ validation NE {dv['mean']:+.4f}; "
+            f"{_delta_text(d)})."
+        )
+    others = [rows[k]["label"] for k in h["beats"] if k != h["best"]]
+    if d.get("verdict") == "beats":
+        s = f"Best at what you would ship: {what}, {_delta_text(d)}."
+        return s + (f" Also beat stopping early: {', '.join(others)}." if others else "")
+    if others:
+        return (
+            f"Best at what you would ship (chosen on validation): {what}, {_delta_text(d)}: not "
+            f"shown to beat stopping the baseline early; {', '.join(others)} did on test, but "
+            "validation did not choose them."
+        )
+    return f"No regularizer beats stopping the baseline early: the best on validation is {what}, {_delta_text(d)}."
+
+
+def power_sentence(pw: dict[str, Any] | None) -> str | None:
+    """The power line: the smallest detectable Δ and the seeds a given Δ needs."""
+    if not pw:
+        return None
+    s = (
+        f"Power: with {pw['seeds']} seeds and Holm over {pw['arms']} arms (the best arm needs "
+        f"p < {pw['alpha']:.2g}), a Δ test NE of {pw['detectable_delta']:.4f} or more is found "
+        f"{pw['power']:.0%} of the time (median sd of Δ {pw['sd_delta']:.4f}"
+        + (f"; the baseline's seed sd {pw['baseline_sd']:.4f}" if pw.get("baseline_sd") is not None else "")
+        + ")"
+    )
+    t = pw.get("target")
+    if t:
+        n = t["seeds_needed"]
+        s += f"; {t['label']}'s Δ of {t['delta']:.4f} needs " + (
+            f"{n} seeds" if n is not None else "more than 100,000 seeds"
+        )
+    return s + "."
+
+
+def answer_sentence(k: int, rows: list[dict[str, Any]], n_seeds: int) -> str:
+    """The same-pass comparison after k passes: which arms beat (or lose to) the baseline
+    trained k passes, Holm-adjusted; listed in validation order."""
+    head = f"After {k} pass{'es' if k > 1 else ''}"
+    deltas: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        (r, r["delta_test_ne"]) for r in rows if r.get("delta_test_ne")
+    ]
+    if not deltas:
+        return f"{head}: no paired results yet."
+    if all(d["ci_low"] is None for _, d in deltas):
+        r, d = min(deltas, key=lambda t: _val_key(t[0].get("delta_val_ne"), t[0]["label"]))
+        return (
+            f"{head} (one seed, so no intervals): the lowest validation NE vs the baseline is "
+            f"{r['label']} (test {'−' if d['mean'] < 0 else '+'}{_d(d['mean'])}); add seeds to tell it "
+            "from seed noise."
+        )
+    better = sorted(
+        [(r, d) for r, d in deltas if d.get("verdict") == "beats"],
+        key=lambda t: _val_key(t[0].get("delta_val_ne"), t[0]["label"]),
+    )
+    worse = [(r, d) for r, d in deltas if d.get("verdict") == "worse"]
+    parts = []
+    if better:
+        parts.append(
+            "beats the baseline: "
+            + "; ".join(
+                f"{r['label']} by {_d(d['mean'])} NE (95% CI {_d(d['ci_high'])}–{_d(d['ci_low'])}, "
+                f"Holm p {fmt_p(d.get('p_adj'))}, {d['favouring']}/{d['n']} seeds)"
+                for r, d in better
+            )
+        )
+    else:
+        parts.append("no variant beats the baseline (Holm-adjusted p < 0.05)")
+    if worse:
+        parts.append(
+            "worse than the baseline: "
+            + ", ".join(f"{r['label']} (+{_d(d['mean'])}, Holm p {fmt_p(d.get('p_adj'))})" for r, d in worse)
+        )
+    return f"{head}: " + "; ".join(parts) + "."
+
+
+def strength_curves(
+    arms: list[dict[str, Any]],
+    per_pass: list[dict[str, Any]],
+    selected: list[dict[str, Any]] | None = None,
+    headline: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """For each variant with a numeric grid: Δ test NE and Δ validation NE vs the
+    parameter, per pass and at the validation-selected pass; ``chosen``: the point
+    validation picks (lowest validation Δ at the selected pass).
 
     With several grid parameters in one variant, one curve per parameter for each
     setting of the others.
@@ -241,6 +679,7 @@ def strength_curves(arms: list[dict[str, Any]], per_pass: list[dict[str, Any]]) 
         if not a.get("is_baseline") and a.get("params"):
             by_variant.setdefault(a["variant_index"], []).append(a)
     rows_by = {(pp["pass"], r["arm"]): r for pp in per_pass for r in pp["arms"]}
+    sel_by = {r["arm"]: r for r in selected or []}
     for _vi, vas in sorted(by_variant.items()):
         names = list(vas[0]["params"])
         for param in names:
@@ -258,63 +697,41 @@ def strength_curves(arms: list[dict[str, Any]], per_pass: list[dict[str, Any]]) 
                 for a in members:
                     pts = []
                     for pp in per_pass:
-                        d = rows_by[(pp["pass"], a["key"])].get("delta_test_ne")
+                        row = rows_by[(pp["pass"], a["key"])]
+                        d, dv = row.get("delta_test_ne"), row.get("delta_val_ne")
                         pts.append(
                             {
                                 "pass": pp["pass"],
                                 "mean": d["mean"] if d else None,
                                 "ci_low": d["ci_low"] if d else None,
                                 "ci_high": d["ci_high"] if d else None,
+                                "val_mean": dv["mean"] if dv else None,
                             }
                         )
-                    points.append({"value": a["params"][param], "arm": a["key"], "per_pass": pts})
+                    s = sel_by.get(a["key"], {})
+                    d, dv = s.get("delta_test_ne_at_selected"), s.get("delta_val_ne_at_selected")
+                    at = {
+                        "mean": d["mean"] if d else None,
+                        "ci_low": d["ci_low"] if d else None,
+                        "ci_high": d["ci_high"] if d else None,
+                        "p_adj": d.get("p_adj") if d else None,
+                        "val_mean": dv["mean"] if dv else None,
+                    }
+                    points.append(
+                        {"value": a["params"][param], "arm": a["key"], "per_pass": pts, "at_selected": at}
+                    )
+                ranked = [p for p in points if p["at_selected"]["val_mean"] is not None]
+                chosen = min(ranked, key=lambda p: p["at_selected"]["val_mean"])["arm"] if ranked else None
                 curves.append(
-                    {"variant": members[0]["variant"], "param": param, "others": others, "points": points}
+                    {
+                        "variant": members[0]["variant"],
+                        "param": param,
+                        "others": others,
+                        "points": points,
+                        "chosen": chosen,
+                    }
                 )
     return curves
-
-
-def _d(x: float) -> str:
-    return f"{abs(x):.4f}"
-
-
-def answer_sentence(k: int, rows: list[dict[str, Any]], n_seeds: int) -> str:
-    """One sentence: which arms beat (or lose to) the baseline after k passes, by how much."""
-    head = f"After {k} pass{'es' if k > 1 else ''}"
-    deltas: list[tuple[dict[str, Any], dict[str, Any]]] = [
-        (r, r["delta_test_ne"]) for r in rows if r.get("delta_test_ne")
-    ]
-    if not deltas:
-        return f"{head}: no paired results yet."
-    if all(d["ci_low"] is None for _, d in deltas):
-        r, d = min(deltas, key=lambda t: t[1]["mean"])
-        word = "lowest" if d["mean"] < 0 else "least bad"
-        return (
-            f"{head} (one seed, so no intervals): the {word} test NE vs the baseline is {r['label']} "
-            f"({'−' if d['mean'] < 0 else '+'}{_d(d['mean'])}); add seeds to tell it from seed noise."
-        )
-    better = sorted(
-        [(r, d) for r, d in deltas if d["ci_high"] is not None and d["ci_high"] < 0],
-        key=lambda t: t[1]["mean"],
-    )
-    worse = [(r, d) for r, d in deltas if d["ci_low"] is not None and d["ci_low"] > 0]
-    parts = []
-    if better:
-        parts.append(
-            "beats the baseline: "
-            + "; ".join(
-                f"{r['label']} by {_d(d['mean'])} NE (95% CI {_d(d['ci_high'])}–{_d(d['ci_low'])}, "
-                f"{d['favouring']}/{d['n']} seeds)"
-                for r, d in better
-            )
-        )
-    else:
-        parts.append("no variant beats the baseline with a 95% interval that excludes 0")
-    if worse:
-        parts.append(
-            "worse than the baseline: " + ", ".join(f"{r['label']} (+{_d(d['mean'])})" for r, d in worse)
-        )
-    return f"{head}: " + "; ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------- export
@@ -334,38 +751,105 @@ CSV_COLUMNS = [
     "delta_val_ne",
     "val_ci_low",
     "val_ci_high",
-] + [
-    f"{m}_{s}_{c}"
-    for m in ("test_ne", "val_ne")
-    for s in STRATA
-    for c in ("mean", "delta", "ci_low", "ci_high")
+    *(
+        f"{m}_{s}_{c}"
+        for m in ("test_ne", "val_ne")
+        for s in STRATA
+        for c in ("mean", "delta", "ci_low", "ci_high")
+    ),
+    "comparison",
+    "rank",
+    "selected_passes",
+    "p",
+    "p_holm",
+    "verdict",
+    "sd_delta",
+    "sd_test_ne",
+    "mean_train_ne",
+    "mean_test_calibration",
+    "mean_test_auc",
 ]
 
 
 def to_csv(results: dict[str, Any]) -> str:
-    """One row per (pass count, arm): means, paired Δ and intervals, per stratum too."""
+    """The headline rows first (``pass`` = "selected": every arm at its validation-
+    selected pass vs the baseline at its own, in validation order), then one row per
+    (pass count, arm) of the same-pass comparison; means, paired Δ, intervals, raw and
+    Holm-adjusted p, per stratum too."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     w.writeheader()
+
+    def write(row: dict[str, Any]) -> None:
+        w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+    def delta_cols(d: dict[str, Any] | None) -> dict[str, Any]:
+        d = d or {}
+        return {
+            "delta_test_ne": d.get("mean"),
+            "ci_low": d.get("ci_low"),
+            "ci_high": d.get("ci_high"),
+            "seeds": d.get("n"),
+            "seeds_favouring": d.get("favouring"),
+            "p": d.get("p"),
+            "p_holm": d.get("p_adj"),
+            "verdict": d.get("verdict"),
+            "sd_delta": d.get("sd"),
+        }
+
+    for r in _headline_rows(results):
+        dv = r.get("delta_val_ne_at_selected") or {}
+        row = {
+            "pass": "selected",
+            "comparison": "vs the baseline at its validation-selected pass",
+            "arm": r["arm"],
+            "label": r["label"],
+            "rank": r.get("rank"),
+            "selected_passes": " ".join(
+                "-" if p is None else str(p) for p in r["selected_pass_per_seed"].values()
+            ),
+            "mean_test_ne": r.get("mean_test_ne_at_selected"),
+            "mean_val_ne": r.get("mean_val_ne_at_selected"),
+            "delta_val_ne": dv.get("mean"),
+            "val_ci_low": dv.get("ci_low"),
+            "val_ci_high": dv.get("ci_high"),
+            "sd_test_ne": r.get("sd_test_ne_at_selected"),
+            "mean_train_ne": r.get("mean_train_ne_at_selected"),
+            "mean_test_calibration": r.get("mean_test_calibration_at_selected"),
+            "mean_test_auc": r.get("mean_test_auc_at_selected"),
+            **delta_cols(r.get("delta_test_ne_at_selected")),
+        }
+        for st, cell in (r.get("strata_test_ne_at_selected") or {}).items():
+            sd = cell.get("delta") or {}
+            row |= {
+                f"test_ne_{st}_mean": cell.get("mean"),
+                f"test_ne_{st}_delta": sd.get("mean"),
+                f"test_ne_{st}_ci_low": sd.get("ci_low"),
+                f"test_ne_{st}_ci_high": sd.get("ci_high"),
+            }
+        write(row)
     for pp in results.get("per_pass", []):
         for r in pp["arms"]:
-            d = r.get("delta_test_ne") or {}
+            d = r.get("delta_test_ne")
             dv = r.get("delta_val_ne") or {}
             row = {
                 "pass": pp["pass"],
+                "comparison": "vs the baseline after the same passes",
                 "arm": r["arm"],
                 "label": r["label"],
                 "mean_test_ne": r.get("mean_test_ne"),
-                "delta_test_ne": d.get("mean"),
-                "ci_low": d.get("ci_low"),
-                "ci_high": d.get("ci_high"),
-                "seeds": d.get("n", r.get("n_test_ne")),
-                "seeds_favouring": d.get("favouring"),
                 "mean_val_ne": r.get("mean_val_ne"),
                 "delta_val_ne": dv.get("mean"),
                 "val_ci_low": dv.get("ci_low"),
                 "val_ci_high": dv.get("ci_high"),
+                "sd_test_ne": r.get("sd_test_ne"),
+                "mean_train_ne": r.get("mean_train_ne"),
+                "mean_test_calibration": r.get("mean_test_calibration"),
+                "mean_test_auc": r.get("mean_test_auc"),
+                **delta_cols(d),
             }
+            if d is None:
+                row["seeds"] = r.get("n_test_ne")
             for m, cells in (r.get("strata") or {}).items():
                 for st, cell in cells.items():
                     sd = cell.get("delta") or {}
@@ -373,84 +857,250 @@ def to_csv(results: dict[str, Any]) -> str:
                     row[f"{m}_{st}_delta"] = sd.get("mean")
                     row[f"{m}_{st}_ci_low"] = sd.get("ci_low")
                     row[f"{m}_{st}_ci_high"] = sd.get("ci_high")
-            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            write(row)
     return buf.getvalue()
 
 
+def _headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The baseline, then the arms in validation order (unranked arms last)."""
+    sel = results.get("selected", [])
+    h = results.get("headline") or {}
+    by = {r["arm"]: r for r in sel}
+    order = [results.get("baseline"), *h.get("ranking", [])]
+    rows = [by[k] for k in order if k in by]
+    return rows + [r for r in sel if r["arm"] not in order]
+
+
+def _f(v: Any, spec: str = ".4f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def _ci(d: dict[str, Any] | None) -> str:
+    return "–" if not d or d.get("ci_low") is None else f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+
+
+def references_line(results: dict[str, Any]) -> str | None:
+    """Reference NE on test: the oracle (synthetic data) and reference predictors."""
+    parts = []
+    oracle = next(
+        (pp["oracle_test_ne"] for pp in results.get("per_pass", []) if pp.get("oracle_test_ne")), None
+    )
+    if oracle is not None:
+        parts.append(f"oracle {oracle:.4f} (the data's true probabilities: no model beats it)")
+    for name, splits in (results.get("references") or {}).items():
+        if splits.get("test_ne") is not None:
+            parts.append(f"{name} {splits['test_ne']:.4f}")
+    return "Reference test NE: " + "; ".join(parts) if parts else None
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The answer as text: per pass count, each arm's mean test NE and Δ with its interval."""
+    """The answer as text: the headline (vs stopping the baseline early) first, then
+    per pass count each arm's mean test NE and Δ with its interval and Holm p."""
+    h = results.get("headline") or {}
     lines = []
+    if h:
+        lines.append(h["sentence"])
+        lines.append("")
+        lines.append(f"what you would ship: {h['comparison']}; ranked on validation NE")
+        lines.append(
+            f"  {'#':>3} {'arm':<34} {'passes':>7} {'Δ val':>8} {'test NE':>8} {'Δ test':>8} "
+            f"{'95% CI':>20} {'Holm p':>7} {'sd Δ':>7} {'seeds':>5} {'train NE':>8} {'calib':>6} {'AUC':>6}"
+        )
+        for r in _headline_rows(results):
+            d = r.get("delta_test_ne_at_selected")
+            dv = r.get("delta_val_ne_at_selected")
+            passes = ",".join("-" if p is None else str(p) for p in r["selected_pass_per_seed"].values())
+            is_base = r["arm"] == results.get("baseline")
+            rank = "" if r.get("rank") is None else str(r["rank"])
+            if is_base:
+                mid = [
+                    f"{'baseline':>8}",
+                    f"{'seed sd ' + _f(r.get('sd_test_ne_at_selected')):>20}",
+                    " " * 7,
+                    " " * 7,
+                    " " * 5,
+                ]
+            else:
+                dd = d or {}
+                seeds = f"{dd['favouring']}/{dd['n']}" if d else ""
+                mid = [
+                    f"{_f(dd.get('mean'), '+.4f'):>8}",
+                    f"{_ci(d):>20}",
+                    f"{fmt_p(dd.get('p_adj')):>7}",
+                    f"{_f(dd.get('sd')):>7}",
+                    f"{seeds:>5}",
+                ]
+            cells = [
+                f"  {rank:>3}",
+                f"{r['label'][:34]:<34}",
+                f"{passes[:7]:>7}",
+                f"{(_f(dv['mean'], '+.4f') if dv else ''):>8}",
+                f"{_f(r['mean_test_ne_at_selected']):>8}",
+                *mid,
+                f"{_f(r.get('mean_train_ne_at_selected')):>8}",
+                f"{_f(r.get('mean_test_calibration_at_selected'), '.3f'):>6}",
+                f"{_f(r.get('mean_test_auc_at_selected'), '.3f'):>6}",
+            ]
+            lines.append(" ".join(cells))
+        pw = power_sentence(h.get("power"))
+        if pw:
+            lines.append("  " + pw)
+        strata = [r for r in _headline_rows(results) if r.get("strata_test_ne_at_selected")]
+        if strata:
+            lines.append(
+                f"  Δ test NE by ad frequency at the selected pass: {'  '.join(f'{s:>9}' for s in STRATA)}"
+            )
+            for r in strata:
+                cells = r["strata_test_ne_at_selected"]
+                vals = []
+                for s in STRATA:
+                    c = cells.get(s)
+                    vals.append(
+                        "–"
+                        if c is None
+                        else (_f(c["delta"]["mean"], "+.4f") if c.get("delta") else _f(c.get("mean")))
+                    )
+                lines.append(f"    {r['label'][:44]:<44} {'  '.join(f'{v:>9}' for v in vals)}")
+        lines.append("")
     for pp in results.get("per_pass", []):
         lines.append(
-            f"after {pp['pass']} pass(es)"
+            f"after {pp['pass']} pass(es), vs the baseline after {pp['pass']}"
             + (f"   oracle test NE {pp['oracle_test_ne']:.4f}" if pp.get("oracle_test_ne") else "")
         )
-        lines.append(f"  {'arm':<36} {'test NE':>8} {'Δ vs base':>10} {'95% CI':>21} {'seeds':>6}")
+        lines.append(
+            f"  {'arm':<36} {'test NE':>8} {'Δ vs base':>10} {'95% CI':>21} {'Holm p':>7} {'seeds':>6} "
+            f"{'train NE':>8} {'calib':>6} {'AUC':>6}"
+        )
         for r in pp["arms"]:
             d = r.get("delta_test_ne")
             ne = r.get("mean_test_ne")
-            ci = "–" if not d or d["ci_low"] is None else f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
-            ne_s = "-" if ne is None else f"{ne:.4f}"
             d_s = "baseline" if d is None else f"{d['mean']:+.4f}"
             n_s = "" if not d else f"{d['favouring']}/{d['n']}"
-            lines.append(f"  {r['label'][:36]:<36} {ne_s:>8} {d_s:>10} {ci:>21} {n_s:>6}")
+            lines.append(
+                f"  {r['label'][:36]:<36} {_f(ne):>8} {d_s:>10} {_ci(d):>21} {fmt_p((d or {}).get('p_adj')):>7} "
+                f"{n_s:>6} {_f(r.get('mean_train_ne')):>8} {_f(r.get('mean_test_calibration'), '.3f'):>6} "
+                f"{_f(r.get('mean_test_auc'), '.3f'):>6}"
+            )
         lines.append("  " + pp["sentence"])
         lines.append("")
-    sel = [r for r in results.get("selected", []) if r.get("mean_test_ne_at_selected") is not None]
-    if sel:
-        lines.append("at the pass validation NE selects (per run)")
-        lines.append(f"  {'arm':<36} {'test NE':>8} {'Δ vs base':>10} {'95% CI':>21} {'passes':>10}")
-        for r in sel:
-            d = r.get("delta_test_ne_at_selected")
-            ci = "–" if not d or d["ci_low"] is None else f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
-            d_s = "baseline" if d is None else f"{d['mean']:+.4f}"
-            chosen = ",".join("-" if p is None else str(p) for p in r["selected_pass_per_seed"].values())
-            lines.append(
-                f"  {r['label'][:36]:<36} {r['mean_test_ne_at_selected']:>8.4f} {d_s:>10} {ci:>21} {chosen:>10}"
-            )
-        lines.append("")
+    ref = references_line(results)
+    if ref:
+        lines.append(ref)
     for n in results.get("notes", []):
         lines.append(f"note: {n}")
     return "\n".join(lines).rstrip()
 
 
-def _md_delta(d: dict[str, Any] | None, ne: float | None) -> str:
-    """One cell: mean Δ and its interval (bold when the interval excludes 0)."""
+def _md_delta(d: dict[str, Any] | None, ne: float | None, with_p: bool = False) -> str:
+    """One cell: mean Δ and its raw interval (bold when the Holm-adjusted p < 0.05)."""
     if d is None:
         return "–" if ne is None else f"{ne:.4f}"
     if d.get("ci_low") is None:
         return f"{d['mean']:+.4f}"
-    cell = f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] {d['favouring']}/{d['n']}"
-    return f"**{cell}**" if d["ci_high"] < 0 or d["ci_low"] > 0 else cell
+    cell = f"{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
+    cell += f" p={fmt_p(d.get('p_adj'))}" if with_p else ""
+    cell += f" {d['favouring']}/{d['n']}"
+    return f"**{cell}**" if d.get("verdict") in ("beats", "worse") else cell
 
 
 def to_markdown(results: dict[str, Any]) -> str:
-    """The answer as one Markdown table (for docs and reports): a row per arm; per pass
-    count the paired Δ test NE vs the same-seed baseline with its 95% interval and the
-    seeds favouring the arm (bold: the interval excludes 0), then the same at the pass
-    validation NE selects; the baseline row holds its mean test NE. A second table: each
-    arm's mean test NE by pass. Then one answer sentence per pass count and the notes."""
+    """The answer in Markdown (for docs and reports).
+
+    First the headline sentence and table: every arm at its runs' validation-selected
+    pass vs the baseline at its own, ranked on validation NE (rank, selected passes,
+    Δ validation NE, Δ test NE with its raw 95% interval, Holm-adjusted p, sd of Δ,
+    seeds favouring, train NE, calibration, AUC, Δ per frequency stratum; bold where the
+    adjusted p < 0.05), the power line and the choice rule. Then the same-pass table (a
+    column per pass count: Δ vs the baseline after as many passes, raw interval,
+    Holm-adjusted p, seeds; bold where the adjusted p < 0.05), each arm's mean test NE
+    by pass, one sentence per pass count and the notes."""
     per_pass = results.get("per_pass", [])
     if not per_pass:
         return "(no results)"
-    selected = {r["arm"]: r for r in results.get("selected", [])}
-    with_sel = any(r.get("mean_test_ne_at_selected") is not None for r in selected.values())
+    h = results.get("headline") or {}
+    lines: list[str] = []
+    if h:
+        lines += [f"**{h['sentence']}**", ""]
+        head = [
+            "rank",
+            "arm",
+            "selects pass",
+            "Δ val NE",
+            "test NE",
+            "Δ test NE [95% CI]",
+            "Holm p",
+            "sd Δ",
+            "seeds favouring",
+            "train NE",
+            "calibration",
+            "AUC",
+            *(f"Δ {s}" for s in STRATA),
+        ]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in _headline_rows(results):
+            d = r.get("delta_test_ne_at_selected")
+            dv = r.get("delta_val_ne_at_selected")
+            is_base = r["arm"] == results.get("baseline")
+            st = r.get("strata_test_ne_at_selected") or {}
+            cells = [
+                "" if r.get("rank") is None else str(r["rank"]),
+                r["label"] + (" (best)" if r["arm"] == h.get("best") else ""),
+                ",".join("–" if p is None else str(p) for p in r["selected_pass_per_seed"].values()),
+                _f(dv["mean"], "+.4f") if dv else "",
+                _f(r.get("mean_test_ne_at_selected")),
+                f"baseline (seed sd {_f(r.get('sd_test_ne_at_selected'))})"
+                if is_base
+                else "–"
+                if not d
+                else f"{d['mean']:+.4f} {_ci(d)}"
+                if d.get("ci_low") is not None
+                else f"{d['mean']:+.4f} (one seed)",
+                "" if is_base else fmt_p((d or {}).get("p_adj")),
+                "" if is_base else _f((d or {}).get("sd")),
+                "" if is_base or not d else f"{d['favouring']}/{d['n']}",
+                _f(r.get("mean_train_ne_at_selected")),
+                _f(r.get("mean_test_calibration_at_selected"), ".3f"),
+                _f(r.get("mean_test_auc_at_selected"), ".3f"),
+                *(
+                    "–"
+                    if s not in st
+                    else _f(st[s]["delta"]["mean"], "+.4f")
+                    if st[s].get("delta")
+                    else _f(st[s].get("mean"))
+                    for s in STRATA
+                ),
+            ]
+            if d and d.get("verdict") in ("beats", "worse"):
+                cells[5] = f"**{cells[5]}**"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        pw = power_sentence(h.get("power"))
+        if pw:
+            lines.append(pw)
+        lines.append(
+            f"Headline: {h['comparison']}. {CHOICE_NOTE} Bold: Holm-adjusted p < 0.05 over the "
+            f"{h.get('family', 0)} arms; the interval beside it is the raw 95% t-interval."
+        )
+        lines.append("")
     head = ["arm"] + [
-        f"{pp['pass']} pass{'es' if pp['pass'] > 1 else ''}: Δ test NE [95% CI] seeds" for pp in per_pass
+        f"{pp['pass']} pass{'es' if pp['pass'] > 1 else ''}: Δ test NE [95% CI] Holm p seeds"
+        for pp in per_pass
     ]
-    if with_sel:
-        head.append("at the validation-selected pass")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += [
+        "Same pass: each arm after k passes vs the baseline after k passes.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for i, arm in enumerate(per_pass[0]["arms"]):
         cells = [arm["label"]]
         for pp in per_pass:
             row = pp["arms"][i]
-            cells.append(_md_delta(row.get("delta_test_ne"), row.get("mean_test_ne")))
-        if with_sel:
-            sel = selected.get(arm["arm"], {})
-            cells.append(_md_delta(sel.get("delta_test_ne_at_selected"), sel.get("mean_test_ne_at_selected")))
+            cells.append(_md_delta(row.get("delta_test_ne"), row.get("mean_test_ne"), with_p=True))
         lines.append("| " + " | ".join(cells) + " |")
     # the same arms' mean test NE (over seeds), to read whether NE rises across passes
+    selected = {r["arm"]: r for r in results.get("selected", [])}
+    with_sel = any(r.get("mean_test_ne_at_selected") is not None for r in selected.values())
     lines += [
         "",
         "| arm | "
@@ -465,31 +1115,33 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(
             "| " + " | ".join([arm["label"], *("–" if v is None else f"{v:.4f}" for v in nes)]) + " |"
         )
-    oracle = [pp.get("oracle_test_ne") for pp in per_pass]
-    if any(o is not None for o in oracle):
-        lines.append("")
-        lines.append(
-            "Oracle test NE (the data's true probabilities; no model beats it): "
-            + f"{next(o for o in oracle if o is not None):.4f}"
-        )
+    ref = references_line(results)
+    if ref:
+        lines += ["", ref]
     lines.append("")
     lines += [f"- {pp['sentence']}" for pp in per_pass]
-    lines += [f"- note: {n}" for n in results.get("notes", [])]
+    lines += [f"- note: {n}" for n in results.get("notes", []) if n != CHOICE_NOTE]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m services.study_stats STUDY.json``: the answer of a finished study
-    (``rectrain study --local``'s study.json, or GET /v1/studies/{id}) as Markdown."""
+    (``rectrain study --local``'s study.json, or GET /v1/studies/{id}) as Markdown;
+    ``--html OUT.html`` also writes the self-contained report page."""
     import argparse
     import json
     from pathlib import Path
 
     ap = argparse.ArgumentParser(prog="python -m services.study_stats", description=main.__doc__)
     ap.add_argument("study_json")
+    ap.add_argument("--html", default=None, help="also write the HTML report here")
     args = ap.parse_args(argv)
     doc = json.loads(Path(args.study_json).read_text())
     print(to_markdown(doc["results"]))
+    if args.html:
+        from services.study_report import render_report
+
+        Path(args.html).write_text(render_report(doc))
     return 0
 
 

@@ -158,12 +158,19 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
     sel = {r["arm"]: r for r in res["selected"]}
     assert sel["baseline"]["selected_pass_per_seed"] == {"0": 1, "1": 1, "2": 1}
     assert sel["v0.1"]["delta_test_ne_at_selected"]["mean"] == pytest.approx(-0.004, abs=0.001)
+    # the headline: vs the baseline stopped at its own selected pass, chosen on validation
+    h = res["headline"]
+    assert set(h["ranking"][:2]) == {"v0.0", "v0.1"} and h["best"] in ("v0.0", "v0.1")
+    assert h["sentence"].startswith("Best at what you would ship: sparse_l2 at weight=")
+    assert "(selects pass 1), Δ test NE -0.00" in h["sentence"] and "Holm-adjusted p" in h["sentence"]
+    assert sel["v0.1"]["delta_test_ne_at_selected"]["verdict"] == "beats" and h["power"]["arms"] == 3
     (curve,) = res["curves"]
     assert curve["param"] == "sparse_l2.weight" and [p["value"] for p in curve["points"]] == [1e-4, 1e-3]
 
     # exports
     rows = list(csv.DictReader(io.StringIO(c.get(f"/v1/studies/{sid}/export.csv").text)))
-    assert len(rows) == 2 * 4
+    assert len(rows) == 4 + 2 * 4  # the headline (at the selected pass) first, then per pass count
+    assert [r["pass"] for r in rows[:4]] == ["selected"] * 4 and rows[0]["arm"] == "baseline"
     row = next(r for r in rows if r["pass"] == "2" and r["arm"] == "v0.1")
     assert float(row["delta_test_ne"]) == pytest.approx(l2["mean"])
     assert float(row["ci_high"]) == pytest.approx(l2["ci_high"]) and row["seeds_favouring"] == "3"

@@ -8,17 +8,26 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from services.study_stats import ONE_SEED_NOTE as ONE_SEED
 from services.study_stats import (
+    adjust,
     analyze,
     answer_sentence,
+    detectable_delta,
+    fmt_p,
     format_table,
+    holm,
     paired_delta,
+    seeds_needed,
     selected_pass,
     t_interval,
+    t_pvalue,
     to_csv,
     to_markdown,
+    ttest_power,
 )
 
 # t(0.975, df) from a printed table (Student's t, two-sided 95%)
@@ -128,22 +137,31 @@ def test_analyze_per_pass_strata_selection_curves_sentence_and_csv():
     s = res["per_pass"][1]["sentence"]
     assert s.startswith("After 2 passes: beats the baseline: sparse_l2 weight=0.001 by ") and "3/3 seeds" in s
     assert "weight=0.0001 by" not in s  # its interval contains 0
+    # Holm over the two arms at pass 2, against statsmodels
+    raw = [p2[a]["delta_test_ne"]["p"] for a in ("v0.0", "v0.1")]
+    ref_adj = multipletests(raw, alpha=0.05, method="holm")[1]
+    assert [p2[a]["delta_test_ne"]["p_adj"] for a in ("v0.0", "v0.1")] == pytest.approx(ref_adj)
     text = format_table(res)
-    assert "after 2 pass(es)" in text and "at the pass validation NE selects" in text
+    assert text.startswith(res["headline"]["sentence"])
+    assert "after 2 pass(es), vs the baseline after 2" in text and "what you would ship" in text
     rows = to_csv(res).splitlines()
     assert rows[0].startswith(
         "pass,arm,label,mean_test_ne,delta_test_ne,ci_low,ci_high,seeds,seeds_favouring"
     )
-    assert len(rows) == 1 + 2 * 3
+    assert len(rows) == 1 + 3 + 2 * 3  # the headline rows first, then per pass count
+    assert rows[1].startswith("selected,baseline,")
     md = to_markdown(res).splitlines()
-    assert md[0].startswith("| arm | 1 pass: Δ test NE") and md[0].endswith(
-        "| at the validation-selected pass |"
-    )
-    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in md[2:5]}
+    assert md[0] == f"**{res['headline']['sentence']}**"
+    same = md.index("Same pass: each arm after k passes vs the baseline after k passes.")
+    assert md[same + 2].startswith("| arm | 1 pass: Δ test NE")
+    table = {
+        line.strip("| ").split(" | ")[0]: line.strip("| ").split(" | ")[1:]
+        for line in md[same + 4 : same + 7]
+    }
     assert table["baseline"][1] == f"{np.mean([0.95, 0.96, 0.955]):.4f}"
     assert (
         table["sparse_l2 weight=0.001"][1]
-        == f"**{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] 3/3**"
+        == f"**{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] p={fmt_p(d['p_adj'])} 3/3**"
     )
     assert not table["sparse_l2 weight=0.0001"][1].startswith("**")  # its interval contains 0
     assert f"- {s}" in md
@@ -155,16 +173,15 @@ def test_analyze_per_pass_strata_selection_curves_sentence_and_csv():
 
 
 def test_sentence_says_when_nothing_beats_the_baseline():
-    rows = [
-        {"arm": "baseline", "label": "baseline"},
-        {
-            "arm": "v0",
-            "label": "dropout",
-            "delta_test_ne": {"mean": 0.004, "ci_low": 0.001, "ci_high": 0.007, "n": 3, "favouring": 0},
-        },
-    ]
+    d = {"mean": 0.004, "ci_low": 0.001, "ci_high": 0.007, "n": 3, "favouring": 0, "p": 0.01}
+    rows = [{"arm": "baseline", "label": "baseline"}, {"arm": "v0", "label": "dropout", "delta_test_ne": d}]
+    adjust([d])
     s = answer_sentence(3, rows, 3)
-    assert "no variant beats the baseline" in s and "worse than the baseline: dropout (+0.0040)" in s
+    assert "no variant beats the baseline" in s and "worse than the baseline: dropout (+0.0040" in s
+    # the same interval among 10 arms: Holm x10 makes it no longer "worse"
+    ds = [dict(d)] + [dict(d, p=0.9, mean=0.0) for _ in range(9)]
+    adjust(ds)
+    assert ds[0]["p_adj"] == pytest.approx(0.1) and ds[0]["verdict"] == "no difference"
 
 
 def test_markdown_cli_renders_a_study_json(tmp_path, capsys):
@@ -177,3 +194,244 @@ def test_markdown_cli_renders_a_study_json(tmp_path, capsys):
     assert main([str(tmp_path / "study.json")]) == 0
     out = capsys.readouterr().out
     assert "| sparse_l2 weight=0.0001 | -0.0100 |" in out and ONE_SEED in out
+
+
+# --------------------------------------------------------------------------- multiplicity, power
+
+
+def test_holm_matches_statsmodels_and_leaves_missing_p_out():
+    rng = np.random.default_rng(7)
+    for m in (1, 2, 5, 38):
+        p = list(rng.uniform(0, 0.2, m) ** 2)
+        assert holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]), abs=1e-15)
+    p = [0.01, None, 0.04, 0.03]
+    ref = multipletests([0.01, 0.04, 0.03], method="holm")[1]
+    assert holm(p) == pytest.approx([ref[0], None, ref[1], ref[2]])
+
+
+def test_p_value_is_scipys_paired_t_test_and_degenerate_deltas_are_handled():
+    rng = np.random.default_rng(3)
+    base = rng.normal(0.93, 0.01, 5)
+    arm = base + rng.normal(-0.002, 0.003, 5)
+    d = paired_delta(dict(enumerate(arm)), dict(enumerate(base)))
+    assert d["p"] == pytest.approx(stats.ttest_rel(arm, base).pvalue, rel=1e-12)
+    assert t_pvalue([0.0, 0.0, 0.0]) == 1.0 and t_pvalue([0.01, 0.01]) == 0.0 and t_pvalue([0.1]) is None
+
+
+@pytest.mark.parametrize("n,m", [(3, 1), (3, 38), (5, 10), (10, 3)])
+def test_power_line_matches_statsmodels(n, m):
+    # statsmodels' TTestPower.power is the reference; its solve_power's root finder does
+    # not converge at Holm's small levels (n=3, alpha=0.05/38 gives 5.5 where power(5.5)
+    # is 0.43), so the solutions are checked by their power instead
+    alpha = 0.05 / m
+    tp = TTestPower()
+    assert ttest_power(1.3, n, alpha) == pytest.approx(tp.power(1.3, n, alpha), rel=1e-6)
+    assert tp.power(detectable_delta(0.002, n, alpha) / 0.002, n, alpha) == pytest.approx(0.8, abs=1e-6)
+    need = seeds_needed(0.004, 0.003, alpha)
+    assert tp.power(0.004 / 0.003, need, alpha) >= 0.8 > tp.power(0.004 / 0.003, need - 1, alpha)
+
+
+# --------------------------------------------------------------------------- the headline
+
+
+def _make(spec, variants=("sparse_l2",), extra=None):
+    """spec: arm -> seed -> [(val NE, test NE) per pass]; arm "v{i}.{j}": variant i, point j."""
+    arms = [
+        {
+            "key": "baseline",
+            "variant": "baseline",
+            "variant_index": -1,
+            "label": "baseline",
+            "params": {},
+            "is_baseline": True,
+        }
+    ]
+    for key in spec:
+        if key == "baseline":
+            continue
+        vi, pj = (int(x) for x in key[1:].split("."))
+        w = 10.0 ** -(4 - pj)
+        arms.append(
+            {
+                "key": key,
+                "variant": variants[vi],
+                "variant_index": vi,
+                "label": f"{variants[vi]} weight={w:g}",
+                "params": {f"{variants[vi]}.weight": w},
+                "is_baseline": False,
+            }
+        )
+    runs, passes = [], {}
+    for arm, by_seed in spec.items():
+        for seed, vt in by_seed.items():
+            key = f"{arm}/s{seed}"
+            runs.append({"key": key, "arm": arm, "seed": seed})
+            passes[key] = [
+                {"pass": i, "val_ne": v, "test_ne": t, **((extra or {}).get(key, {}).get(i, {}))}
+                for i, (v, t) in enumerate(vt)
+            ]
+    return arms, runs, passes
+
+
+def test_headline_compares_each_arm_at_its_selected_pass_with_the_baseline_stopped_early():
+    # the baseline overfits after pass 1; sparse_l2 1e-3 keeps improving until pass 2
+    spec = {
+        "baseline": {
+            s: [(0.950 + e, 0.940 + e), (0.960 + e, 0.950 + e), (0.990, 0.980)]
+            for s, e in enumerate((0, 0.004, 0.002))
+        },
+        "v0.0": {
+            s: [(0.951 + e, 0.941 + e), (0.955 + e, 0.946 + e), (0.97, 0.96)]
+            for s, e in enumerate((0, 0.004, 0.002))
+        },
+        "v0.1": {
+            s: [(0.955 + e, 0.946 + e), (0.944 + e, 0.935 + e + f), (0.95, 0.94)]
+            for s, (e, f) in enumerate(((0, 0.0), (0.004, 0.0006), (0.002, -0.0004)))
+        },
+    }
+    extra = {
+        f"v0.1/s{s}": {
+            1: {
+                "train_ne": 0.8 + s / 100,
+                "test_calibration": 1.02,
+                "test_auc": 0.74,
+                "test_ne_by_stratum": {"rare": 0.99},
+            }
+        }
+        for s in range(3)
+    }
+    arms, runs, passes = _make(spec, extra=extra)
+    res = analyze(arms, runs, passes, 3)
+    h = res["headline"]
+    sel = {r["arm"]: r for r in res["selected"]}
+    assert sel["baseline"]["selected_pass_per_seed"] == {"0": 1, "1": 1, "2": 1}
+    assert sel["v0.1"]["selected_pass_per_seed"] == {"0": 2, "1": 2, "2": 2}
+    # by hand: test NE at the arm's pass 2 minus the baseline's at its pass 1, per seed
+    arm_t = np.array([0.935, 0.939 + 0.0006, 0.937 - 0.0004])
+    base_t = np.array([0.940, 0.944, 0.942])
+    d = sel["v0.1"]["delta_test_ne_at_selected"]
+    assert d["per_seed"] == pytest.approx(list(arm_t - base_t))
+    assert d["p"] == pytest.approx(stats.ttest_rel(arm_t, base_t).pvalue)
+    ci = stats.ttest_rel(arm_t, base_t).confidence_interval()
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high))
+    raw = [sel[a]["delta_test_ne_at_selected"]["p"] for a in ("v0.0", "v0.1")]
+    assert d["p_adj"] == pytest.approx(multipletests(raw, method="holm")[1][1])
+    assert d["verdict"] == "beats" and d["sd"] == pytest.approx(np.std(arm_t - base_t, ddof=1))
+    assert h["ranking"] == ["v0.1", "v0.0"] and h["best"] == "v0.1" and h["beats"] == ["v0.1"]
+    assert h["baseline"]["sd_test_ne"] == pytest.approx(np.std(base_t, ddof=1))
+    assert h["best_per_variant"] == [
+        {"variant": "sparse_l2", "arm": "v0.1", "label": "sparse_l2 weight=0.001"}
+    ]
+    assert h["sentence"] == (
+        "Best at what you would ship: sparse_l2 at weight=0.001 (selects pass 2), "
+        f"Δ test NE {d['mean']:+.4f} [95% CI {d['ci_low']:+.4f}, {d['ci_high']:+.4f}, "
+        f"Holm-adjusted p {fmt_p(d['p_adj'])}], 3 seeds."
+    )
+    # more than test NE: train NE, calibration, AUC and strata at the selected pass
+    assert sel["v0.1"]["mean_train_ne_at_selected"] == pytest.approx(0.81)
+    assert sel["v0.1"]["mean_test_calibration_at_selected"] == pytest.approx(1.02)
+    assert sel["v0.1"]["mean_test_auc_at_selected"] == pytest.approx(0.74)
+    assert sel["v0.1"]["strata_test_ne_at_selected"]["rare"]["mean"] == pytest.approx(0.99)
+    # power: median sd of Δ over the arms, at Holm's first step (0.05 / 2 arms)
+    pw = h["power"]
+    sds = [sel[a]["delta_test_ne_at_selected"]["sd"] for a in ("v0.0", "v0.1")]
+    sds = [x for x in sds if x > 0]  # v0.0's Δ is the same every seed: no spread to read
+    assert pw["sd_delta"] == pytest.approx(np.median(sds))
+    eff = pw["detectable_delta"] / np.median(sds)
+    assert TTestPower().power(eff, 3, 0.025) == pytest.approx(0.8, abs=1e-6)
+    assert pw["alpha"] == pytest.approx(0.025)
+    assert pw["target"]["arm"] == "v0.1" and pw["target"]["seeds_needed"] >= 2
+    # every output leads with the headline
+    md = to_markdown(res)
+    assert md.startswith(f"**{h['sentence']}**\n\n| rank | arm | selects pass | Δ val NE |")
+    row = next(line for line in md.splitlines() if line.startswith("| 1 | sparse_l2 weight=0.001 (best) |"))
+    assert (
+        f"**{d['mean']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]**" in row
+        and "| 1.020 | 0.740 |" in row
+    )
+    assert (
+        "Power: with 3 seeds and Holm over 2 arms" in md and "chosen on validation" not in md.split("\n")[0]
+    )
+    assert "made on validation NE" in md
+    text = format_table(res)
+    assert text.splitlines()[0] == h["sentence"] and "Power:" in text and "1.020" in text
+    assert to_csv(res).splitlines()[2].startswith("selected,v0.1,sparse_l2 weight=0.001,")
+
+
+def test_headline_says_when_no_regularizer_beats_stopping_early():
+    # the arm never beats the baseline's pass 1 on validation
+    spec = {
+        "baseline": {s: [(0.95 + e, 0.94 + e), (0.97, 0.96)] for s, e in enumerate((0, 0.003, 0.001))},
+        "v0.0": {
+            s: [(0.952 + e, 0.941 + e), (0.955 + e, 0.944 + e)] for s, e in enumerate((0, 0.0031, 0.0014))
+        },
+    }
+    res = analyze(*_make(spec), 2)
+    assert res["headline"]["best"] is None and res["headline"]["closest"] == "v0.0"
+    assert res["headline"]["sentence"].startswith(
+        "No regularizer beats stopping the baseline early: on validation none is below the baseline"
+    )
+    # below on validation but not significant on test: still "No regularizer beats ..."
+    spec["v0.0"] = {
+        s: [(0.949 + e, 0.94 + e + f), (0.96, 0.95)]
+        for s, (e, f) in enumerate(((0, 0.002), (0.003, -0.003), (0.001, 0.0)))
+    }
+    res = analyze(*_make(spec), 2)
+    assert res["headline"]["best"] == "v0.0"
+    assert res["headline"]["sentence"].startswith(
+        "No regularizer beats stopping the baseline early: the best on validation is sparse_l2 at weight=0.0001"
+    )
+
+
+def test_choices_use_validation_only_permuting_test_ne_changes_no_choice():
+    """Fails if any choice (selected passes, ranking, best arm, best strength per
+    variant, the chosen point of each strength curve) reads test NE."""
+    rng = np.random.default_rng(11)
+    spec = {"baseline": {}}
+    for vi in range(3):
+        for pj in range(3):
+            spec[f"v{vi}.{pj}"] = {}
+    for arm in spec:
+        for s in range(3):
+            spec[arm][s] = [(float(v), float(t)) for v, t in rng.normal(0.95, 0.01, (4, 2))]
+    variants = ("sparse_l2", "max_norm", "dropout")
+    arms, runs, passes = _make(spec, variants)
+
+    def choices(res):
+        h = res["headline"]
+        return (
+            h["ranking"],
+            h["best"],
+            h["best_per_variant"],
+            [r["selected_pass_per_seed"] for r in res["selected"]],
+            [c["chosen"] for c in res["curves"]],
+        )
+
+    before = analyze(arms, runs, passes, 4)
+    # permute every test NE across all runs and passes; validation NE stays
+    flat = [p for k in sorted(passes) for p in passes[k]]
+    perm = rng.permutation([p["test_ne"] for p in flat])
+    for p, t in zip(flat, perm, strict=True):
+        p["test_ne"] = float(t)
+    after = analyze(arms, runs, passes, 4)
+    assert choices(after) == choices(before)
+    assert len(before["headline"]["ranking"]) == 9 and len(before["curves"]) == 3
+    # the permutation did change what test NE says (so the check above can fail)
+    test_order = lambda res: sorted(  # noqa: E731
+        (r for r in res["selected"] if r.get("delta_test_ne_at_selected")),
+        key=lambda r: r["delta_test_ne_at_selected"]["mean"],
+    )
+    assert [r["arm"] for r in test_order(after)] != [r["arm"] for r in test_order(before)]
+
+
+def test_references_are_collected_and_a_baseline_worse_than_a_constant_is_flagged():
+    spec = {
+        "baseline": {0: [(1.02, 1.03)], 1: [(1.021, 1.031)]},
+        "v0.0": {0: [(1.0, 1.01)], 1: [(1.0, 1.011)]},
+    }
+    refs = {"references": {"constant": {"val_ne": 1.0, "test_ne": 1.001}, "logistic": {"test_ne": 0.95}}}
+    arms, runs, passes = _make(spec, extra={f"{a}/s{s}": {0: refs} for a in spec for s in (0, 1)})
+    res = analyze(arms, runs, passes, 1)
+    assert res["references"] == {"constant": {"val_ne": 1.0, "test_ne": 1.001}, "logistic": {"test_ne": 0.95}}
+    assert any("worse than the constant" in n for n in res["notes"])
+    assert "Reference test NE: constant 1.0010; logistic 0.9500" in to_markdown(res)
