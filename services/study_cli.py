@@ -4,8 +4,8 @@
 submits it to the API at ``RECTRAIN_API_URL`` (``POST /v1/studies``; ``--follow``
 streams progress and prints the answer), or, with ``--local`` or when no service
 answers there, runs every run itself on local Ray (or the cluster at ``RAY_ADDRESS``)
-one after another and prints the same answer, writing ``study.json`` and ``study.csv``
-to ``--out``. ``--plan`` stops after the size and cost.
+one after another and prints the same answer, writing ``study.json``, ``study.csv``
+and ``report.html`` (one self-contained page) to ``--out``. ``--plan`` stops after the size and cost.
 """
 
 from __future__ import annotations
@@ -216,10 +216,20 @@ def _run_local(exp, name: str, out: Path | None) -> int:
     }
     (out / "study.json").write_text(json.dumps(doc, indent=1))
     (out / "study.csv").write_text(to_csv(results))
+    _write_report(out, doc)
     print()
     print(format_table(results))
-    print(f"\nresults: {out}/study.json, {out}/study.csv")
+    print(f"\nresults: {out}/study.json, {out}/study.csv, {out}/report.html")
     return 0 if not failed else 1
+
+
+def _write_report(out: Path, doc: dict[str, Any]) -> Path:
+    """The answer as one self-contained HTML page (services.study_report) in ``out``."""
+    from services.study_report import render_report
+
+    path = out / "report.html"
+    path.write_text(render_report(doc), encoding="utf-8")
+    return path
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:

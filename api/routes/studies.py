@@ -28,6 +28,7 @@ from api.deps import (
 )
 from api.models import Message, Responses, StreamTicket, sse_responses
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
+from services.study_report import render_report
 from services.study_stats import to_csv
 from trainer.errors import CapacityError, SpecError
 from trainer.study_spec import Expansion, parse_study
@@ -180,9 +181,11 @@ async def list_studies(
 
 @router.get("/{study_id}", response_model=StudyPublic, responses=_NOT_FOUND)
 async def read_study(study_id: str, request: Request, owner: CurrentOwner) -> StudyPublic:
-    """A study's plan, progress, runs and answer: per pass count, each arm's mean NE and
-    its paired Δ vs the same-seed baseline with a 95% t-interval, per stratum too; the
-    validation-selected pass; strength curves; one answer sentence per pass count."""
+    """A study's plan, progress, runs and answer (``results``): first the ``headline``,
+    every arm at its runs' validation-selected pass vs the baseline at its own (paired Δ,
+    95% t-interval, Holm-adjusted p, ranking and best arm chosen on validation NE, power);
+    then per pass count each arm's mean NE and its paired Δ vs the same-seed baseline,
+    per stratum too; strength curves; one answer sentence per pass count."""
     studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
     return StudyPublic.model_validate(await studies.snapshot(rec))
@@ -258,6 +261,29 @@ async def export_study_json(study_id: str, request: Request, owner: CurrentOwner
         json.dumps(snap, indent=1),
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="study-{study_id}.json"'},
+    )
+
+
+_HTML_DOC: Responses = {
+    200: {
+        "description": "one self-contained HTML page (charts inlined, no external request): the "
+        "headline vs stopping the baseline early, NE by pass with interval bands and reference "
+        "lines, strength curves, the same-pass table",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    },
+    **_NOT_FOUND,
+}
+
+
+@router.get("/{study_id}/report.html", response_class=Response, responses=_HTML_DOC)
+async def study_report_html(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+    """The answer as one self-contained HTML page to save and share."""
+    studies = get_studies(request)
+    snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
+    return Response(
+        render_report(snap),
+        media_type="text/html; charset=utf-8",
+        headers={"Content-Disposition": f'inline; filename="study-{study_id}.html"'},
     )
 
 

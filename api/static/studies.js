@@ -11,7 +11,10 @@
   const STUDY_TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 
   const fmtCI = (ui, d) => (d && ui.isNum(d.ci_low) ? `[${ui.fmtDelta(d.ci_low)}, ${ui.fmtDelta(d.ci_high)}]` : "–");
-  const cls = (d) => (!d || d.ci_low == null ? "num" : d.ci_high < 0 ? "num better" : d.ci_low > 0 ? "num worse" : "num");
+  // green / red only when the Holm-adjusted p < 0.05 (the verdict), not when the raw interval excludes 0
+  const cls = (d) => (!d || !d.verdict ? "num" : d.verdict === "beats" ? "num better" : d.verdict === "worse" ? "num worse" : "num");
+  const fmtP = (p) => (p == null ? "–" : p < 0.001 ? "<0.001" : p < 0.1 ? p.toFixed(3) : p.toFixed(2));
+  const CHOICE_NOTE = "Every choice (each run's pass, the best strength per regularizer, the best arm, the ranking) is made on validation NE; test NE is reported for what was chosen.";
 
   function etaText(s) {
     if (s == null) return "";
@@ -144,7 +147,6 @@
     });
     const curvesEl = h("div", { class: "charts", id: "study-curves" });
     const curveCharts = new Map();
-    const selWrap = h("div", { class: "table-wrap", id: "study-selected" });
     const runsWrap = h("div", { class: "table-wrap", id: "study-runs" });
     const notesEl = h("ul", { class: "muted", id: "study-notes" });
     ui.main.replaceChildren(
@@ -152,9 +154,8 @@
         h("div", { style: "flex:1" }, h("div", { class: "row" }, title, badge, conn), meta, progress, bar),
         actions),
       actErr, answer,
-      h("div", { class: "panel" }, h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Per pass count"), passTabs), tableWrap),
+      h("div", { class: "panel" }, h("div", { class: "row" }, h("h2", { style: "margin:0" }, "Same pass: vs the baseline after as many passes"), passTabs), tableWrap),
       charts, curvesEl,
-      h("div", { class: "panel" }, h("h2", {}, "Validation-selected pass"), selWrap),
       h("div", { class: "panel" }, h("h2", {}, "Runs (each an ordinary job)"), runsWrap),
       h("div", { class: "panel" }, h("h2", {}, "Notes"), notesEl));
 
@@ -171,6 +172,7 @@
       const btns = [
         h("a", { class: "button", href: `${ROOT}/v1/studies/${enc(study.id)}/export.csv`, id: "export-csv", onclick: download("csv") }, "CSV"),
         h("a", { class: "button", href: `${ROOT}/v1/studies/${enc(study.id)}/export.json`, id: "export-json", onclick: download("json") }, "JSON"),
+        h("a", { class: "button", href: `${ROOT}/v1/studies/${enc(study.id)}/report.html`, id: "export-report", onclick: download("html", "report.html") }, "Report"),
       ];
       if (!STUDY_TERMINAL.has(study.status) && !study.cancel_requested) {
         btns.unshift(h("button", { type: "button", class: "danger", id: "cancel-study", onclick: async (e) => {
@@ -189,19 +191,64 @@
       actions.replaceChildren(...btns);
     }
 
-    function download(kind) {  // exports need the token: fetch, then save as a file
+    function download(kind, path) {  // exports need the token: fetch, then save as a file
       return async (e) => {
         e.preventDefault();
-        const r = await fetch(`${ROOT}/v1/studies/${enc(study.id)}/export.${kind}`, { headers: { Authorization: `Bearer ${ui.getToken()}` } });
+        const r = await fetch(`${ROOT}/v1/studies/${enc(study.id)}/${path || `export.${kind}`}`, { headers: { Authorization: `Bearer ${ui.getToken()}` } });
         const blob = await r.blob();
         const a = h("a", { href: URL.createObjectURL(blob), download: `study-${study.id}.${kind}` });
         document.body.appendChild(a); a.click(); a.remove();
       };
     }
 
+    // the headline: every arm at its validation-selected pass vs the baseline at its own,
+    // ranked on validation NE; Holm-adjusted p; power; then the same-pass sentences
     function renderAnswer(res) {
-      answer.replaceChildren(h("h2", {}, "The answer"),
-        h("ul", { id: "study-sentences" }, res.per_pass.map((pp) => h("li", { dataset: { pass: String(pp.pass) } }, pp.sentence))));
+      const hl = res.headline || {};
+      const strata = ["frequent", "medium", "rare"];
+      const byArm = new Map(res.selected.map((r) => [r.arm, r]));
+      const order = [res.baseline, ...(hl.ranking || [])].concat(res.selected.map((r) => r.arm).filter((a) => a !== res.baseline && !(hl.ranking || []).includes(a)));
+      const rows = order.map((a) => byArm.get(a)).filter(Boolean).map((r) => {
+        const d = r.delta_test_ne_at_selected, dv = r.delta_val_ne_at_selected;
+        const base = r.arm === res.baseline;
+        const st = r.strata_test_ne_at_selected || {};
+        return h("tr", { dataset: { arm: r.arm, verdict: (d && d.verdict) || "" } },
+          h("td", { class: "num" }, r.rank == null ? "" : String(r.rank)),
+          h("td", {}, r.label + (r.arm === hl.best ? " ★" : "")),
+          h("td", {}, Object.entries(r.selected_pass_per_seed).map(([s, p]) => `seed ${s}: ${p == null ? "–" : p}`).join(", ")),
+          h("td", { class: "num" }, dv ? fmtDelta(dv.mean) : ""),
+          h("td", { class: "num" }, fmtNE(r.mean_test_ne_at_selected)),
+          h("td", { class: cls(d) }, base ? "baseline" : d ? fmtDelta(d.mean) : "–"),
+          h("td", { class: cls(d) }, base ? `seed sd ${fmtNE(r.sd_test_ne_at_selected)}` : d ? (d.ci_low == null ? "one seed: no interval" : fmtCI(ui, d)) : ""),
+          h("td", { class: cls(d) }, base || !d ? "" : fmtP(d.p_adj)),
+          h("td", { class: "num" }, base || !d ? "" : fmtNE(d.sd)),
+          h("td", { class: "num" }, base || !d ? "" : `${d.favouring} / ${d.n}`),
+          h("td", { class: "num" }, fmtNE(r.mean_train_ne_at_selected)),
+          h("td", { class: "num" }, isNum(r.mean_test_calibration_at_selected) ? r.mean_test_calibration_at_selected.toFixed(3) : "–"),
+          h("td", { class: "num" }, isNum(r.mean_test_auc_at_selected) ? r.mean_test_auc_at_selected.toFixed(3) : "–"),
+          strata.map((s) => { const c = st[s]; const sd = c && c.delta;
+            return h("td", { class: cls(sd), title: sd ? fmtCI(ui, sd) : "" }, c ? (sd ? fmtDelta(sd.mean) : fmtNE(c.mean)) : "–"); }));
+      });
+      const pw = hl.power;
+      const refs = Object.entries(res.references || {}).filter(([, v]) => isNum(v.test_ne)).map(([k, v]) => `${k} ${fmtNE(v.test_ne)}`);
+      answer.replaceChildren(...[h("h2", {}, "The answer: what you would ship"),
+        h("p", { id: "study-headline", class: "headline" }, hl.sentence || "No results yet."),
+        h("p", { class: "muted", id: "choice-rule" }, `${CHOICE_NOTE} Each arm at its runs' validation-selected pass vs the baseline at its runs' own (paired by seed); ` +
+          `"beats"/"worse" (green/red) only when the Holm-adjusted p over the ${hl.family || 0} arms is below 0.05; the interval is the raw 95% t-interval. ★ the best on validation.`),
+        h("div", { class: "table-wrap" }, h("table", { id: "headline-table" },
+          h("thead", {}, h("tr", {}, h("th", { class: "num" }, "#"), h("th", {}, "Arm"), h("th", {}, "Selected pass"), h("th", { class: "num" }, "Δ val NE"),
+            h("th", { class: "num" }, "Test NE"), h("th", { class: "num" }, "Δ test NE"), h("th", { class: "num" }, "95% CI"), h("th", { class: "num" }, "Holm p"),
+            h("th", { class: "num" }, "sd Δ"), h("th", { class: "num" }, "Seeds favouring"), h("th", { class: "num" }, "Train NE"),
+            h("th", { class: "num" }, "Calibration"), h("th", { class: "num" }, "AUC"),
+            strata.map((s) => h("th", { class: "num", title: "Δ test NE in this stratum at the selected pass (baseline row: its NE)" }, `Δ ${s}`)))),
+          h("tbody", {}, rows))),
+        pw ? h("p", { id: "study-power", class: "muted" }, `Power: with ${pw.seeds} seeds and Holm over ${pw.arms} arms (the best arm needs p < ${pw.alpha.toPrecision(2)}), ` +
+          `a Δ test NE of ${fmtNE(pw.detectable_delta)} or more is found ${Math.round(pw.power * 100)}% of the time (median sd of Δ ${fmtNE(pw.sd_delta)}` +
+          (isNum(pw.baseline_sd) ? `; the baseline's seed sd ${fmtNE(pw.baseline_sd)}` : "") + ")" +
+          (pw.target ? `; ${pw.target.label}'s Δ of ${fmtNE(pw.target.delta)} needs ${pw.target.seeds_needed == null ? "more than 100,000" : pw.target.seeds_needed} seeds.` : ".")) : null,
+        refs.length ? h("p", { id: "study-references", class: "muted" }, `Reference test NE: ${refs.join("; ")}`) : null,
+        h("h3", {}, "Same pass"),
+        h("ul", { id: "study-sentences" }, res.per_pass.map((pp) => h("li", { dataset: { pass: String(pp.pass) } }, pp.sentence)))].filter(Boolean));
     }
 
     function renderTable(res) {
@@ -220,8 +267,12 @@
           h("td", { class: "num" }, fmtNE(r.mean_test_ne)),
           h("td", { class: cls(d) }, d ? fmtDelta(d.mean) : "baseline"),
           h("td", { class: cls(d) }, d ? (d.ci_low == null ? "one seed: no interval" : fmtCI(ui, d)) : ""),
+          h("td", { class: cls(d) }, d ? fmtP(d.p_adj) : ""),
           h("td", { class: "num" }, d ? `${d.favouring} / ${d.n}` : `${r.n_test_ne}`),
           h("td", { class: "num" }, fmtNE(r.mean_val_ne)),
+          h("td", { class: "num" }, fmtNE(r.mean_train_ne)),
+          h("td", { class: "num" }, isNum(r.mean_test_calibration) ? r.mean_test_calibration.toFixed(3) : "–"),
+          h("td", { class: "num" }, isNum(r.mean_test_auc) ? r.mean_test_auc.toFixed(3) : "–"),
           strata.map((s) => {
             const c = st[s];
             const sd = c && c.delta;
@@ -230,10 +281,11 @@
       });
       tableWrap.replaceChildren(h("table", { id: "study-table" },
         h("thead", {}, h("tr", {}, h("th", {}, "Arm"), h("th", { class: "num" }, "Mean test NE"), h("th", { class: "num" }, "Δ vs baseline"),
-          h("th", { class: "num" }, "95% CI"), h("th", { class: "num" }, "Seeds favouring"), h("th", { class: "num" }, "Mean val NE"),
+          h("th", { class: "num" }, "95% CI"), h("th", { class: "num" }, "Holm p"), h("th", { class: "num" }, "Seeds favouring"), h("th", { class: "num" }, "Mean val NE"),
+          h("th", { class: "num" }, "Train NE"), h("th", { class: "num" }, "Calibration"), h("th", { class: "num" }, "AUC"),
           strata.map((s) => h("th", { class: "num", title: "Δ test NE in this stratum (baseline row: its NE)" }, `Δ ${s}`)))),
         h("tbody", {}, rows)),
-        isNum(pp.oracle_test_ne) ? h("p", { class: "muted" }, `oracle test NE (the floor, synthetic data): ${fmtNE(pp.oracle_test_ne)}`) : null);
+        ...(isNum(pp.oracle_test_ne) ? [h("p", { class: "muted" }, `oracle test NE (the floor, synthetic data): ${fmtNE(pp.oracle_test_ne)}`)] : []));
     }
 
     function renderCharts(res) {
@@ -241,7 +293,8 @@
       const arms = res.per_pass.length ? res.per_pass[0].arms : [];
       const series = arms.map((a, i) => ({ label: a.label, color: PALETTE[i % PALETTE.length], dash: i === 0 ? [6, 4] : undefined }));
       const oracle = res.per_pass.map((pp) => pp.oracle_test_ne).filter(isNum);
-      neChart.opts.refLines = oracle.length ? [{ y: Math.min(...oracle), label: "oracle floor" }] : [];
+      const refLines = Object.entries(res.references || {}).filter(([, v]) => isNum(v.test_ne)).map(([k, v]) => ({ y: v.test_ne, label: `${k} predictor` }));
+      neChart.opts.refLines = (oracle.length ? [{ y: Math.min(...oracle), label: "oracle floor" }] : []).concat(refLines);
       neChart.opts.includeY = oracle.length ? Math.min(...oracle) : undefined;
       const sig = JSON.stringify([series, neChart.opts.includeY]);
       if (neChart.sig !== sig) { neChart.setSeries(series); deltaChart.setSeries(series.slice(1)); neChart.sig = sig; }
@@ -253,30 +306,21 @@
         let ch = curveCharts.get(id);
         if (!ch) {
           ch = new Chart(curvesEl, {
-            id, title: `Strength curve: Δ test NE vs log10(${c.param})${c.others ? ` (${c.others})` : ""}`,
+            id, title: `Strength curve: Δ NE vs log10(${c.param})${c.others ? ` (${c.others})` : ""}`,
             xLabel: `log10(${c.param})`, yLabel: "Δ NE", minSpan: 0.004, refLines: [{ y: 0, label: "0 = baseline" }],
-            series: xs.map((k, i) => ({ label: `${k} pass${k > 1 ? "es" : ""}`, color: PALETTE[i % PALETTE.length], points: true })),
+            series: xs.map((k, i) => ({ label: `test, ${k} pass${k > 1 ? "es" : ""}`, color: PALETTE[i % PALETTE.length], points: true })).concat(
+              [{ label: "test, at the selected pass (vs the baseline stopped early)", color: "#222", width: 3, points: true },
+               { label: "validation, at the selected pass (what chooses)", color: "#222", dash: [6, 4], points: true }]),
           });
           ch.box.classList.add("strength-curve");
           curveCharts.set(id, ch);
         }
         const vals = c.points.map((p) => Math.log10(p.value));
-        ch.setData([vals, ...xs.map((k) => c.points.map((p) => { const q = p.per_pass[k - 1]; return q && isNum(q.mean) ? q.mean : null; }))]);
+        const at = (key) => c.points.map((p) => (p.at_selected && isNum(p.at_selected[key]) ? p.at_selected[key] : null));
+        const chosen = c.points.find((p) => p.arm === c.chosen);
+        ch.setData([vals, ...xs.map((k) => c.points.map((p) => { const q = p.per_pass[k - 1]; return q && isNum(q.mean) ? q.mean : null; })), at("mean"), at("val_mean")],
+          chosen ? [{ x: Math.log10(chosen.value), label: "chosen on validation" }] : []);
       }
-    }
-
-    function renderSelected(res) {
-      selWrap.replaceChildren(h("table", { id: "selected-table" },
-        h("thead", {}, h("tr", {}, h("th", {}, "Arm"), h("th", {}, "Selected pass per seed"), h("th", { class: "num" }, "Test NE there"),
-          h("th", { class: "num" }, "Δ vs baseline (its selected pass)"), h("th", { class: "num" }, "95% CI"))),
-        h("tbody", {}, res.selected.map((r) => {
-          const d = r.delta_test_ne_at_selected;
-          return h("tr", {}, h("td", {}, r.label),
-            h("td", {}, Object.entries(r.selected_pass_per_seed).map(([s, p]) => `seed ${s}: ${p == null ? "–" : p}`).join(", ")),
-            h("td", { class: "num" }, fmtNE(r.mean_test_ne_at_selected)),
-            h("td", { class: cls(d) }, d ? fmtDelta(d.mean) : r.arm === res.baseline ? "baseline" : "–"),
-            h("td", { class: cls(d) }, d ? (d.ci_low == null ? "one seed: no interval" : fmtCI(ui, d)) : ""));
-        }))));
     }
 
     function renderRuns() {
@@ -298,9 +342,8 @@
       renderAnswer(res);
       renderTable(res);
       renderCharts(res);
-      renderSelected(res);
-      notesEl.replaceChildren(...res.notes.map((n) => h("li", {}, n)), h("li", {},
-        "Δ = NE(arm, seed s) − NE(baseline, seed s); mean over seeds with a 95% Student-t interval; lower NE is better (green: the interval is below 0)."));
+      notesEl.replaceChildren(...res.notes.filter((n) => n !== CHOICE_NOTE).map((n) => h("li", {}, n)), h("li", {},
+        "Δ = NE(arm, seed s) − NE(baseline, seed s); mean over seeds with a 95% Student-t interval; lower NE is better (green / red: Holm-adjusted p < 0.05 over the arms of that comparison)."));
     }
     render();
 

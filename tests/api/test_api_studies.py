@@ -6,7 +6,9 @@ delete, the per-owner limit, an API restart mid-study and a crash mid-submission
 from __future__ import annotations
 
 import csv
+import html
 import io
+import re
 import time
 
 import pytest
@@ -174,6 +176,12 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
     row = next(r for r in rows if r["pass"] == "2" and r["arm"] == "v0.1")
     assert float(row["delta_test_ne"]) == pytest.approx(l2["mean"])
     assert float(row["ci_high"]) == pytest.approx(l2["ci_high"]) and row["seeds_favouring"] == "3"
+    # the report: one self-contained page (uPlot and the numbers inlined, nothing fetched)
+    r = c.get(f"/v1/studies/{sid}/report.html")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert html.escape(h["sentence"]) in r.text and "id='headline-table'" in r.text
+    assert "uPlot" in r.text and not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", r.text)
+    assert cl(api, BOB).get(f"/v1/studies/{sid}/report.html").status_code == 404
     j = c.get(f"/v1/studies/{sid}/export.json").json()
     assert j["results"]["per_pass"][1]["arms"][2]["delta_test_ne"]["mean"] == pytest.approx(l2["mean"])
     # owners see only their own studies

@@ -73,6 +73,8 @@ def test_without_a_service_it_runs_on_local_ray_one_after_another(tmp_path, ray_
     assert row["delta_test_ne"]["n"] == 1 and row["delta_test_ne"]["ci_low"] is None  # one seed
     assert "one seed" in out.stdout
     assert (env_out / "study.csv").read_text().startswith("pass,arm,label")
+    report = (env_out / "report.html").read_text()
+    assert report.startswith("<!doctype html>") and "id='headline-table'" in report
 
 
 def test_follow_lines_say_the_time_left_once_runs_have_finished():

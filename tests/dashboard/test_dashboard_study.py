@@ -100,24 +100,67 @@ def test_study_page_fills_in_live_and_states_the_answer(page, study_api, shot):
     )
     assert page.locator("#conn-state").text_content() == "finished"
     assert "8 / 8 runs finished" in page.locator("#study-progress").text_content()
+    # the headline first: every arm at its validation-selected pass vs the baseline at its own
+    res = study_api.http.get(f"/v1/studies/{sid}").json()["results"]
+    headline = page.locator("#study-headline").text_content()
+    assert headline == res["headline"]["sentence"]
+    assert headline.startswith(
+        "Best at what you would ship: sparse_l2 at weight="
+    )  # the stand-in: −0.004 at pass 1
+    assert "(selects pass 1), Δ test NE -0.00" in headline and "Holm-adjusted p" in headline
+    assert "made on validation NE" in page.locator("#choice-rule").text_content()
+    assert "null" not in page.locator("#study-answer").text_content()
+    assert page.locator("#headline-table tbody tr").count() == 4
+    best = page.locator(f"#headline-table tr[data-arm='{res['headline']['best']}'] td")
+    assert best.nth(0).text_content() == "1" and best.nth(1).text_content().endswith("★")
+    assert best.nth(2).text_content() == "seed 0: 1, seed 1: 1"
+    assert "better" in (best.nth(5).get_attribute("class") or "")  # Holm-adjusted p < 0.05
+    assert (
+        best.nth(11).text_content() == "1.000" and best.nth(12).text_content() == "0.750"
+    )  # calibration, AUC
+    assert page.locator("#study-power").text_content().startswith("Power: with 2 seeds and Holm over 3 arms")
     sentences = page.locator("#study-sentences li").all_text_contents()
-    assert len(sentences) == 3 and sentences[2].startswith("After 3 passes: beats the baseline: ")
-    assert "sparse_l2 weight=0.001 by 0.01" in sentences[2]  # the stand-in: −0.004 x 4 at pass 3
+    assert len(sentences) == 3 and sentences[1].startswith("After 2 passes: beats the baseline: ")
+    assert "sparse_l2 weight=0.001 by 0.008" in sentences[1]  # the stand-in: −0.004 x 2 at pass 2
+    # 2 seeds, 3 arms: at pass 3 the raw intervals exclude 0 but Holm's adjusted p does not pass
+    assert sentences[2] == "After 3 passes: no variant beats the baseline (Holm-adjusted p < 0.05)."
     rows = page.locator("#study-table tbody tr")
     assert rows.count() == 4
     l2 = page.locator("#study-table tr[data-arm='v0.1'] td")
     assert l2.nth(2).text_content().startswith("−0.01") and l2.nth(3).text_content().startswith("[−")
-    assert l2.nth(4).text_content() == "2 / 2"
-    assert "better" in (l2.nth(2).get_attribute("class") or "")
+    assert l2.nth(5).text_content() == "2 / 2" and float(l2.nth(4).text_content()) >= 0.05
+    assert "better" not in (l2.nth(2).get_attribute("class") or "")
     assert "oracle test NE" in page.locator("#study-table-wrap").text_content()
     assert int(page.locator("#chart-study-delta").get_attribute("data-points")) == 3 * 3
     curve = page.locator(".strength-curve")
-    assert curve.count() == 1 and int(curve.get_attribute("data-points")) == 2 * 3
-    page.click("#pass-tabs button[data-pass='1']")
-    assert page.locator("#pass-tabs button[data-pass='1']").get_attribute("class") == "small"
+    assert curve.count() == 1 and int(curve.get_attribute("data-points")) == 2 * (3 + 2)
+    page.click("#pass-tabs button[data-pass='2']")
+    assert page.locator("#pass-tabs button[data-pass='2']").get_attribute("class") == "small"
+    assert "better" in (
+        page.locator("#study-table tr[data-arm='v0.1'] td").nth(2).get_attribute("class") or ""
+    )
     assert page.locator("#runs-table tbody tr").count() == 8
-    assert "seed 0: 1" in page.locator("#selected-table").text_content()
     shot(page, "study")
+    # the report: one self-contained page in the browser; no request leaves it
+    r = study_api.http.get(f"/v1/studies/{sid}/report.html")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    report = page.context.new_page()
+    requests: list[str] = []
+    report.on("request", lambda q: requests.append(q.url))
+    report.on("pageerror", lambda e: page.errors.append(f"report: {e}"))
+    report.set_content(r.text)
+    report.wait_for_selector("body[data-ready='1']")
+    assert requests == []
+    assert report.locator("#headline").text_content() == headline
+    assert report.locator("#headline-table tbody tr").count() == 4
+    # baseline + the strength validation chose per variant (2), 3 passes each; Δ: 2 arms
+    assert int(report.locator("#chart-ne").get_attribute("data-points")) == 3 * 3
+    assert int(report.locator("#chart-delta").get_attribute("data-points")) == 2 * 3
+    assert int(report.locator("#curve-0").get_attribute("data-points")) == 2 * 2  # Δ test and Δ val
+    assert "oracle (true probabilities) 0.8500" in report.locator("#chart-ne .legend").text_content()
+    assert report.locator("#chart-ne canvas").count() == 1
+    shot(report, "study_report")
+    report.close()
     # a run's job page links back to its study
     page.click("#runs-table tr[data-run='v0.1/s0'] a")
     page.wait_for_selector("#job-study")

@@ -3,7 +3,8 @@ and the regularizers, so a study's statistics have something to find (seconds, n
 
     test NE(pass p, seed s) = 0.92 + 0.01 p^2 (p 0-based) + 0.003 s - 0.004 (p+1) [sparse_l2]
                               + 0.0005 [max_norm] + noise(seed, regularizers) in ±0.0004
-    val NE = test NE + 0.001; per-stratum NE = test NE + {-0.02, 0, +0.03}; oracle 0.85.
+    val NE = test NE + 0.001; per-stratum NE = test NE + {-0.02, 0, +0.03}; oracle 0.85;
+    train NE 0.9 - 0.05 p; test calibration 1 + 0.01 p; test AUC 0.75 - 0.01 p.
 
 Labels: ``mode`` as in fake_trainer (slow / fail / ...: delegated to it), ``pass_delay``
 seconds per pass (default 0.05).
@@ -78,6 +79,8 @@ def main() -> int:
             "val_ne_by_stratum": {"frequent": ne - 0.019, "medium": ne + 0.001, "rare": ne + 0.031},
             "oracle_test_ne": 0.85,
             "oracle_val_ne": 0.85,
+            "test_calibration": 1.0 + 0.01 * pas,
+            "test_auc": 0.75 - 0.01 * pas,
             "examples_per_s": 5000.0,
         }
         passes.append(res)

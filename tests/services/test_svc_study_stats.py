@@ -435,3 +435,30 @@ def test_references_are_collected_and_a_baseline_worse_than_a_constant_is_flagge
     assert res["references"] == {"constant": {"val_ne": 1.0, "test_ne": 1.001}, "logistic": {"test_ne": 0.95}}
     assert any("worse than the constant" in n for n in res["notes"])
     assert "Reference test NE: constant 1.0010; logistic 0.9500" in to_markdown(res)
+
+
+def test_report_page_is_self_contained_and_charts_what_validation_chose():
+    import re
+
+    from services.study_report import chart_data, render_report
+
+    rng = np.random.default_rng(5)
+    spec = {"baseline": {}, "v0.0": {}, "v0.1": {}, "v1.0": {}, "v1.1": {}}
+    for arm in spec:
+        for s in range(3):
+            spec[arm][s] = [(float(v), float(t)) for v, t in rng.normal(0.95, 0.01, (3, 2))]
+    refs = {"references": {"constant": {"test_ne": 0.99}}}
+    arms, runs, passes = _make(spec, ("sparse_l2", "max_norm"), extra={"baseline/s0": {0: refs}})
+    res = analyze(arms, runs, passes, 3)
+    cd = chart_data(res)
+    best = [b["arm"] for b in res["headline"]["best_per_variant"]]
+    assert [s["arm"] for s in cd["ne"]["series"]] == ["baseline", *best]
+    assert [s["arm"] for s in cd["delta"]["series"]] == best
+    assert [r["label"] for r in cd["ne"]["refs"]] == ["constant predictor"]
+    assert [c["chosen"] for c in cd["curves"]] == [
+        next(p["value"] for p in c["points"] if p["arm"] == c["chosen"]) for c in res["curves"]
+    ]
+    page = render_report({"name": "a <b> study", "results": res})
+    assert "a &lt;b&gt; study" in page and "<b> study" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert page.count("<script") == 3 and "uPlot" in page
