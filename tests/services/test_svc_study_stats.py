@@ -462,3 +462,50 @@ def test_report_page_is_self_contained_and_charts_what_validation_chose():
     assert "a &lt;b&gt; study" in page and "<b> study" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert page.count("<script") == 3 and "uPlot" in page
+
+
+def test_holm_from_a_published_table_recovers_the_t_test_p(tmp_path, capsys):
+    """scripts/holm_from_study_table.py: p from a printed interval, Holm over a column."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "holm_from_study_table.py"
+    spec = importlib.util.spec_from_file_location("holm_table", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(2)
+    base = rng.normal(0.93, 0.01, 3)
+    arms = {f"a{i}": base + rng.normal(-0.004 * i, 0.002, 3) for i in range(4)}
+    ds = {k: paired_delta(dict(enumerate(v)), dict(enumerate(base))) for k, v in arms.items()}
+    for k, d in ds.items():
+        assert mod.cell_p(d["mean"], d["ci_low"], d["ci_high"], 3) == pytest.approx(
+            stats.ttest_rel(arms[k], base).pvalue, rel=1e-9
+        )
+    arms_list = [
+        {
+            "key": "baseline",
+            "variant": "baseline",
+            "variant_index": -1,
+            "label": "baseline",
+            "params": {},
+            "is_baseline": True,
+        }
+    ]
+    arms_list += [
+        {"key": k, "variant": k, "variant_index": i, "label": k, "params": {}, "is_baseline": False}
+        for i, k in enumerate(arms)
+    ]
+    runs, passes = [], {}
+    for k, v in {"baseline": base, **arms}.items():
+        for s in range(3):
+            runs.append({"key": f"{k}/s{s}", "arm": k, "seed": s})
+            passes[f"{k}/s{s}"] = [{"pass": 0, "test_ne": float(v[s])}]
+    res = analyze(arms_list, runs, passes, 1)
+    (tmp_path / "r.md").write_text(to_markdown(res))
+    assert mod.main(["x", str(tmp_path / "r.md")]) == 0
+    out = capsys.readouterr().out
+    for r in res["per_pass"][0]["arms"][1:]:
+        d = r["delta_test_ne"]
+        if d["ci_high"] < 0 or d["ci_low"] > 0:  # printed with its Holm p, from 4-decimal cells
+            line = next(x for x in out.splitlines() if x.strip().startswith(r["label"] + " "))
+            assert float(line.split("Holm p ")[1].lstrip("<")) == pytest.approx(d["p_adj"], abs=0.01)
