@@ -167,7 +167,10 @@ def _follow(c, study_id: str) -> int:
     s = _check(c.get(f"/v1/studies/{study_id}"))
     print()
     print(format_table(s["results"]))
-    print(f"\nstudy {study_id} {s['status']}  (export: /v1/studies/{study_id}/export.csv)")
+    print(
+        f"\nstudy {study_id} {s['status']}  (export: /v1/studies/{study_id}/export.csv; "
+        f"report: /v1/studies/{study_id}/report.html)"
+    )
     return 0 if s["status"] == "succeeded" else 1
 
 

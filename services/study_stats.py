@@ -82,8 +82,8 @@ def t_pvalue(d: list[float] | np.ndarray) -> float | None:
     x = np.asarray(d, dtype=np.float64)
     if x.size < 2:
         return None
-    if float(x.std(ddof=1)) == 0.0:
-        return 1.0 if float(x.mean()) == 0.0 else 0.0
+    if float(x.std(ddof=1)) <= 1e-12:  # equal up to float rounding
+        return 1.0 if abs(float(x.mean())) <= 1e-12 else 0.0
     return float(stats.ttest_1samp(x, 0.0).pvalue)
 
 
@@ -494,7 +494,7 @@ def _power(
     sds = [
         d["sd"]
         for r in arms
-        if (d := r.get("delta_test_ne_at_selected")) and d.get("sd") is not None and d["sd"] > 0
+        if (d := r.get("delta_test_ne_at_selected")) and d.get("sd") is not None and d["sd"] > 1e-12
     ]
     if n_seeds < 2 or not sds or family < 1:
         return None
