@@ -143,7 +143,7 @@ def _headline_table(results: dict[str, Any]) -> str:
     head = [
         "#",
         "arm",
-        "selected pass per seed",
+        "selected pass (per seed)",
         "Δ val NE",
         "test NE",
         "Δ test NE",
@@ -227,7 +227,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .muted { color: #5b6470; } table { border-collapse: collapse; font-variant-numeric: tabular-nums; margin: 6px 0; }
 th, td { border-bottom: 1px solid #e3e6ea; padding: 3px 7px; font-size: 13px; text-align: right; white-space: nowrap; }
 th:nth-child(2), td:nth-child(2), #same-pass-table td:first-child, #same-pass-table th:first-child { text-align: left; }
-th { font-weight: 600; background: #f6f7f9; } .beats { color: #1e7b34; font-weight: 600; } .worse { color: #b3261e; }
+th { font-weight: 600; background: #f6f7f9; white-space: normal; vertical-align: bottom; } .beats { color: #1e7b34; font-weight: 600; } .worse { color: #b3261e; }
 tr.beats td, tr.worse td { font-weight: 600; } .wrap { overflow-x: auto; }
 .chart { margin: 10px 0 18px; } .legend span { display: inline-block; margin: 0 14px 4px 0; }
 .legend i { display: inline-block; width: 14px; height: 3px; vertical-align: middle; margin-right: 5px; }
