@@ -141,8 +141,12 @@ def test_study_page_fills_in_live_and_states_the_answer(page, study_api, shot):
     )
     assert page.locator("#runs-table tbody tr").count() == 8
     shot(page, "study")
-    # the report: one self-contained page in the browser; no request leaves it
+    # the report: the page's Report button saves it; one self-contained page in the browser
+    with page.expect_download() as dl:
+        page.click("#export-report")
+    assert dl.value.suggested_filename == f"study-{sid}.html"
     r = study_api.http.get(f"/v1/studies/{sid}/report.html")
+    assert open(dl.value.path(), encoding="utf-8").read() == r.text
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     report = page.context.new_page()
     requests: list[str] = []
