@@ -226,6 +226,7 @@ def run_job(
             "job_id": job_id,
             "redis_url": redis_url,
             "stdout_sink": not local,
+            "job_store": job_store,  # where rank 0 copies its TensorBoard files at the end
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
