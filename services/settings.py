@@ -80,6 +80,19 @@ class Settings(BaseSettings):
         None,
         description="job checkpoints, specs and results (a directory or s3:// gs:// URI); unset: the data directory",
     )
+    tensorboard: bool = Field(
+        False,
+        description="jobs that leave `metrics.tensorboard` unset also write TensorBoard event files to their run directory",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="jobs that leave `metrics.mlflow` unset also log to this MLflow tracking server (a study: one parent run, a child per run); needs the `mlflow` extra",
+    )
+    mlflow_experiment: str = Field(
+        "rectrain",
+        min_length=1,
+        description="the MLflow experiment of RECTRAIN_MLFLOW_TRACKING_URI's runs",
+    )
     ray_address: str | None = Field(
         None,
         validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"),
@@ -297,6 +310,14 @@ class Settings(BaseSettings):
                 check_uri(self.storage_uri, "RECTRAIN_STORAGE_URI")
             except StorageError as e:
                 raise ValueError(str(e)) from None
+        if self.mlflow_tracking_uri:
+            try:
+                import mlflow  # noqa: F401
+            except ImportError:
+                raise ValueError(
+                    "RECTRAIN_MLFLOW_TRACKING_URI is set but the mlflow package is not installed: "
+                    "pip install 'rectrain[mlflow]', or unset it"
+                ) from None
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ValueError("RECTRAIN_HEARTBEAT_TTL_S must exceed RECTRAIN_HEARTBEAT_INTERVAL_S")
         try:

@@ -17,6 +17,7 @@ from services.launcher import JobLauncher
 from services.limits import check_job_limits
 from services.model_lifecycle import resolve_init_from
 from services.queue import notify_dispatchers
+from services.tracking import apply_tracking_defaults
 from trainer.errors import CapacityError
 from trainer.spec import JobSpec
 
@@ -51,6 +52,8 @@ async def submit_job(
     # training.init_from: the owner's own succeeded job (or a checkpoint under the data
     # roots) with the same model, resolved to its checkpoint now
     spec = await resolve_init_from(store, settings, owner, spec)
+    # the service's TensorBoard / MLflow defaults where the spec leaves them unset
+    spec = await apply_tracking_defaults(store.r, settings, spec, owner=owner, name=name, labels=labels)
     demand = job_demand(spec, settings)
     cap = await launcher.capacity.read()
     if cap is not None:  # unknown (Ray away): admit; the queue shows why it waits

@@ -18,6 +18,8 @@ _PLUGINS = ("services.cli", "bench.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
     from trainer.launch import run_job
     from trainer.report import format_pass_table
     from trainer.spec import load_spec
@@ -29,7 +31,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         job_id=args.job_id,
         redis_url=args.redis_url,
         progress=not args.no_progress,
+        json_lines=args.json,
     )
+    if args.json:  # the events came as JSON lines; the results are the last line
+        print(json.dumps({"type": "results", **result}, separators=(",", ":")), flush=True)
+        return 0
     print()
     print(format_pass_table(result))
     print(f"\nresults: {result['run_dir']}/results.json")
@@ -37,9 +43,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from trainer.launch import interactive
     from trainer.predict import predict
 
-    r = predict(args.model, args.data, args.out, batch_size=args.batch_size, progress=not args.no_progress)
+    r = predict(
+        args.model,
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        progress=not args.no_progress and interactive(),
+    )
     print(f"{r['examples']:,} predictions: {r['out']}")
     if r["ne"] is not None:
         auc = f"{r['auc']:.4f}" if r["auc"] is not None else "n/a"
@@ -63,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--job-id", default=None, help="control-plane job id (with --redis-url: stream metrics to Redis)"
     )
     r.add_argument("--redis-url", default=None, help="Redis URL for the job's metrics stream")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (there is none anyway when stdout or stderr is not a terminal)",
+    )
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="print each event, then the results, as one JSON object per line (for machines)",
+    )
     r.set_defaults(func=_cmd_run)
     r = sub.add_parser(
         "predict", help="score data with an exported model (CPU) and write predictions as Parquet"

@@ -115,12 +115,26 @@ def check_local_fit(spec: JobSpec) -> None:
             )
 
 
-class _EventFollower(threading.Thread):
-    """Follows run_dir/events.jsonl: prints windowed NE and pass lines, and a progress bar."""
+def interactive() -> bool:
+    """Whether a person watches this process's output on a terminal: stdout and stderr
+    both a TTY. On a pipe, a file or in CI a progress bar's carriage returns would
+    interleave with the event lines, so readers print plain lines instead."""
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
-    def __init__(self, path: Path, total_steps: int, progress: bool) -> None:
+
+class _EventFollower(threading.Thread):
+    """Follows run_dir/events.jsonl and prints each event: a human line (windowed NE,
+    pass results, lifecycle) with a progress bar on a terminal, or the event itself as
+    one JSON line (``json_lines``, for machines)."""
+
+    def __init__(self, path: Path, total_steps: int, progress: bool, json_lines: bool = False) -> None:
         super().__init__(name="rectrain-follow", daemon=True)
-        self.path, self.total, self.progress = path, total_steps, progress
+        self.path, self.total = path, total_steps
+        self.progress = progress and not json_lines
+        self.json_lines = json_lines
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -148,9 +162,12 @@ class _EventFollower(threading.Thread):
                         ):
                             bar.n = ev["step"]
                             bar.refresh()
-                        text = format_event(ev)
+                        text = json.dumps(ev, separators=(",", ":")) if self.json_lines else format_event(ev)
                         if text is not None:
-                            (bar.write if bar is not None else print)(text)
+                            if bar is not None:
+                                bar.write(text)
+                            else:
+                                print(text, flush=True)
             if stopping:
                 break
             time.sleep(0.2)
@@ -167,9 +184,12 @@ def run_job(
     progress: bool = True,
     ray_address: str | None = None,
     storage_uri: str | None = None,
+    json_lines: bool = False,
 ) -> dict[str, Any]:
     """Train ``spec`` to the end; return (and write to run_dir/results.json, and to the
-    job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``."""
+    job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``.
+    ``progress`` asks for a bar, shown only on a terminal (:func:`interactive`);
+    ``json_lines`` prints each event as a JSON line instead of a human line."""
     ray_mod = sys.modules.get("ray")
     joining = ray_address or env_ray_address() or (ray_mod is not None and ray_mod.is_initialized())
     if not joining:
@@ -206,6 +226,7 @@ def run_job(
             "job_id": job_id,
             "redis_url": redis_url,
             "stdout_sink": not local,
+            "job_store": job_store,  # where rank 0 copies its TensorBoard files at the end
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -228,7 +249,12 @@ def run_job(
     t0 = time.time()
     follower = None
     if local:
-        follower = _EventFollower(run_dir / "events.jsonl", total_steps=0, progress=progress)
+        follower = _EventFollower(
+            run_dir / "events.jsonl",
+            total_steps=0,
+            progress=progress and interactive(),
+            json_lines=json_lines,
+        )
         follower.start()
     try:
         result = trainer.fit()

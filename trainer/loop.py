@@ -591,6 +591,8 @@ def train_worker(config: dict[str, Any]) -> None:
             stdout=config.get("stdout_sink", True),
             redis_url=config.get("redis_url"),
             job_id=config.get("job_id"),
+            spec=spec,
+            job_store=config.get("job_store"),
         )
     try:
         trainer = Trainer(spec, session, run_dir, sink=sink)

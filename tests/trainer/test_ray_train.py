@@ -285,3 +285,25 @@ def test_a_relative_data_path_is_read_from_the_drivers_directory(ray_session, tm
     assert result["passes"][0]["test_ne"] is not None
     recorded = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
     assert recorded["data"]["path"] == str(tmp_path / "data" / "t.csv")
+
+
+def test_piped_output_is_plain_lines_without_a_progress_bar(ray_address, tmp_path):
+    """``rectrain run`` on a pipe (as in ``make demo > log`` or CI) asks for nothing and
+    still gets no progress bar: whole lines only, no carriage returns, one per event."""
+    d = tiny_spec_dict(training={"num_passes": 1})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(d))
+    r = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "run", str(spec_path), "--run-dir", str(tmp_path / "run")],
+        env=_cli_env(ray_address),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "\r" not in r.stdout and "\r" not in r.stderr, (r.stdout[-1000:], r.stderr[-1000:])
+    assert "step/s" not in r.stderr and "it/s" not in r.stderr  # no tqdm bar anywhere
+    lines = r.stdout.splitlines()
+    assert any(ln.startswith("[pass 1] train NE") for ln in lines), r.stdout
+    assert any(ln.startswith("[pass 1] step") for ln in lines), r.stdout  # periodic step lines

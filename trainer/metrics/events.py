@@ -128,10 +128,17 @@ class MultiSink:
 
 
 def make_sink(
-    run_dir: str | Path, *, stdout: bool = True, redis_url: str | None = None, job_id: str | None = None
+    run_dir: str | Path,
+    *,
+    stdout: bool = True,
+    redis_url: str | None = None,
+    job_id: str | None = None,
+    spec: Any = None,
+    job_store: str | None = None,
 ) -> MultiSink:
-    """The sinks a run writes to: always the run dir's events.jsonl; stdout lines; and
-    the job's Redis Stream when the control plane launched the run (redis_url + job_id)."""
+    """The sinks a run writes to: always the run dir's events.jsonl; stdout lines; the
+    job's Redis Stream when the control plane launched the run (redis_url + job_id); and
+    TensorBoard / MLflow when ``spec.metrics`` asks (:mod:`trainer.metrics.tracking`)."""
     sinks: list[MetricsSink] = [JsonlFileSink(Path(run_dir) / "events.jsonl")]
     if stdout:
         sinks.append(StdoutSink())
@@ -139,4 +146,9 @@ def make_sink(
         from trainer.metrics.redis_sink import RedisStreamSink
 
         sinks.append(RedisStreamSink(redis_url, job_id))
+    if spec is not None:
+        from trainer.metrics.tracking import tracking_sinks
+
+        run_key = job_id or Path(run_dir).name
+        sinks.extend(tracking_sinks(spec, run_dir, run_key=run_key, job_store=job_store))
     return MultiSink(sinks)
