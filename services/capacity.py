@@ -1,7 +1,8 @@
 """What a job needs and what the cluster has: the numbers the queue schedules by.
 
 A job needs ``num_workers x (cpus_per_worker CPUs, 1 GPU if use_gpu)`` and memory:
-per worker the spec's embedding estimate plus Ray's per-worker overhead
+per worker the spec's embedding estimate (CPU jobs; a GPU job's tables live in GPU
+memory) plus Ray's per-worker overhead
 (``RECTRAIN_WORKER_OVERHEAD_GB``), plus its driver (``RECTRAIN_DRIVER_OVERHEAD_GB``).
 
 The cluster has what Ray reports for its alive nodes (CPU, GPU and ``memory``
@@ -93,7 +94,11 @@ def job_demand(spec: JobSpec, settings: Settings) -> Demand:
         workers=s.num_workers,
         cpus_per_worker=s.cpus_per_worker,
         gpus_per_worker=1.0 if s.use_gpu else 0.0,
-        worker_bytes=int(spec.embedding_bytes_per_worker() + settings.worker_overhead_gb * GIB),
+        # GPU jobs keep their tables in GPU memory (scaling.gpu_memory_gb, checked by the
+        # spec): the host holds none of them
+        worker_bytes=int(
+            (0 if s.use_gpu else spec.embedding_bytes_per_worker()) + settings.worker_overhead_gb * GIB
+        ),
         driver_bytes=int(settings.driver_overhead_gb * GIB),
     )
 
