@@ -54,7 +54,12 @@ def test_shape_settings_are_checked_and_give_the_maximum(settings):
 
 
 TINY = {
-    "data": {"synthetic": {"examples_per_day": 2000, "num_users": 300, "num_ads": 100}, "batch_size": 256},
+    # as little work as a real job can be: one pass over 1024 rows, no test day
+    "data": {
+        "synthetic": {"examples_per_day": 1024, "num_users": 300, "num_ads": 100},
+        "batch_size": 256,
+        "test_days": [],
+    },
     "model": {"hash_size": 1000, "embedding_dim": 8, "dense_arch": [16, 8], "over_arch": [16]},
     "training": {"num_passes": 1},
     "scaling": {"num_workers": 1, "cpus_per_worker": 1, "memory_per_worker_gb": 1},
