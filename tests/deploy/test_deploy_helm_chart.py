@@ -696,6 +696,7 @@ def test_notes_render_with_instructions():
     assert "port-forward" in notes and "/healthz" in notes
     assert "GPU" in notes and "KubeRay" in notes
     assert "get secret rt-rectrain-api-tokens" in notes
+    assert "admitted against 4 worker pod(s)" in notes and "waiting for the cluster to scale up" in notes
 
 
 # --------------------------------------------------------------------------- GPU clusters
