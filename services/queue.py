@@ -14,6 +14,13 @@ holds the dispatcher lease (``keys.dispatch_leader_key``) and, every tick:
    does not fit, so a big job is never starved by smaller ones behind it;
 4. writes every queued job's position and wait reason to ``keys.queue_info_key``.
 
+On an autoscaling cluster (``RECTRAIN_AUTOSCALING_SHAPE``) capacity is the worker groups'
+maximum; a job that fits it but not the live nodes is not started: it waits "for the
+cluster to scale up" while the dispatcher asks Ray's autoscaler for the bundles of the
+active jobs and of this one (:class:`services.capacity.Autoscaler`), and starts once the
+nodes are up. With nothing waiting the request shrinks to the active jobs' bundles (none
+once they end), so idle workers go away after the autoscaler's idle timeout.
+
 The claim is a WATCH/MULTI transaction on the job and its queue, so even two
 dispatchers at once never start one job twice.
 """
@@ -32,7 +39,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services import keys
-from services.capacity import Capacity, CapacityReader, Demand, Usage, job_demand, wait_reason
+from services.capacity import (
+    Autoscaler,
+    Capacity,
+    CapacityReader,
+    Demand,
+    Usage,
+    _num,
+    job_demand,
+    wait_reason,
+)
 from services.jobs import JobStatus, JobStore
 from services.launcher import JobLauncher
 from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA, text_list
@@ -87,6 +103,7 @@ class Dispatcher:
         self.launcher = launcher
         self.capacity: CapacityReader = launcher.capacity
         self.settings = launcher.settings
+        self.autoscaler = Autoscaler(self.settings) if self.settings.worker_groups else None
         self.on_dispatch = on_dispatch  # (job id, seconds it waited)
         self.wake = asyncio.Event()
         self.token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
@@ -134,9 +151,11 @@ class Dispatcher:
         ]
         used = Usage()
         running: Counter[str] = Counter()
+        held: list[dict[str, float]] = []  # the active jobs' worker bundles
         for _, owner, d in await self._demands(active):
             if d is not None:
                 used.add(d)
+                held += d.bundles()
             if owner:
                 running[owner] += 1
         owners = text_list(await r.zrange(keys.queue_owners_key(), 0, -1))
@@ -148,6 +167,19 @@ class Dispatcher:
         info = dict(zip(queued, await self._demands(queued), strict=False))
 
         free = cap.free(used) if cap is not None else None
+        live: Usage | None = None  # autoscaling: what the alive nodes have free now
+        live_error: str | None = None
+        if self.autoscaler is not None and queued:
+            now = await self.capacity.live()
+            if now is None:
+                live_error = self.capacity.live_error
+            else:
+                live = Usage(
+                    max(0.0, now.cpus - used.cpus),
+                    max(0.0, now.gpus - used.gpus),
+                    max(0, now.memory_bytes - used.memory_bytes),
+                )
+        scale_for: list[dict[str, float]] | None = None  # bundles to ask the autoscaler for
         heads = {o: deque(queues[o]) for o in owners}
         to_start: list[tuple[str, str]] = []
         positions: dict[str, dict] = {}
@@ -179,17 +211,30 @@ class Dispatcher:
                     reason = "its spec cannot be read"
                 else:
                     why = wait_reason(d, free)
+                    if why is None and self.autoscaler is not None:
+                        why = await self._scale_reason(d, live, live_error, held)
+                        if why is not None and live is not None:
+                            scale_for = held + d.bundles()
                     if why is None:
                         to_start.append((jid, o))
                         free.cpus -= d.cpus
                         free.gpus -= d.gpus
                         free.memory_bytes -= d.memory_bytes
+                        if live is not None:
+                            live.cpus -= d.cpus
+                            live.gpus -= d.gpus
+                            live.memory_bytes -= d.memory_bytes
+                        held += d.bundles()
                         running[o] += 1
                         pos -= 1
                         continue
                     blocked = reason = why
                 positions[jid] = {"position": pos, "reason": reason}
 
+        if self.autoscaler is not None and scale_for is None:
+            # nothing waits for nodes: ask only for what the active jobs hold (their nodes
+            # stay while a just-started job's workers come up); none active: let idle ones go
+            await self.autoscaler.request(held)
         started = []
         for jid, _owner in to_start:
             if await self._start(jid):
@@ -201,6 +246,26 @@ class Dispatcher:
                 pipe.hset(keys.queue_info_key(), mapping={j: json.dumps(v) for j, v in left.items()})
             await pipe.execute()
         return started
+
+    async def _scale_reason(
+        self, d: Demand, live: Usage | None, live_error: str | None, held: list[dict[str, float]]
+    ) -> str | None:
+        """Autoscaling: why a job that fits the maximum cannot start on the live nodes yet
+        (asking the autoscaler for the active jobs' bundles and its own), or None."""
+        assert self.autoscaler is not None
+        if live is None:
+            return f"waiting for Ray: {live_error or 'the live nodes were not read yet'}"
+        short = wait_reason(d, live)
+        if short is None:
+            return None
+        bundle = ", ".join(f"{_num(v)} {k}" for k, v in d.bundles()[0].items())
+        ok = await self.autoscaler.request(held + d.bundles())
+        asked = (
+            f"asked the Ray autoscaler for {d.workers} x {{{bundle}}}"
+            if ok
+            else f"could not ask the autoscaler: {self.autoscaler.error}"
+        )
+        return f"waiting for the cluster to scale up: {short.removeprefix('waiting for ')} on the live nodes; {asked}"
 
     async def _start(self, job_id: str) -> bool:
         if not await self.store.claim(job_id, placeholder_ttl_s=keys.QUEUED_RELAUNCH_AFTER_S):

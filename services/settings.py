@@ -17,8 +17,9 @@ import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services import keys
@@ -48,6 +49,20 @@ def parse_tokens(raw: str) -> dict[str, str]:
             raise ValueError("RECTRAIN_API_TOKENS: one token is given to two owners")
         out[token] = owner
     return out
+
+
+class WorkerGroupShape(BaseModel):
+    """One autoscaling worker group at its maximum: ``replicas`` pods of this size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(ge=0, description="the group's maxReplicas")
+    cpus: float = Field(ge=0, description="Ray CPUs per pod")
+    gpus: float = Field(0.0, ge=0, description="Ray GPUs per pod")
+    memory_gb: float = Field(ge=0, description="Ray memory per pod (GB)")
+
+
+_WORKER_GROUPS = TypeAdapter(list[WorkerGroupShape])
 
 
 class Settings(BaseSettings):
@@ -162,6 +177,14 @@ class Settings(BaseSettings):
         None,
         ge=0,
         description="the cluster's memory for jobs (GB); unset: from Ray (or this machine)",
+    )
+    autoscaling_shape: str | None = Field(
+        None,
+        description='the autoscaling Ray cluster\'s worker groups at their maximum, JSON: `[{"replicas": 8, "cpus": 8, "gpus": 1, "memory_gb": 32}]` (replicas = maxReplicas; the Helm chart renders it); set: capacity is their sum and jobs that do not fit the live nodes ask the Ray autoscaler for their resources',
+    )
+    ray_gcs_address: str | None = Field(
+        None,
+        description="the Ray head's GCS address (`host:6379`) the dispatcher asks the autoscaler through; unset: RAY_ADDRESS's host, port 6379",
     )
     reserve_cpus: float = Field(
         0.0,
@@ -324,6 +347,13 @@ class Settings(BaseSettings):
             self.data_root_list  # noqa: B018 - validates RECTRAIN_DATA_ROOTS
         except ValueError as e:
             raise ValueError(f"RECTRAIN_DATA_ROOTS: {e}") from None
+        if self.autoscaling_shape is not None:
+            self.worker_groups  # noqa: B018 - validates RECTRAIN_AUTOSCALING_SHAPE
+            if not self.gcs_address:
+                raise ValueError(
+                    "RECTRAIN_AUTOSCALING_SHAPE needs RAY_ADDRESS or RECTRAIN_RAY_GCS_ADDRESS "
+                    "(the autoscaling Ray cluster the dispatcher asks for resources)"
+                )
         if self.effective_launcher == "ray" and not self.ray_address:
             raise ValueError("RECTRAIN_LAUNCHER=ray needs RAY_ADDRESS (the Ray dashboard URL)")
         if self.env == "production":
@@ -364,6 +394,37 @@ class Settings(BaseSettings):
 
         raw = self.data_roots or str(Path(self.data_dir).resolve() / "datasets")
         return parse_roots(raw)
+
+    @cached_property
+    def worker_groups(self) -> list[WorkerGroupShape]:
+        """RECTRAIN_AUTOSCALING_SHAPE parsed (empty when unset)."""
+        if self.autoscaling_shape is None:
+            return []
+        try:
+            groups = _WORKER_GROUPS.validate_json(self.autoscaling_shape)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ValueError(
+                f"RECTRAIN_AUTOSCALING_SHAPE: {where + ': ' if where else ''}{err['msg']} "
+                '(expected JSON like [{"replicas": 8, "cpus": 8, "gpus": 1, "memory_gb": 32}])'
+            ) from None
+        if not groups:
+            raise ValueError("RECTRAIN_AUTOSCALING_SHAPE: no worker group (unset it when nothing autoscales)")
+        return groups
+
+    @property
+    def gcs_address(self) -> str | None:
+        """The GCS address: RECTRAIN_RAY_GCS_ADDRESS, RAY_ADDRESS when it is one, else
+        RAY_ADDRESS's (dashboard URL's) host at Ray's default GCS port 6379."""
+        if self.ray_gcs_address:
+            return self.ray_gcs_address
+        if not self.ray_address:
+            return None
+        if "://" not in self.ray_address:
+            return self.ray_address
+        host = urlsplit(self.ray_address).hostname
+        return f"{host}:6379" if host else None
 
     @property
     def effective_launcher(self) -> Literal["local", "ray"]:

@@ -68,6 +68,10 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+        if self.device.type == "cuda":
+            # explicit: NCCL, the CUDA caching allocator and FBGEMM's kernels use the
+            # current device, which must be this worker's GPU (local rank), not GPU 0
+            torch.cuda.set_device(self.device)
         self._ckpt = ray.train.get_checkpoint()
         self.node_id = ray.get_runtime_context().get_node_id()
         self._ckpt_dir_ctx: contextlib.AbstractContextManager[str] | None = None
@@ -152,6 +156,7 @@ class Trainer:
         self.sink = sink if session.rank == 0 else None
         self.device = session.device
         self.collectives = Collectives(self.device)  # every collective of the loop goes through it
+        self._pin = self.device.type == "cuda"  # page-locked host batches: async H2D copies
         torch.manual_seed(spec.training.seed)
 
         self.data = RankData(spec, session.rank, session.world_size)
@@ -456,7 +461,8 @@ class Trainer:
         every_n = spec.training.checkpoint_every_steps
         step = start_step
         for step, batch in enumerate(
-            prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches), start=start_step
+            prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches, pin=self._pin),
+            start=start_step,
         ):
             batch = batch.to(self.device, non_blocking=True)
             logits = self.train_step(batch)
@@ -521,7 +527,7 @@ class Trainer:
         has_probs = False
         counts = torch.zeros(3, dtype=torch.float64)
         self.dmp.eval()
-        for batch in prefetch(self.data.eval_batches(split), spec.data.prefetch_batches):
+        for batch in prefetch(self.data.eval_batches(split), spec.data.prefetch_batches, pin=self._pin):
             batch = batch.to(self.device, non_blocking=True)
             logits = self.dmp(batch.dense, batch.sparse)
             ne.update(metrics, logits, batch)

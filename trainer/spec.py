@@ -32,6 +32,16 @@ def gpu_reserve_bytes(total_bytes: int) -> int:
     return max(GPU_RESERVE_MIN_BYTES, int(total_bytes * GPU_RESERVE_FRACTION))
 
 
+# TorchRec's EmbeddingShardingPlanner keeps this fraction of the memory it is given out of
+# its table plans (HeuristicalStorageReservation's default percentage in torchrec 1.8).
+PLANNER_STORAGE_MARGIN = 0.15
+
+
+def gpu_table_budget_bytes(hbm_cap: int) -> int:
+    """Bytes of table shards the planner places on a GPU whose topology says ``hbm_cap``."""
+    return int(hbm_cap * (1.0 - PLANNER_STORAGE_MARGIN))
+
+
 # Hard bounds of the spec (the service may allow less: see services/limits.py).
 MAX_LAYER_WIDTH = 16384
 MAX_LAYERS = 16
@@ -871,6 +881,45 @@ class JobSpec(_Strict):
         tables_per_worker = math.ceil(self.num_tables() / self.scaling.num_workers)
         return tables_per_worker * self.table_bytes()
 
+    def gpu_embedding_bytes_per_worker(self) -> int:
+        """Embedding bytes on each GPU under the plan that needs the least memory: every
+        table split row-wise over all workers (TorchRec's ROW_WISE, ``ceil(rows /
+        workers)`` rows per GPU, the AdaGrad state with its rows).
+
+        The planner (``trainer.model.sharding``: table-wise, row-wise or table-row-wise,
+        FBGEMM's fused kernel, nothing spilled to UVM/host) places whole tables where they
+        fit and splits tables row-wise where they do not, so a job fits its GPUs when this
+        fits the planner's budget; a table larger than one GPU is not a reason to refuse
+        (tests/trainer/test_gpu_planning.py checks this against the planner itself).
+        """
+        rows = math.ceil(self.model.hash_size / self.scaling.num_workers)
+        return self.num_tables() * rows * (self.model.embedding_dim + 1) * _BYTES_PER_FLOAT
+
+    def gpu_fit_error(self, hbm_cap: int, where: str) -> str | None:
+        """Why the tables cannot fit GPUs whose planner topology says ``hbm_cap`` bytes
+        (``where`` names the source of that figure), with the smallest
+        ``scaling.num_workers`` that would fit; None when they fit."""
+        budget = gpu_table_budget_bytes(hbm_cap)
+        need = self.gpu_embedding_bytes_per_worker()
+        if need <= budget:
+            return None
+        m, w = self.model, self.scaling.num_workers
+        row_bytes = self.num_tables() * (m.embedding_dim + 1) * _BYTES_PER_FLOAT
+        rows_per_gpu = budget // row_bytes
+        more = ""
+        if rows_per_gpu > 0:
+            more = f"raise scaling.num_workers to at least {math.ceil(m.hash_size / rows_per_gpu)} GPUs, or "
+        total = self.num_tables() * self.table_bytes()
+        return (
+            f"model: the embedding tables need {total / _GIB:.2f} GiB ({self.num_tables()} tables x "
+            f"{m.hash_size} rows x {m.embedding_dim} dims, with their AdaGrad state); split row-wise "
+            f"over {w} GPU{'s' if w != 1 else ''} that is {need / _GIB:.2f} GiB per GPU, but {where} "
+            f"({budget / _GIB:.1f} GiB for tables after the reserve and the planner's "
+            f"{PLANNER_STORAGE_MARGIN:.0%} margin); tables are not spilled to UVM/host memory (the "
+            f"row-level regularizers need them on the device): {more}lower model.hash_size, "
+            "model.embedding_dim or model.num_replicas"
+        )
+
     def dense_param_count(self) -> int:
         """Parameters of the dense part: the dense arch MLP and the over arch (with its
         1-unit logit layer), as :class:`trainer.model.dlrm.DLRM` builds them."""
@@ -945,7 +994,11 @@ class JobSpec(_Strict):
             row_bytes = self._batch_bytes() // d.batch_size
             data = math.ceil(rows_per_day * days / self.scaling.num_workers) * row_bytes
         return {
-            "embeddings": self.embedding_bytes_per_worker(),
+            "embeddings": (
+                self.gpu_embedding_bytes_per_worker()
+                if self.scaling.use_gpu
+                else self.embedding_bytes_per_worker()
+            ),
             "dense": dense * _BYTES_PER_FLOAT * (2 + slots),
             "activations": activations,
             "data": data,
@@ -957,20 +1010,14 @@ class JobSpec(_Strict):
         """Refuse a spec whose memory estimate does not fit the workers' memory (and, with
         ``use_gpu`` and ``gpu_memory_gb`` set, whose tables do not fit their GPUs': no
         UVM/host spill)."""
-        need = self.embedding_bytes_per_worker()
         gpu = self.scaling.gpu_memory_gb
         if self.scaling.use_gpu and gpu is not None:
-            cap = gpu * _GIB - gpu_reserve_bytes(int(gpu * _GIB))
-            if need > cap:
-                raise CapacityError(
-                    f"model: embedding tables need about {need / _GIB:.2f} GiB per GPU "
-                    f"({self.num_tables()} tables x {self.model.hash_size} rows x "
-                    f"{self.model.embedding_dim} dims over {self.scaling.num_workers} workers) "
-                    f"but each GPU has {gpu:g} GiB (scaling.gpu_memory_gb), {cap / _GIB:.1f} GiB "
-                    "for tables after the reserve; tables are not spilled to UVM/host memory "
-                    "(the row-level regularizers need them on the device): lower model.hash_size "
-                    "or model.embedding_dim, or raise scaling.num_workers"
-                )
+            declared = int(gpu * _GIB)
+            why = self.gpu_fit_error(
+                declared - gpu_reserve_bytes(declared), f"each GPU has {gpu:g} GiB (scaling.gpu_memory_gb)"
+            )
+            if why:
+                raise CapacityError(why)
         parts = self.memory_estimate_per_worker()
         if self.scaling.use_gpu:
             # tables, dense parameters and activations live in GPU memory (unset

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "rectrain"
 HERE = Path(__file__).resolve().parent
 RAYCLUSTER_SCHEMA = HERE / "kuberay_raycluster_v1.schema.json"
+SERVICEMONITOR_SCHEMA = HERE / "servicemonitor_v1.schema.json"
 
 RELEASE = "rt"
 NAMESPACE = "ml"
@@ -52,13 +53,22 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+# The chart requires shared storage (it fails to render without): values that say
+# nothing about storage get this one; a test about storage passes its own "storage".
+TEST_STORAGE = {"storage": {"uri": "s3://rectrain-test/runs"}}
+
+
+def with_storage(vals: dict) -> dict:
+    return vals if "storage" in vals else deep_merge(TEST_STORAGE, vals)
+
+
 def load_values(files: list[Path], extra: dict | None = None) -> dict:
     vals: dict = {}
     for f in files:
         vals = deep_merge(vals, yaml.safe_load(f.read_text()) or {})
     if extra:
         vals = deep_merge(vals, extra)
-    return vals
+    return with_storage(vals)
 
 
 @cache
@@ -70,7 +80,9 @@ def _chart():
 
 def render_raw(values: dict | None = None) -> dict[str, str]:
     """template path -> rendered text, as `helm template` would produce it."""
-    return _chart().render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return _chart().render(
+        values=with_storage(values or {}), name=RELEASE, namespace=NAMESPACE, is_install=True
+    )
 
 
 def render(values: dict | None = None) -> list[dict[str, Any]]:
@@ -125,6 +137,16 @@ def pod_specs(docs: list[dict]) -> list[tuple[str, dict, dict]]:
 def raycluster_validator():
     """A JSON-schema validator for RayCluster objects: the vendored KubeRay schema with
     its pod templates resolved against kubernetes-validate's strict core/v1 schemas."""
+    return _crd_validator(RAYCLUSTER_SCHEMA)
+
+
+@cache
+def servicemonitor_validator():
+    """The same for Prometheus Operator ServiceMonitors (a trimmed vendored schema)."""
+    return _crd_validator(SERVICEMONITOR_SCHEMA)
+
+
+def _crd_validator(schema_path: Path):
     import importlib.resources
 
     import jsonschema
@@ -139,7 +161,7 @@ def raycluster_validator():
         / "_definitions.json"
     )
     defs = json.loads(defs_path.read_text())
-    schema = json.loads(RAYCLUSTER_SCHEMA.read_text())
+    schema = json.loads(schema_path.read_text())
     registry = Registry().with_resources(
         [
             (defs["$id"], Resource.from_contents(defs)),

@@ -84,6 +84,33 @@ def test_gpu_override_validates(gpu_cfg):
     )
 
 
+def test_gpu_workers_never_share_a_gpu(tmp_path, gpu_cfg, base_cfg):
+    """Default: one worker container with every GPU (replicas 1: Docker would give each
+    replica GPUs 0..N-1). The per-gpu profile: workers pinned by device_ids, distinct,
+    otherwise the same as the base file's ray-worker."""
+    w = gpu_cfg["services"]["ray-worker"]
+    assert w["deploy"]["replicas"] == 1
+    # the pinned workers start only with their profile
+    assert all(s.get("profiles") == ["per-gpu"] for n, s in gpu_cfg["services"].items() if "-gpu" in n)
+    assert "profiles" not in w
+    cfg = config(tmp_path, BASE, GPU, extra_env={"COMPOSE_PROFILES": "per-gpu", "RAY_GPU_WORKERS": "0"})
+    assert cfg["services"]["ray-worker"]["deploy"]["replicas"] == 0
+    pinned = {n: s for n, s in cfg["services"].items() if n.startswith("ray-worker-gpu")}
+    ids = []
+    base_w = base_cfg["services"]["ray-worker"]
+    for name, s in sorted(pinned.items()):
+        [dev] = s["deploy"]["resources"]["reservations"]["devices"]
+        assert "count" not in dev and dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
+        ids += dev["device_ids"]
+        assert s["command"] == base_w["command"] and s["environment"] == base_w["environment"], name
+        assert s["image"].endswith(":0.1.0-cuda") and s["volumes"] == base_w["volumes"], name
+    assert ids == ["0", "1", "2", "3"]
+    cfg = config(tmp_path, BASE, GPU, extra_env={"COMPOSE_PROFILES": "per-gpu", "RAY_WORKER_GPU2": "6"})
+    assert cfg["services"]["ray-worker-gpu2"]["deploy"]["resources"]["reservations"]["devices"][0][
+        "device_ids"
+    ] == ["6"]
+
+
 def test_gpu_count_from_env(tmp_path):
     env_file = tmp_path / "gpu.env"
     env_file.write_text(ENV_EXAMPLE.read_text().replace("RAY_GPUS_PER_WORKER=all", "RAY_GPUS_PER_WORKER=1"))
@@ -184,7 +211,7 @@ def test_env_example_has_no_secrets():
 
     used = set()
     for f in (BASE, GPU):
-        used |= set(re.findall(r"\$\{([A-Z_]+)", f.read_text()))
+        used |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", f.read_text()))
     assert used <= set(values), sorted(used - set(values))
 
 

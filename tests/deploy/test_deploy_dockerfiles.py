@@ -173,6 +173,53 @@ def test_install_follows_setup_sh_pins(flavor):
     )
 
 
+def test_cpu_image_falls_back_when_the_cpu_index_is_unreachable(tmp_path):
+    """The torch RUN of Dockerfile.cpu, run by sh with a stub `pip` that records its
+    arguments: a CPU index that answers (a loopback HTTP server) is used; one that does
+    not falls back to pip's configured sources, saying so."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.net import free_port
+
+    [run] = [
+        rest for ins, rest in instructions(DOCKERFILES["cpu"]) if ins == "RUN" and "torch==2.13.0" in rest
+    ]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "pip.log"
+    pip = bindir / "pip"
+    pip.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    pip.chmod(0o755)
+    (bindir / "python").symlink_to(sys.executable)
+
+    def build(index: str) -> tuple[list[str], str]:
+        log.write_text("")
+        env = {"PATH": f"{bindir}:/usr/bin:/bin", "TORCH_INDEX_URL": index}
+        r = subprocess.run(["sh", "-c", run], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return log.read_text().splitlines(), r.stderr
+
+    port = free_port()
+    (tmp_path / "index" / "whl" / "cpu").mkdir(parents=True)  # an index page to answer with
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "index"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        calls, err = build(f"http://127.0.0.1:{port}/whl/cpu")
+    finally:
+        server.shutdown()
+    assert calls == [
+        "install --upgrade pip==25.2",
+        f"install torch==2.13.0 --index-url http://127.0.0.1:{port}/whl/cpu",
+    ]
+    assert err == ""
+    calls, err = build(f"http://127.0.0.1:{free_port()}/whl/cpu")  # nothing listens
+    assert calls == ["install --upgrade pip==25.2", "install torch==2.13.0"]
+    assert "is not reachable" in err and "TORCH_INDEX_URL" in err
+
+
 @pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
 def test_dependencies_are_installed_before_the_code_is_copied(flavor):
     """Layer caching: Ray, PyTorch, FBGEMM and TorchRec sit in layers a code change

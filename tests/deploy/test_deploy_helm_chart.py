@@ -4,10 +4,14 @@ properties a GPU deployment depends on."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
 import re
+from unittest import mock
 
 import helm_python as helm
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -15,6 +19,7 @@ from deploy_helpers import (
     CHART,
     KUBE_VERSIONS,
     NAMESPACE,
+    REPO,
     VALUES_SETS,
     env_of,
     load_values,
@@ -25,6 +30,7 @@ from deploy_helpers import (
     render,
     render_raw,
     render_set,
+    servicemonitor_validator,
 )
 
 SETS = sorted(VALUES_SETS)
@@ -83,6 +89,9 @@ def test_every_manifest_validates_against_kubernetes_schemas(values_set):
     for doc in docs:
         if doc["apiVersion"].startswith("ray.io/"):
             continue  # CRD: checked against KubeRay's schema below
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            servicemonitor_validator().validate(doc)  # CRD: Prometheus Operator's (trimmed) schema
+            continue
         for kube in KUBE_VERSIONS:
             # strict: additionalProperties=false everywhere, as kubectl's strict field validation
             kubernetes_validate.validate(doc, kube, strict=True)
@@ -100,7 +109,6 @@ def test_raycluster_validates_against_kuberay_crd_schema(values_set):
 
 def test_kuberay_schema_rejects_what_the_crd_rejects():
     """The vendored schema is not a rubber stamp."""
-    import jsonschema
 
     rc = one(render_set("gpu"), "RayCluster")
     v = raycluster_validator()
@@ -139,12 +147,13 @@ def test_gpu_values_give_gpu_workers_on_gpu_nodes():
     rc = one(docs, "RayCluster")
     g = _worker_group(docs)
     c = g["template"]["spec"]["containers"][0]
-    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    # one pod per GPU node with all its GPUs (Ray Train: one worker per GPU inside it)
+    assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "8"
     assert g["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in g["template"]["spec"][
         "tolerations"
     ]
-    assert (g["minReplicas"], g["replicas"], g["maxReplicas"]) == (0, 1, 8)
+    assert (g["minReplicas"], g["replicas"], g["maxReplicas"]) == (0, 0, 4)  # scales from zero
     assert g["groupName"] == "gpu-workers"
     assert rc["spec"]["enableInTreeAutoscaling"] is True
     assert rc["spec"]["autoscalerOptions"]["upscalingMode"] == "Default"
@@ -153,6 +162,21 @@ def test_gpu_values_give_gpu_workers_on_gpu_nodes():
     head = rc["spec"]["headGroupSpec"]["template"]["spec"]
     assert head["containers"][0]["image"] == c["image"]
     assert "nvidia.com/gpu" not in str(head)
+    assert rc["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"  # never GPUs on the head
+    # NCCL defaults on GPU workers only; shared memory for NCCL is memory-backed
+    env = env_of(c)
+    assert env["NCCL_DEBUG"]["value"] == "WARN" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"]["value"] == "1"
+    assert not any(k.startswith(("NCCL_", "TORCH_NCCL")) for k in env_of(head["containers"][0]))
+    vols = {v["name"]: v for v in g["template"]["spec"]["volumes"]}
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    # the head and workers may not be evicted by drains
+    pdbs = {p["metadata"]["name"]: p for p in objs(docs, "PodDisruptionBudget")}
+    assert sorted(pdbs) == ["rt-rectrain-ray-head", "rt-rectrain-ray-worker"]
+    for label, meta, _ in pod_specs(docs):
+        if label.startswith("RayCluster/"):
+            kind = "head" if label == "RayCluster/head" else "worker"
+            pdb = pdbs[f"rt-rectrain-ray-{kind}"]["spec"]
+            assert pdb["maxUnavailable"] == 0 and _matches(pdb["selector"]["matchLabels"], meta["labels"])
     # the API stays on the CPU image
     api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
     assert api["image"].endswith(":0.1.0-cpu")
@@ -175,7 +199,15 @@ def test_default_values_are_cpu_only():
     assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     head = rc["spec"]["headGroupSpec"]
     assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"
-    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert head["rayStartParams"]["num-cpus"] == "0" and head["rayStartParams"]["num-gpus"] == "0"
+    assert objs(docs, "PodDisruptionBudget") == [] and objs(docs, "ServiceMonitor") == []
+    for label, _, spec in pod_specs(docs):
+        assert "runtimeClassName" not in spec and "priorityClassName" not in spec, label
+        for c in spec["containers"]:
+            assert "IPC_LOCK" not in str(c.get("securityContext")), label
+            assert not any(k.startswith("NCCL_") for k in env_of(c)), label  # CPU workers: no NCCL
+    api = env_of(one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0])
+    assert "RECTRAIN_AUTOSCALING_SHAPE" not in api  # no autoscaler: capacity from Ray's live nodes
     ports = {p["name"]: p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
     assert ports["dashboard"] == 8265 and ports["gcs-server"] == 6379
 
@@ -366,8 +398,8 @@ def test_rwx_claim_is_the_storage_on_every_pod():
             assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"], label
             assert env_of(c)["RECTRAIN_STORAGE_URI"]["value"] == "/data", label
             assert "envFrom" not in c
-    # without shared storage nothing claims to be shared
-    for _, c in _containers(render_set("default")):
+    # without shared storage (only when asked for explicitly) nothing claims to be shared
+    for _, c in _containers(render({"storage": {"allowPodLocal": True}})):
         assert "RECTRAIN_STORAGE_URI" not in env_of(c) and "RECTRAIN_DATA_ROOTS" not in env_of(c)
     docs = render({"storage": {"existingClaim": "shared-rwx", "uri": "/data/rectrain"}})
     assert all(env_of(c)["RECTRAIN_STORAGE_URI"]["value"] == "/data/rectrain" for _, c in _containers(docs))
@@ -388,7 +420,10 @@ def test_ray_pods_admit_only_each_other_and_the_api_on_the_jobs_port():
     assert {lbl for lbl, labels in pods.items() if selected(sel, labels)} == {
         lbl for lbl in pods if lbl.startswith("RayCluster/")
     }
-    ray_rule, api_rule = pol["spec"]["ingress"]
+    ray_rule, api_rule, gcs_rule = pol["spec"]["ingress"]  # ci-storage-s3: the autoscaler is on
+    # the API reaches the GCS (6379) only: its dispatcher asks the autoscaler for queued jobs
+    assert gcs_rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    assert gcs_rule["from"] == [{"podSelector": api_rule["from"][0]["podSelector"]}]
     assert "ports" not in ray_rule  # Ray's own ports between its pods
     [peer] = ray_rule["from"]
     assert {lbl for lbl, labels in pods.items() if selected(peer["podSelector"], labels)} == {
@@ -573,6 +608,18 @@ def test_network_policy_can_be_disabled():
         ),
         ({"storage": {"uri": "/mnt/x", "existingClaim": "c"}}, "storage.uri: a path must lie under /data"),
         ({"storage": {"uri": "s3://b/p?access_key=A&secret_key=B"}}, "credentials do not belong in the URI"),
+        # no shared storage: refused at render time, saying what to set
+        ({"storage": {}}, "storage: Ray workers run on other pods than the head"),
+        ({"storage": {"uri": ""}}, "set storage.uri (s3://bucket/prefix"),
+        (
+            {
+                "ray": {
+                    "enableInTreeAutoscaling": True,
+                    "worker": {"resources": {"limits": {"memory": None}, "requests": {"memory": None}}},
+                }
+            },
+            "ray.worker.resources: set limits.memory",
+        ),
     ],
 )
 def test_invalid_values_fail_to_render(values, message):
@@ -649,3 +696,92 @@ def test_notes_render_with_instructions():
     assert "port-forward" in notes and "/healthz" in notes
     assert "GPU" in notes and "KubeRay" in notes
     assert "get secret rt-rectrain-api-tokens" in notes
+    assert "admitted against 4 worker pod(s)" in notes and "waiting for the cluster to scale up" in notes
+
+
+# --------------------------------------------------------------------------- GPU clusters
+
+
+def _api_settings(docs):
+    """The API's Settings as the chart configures them (the env entries with values)."""
+    from services.settings import Settings
+
+    env = env_of(one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0])
+    keep = ("RAY_ADDRESS", "RECTRAIN_AUTOSCALING_SHAPE", "RECTRAIN_RAY_GCS_ADDRESS")
+    with mock.patch.dict(os.environ, {k: env[k]["value"] for k in keep if k in env}, clear=False):
+        return Settings(redis_url="redis://unused:6379/0", reserve_memory_gb=0)
+
+
+def test_values_gpu_admits_the_readme_example_job_and_scales_from_zero():
+    """values-gpu.yaml: the API's capacity is the GPU worker group at maxReplicas
+    (rendered RECTRAIN_AUTOSCALING_SHAPE), so the README's example job (4 workers x 1 GPU
+    x 4 CPUs) is admitted with no worker running, and fits one 8-GPU pod."""
+    from services.capacity import CapacityReader, job_demand, never_fits
+    from trainer.spec import JobSpec
+
+    docs = render_set("gpu")
+    s = _api_settings(docs)
+    assert s.worker_groups[0].model_dump() == {"replicas": 4, "cpus": 64, "gpus": 8, "memory_gb": 480}
+    assert s.gcs_address == f"rt-rectrain-ray-head-svc.{NAMESPACE}.svc:6379"
+    cap = asyncio.run(CapacityReader(s).read())
+    spec = JobSpec.model_validate(yaml.safe_load((REPO / "deploy/examples/cluster-job-gpu.yaml").read_text()))
+    d = job_demand(spec, s)
+    assert (d.workers, d.gpus, d.cpus) == (4, 4, 16)
+    assert never_fits(d, cap) is None
+    assert d.gpus <= cap.node_gpus and d.cpus <= cap.node_cpus  # all on one node: NVLink
+    # the shape follows the values: 2-GPU pods of 8 CPUs and 32Gi, 8 of them; num-cpus wins
+    s = _api_settings(render_set("ci-gpu"))
+    assert s.worker_groups[0].model_dump() == {"replicas": 8, "cpus": 8, "gpus": 2, "memory_gb": 32}
+    docs = render_set("ci-gpu", {"ray": {"worker": {"rayStartParams": {"num-cpus": "6"}}}})
+    assert _api_settings(docs).worker_groups[0].cpus == 6
+    docs = render_set(
+        "ci-gpu", {"ray": {"worker": {"resources": {"limits": {"cpu": "7500m", "memory": "500M"}}}}}
+    )
+    g = _api_settings(docs).worker_groups[0]
+    assert g.cpus == 8 and abs(g.memory_gb - 500e6 / 2**30) < 1e-9
+
+
+def test_gpu_pod_options_render_where_they_belong():
+    """Kueue label on the RayCluster, pod labels/annotations (Multus), priority class on
+    head and workers; runtime class, IPC_LOCK and NCCL settings on GPU workers only; the
+    head's service account carries serviceAccount.annotations (cloud identity for the
+    drivers); a ServiceMonitor scrapes the API with its bearer token."""
+    docs = render_set("ci-gpu")
+    rc = one(docs, "RayCluster")
+    assert rc["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    for label, meta, spec in pod_specs(docs):
+        if not label.startswith("RayCluster/"):
+            assert "priorityClassName" not in spec, label
+            continue
+        assert meta["labels"]["team"] == "recsys" and meta["labels"]["app.kubernetes.io/instance"] == "rt"
+        assert meta["annotations"] == {"k8s.v1.cni.cncf.io/networks": "rdma-net"}
+        assert spec["priorityClassName"] == "training-high"
+        c = spec["containers"][0]
+        caps = c["securityContext"]["capabilities"]
+        env = env_of(c)
+        if label == "RayCluster/head":
+            assert "runtimeClassName" not in spec and "add" not in caps and "NCCL_DEBUG" not in env
+        else:
+            assert spec["runtimeClassName"] == "nvidia"
+            assert caps == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
+            assert env["NCCL_DEBUG"]["value"] == "INFO" and env["NCCL_IB_HCA"]["value"] == "mlx5"
+            assert "TORCH_NCCL_ASYNC_ERROR_HANDLING" not in env  # null drops a default
+    sa = one(docs, "ServiceAccount", "-ray-autoscaler")
+    assert sa["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/rectrain"
+    }
+    sm = one(docs, "ServiceMonitor")
+    svc = one(docs, "Service", "-api")
+    assert _matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    [ep] = sm["spec"]["endpoints"]
+    assert ep["port"] == svc["spec"]["ports"][0]["name"] and ep["path"] == "/metrics"
+    assert ep["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "rectrain-metrics", "key": "token"},
+    }
+    servicemonitor_validator().validate(sm)
+    bad = yaml.safe_load(yaml.safe_dump(sm))
+    bad["spec"]["endpoints"][0]["bearerTokenSecrett"] = {}
+    with pytest.raises(jsonschema.ValidationError):
+        servicemonitor_validator().validate(bad)

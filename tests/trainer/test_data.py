@@ -275,3 +275,25 @@ def test_too_little_data_is_a_clear_error():
     d["metrics"]["window_size"] = 8192
     with pytest.raises(DataError, match="data.batch_size"):
         RankData(parse_spec(d), 0, 1)
+
+
+def test_prefetch_pins_batches_in_its_thread_only_when_asked():
+    """CUDA workers page-lock host batches (async H2D copies) in the prefetch thread, off
+    the step's path; CPU workers never pin. Pure logic: page-locking itself needs CUDA
+    (torch refuses pin_memory without an accelerator), so a stand-in records the calls."""
+    import threading
+
+    from trainer.data.dataset import prefetch
+
+    class Item:
+        def __init__(self, i: int, pinned_by: str | None = None) -> None:
+            self.i, self.pinned_by = i, pinned_by
+
+        def pin_memory(self) -> "Item":
+            return Item(self.i, threading.current_thread().name)
+
+    got = list(prefetch(iter([Item(i) for i in range(5)]), 2, pin=True))
+    assert [b.i for b in got] == list(range(5))
+    assert {b.pinned_by for b in got} == {"rectrain-prefetch"}  # not the consumer's thread
+    assert all(b.pinned_by is None for b in prefetch(iter([Item(i) for i in range(3)]), 2))
+    assert [b.pinned_by for b in prefetch(iter([Item(0)]), 0, pin=True)] == [threading.current_thread().name]

@@ -13,7 +13,7 @@ import torch
 from tests.trainer.specs import tiny_spec_dict
 from trainer.errors import CapacityError
 from trainer.model import sharding
-from trainer.spec import GPU_RESERVE_MIN_BYTES, gpu_reserve_bytes, parse_spec
+from trainer.spec import GPU_RESERVE_MIN_BYTES, gpu_reserve_bytes, gpu_table_budget_bytes, parse_spec
 
 GIB = 1024**3
 
@@ -97,3 +97,95 @@ def test_local_world_size_from_the_environment(fake_gpu):
     assert topo.local_world_size == 3
     with pytest.raises(CapacityError, match="LOCAL_WORLD_SIZE=3 does not divide the world size 4"):
         sharding.local_world_size(4, {"LOCAL_WORLD_SIZE": "3"})
+
+
+# ---- GPU memory by sharding plan (issue 26.3) ----------------------------------------
+
+
+def test_a_table_larger_than_one_gpu_is_split_not_refused():
+    """30M rows x 64 dims is 7.3 GiB a table, more than an 8 GB GPU's table budget: the
+    old whole-tables-per-worker estimate refused it at any num_workers; row-wise it fits
+    12 GPUs, and at 4 the refusal names the smallest num_workers that fits."""
+    model = {"embedding_dim": 64, "hash_size": 30_000_000, "dense_arch": [16, 64]}
+    ok = parse_spec(
+        tiny_spec_dict(
+            model=model,
+            scaling={"num_workers": 12, "use_gpu": True, "gpu_memory_gb": 8, "memory_per_worker_gb": 4},
+            metrics={"window_size": 1024 * 12},
+        )
+    )
+    budget = gpu_table_budget_bytes(8 * GIB - gpu_reserve_bytes(8 * GIB))
+    assert ok.table_bytes() > budget  # one table does not fit one GPU...
+    rows = -(-30_000_000 // 12)
+    assert (
+        ok.gpu_embedding_bytes_per_worker() == ok.num_tables() * rows * 65 * 4 <= budget
+    )  # ...split, it does
+    with pytest.raises(CapacityError) as e:
+        parse_spec(
+            tiny_spec_dict(
+                model=model,
+                scaling={"num_workers": 4, "use_gpu": True, "gpu_memory_gb": 8},
+                metrics={"window_size": 1024 * 4},
+            )
+        )
+    msg = str(e.value)
+    # the smallest count: ceil(rows / (budget // (tables x 65 x 4 bytes)))
+    need_workers = -(-30_000_000 // (budget // (ok.num_tables() * 65 * 4)))
+    assert need_workers == 9
+    assert "split row-wise over 4 GPUs that is" in msg and "scaling.gpu_memory_gb" in msg
+    assert "raise scaling.num_workers to at least 9 GPUs" in msg and "UVM/host" in msg
+
+
+def test_gpu_jobs_are_not_charged_host_memory_for_their_tables():
+    from services.capacity import job_demand
+    from services.settings import Settings
+
+    d = tiny_spec_dict(
+        model={"embedding_dim": 64, "hash_size": 30_000_000, "dense_arch": [16, 64]},
+        scaling={"num_workers": 12, "use_gpu": True, "gpu_memory_gb": 8, "memory_per_worker_gb": 4},
+        metrics={"window_size": 1024 * 12},
+    )
+    s = Settings(redis_url="redis://unused:6379/0", worker_overhead_gb=0.75)
+    assert job_demand(parse_spec(d), s).worker_bytes == int(0.75 * GIB)  # overhead only
+    d["scaling"] = {**d["scaling"], "use_gpu": False, "gpu_memory_gb": None, "memory_per_worker_gb": 512}
+    cpu = parse_spec(d)
+    assert job_demand(cpu, s).worker_bytes == int(cpu.embedding_bytes_per_worker() + 0.75 * GIB)
+
+
+def _planner_run(spec, hbm_cap: int):
+    """TorchRec's own planner, as shard_model runs it, for 4 CUDA ranks on one node: it
+    plans on meta tensors without a GPU (Topology(compute_device="cuda"))."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import Topology
+
+    from trainer.model.dlrm import DLRM
+
+    model = DLRM(spec)
+    topo = Topology(world_size=4, compute_device="cuda", local_world_size=4, hbm_cap=hbm_cap)
+    planner = sharding.sharding_planner(model, topo)
+    sharder = EmbeddingBagCollectionSharder(fused_params=sharding.fused_params(spec))
+    return planner.plan(model, [sharder])
+
+
+def test_the_estimate_agrees_with_torchrecs_planner():
+    """Reference: TorchRec's planner on a 4-GPU node. Tables too big to place whole, at
+    90% of the row-wise estimate's budget: admitted, and the planner finds a plan (with
+    row-wise splits); at 110%: refused, and the planner finds none either."""
+    from torchrec.distributed.planner.types import PlannerError
+
+    hbm_cap = 4 * GIB
+    budget = gpu_table_budget_bytes(hbm_cap)
+    tables = 6  # tiny_spec_dict's synthetic features
+    for fill, fits in ((0.9, True), (1.1, False)):
+        rows = int(fill * budget * 4 / (tables * 65 * 4))
+        spec = _spec(hash_size=rows, dim=64, workers=4)
+        # whole tables per GPU (2 of the 6 on the busiest) would not fit: only splits do
+        assert spec.num_tables() == tables and spec.embedding_bytes_per_worker() > budget
+        assert (spec.gpu_fit_error(hbm_cap, "test GPU") is None) == fits
+        if fits:
+            plan = _planner_run(spec, hbm_cap)
+            kinds = {p.sharding_type for ps in plan.plan.values() for p in ps.values()}
+            assert kinds & {"row_wise", "table_row_wise"}, kinds  # some table is split
+        else:
+            with pytest.raises(PlannerError, match="insufficient storage"):
+                _planner_run(spec, hbm_cap)

@@ -71,6 +71,18 @@ class Batch:
             None if self.probs is None else self.probs.to(device, non_blocking=non_blocking),
         )
 
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory (CUDA only), so that
+        ``to(cuda, non_blocking=True)`` copies it asynchronously instead of staging it."""
+        return Batch(
+            self.dense.pin_memory(),
+            self.sparse.pin_memory(),
+            self.labels.pin_memory(),
+            self.weights.pin_memory(),
+            self.strata.pin_memory(),
+            None if self.probs is None else self.probs.pin_memory(),
+        )
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
@@ -411,8 +423,12 @@ def _merge_counts(id_counts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nd
     return uniq, np.bincount(inv, weights=c).astype(np.int64)
 
 
-def prefetch(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
-    """Build batches ahead in a background thread (numpy releases the GIL)."""
+def prefetch(batches: Iterator[Batch], depth: int, *, pin: bool = False) -> Iterator[Batch]:
+    """Build batches ahead in a background thread (numpy releases the GIL); ``pin``
+    (CUDA workers): also page-lock them there, off the step's path, so that the step's
+    ``non_blocking`` host-to-device copy is asynchronous."""
+    if pin:
+        batches = (b.pin_memory() for b in batches)
     if depth <= 0:
         yield from batches
         return

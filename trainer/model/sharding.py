@@ -78,13 +78,11 @@ def device_hbm_cap(spec: JobSpec, device: torch.device) -> int:
         if declared - gpu_reserve_bytes(declared) < cap:
             cap = declared - gpu_reserve_bytes(declared)
             src = f"scaling.gpu_memory_gb is {spec.scaling.gpu_memory_gb:g}"
-    need = spec.embedding_bytes_per_worker()
-    if need > cap:
-        raise CapacityError(
-            f"model: embedding tables need about {need / _GIB:.2f} GiB per GPU but {src} "
-            f"({cap / _GIB:.1f} GiB for tables after the reserve); tables are never spilled to "
-            "UVM/host memory: lower model.hash_size or model.embedding_dim, or raise scaling.num_workers"
-        )
+    # by the plan the planner can make (row-wise splits a table over the GPUs), not by
+    # whole tables per worker: a table larger than one GPU is split, not refused
+    why = spec.gpu_fit_error(cap, src)
+    if why:
+        raise CapacityError(why)
     return cap
 
 
@@ -114,7 +112,13 @@ def shard_model(
     """Plan (collectively, so all ranks agree) and wrap in DMP."""
     world = dist.get_world_size()
     sharder = EmbeddingBagCollectionSharder(fused_params=fused_params(spec, extra_fused))
-    topology = make_topology(spec, device, world)
+    planner = sharding_planner(model, make_topology(spec, device, world))
+    plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
+    return DistributedModelParallel(module=model, device=device, plan=plan, sharders=[sharder])
+
+
+def sharding_planner(model: torch.nn.Module, topology: Topology) -> EmbeddingShardingPlanner:
+    """TorchRec's planner with rectrain's constraints for every table of ``model.ebc``."""
     # Whole rows on one rank, always with the fused FBGEMM kernel: the planner would
     # otherwise pick data_parallel for small tables (dense grads, no fused AdaGrad)
     # and column-wise splits rows (post-step row norms need whole rows). Row-wise
@@ -124,9 +128,7 @@ def shard_model(
         cfg.name: ParameterConstraints(sharding_types=allowed, compute_kernels=_DEVICE_KERNELS)
         for cfg in model.ebc.embedding_bag_configs()  # type: ignore[operator,union-attr]  # torch types nn.Module.__getattr__ as Tensor | Module
     }
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    plan = planner.collective_plan(model, [sharder], dist.GroupMember.WORLD)
-    return DistributedModelParallel(module=model, device=device, plan=plan, sharders=[sharder])
+    return EmbeddingShardingPlanner(topology=topology, constraints=constraints)
 
 
 def dense_named_parameters(dmp: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

@@ -188,6 +188,9 @@ value already in the cluster (kept on upgrade), else one random token for "admin
 {{- if regexMatch "[?&](access_key|secret_key|session_token)=" $uri }}
 {{- fail "storage.uri: credentials do not belong in the URI; put them in the Secret named by storage.credentialsSecret" }}
 {{- end }}
+{{- if and (not $uri) (not $claim) (not .Values.storage.allowPodLocal) }}
+{{- fail "storage: Ray workers run on other pods than the head and write checkpoints and results there, so jobs need storage every pod reaches: set storage.uri (s3://bucket/prefix; credentials in storage.credentialsSecret, or the pods' identity through serviceAccount.annotations) or storage.existingClaim (a ReadWriteMany claim mounted at /data). storage.allowPodLocal=true renders without (checkpoints then fail once a worker runs on another pod)." }}
+{{- end }}
 {{- if $uri }}{{ $uri }}{{ else if $claim }}/data{{ end }}
 {{- end }}
 
@@ -244,4 +247,52 @@ envFrom:
 {{- with .Values.ray.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* Ray CPUs of a Kubernetes cpu quantity ("8", "7500m"), rounded up as KubeRay does. */}}
+{{- define "rectrain.rayCpus" -}}
+{{- $q := toString . }}
+{{- if hasSuffix "m" $q }}{{ ceil (divf (trimSuffix "m" $q | float64) 1000) }}{{ else }}{{ ceil ($q | float64) }}{{ end }}
+{{- end }}
+
+{{/* GiB of a Kubernetes memory quantity ("32Gi", "500M", "1Ti", bytes). */}}
+{{- define "rectrain.memoryGiB" -}}
+{{- $q := toString . }}
+{{- $units := dict "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "K" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 }}
+{{- $bytes := -1.0 }}
+{{- range $suf := list "Ki" "Mi" "Gi" "Ti" "K" "M" "G" "T" }}
+{{- if and (lt $bytes 0.0) (hasSuffix $suf $q) }}
+{{- $bytes = mulf (trimSuffix $suf $q | float64) (get $units $suf) }}
+{{- end }}
+{{- end }}
+{{- if lt $bytes 0.0 }}{{ $bytes = $q | float64 }}{{ end }}
+{{- divf $bytes 1073741824.0 }}
+{{- end }}
+
+{{/* RECTRAIN_AUTOSCALING_SHAPE: the worker group at maxReplicas, with the Ray resources
+KubeRay gives each pod (num-cpus from the cpu limit, num-gpus from the GPU limit,
+memory from the memory limit, unless rayStartParams set them). */}}
+{{- define "rectrain.autoscalingShape" -}}
+{{- $w := .Values.ray.worker }}
+{{- $p := default dict $w.rayStartParams }}
+{{- $lim := default dict $w.resources.limits }}
+{{- $req := default dict $w.resources.requests }}
+{{- $cpu := get $p "num-cpus" | default (get $lim "cpu") | default (get $req "cpu") }}
+{{- if not $cpu }}
+{{- fail "ray.worker.resources: set limits.cpu (or rayStartParams.num-cpus): the autoscaling cluster's capacity is maxReplicas x each worker pod's CPUs" }}
+{{- end }}
+{{- $mem := get $lim "memory" | default (get $req "memory") }}
+{{- if not $mem }}
+{{- fail "ray.worker.resources: set limits.memory: the autoscaling cluster's capacity is maxReplicas x each worker pod's memory" }}
+{{- end }}
+{{- $memGiB := include "rectrain.memoryGiB" $mem | float64 }}
+{{- with get $p "memory" }}{{ $memGiB = divf (toString . | float64) 1073741824.0 }}{{ end }}
+{{- $gpus := get $p "num-gpus" | default $w.gpus }}
+{{- $g := dict "replicas" (int $w.maxReplicas) "cpus" (include "rectrain.rayCpus" $cpu | float64) "gpus" (toString $gpus | float64) "memory_gb" $memGiB }}
+{{- list $g | toJson }}
+{{- end }}
+
+{{/* GCS address of the chart's Ray head (the dispatcher asks the autoscaler through it). */}}
+{{- define "rectrain.rayGcsAddress" -}}
+{{- printf "%s-head-svc.%s.svc:6379" (include "rectrain.rayClusterName" .) .Release.Namespace }}
 {{- end }}
