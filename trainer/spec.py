@@ -631,6 +631,20 @@ class SseGraph(_Strict):
 SYNTHETIC_GRAPH_FEATURES = ("user_id", "ad_id", "ad_history")
 
 
+class FreqDecay(_Strict):
+    """``freq_decay``: frequency-aware decoupled decay (AdagradAR, Li & Lyu, ICLR 2026,
+    arXiv 2511.06374). When a training step reads an embedding row last read at clock
+    t0, its update becomes w <- (1 - lambda) * w - lr * g / (sqrt(G) + eps) with
+    lambda = min(1, alpha * (t - t0)), w the pre-step weight (decoupled: the AdaGrad
+    state sees only the loss gradient). The clock counts training steps (``interval:
+    steps``) or training examples over all workers (``examples``); a row's first read
+    counts one step. Rare rows are shrunk most, rows read every step by alpha."""
+
+    type: Literal["freq_decay"]
+    alpha: float = Field(gt=0.0, le=1.0, description="decay per unit of interval (step or example)")
+    interval: Literal["steps", "examples"] = "steps"
+
+
 Regularizer = Annotated[
     Union[
         SparseL2,
@@ -646,6 +660,7 @@ Regularizer = Annotated[
         Shrink,
         MaxEntropy,
         SseGraph,
+        FreqDecay,
     ],
     Field(discriminator="type"),
 ]
@@ -663,6 +678,7 @@ REGULARIZER_TYPES = (
     "shrink",
     "max_entropy",
     "sse_graph",
+    "freq_decay",
 )
 
 

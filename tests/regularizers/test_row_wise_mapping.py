@@ -37,7 +37,7 @@ def _rank_tbe(rows: list[int]) -> tuple[SplitTableBatchedEmbeddingBagsCodegen, T
     )
     # TouchedRows' own hook and bookkeeping, on a TBE built here instead of found in a DMP
     tr = TouchedRows.__new__(TouchedRows)
-    tr.tbes, tr.grad_hook, tr._handles = [], None, []
+    tr.tbes, tr.grad_hook, tr.forward_hook, tr._handles = [], None, None, []
     hsc = m.hash_size_cumsum.long()
     entry = TBERows(
         module=m,

@@ -107,6 +107,24 @@ class TBERows:
             s[sel] = self.states[t].index_select(0, local)
         return w, s
 
+    def read_weights(self, rows: torch.Tensor) -> torch.Tensor:
+        """Weights [n, D] of ``rows`` (a copy)."""
+        if self.flat is not None:
+            return self.flat.index_select(0, rows)
+        w = torch.empty(rows.numel(), self.tables[0].shape[1], dtype=self.tables[0].dtype, device=rows.device)
+        for t, sel, local in self._per_table(rows):
+            w[sel] = self.tables[t].index_select(0, local)
+        return w
+
+    def add(self, rows: torch.Tensor, delta: torch.Tensor) -> None:
+        """``w[rows] += delta`` in place (``rows`` unique)."""
+        with torch.no_grad():
+            if self.flat is not None:
+                self.flat.index_add_(0, rows, delta)
+                return
+            for t, sel, local in self._per_table(rows):
+                self.tables[t].index_add_(0, local, delta[sel])
+
     def write(self, rows: torch.Tensor, w: torch.Tensor | None, state: torch.Tensor | None = None) -> None:
         with torch.no_grad():
             if self.flat is not None and (state is None or self.flat_state is not None):
@@ -136,6 +154,9 @@ class TBERows:
 
 class GradRowHook(Protocol):
     def __call__(self, entry: TBERows, call: Call, grad_output: torch.Tensor) -> None: ...
+
+
+ForwardRowHook = Callable[[TBERows, Call], None]
 
 
 def _adjacent_view(parts: list[torch.Tensor]) -> torch.Tensor | None:
@@ -187,9 +208,15 @@ def find_tbes(dmp: torch.nn.Module) -> list[SplitTableBatchedEmbeddingBagsCodege
 class TouchedRows:
     """Forward hooks on every fused TBE of ``dmp``; see the module docstring."""
 
-    def __init__(self, dmp: torch.nn.Module, grad_hook: GradRowHook | None = None) -> None:
+    def __init__(
+        self,
+        dmp: torch.nn.Module,
+        grad_hook: GradRowHook | None = None,
+        forward_hook: ForwardRowHook | None = None,
+    ) -> None:
         self.tbes: list[TBERows] = []
         self.grad_hook = grad_hook
+        self.forward_hook = forward_hook  # ``freq_decay``: sees the rows before the fused update
         self._handles = []
         others = [
             type(k._emb_module).__name__
@@ -240,21 +267,26 @@ class TouchedRows:
                 kwargs.get("batch_size_per_feature_per_rank"),
             )
             entry.calls.append(call)
+            if self.forward_hook is not None:
+                self.forward_hook(entry, call)
             if self.grad_hook is not None and isinstance(output, torch.Tensor) and output.requires_grad:
                 hook = self.grad_hook
                 output.register_hook(lambda g: hook(entry, call, g))
 
         return forward_hook
 
-    def finish(self, fn: RowFn | None) -> int:
-        """After the step: write rows left by the grad hook, then apply ``fn`` to every
-        row touched since the last call (if ``fn``); return how many rows."""
+    def finish(self, fn: RowFn | None, between: Callable[[TBERows], None] | None = None) -> int:
+        """After the step: write rows left by the grad hook, then ``between(tbe)``
+        (``freq_decay``), then apply ``fn`` to every row touched since the last call
+        (if ``fn``); return how many rows."""
         n = 0
         for t in self.tbes:
             rows = None
             for rows_p, w, s in t.pending:
                 t.write(rows_p, w, s)
                 rows = rows_p if rows is None else torch.unique(torch.cat([rows, rows_p]))
+            if between is not None:
+                between(t)
             if fn is not None:
                 if rows is None or len(t.pending) != len(t.calls):
                     rows = t.unique_rows()
