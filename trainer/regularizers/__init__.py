@@ -231,10 +231,9 @@ class RegularizerSet:
         if self.shrink is not None:  # count this step's reads before they are cleared
             self.shrink.count(self.touched)
         # embeddings frozen (lr 0): the post-step maps must not change them either
-        fd = self.freq_decay
-        self.touched.finish(self.row_fn() if self.sparse_lr != 0.0 else None, fd.apply if fd else None)
-        if fd is not None:
-            fd.end_step()
+        self.touched.finish(self.row_fn() if self.sparse_lr != 0.0 else None)
+        if self.freq_decay is not None:
+            self.freq_decay.end_step()
 
     def train_mode(self, pass_idx: int, dmp: torch.nn.Module) -> None:
         """``dmp.train()`` for pass ``pass_idx``; while ``freeze`` holds the dense part,

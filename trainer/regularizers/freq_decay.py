@@ -15,16 +15,23 @@ row never read before has interval one step (FBGEMM's ``rowwise_rmsprop_ar`` use
 same first-touch rule). See docs/regularizers.md for what was read and what was not.
 
 How, on FBGEMM's fused kernel (which never exposes the gradient): the forward hook
-of :mod:`.touched` sees each TBE's local indices *before* backward, i.e. while the
-rows still hold their pre-step weights. There the rows of the call are deduplicated,
-their last-read clock values gathered, ``lambda`` computed and ``lambda * w_pre``
-kept; after FBGEMM's fused update (and the ``sparse_l2`` fallback's rewrite, if any)
-``w <- w - lambda * w_pre`` is added to exactly those rows, which is the formula
-above. The last-read clock of the rows is set to ``t`` in the same hook, so a second
-call of the same TBE in one step sees interval 0 for rows it shares with the first.
-Cost: O(distinct ids x D) per step, like the other row maps; no collective: the
-hook runs on the rank owning the rows, after TorchRec's input all-to-all, so it sees
-every rank's reads of them under table-wise and row-wise plans.
+of :mod:`.touched` runs after each training forward of a TBE, when the output (and
+so the loss's gradient) has been computed from the pre-step rows and the fused
+update, which FBGEMM applies in backward to whatever the rows hold then, is still
+to come. The hook reads the rows' last-read clock, computes ``lambda`` and writes
+``(1 - lambda) * w_pre`` into the rows; backward then adds ``-lr g / (sqrt(G) + eps)``
+with ``g`` the gradient at ``w_pre``: the formula above, exactly, with no post-step
+pass. (The gradient of a TBE's weights does not read them; only learnable
+per-sample weights would, and rectrain has none.) The rows' last-read clock is set
+to ``t`` in the same hook, so a second call of the same TBE in one step sees
+interval 0 for the rows it shares with the first (and the decayed rows). No
+``torch.unique``: an id repeated in the batch gets the same lambda and pre-step row
+for each copy, so each copy writes the same value. The exact ``sparse_l2`` fallback,
+whose gradient hook runs in backward, sees the decayed rows (the two decays compose:
+``freq_decay`` first). Cost: O(ids x D) gathers and scatters per step; no
+collective: the hook runs on the rank owning the rows, after TorchRec's input
+all-to-all, so it sees every rank's reads of them under table-wise and row-wise
+plans.
 
 State: one int64 per row of the local shards (the last-read clock; 0 = never) and
 the clock itself. :meth:`FreqDecay.state_dict` exposes them as a 1-D ShardedTensor
@@ -59,8 +66,6 @@ class FreqDecay:
         self.active = True  # False while the sparse learning rate is 0
         self.last: list[torch.Tensor] = []  # per TBE of ``touched``: int64 [sum rows]
         self._index: dict[int, int] = {}  # id(TBERows) -> its position in ``last``
-        # this step's decays per TBE position: (rows, lambda * w_pre)
-        self.pending: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._touched: TouchedRows | None = None
         self._dmp: torch.nn.Module | None = None
 
@@ -77,31 +82,26 @@ class FreqDecay:
     # ---- per step
 
     def on_forward(self, entry: TBERows, call: Call) -> None:
-        """Forward hook (training): rows of ``call``, their decays from the pre-step weights."""
+        """Forward hook (training): decay the rows of ``call`` before the fused update."""
         if not self.active:
             return
         lin = entry.linear(call)
         if lin.numel() == 0:
             return
         i = self._index[id(entry)]
-        rows = torch.unique(lin)
         now = self.clock + self.inc
-        last = self.last[i].index_select(0, rows)
+        # per id, repeats included (no ``unique``: a row's repeats get the same lambda and
+        # the same pre-step weight, so each copy writes the same value)
+        last = self.last[i].index_select(0, lin)
         interval = torch.where(last > 0, now - last, self.inc)
-        # float64 for the product (the interval in examples can be large), then the weights' dtype
-        lam = (interval.double() * self.alpha).clamp_(max=1.0)
-        w_pre = entry.read_weights(rows)
-        self.pending.setdefault(i, []).append((rows, lam.to(w_pre.dtype).unsqueeze(1) * w_pre))
-        self.last[i].index_fill_(0, rows, now)
-
-    def apply(self, entry: TBERows) -> None:
-        """After the fused update of ``entry``'s rows: ``w -= lambda * w_pre``."""
-        for rows, delta in self.pending.pop(self._index[id(entry)], []):
-            entry.add(rows, delta.neg_())
+        w = entry.read_weights(lin)
+        lam = interval.to(w.dtype).mul_(self.alpha).clamp_(max=1.0)
+        # (1 - lambda) * w_pre now; FBGEMM's fused backward then adds -lr g / (sqrt(G) + eps)
+        entry.write_before_backward(lin, w.mul_(lam.neg_().add_(1.0).unsqueeze(1)))
+        self.last[i].index_fill_(0, lin, now)
 
     def end_step(self) -> None:
         self.clock += self.inc
-        self.pending.clear()
 
     # ---- checkpoint
 

@@ -11,6 +11,8 @@ rebased to the shard), concatenated feature by feature. ``hash_size_cumsum`` and
 dedups them, and post-step regularizers read and write just those rows of the
 TBE's weights in place. Cost is O(ids in the batch), never O(table size).
 
+A ``ForwardRowHook`` (``freq_decay``) runs right after each training forward of a
+TBE, when its output is computed and its fused update (in backward) not yet done.
 A ``GradRowHook`` (the exact ``sparse_l2`` fallback, see :mod:`.sparse_l2`) also
 sees the gradient of the TBE's pooled output, during backward and *before* FBGEMM's
 fused update of that TBE; it may leave row values to write after the step.
@@ -116,14 +118,19 @@ class TBERows:
             w[sel] = self.tables[t].index_select(0, local)
         return w
 
-    def add(self, rows: torch.Tensor, delta: torch.Tensor) -> None:
-        """``w[rows] += delta`` in place (``rows`` unique)."""
+    def write_before_backward(self, rows: torch.Tensor, w: torch.Tensor) -> None:
+        """``w[rows] = w`` between the TBE's forward and its fused backward (``rows`` may
+        repeat with equal values). FBGEMM's autograd function saved the weights for
+        its backward, which *updates* them in place (it reads them for nothing else
+        unless per-sample weights need a gradient, which rectrain never asks for), so
+        the write goes through ``.data``: the saved tensor's version counter, which
+        would otherwise refuse the backward, is left as is."""
         with torch.no_grad():
             if self.flat is not None:
-                self.flat.index_add_(0, rows, delta)
+                self.flat.data.index_copy_(0, rows, w)
                 return
             for t, sel, local in self._per_table(rows):
-                self.tables[t].index_add_(0, local, delta[sel])
+                self.tables[t].data.index_copy_(0, local, w[sel])
 
     def write(self, rows: torch.Tensor, w: torch.Tensor | None, state: torch.Tensor | None = None) -> None:
         with torch.no_grad():
@@ -216,7 +223,8 @@ class TouchedRows:
     ) -> None:
         self.tbes: list[TBERows] = []
         self.grad_hook = grad_hook
-        self.forward_hook = forward_hook  # ``freq_decay``: sees the rows before the fused update
+        # ``freq_decay``: runs after the TBE's forward, before its fused backward update
+        self.forward_hook = forward_hook
         self._handles = []
         others = [
             type(k._emb_module).__name__
@@ -275,18 +283,15 @@ class TouchedRows:
 
         return forward_hook
 
-    def finish(self, fn: RowFn | None, between: Callable[[TBERows], None] | None = None) -> int:
-        """After the step: write rows left by the grad hook, then ``between(tbe)``
-        (``freq_decay``), then apply ``fn`` to every row touched since the last call
-        (if ``fn``); return how many rows."""
+    def finish(self, fn: RowFn | None) -> int:
+        """After the step: write rows left by the grad hook, then apply ``fn`` to every
+        row touched since the last call (if ``fn``); return how many rows."""
         n = 0
         for t in self.tbes:
             rows = None
             for rows_p, w, s in t.pending:
                 t.write(rows_p, w, s)
                 rows = rows_p if rows is None else torch.unique(torch.cat([rows, rows_p]))
-            if between is not None:
-                between(t)
             if fn is not None:
                 if rows is None or len(t.pending) != len(t.calls):
                     rows = t.unique_rows()
