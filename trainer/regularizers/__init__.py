@@ -39,12 +39,13 @@ import torch
 import torch.distributed as dist
 
 from trainer.data.dataset import Batch
+from trainer.errors import RectrainError
 from trainer.regularizers import dense, entropy, ids, post_step
 from trainer.regularizers.freq_decay import FreqDecay
 from trainer.regularizers.schedule import PassSchedule
 from trainer.regularizers.shrink import RowShrink
-from trainer.regularizers.sparse_l2 import ExactSparseL2, fused_weight_decay_works, weight_decay_mode
-from trainer.regularizers.touched import RowFn, TouchedRows
+from trainer.regularizers.sparse_l2 import EXACT_MODES, ExactSparseL2, fused_kwargs, fused_mode_works
+from trainer.regularizers.touched import RowFn, TouchedRows, find_tbes
 from trainer.spec import (
     ConstNorm,
     DenseL2,
@@ -61,6 +62,7 @@ from trainer.spec import (
 from trainer.spec import FreqDecay as FreqDecaySpec
 
 _SALT_DROPOUT, _SALT_SSE = 0x5D, 0x55E
+_ITER_KEY = "sparse_l2.tbe_iter"
 
 
 class RegularizerSet:
@@ -87,12 +89,19 @@ class RegularizerSet:
         self.sparse_lr = spec.training.sparse_optimizer.lr  # current fused learning rate
         self.touched: TouchedRows | None = None
         # sparse_l2 through FBGEMM's fused weight decay, or (kernel ignores it) exactly by hand
-        self.sparse_l2_fused = self.sparse_l2 is not None and fused_weight_decay_works(
-            "cuda" if spec.scaling.use_gpu else "cpu", self.sparse_l2.decouple
+        l2 = self.sparse_l2
+        self.sparse_l2_fused = l2 is not None and fused_mode_works(
+            "cuda" if spec.scaling.use_gpu else "cpu", l2.effective_mode
         )
+        if l2 is not None and not self.sparse_l2_fused and l2.effective_mode not in EXACT_MODES:
+            raise RectrainError(
+                f"sparse_l2: mode {l2.effective_mode} needs FBGEMM's kernel, which does not apply it on "
+                f"this device ({'cuda' if spec.scaling.use_gpu else 'cpu'}); rectrain computes only "
+                f"{' and '.join(EXACT_MODES)} by hand: use one of those"
+            )
         self.exact_l2 = (
-            ExactSparseL2(self.sparse_l2.weight, self.sparse_l2.decouple)
-            if self.sparse_l2 is not None and not self.sparse_l2_fused
+            ExactSparseL2(l2.weight, l2.effective_mode == "decouple")
+            if l2 is not None and not self.sparse_l2_fused
             else None
         )
         self._dmp: torch.nn.Module | None = None
@@ -111,7 +120,7 @@ class RegularizerSet:
         l2 = self.sparse_l2
         if l2 is None or not self.sparse_l2_fused:
             return {}
-        return {"weight_decay": l2.weight, "weight_decay_mode": weight_decay_mode(l2.decouple)}
+        return fused_kwargs(l2)
 
     @property
     def dense_dropout(self) -> float:
@@ -261,11 +270,27 @@ class RegularizerSet:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Regularizer state to save (and reshard) with the sharded model; {} if none."""
-        return self.freq_decay.state_dict() if self.freq_decay is not None else {}
+        out = self.freq_decay.state_dict() if self.freq_decay is not None else {}
+        if self._kernel_iter_matters():
+            # FBGEMM's COUNTER / COWCLIP / DECOUPLE_GLOBAL compare each row's prev_iter
+            # (checkpointed with the AdaGrad state) with the TBE's iteration counter, which
+            # TorchRec does not checkpoint: keep it here (equal on every TBE of every rank:
+            # one count per forward, training and evaluation alike)
+            iters = [int(m.iter.item()) for m in find_tbes(self._dmp)] if self._dmp is not None else []
+            out[_ITER_KEY] = torch.tensor(max(iters, default=0), dtype=torch.int64)
+        return out
+
+    def _kernel_iter_matters(self) -> bool:
+        l2 = self.sparse_l2
+        return l2 is not None and self.sparse_l2_fused and l2.effective_mode not in EXACT_MODES
 
     def state_loaded(self, sd: dict[str, Any]) -> None:
         """``sd`` (from :meth:`checkpoint_state`, keys absent from the checkpoint left
         out) was loaded in place by DCP."""
+        if _ITER_KEY in sd and self._dmp is not None:
+            for m in find_tbes(self._dmp):
+                m.iter.fill_(int(sd[_ITER_KEY]))
+                m.iter_cpu.fill_(int(sd[_ITER_KEY]))
         if self.freq_decay is not None:
             if any(k.startswith("freq_decay.") for k in sd):
                 self.freq_decay.loaded(sd)

@@ -95,9 +95,9 @@ class FreqDecay:
         last = self.last[i].index_select(0, lin)
         interval = torch.where(last > 0, now - last, self.inc)
         w = entry.read_weights(lin)
-        lam = interval.to(w.dtype).mul_(self.alpha).clamp_(max=1.0)
+        keep = interval.to(w.dtype).mul_(-self.alpha).add_(1.0).clamp_(min=0.0)  # 1 - min(1, alpha I)
         # (1 - lambda) * w_pre now; FBGEMM's fused backward then adds -lr g / (sqrt(G) + eps)
-        entry.write_before_backward(lin, w.mul_(lam.neg_().add_(1.0).unsqueeze(1)))
+        entry.write_before_backward(lin, w.mul_(keep.unsqueeze(1)))
         self.last[i].index_fill_(0, lin, now)
 
     def end_step(self) -> None:
