@@ -2,9 +2,9 @@
 loop, on a real 2-process gloo world (tests/regularizers/two_rank_worker.py: TorchRec
 DMP, FBGEMM fused row-wise AdaGrad, the 4 tables sharded table-wise over both ranks):
 
-- 20 steps over two passes (rows come back: intervals of 1 to 20 steps, some capped
-  at lambda = 1) end within 1e-6 of a float64 reference that trains the same DLRM on
-  both ranks' batches by hand (the gradient of the mean of the two ranks' losses,
+- 20 steps over two passes (rows come back after intervals of 1 to 20 steps) end
+  within 1e-6 of a float64 reference that trains the same DLRM on both ranks'
+  batches by hand (reg_helpers.two_rank_reference) (the gradient of the mean of the two ranks' losses,
   SGD for the dense part, row-wise AdaGrad written out, the decay on the pre-step
   rows), and the per-row last-read clock equals the reference's;
 - the state is checkpointed with DCP: resumed at 1 worker (2 -> 1, resharded) every
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from reg_helpers import (
     EPS,
+    HASH,
     LR,
-    RefEBC,
     assert_rows,
     make_spec,
     momenta,
@@ -32,110 +31,45 @@ from reg_helpers import (
     snapshot,
     spec_dict,
     tbe_tables,
+    two_rank_reference,
 )
 from two_rank_worker import assemble, freq_state
 
-from trainer.data.dataset import RankData
 from trainer.loop import LocalSession, Trainer
-from trainer.model.dlrm import DLRM
 from trainer.spec import parse_spec
 
-STEPS = 20
-ALPHA = 0.03
-DENSE_LR = 0.05  # spec_dict's SGD
+STEPS = 20  # the two_rank_runs fixture's steps (tests/regularizers/conftest.py)
+ALPHA = 0.03  # its freq_decay job's alpha
 
 
-def _two_rank_dict() -> dict:
-    return spec_dict(
-        [{"type": "freq_decay", "alpha": ALPHA}],
-        data={"synthetic": {"examples_per_day": 1280}, "test_days": []},
-        scaling={"num_workers": 2},
-    )
-
-
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory) -> dict:
-    """Both ranks' dumps of one 2-process run of STEPS steps, and its checkpoint."""
-    import torch.multiprocessing as mp
-    from two_rank_worker import run_rank
-
-    from tests.net import free_port
-
-    out = tmp_path_factory.mktemp("freq_decay_2")
-    ckpt, dump = out / "ckpt", out / "dump"
-    dump.mkdir()
-    mp.start_processes(
-        run_rank,
-        args=(2, free_port(), _two_rank_dict(), STEPS, str(ckpt), str(dump)),
-        nprocs=2,
-        join=True,
-        start_method="spawn",
-    )
-    ranks = [torch.load(dump / f"rank_{r}.pt", weights_only=False) for r in range(2)]
-    return {"ranks": ranks, "ckpt": ckpt}
-
-
-def _passes(data: RankData):
-    """A rank's training batches, pass after pass (as the worker reads them)."""
-    p = 0
-    while True:
-        yield from data.train_batches(p)
-        p += 1
-
-
-def _reference(spec, init_tables, init_dense, world: int, steps: int, alpha: float = ALPHA):
-    """Plain float64 PyTorch: the same DLRM on every rank's batches, by hand; returns
-    (tables, last-read step per row, every interval seen)."""
-    model = DLRM(spec, dense_dropout=0.0)
-    model.ebc = RefEBC({k: v.double() for k, v in init_tables.items()})
-    model.double()
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in init_dense:
-                p.copy_(init_dense[n])
-    model.train()
-    w = model.ebc.w
-    G = {k: torch.zeros(v.shape[0], dtype=torch.float64) for k, v in w.items()}
-    last = {k: torch.zeros(v.shape[0], dtype=torch.int64) for k, v in w.items()}
-    data = [RankData(spec, r, world) for r in range(world)]
-    streams = [_passes(d) for d in data]
-    dense = [p for n, p in model.named_parameters() if n in init_dense]
+def _freq_decay_update(alpha: float):
+    """The reference's row update: row-wise AdaGrad, decay of the pre-step rows."""
+    G: dict[str, torch.Tensor] = {}
+    last: dict[str, torch.Tensor] = {}
     seen: list[torch.Tensor] = []
-    for t in range(1, steps + 1):
-        batches = [next(s) for s in streams]
-        for p in [*model.parameters(), *w.values()]:  # RefEBC's tables are not module parameters
-            p.grad = None
-        # the gradient of the mean of the ranks' losses (dense and embeddings alike)
-        losses = []
-        for b in batches:
-            logits = model(b.dense.double(), b.sparse)
-            wt = None if b.weights is None else b.weights.double()
-            losses.append(F.binary_cross_entropy_with_logits(logits, b.labels.double(), weight=wt))
-        (sum(losses) / world).backward()
-        with torch.no_grad():
-            for p in dense:
-                p -= DENSE_LR * p.grad
-            for k, table in w.items():
-                rows = torch.unique(torch.cat([b.sparse[k].values().long() for b in batches]))
-                g = table.grad[rows]
-                G[k][rows] += (g * g).mean(dim=1)
-                interval = torch.where(last[k][rows] > 0, t - last[k][rows], 1)
-                seen.append(interval)
-                lam = (alpha * interval.double()).clamp(max=1.0).unsqueeze(1)
-                step = (LR / (G[k][rows].sqrt() + EPS)).unsqueeze(1) * g
-                table[rows] = (1 - lam) * table[rows] - step
-                last[k][rows] = t
-    return {k: v.detach() for k, v in w.items()}, last, torch.cat(seen)
+
+    def update(k, rows, w, g, t):
+        G.setdefault(k, torch.zeros(HASH, dtype=torch.float64))
+        last.setdefault(k, torch.zeros(HASH, dtype=torch.int64))
+        G[k][rows] += (g * g).mean(dim=1)
+        interval = torch.where(last[k][rows] > 0, t - last[k][rows], 1)
+        seen.append(interval)
+        lam = (alpha * interval.double()).clamp(max=1.0).unsqueeze(1)
+        last[k][rows] = t
+        return (1 - lam) * w - (LR / (G[k][rows].sqrt() + EPS)).unsqueeze(1) * g
+
+    return update, last, seen
 
 
 @pytest.mark.slow
-def test_freq_decay_matches_a_plain_pytorch_loop_on_two_ranks(two_ranks):
-    ranks = two_ranks["ranks"]
-    spec = parse_spec(_two_rank_dict())
+def test_freq_decay_matches_a_plain_pytorch_loop_on_two_ranks(two_rank_runs):
+    run = two_rank_runs["freq_decay"]
+    ranks, spec = run["ranks"], parse_spec(run["spec"])
     assert all(r["tables"] for r in ranks), "one rank holds no table: sharding was not exercised"
     init = assemble([r["init"]["tables"] for r in ranks])
     final = assemble([r["tables"] for r in ranks])
-    want, want_last, intervals = _reference(spec, init, ranks[0]["init"]["dense"], 2, STEPS)
+    update, want_last, seen = _freq_decay_update(ALPHA)
+    want = two_rank_reference(spec, init, ranks[0]["init"]["dense"], 2, STEPS, update)
     assert final.keys() == want.keys() and len(final) == 4
     worst = max(float((final[k].double() - want[k]).abs().max()) for k in want)
     assert worst <= 1e-6, worst
@@ -145,16 +79,18 @@ def test_freq_decay_matches_a_plain_pytorch_loop_on_two_ranks(two_ranks):
         assert torch.equal(last[k], want_last[k]), k
     # rows came back after gaps of many lengths, and the decay mattered: the same loop
     # without it ends far from the trainer (the comparison can fail)
+    intervals = torch.cat(seen)
     assert int((intervals > 1).sum()) > 100 and int(intervals.max()) >= 10, intervals.unique()
-    plain, _, _ = _reference(spec, init, ranks[0]["init"]["dense"], 2, STEPS, alpha=0.0)
+    plain_update, _, _ = _freq_decay_update(0.0)
+    plain = two_rank_reference(spec, init, ranks[0]["init"]["dense"], 2, STEPS, plain_update)
     assert max(float((final[k].double() - plain[k]).abs().max()) for k in want) > 1e-2
 
 
 @pytest.mark.slow
-def test_freq_decay_state_reshards_and_comes_back_on_resume_and_warm_start(two_ranks, tmp_path):
+def test_freq_decay_state_reshards_and_comes_back_on_resume_and_warm_start(two_rank_runs, tmp_path):
     from tests.trainer.reshard_worker import DirSession
 
-    ranks, ckpt = two_ranks["ranks"], two_ranks["ckpt"]
+    ranks, ckpt = two_rank_runs["freq_decay"]["ranks"], two_rank_runs["freq_decay"]["ckpt"]
     want = assemble([r["last"] for r in ranks])
     one = spec_dict([{"type": "freq_decay", "alpha": ALPHA}], data={"synthetic": {"examples_per_day": 1280}})
     LocalSession(tmp_path)  # this process: a gloo world of 1

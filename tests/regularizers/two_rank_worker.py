@@ -1,8 +1,9 @@
-"""One rank of a real 2-process gloo world for the ``freq_decay`` tests: the real
-Trainer (TorchRec DMP, FBGEMM fused row-wise AdaGrad, tables sharded table-wise over
-both ranks) trains ``steps`` steps over passes 0, 1, ... and checkpoints with DCP; the
-rank dumps its initial and final shards (with their global row offsets), the dense
-weights, and freq_decay's per-row state and clock to ``dump_dir/rank_<r>.pt``."""
+"""One rank of a real 2-process gloo world for the 2-rank regularizer tests
+(``freq_decay``, ``sparse_l2`` modes): for each job the real Trainer (TorchRec DMP,
+FBGEMM fused row-wise AdaGrad, tables sharded table-wise over both ranks) trains
+``steps`` steps over passes 0, 1, ... and checkpoints with DCP; the rank dumps its
+initial and final shards (with their global row offsets), the dense weights, and
+freq_decay's per-row state and clock. Several jobs share one spawn (one start-up)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def assemble(parts: list[dict[str, list[tuple[int, torch.Tensor]]]]) -> dict[str
     return {k: torch.cat([t for _, t in sorted(v, key=lambda x: x[0])]) for k, v in got.items()}
 
 
-def run_rank(rank: int, world: int, port: int, spec_dict: dict, steps: int, save_to: str, dump_dir: str):
+def run_rank(rank: int, world: int, port: int, jobs: list[dict], dump_dir: str):
+    """Each job (``spec``, ``steps``, ``save_to``, ``name``) in turn on this process group;
+    the rank's dump of job ``name`` goes to ``dump_dir/<name>_rank_<r>.pt``."""
     import torch.distributed as dist
 
     from tests.trainer.reshard_worker import DirSession
@@ -58,32 +61,34 @@ def run_rank(rank: int, world: int, port: int, spec_dict: dict, steps: int, save
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        t = Trainer(parse_spec(spec_dict), DirSession(rank, world, None, save_to), save_to)
-        init = {
-            "tables": _tables(t),
-            "dense": {n: p.detach().clone() for n, p in dense_named_parameters(t.dmp)},
-        }
-        done, p = 0, 0
-        while done < steps:
-            t.regs.on_pass_start(p, t.dmp, t.dense_opt)
-            for b in t.data.train_batches(p):
-                if done == steps:
-                    break
-                t.train_step(b)
-                t.global_step += 1
-                done += 1
-            p += 1
-        t.checkpoint(p - 1, done, {})
-        clock, last = freq_state(t)
-        torch.save(
-            {
-                "init": init,
+        for job in jobs:
+            steps, save_to = job["steps"], job["save_to"]
+            t = Trainer(parse_spec(job["spec"]), DirSession(rank, world, None, save_to), save_to)
+            init = {
                 "tables": _tables(t),
                 "dense": {n: p.detach().clone() for n, p in dense_named_parameters(t.dmp)},
-                "clock": clock,
-                "last": last,
-            },
-            Path(dump_dir) / f"rank_{rank}.pt",
-        )
+            }
+            done, p = 0, 0
+            while done < steps:
+                t.regs.on_pass_start(p, t.dmp, t.dense_opt)
+                for b in t.data.train_batches(p):
+                    if done == steps:
+                        break
+                    t.train_step(b)
+                    t.global_step += 1
+                    done += 1
+                p += 1
+            t.checkpoint(p - 1, done, {})
+            clock, last = freq_state(t) if t.regs.freq_decay is not None else (0, {})
+            torch.save(
+                {
+                    "init": init,
+                    "tables": _tables(t),
+                    "dense": {n: p.detach().clone() for n, p in dense_named_parameters(t.dmp)},
+                    "clock": clock,
+                    "last": last,
+                },
+                Path(dump_dir) / f"{job['name']}_rank_{rank}.pt",
+            )
     finally:
         dist.destroy_process_group()
