@@ -73,9 +73,7 @@ ALONE: dict[str, list[dict[str, Any]]] = {
     "max_entropy": [{"type": "max_entropy", "weight": 1e-3}],
     "sse_graph": [{"type": "sse_graph", "p": 0.05}],
     "freq_decay": [{"type": "freq_decay", "alpha": 1e-3}],
-    "sparse_l2_counter": [
-        {"type": "sparse_l2", "weight": 1e-4, "mode": "counter", "counter_halflife": 1000}
-    ],
+    "sparse_l2_counter": [{"type": "sparse_l2", "weight": 1e-4, "mode": "counter", "counter_halflife": 1000}],
 }
 
 
