@@ -473,7 +473,12 @@ _Factor = Annotated[float, Field(ge=0.0, le=100.0)]
 class SparseL2(_Strict):
     """``sparse_l2``: adds lambda * w to the gradient of each embedding row activated
     in the batch (FBGEMM ``weight_decay`` with mode L2), or, with ``decouple``,
-    shrinks those rows by lr * lambda * w after the step (mode DECOUPLE)."""
+    shrinks those rows by lr * lambda * w after the step (mode DECOUPLE). ``mode``
+    selects any of FBGEMM's WeightDecayMode: ``l2``, ``decouple``, ``counter`` (decay
+    scaled by counter_halflife / the row's decayed read count), ``cowclip`` (gradient
+    clipped to the row's count x max(weight_norm_coefficient x |w|, lower_bound)),
+    ``decouple_global`` (every row decays every step, lazily; CUDA only). Formulas and
+    where each runs: docs/regularizers.md."""
 
     type: Literal["sparse_l2"]
     weight: float = Field(gt=0.0, le=10.0, description="lambda")
