@@ -161,6 +161,28 @@ def test_freq_decay_is_off_while_frozen_and_counts_examples(make_trainer):
     assert lams == {alpha * 64, alpha * 128}, lams
 
 
+def test_freq_decay_composes_with_the_sparse_l2_fallback(make_trainer):
+    """With sparse_l2 (decouple, the exact CPU fallback, whose gradient hook runs in
+    backward) freq_decay's decay comes first: w <- (1 - lr lam2)(1 - lam) w - lr g / (sqrt(G) + eps)."""
+    alpha, lam2 = 0.05, 0.3
+    tr = make_trainer(
+        [{"type": "freq_decay", "alpha": alpha}, {"type": "sparse_l2", "weight": lam2, "decouple": True}]
+    )
+    assert tr.regs.exact_l2 is not None, "this test is about the CPU fallback"
+    batch = next(iter(tr.data.train_batches(0)))
+    w0, G0 = snapshot(tr.dmp), momenta(tr.dmp)
+    grads, _ = reference_grads(tr, batch)
+    tr.train_step(batch)
+    for key, (w, G) in tbe_tables(tr.dmp).items():
+        rows = rows_of(batch, key)
+        decayed = (1 - alpha) * w0[key][rows].double()  # first read: one step
+        want_w, want_G = rowwise_adagrad(
+            decayed, grads[key][rows], G0[key][rows], lr=LR, wd=lam2, mode="decouple"
+        )
+        assert_rows(G[rows], want_G)
+        assert_rows(w[rows], want_w)
+
+
 def test_freq_decay_spec_refuses_bad_parameters():
     from trainer.errors import SpecError
 
