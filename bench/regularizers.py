@@ -54,6 +54,7 @@ TARGETS = {  # max overhead from the issue (fraction of baseline throughput)
     "shrink": 0.15,
     "max_entropy": 0.15,
     "sse_graph": 0.05,
+    "freq_decay": 0.10,
 }
 LOADER = {"none_loader", "sse_graph", "all"}  # batch built (data path) inside the timed step
 
@@ -71,11 +72,13 @@ ALONE: dict[str, list[dict[str, Any]]] = {
     "shrink": [{"type": "shrink", "s": 0.1, "max_count": 5, "every_steps": 50}],
     "max_entropy": [{"type": "max_entropy", "weight": 1e-3}],
     "sse_graph": [{"type": "sse_graph", "p": 0.05}],
+    "freq_decay": [{"type": "freq_decay", "alpha": 1e-3}],
+    "sparse_l2_counter": [{"type": "sparse_l2", "weight": 1e-4, "mode": "counter", "counter_halflife": 1000}],
 }
 
 
 def all_together() -> list[dict[str, Any]]:
-    regs = [r[0] for k, r in ALONE.items() if k != "freeze"]
+    regs = [r[0] for k, r in ALONE.items() if k not in ("freeze", "sparse_l2_counter")]
     return regs + [{"type": "freeze", "from_pass": 1, "what": "dense"}]
 
 

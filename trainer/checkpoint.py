@@ -8,6 +8,9 @@ storage: a shared path or ``s3://``) holds:
   (row-wise AdaGrad ``momentum1`` shards). DCP records each shard's global offsets, so
   a job with another ``scaling.num_workers`` (another plan) loads the same checkpoint:
   every rank reads exactly the rows its new shards cover.
+- under ``regs.``: regularizer state sharded like the tables (``freq_decay``'s
+  last-read clock per row, :mod:`trainer.regularizers.freq_decay`), resharded by DCP
+  like the AdaGrad state; a checkpoint without it loads with that state fresh.
 - ``dense_opt.pt`` (rank 0): the dense optimizer's state. It is replicated (dense
   parameters are data-parallel), so one copy serves any world size.
 - ``rank_<r>.pt``: this rank's progress, random state (torch, CUDA, numpy, python) and
@@ -85,9 +88,20 @@ def reseed(seed: int, step: int, rank: int, device: torch.device) -> None:
         torch.cuda.manual_seed(s)
 
 
-def _sharded_state(dmp: torch.nn.Module) -> dict[str, Any]:
+def _sharded_state(dmp: torch.nn.Module, regs: dict[str, Any] | None = None) -> dict[str, Any]:
     # DistributedModelParallel.fused_optimizer (torch types Module.__getattr__ as Tensor | Module)
-    return {"model": dmp.state_dict(), "sparse_opt": dmp.fused_optimizer.state_dict()}  # type: ignore[union-attr]
+    sd = {"model": dmp.state_dict(), "sparse_opt": dmp.fused_optimizer.state_dict()}  # type: ignore[union-attr]
+    if regs:
+        sd["regs"] = regs
+    return sd
+
+
+def _saved_regs(directory: Path, regs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``regs`` that the checkpoint in ``directory`` holds."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    have = FileSystemReader(str(directory)).read_metadata().state_dict_metadata
+    return {k: v for k, v in regs.items() if f"regs.{k}" in have}
 
 
 def save_checkpoint(
@@ -99,9 +113,11 @@ def save_checkpoint(
     dense_opt: torch.optim.Optimizer,
     rank_state: dict[str, Any],
     meta: dict[str, Any] | None = None,
+    regs: dict[str, Any] | None = None,
 ) -> None:
     """Collective (every rank calls it): write this rank's part of a checkpoint
-    (``meta``: more fields for rank 0's ``rectrain.json``)."""
+    (``meta``: more fields for rank 0's ``rectrain.json``; ``regs``: sharded
+    regularizer state, :meth:`RegularizerSet.checkpoint_state`)."""
     import torch.distributed.checkpoint as dcp
 
     d = Path(directory)
@@ -112,7 +128,7 @@ def save_checkpoint(
     # every checkpoint; per tensor, one table's copy at a time
     writer = dcp.FileSystemWriter(str(d), single_file_per_rank=False)
     with torch.no_grad():
-        dcp.save(_sharded_state(dmp), storage_writer=writer)
+        dcp.save(_sharded_state(dmp, regs), storage_writer=writer)
     torch.save(rank_state, rank_file(d, rank))
     if rank == 0:
         torch.save(dense_opt.state_dict(), d / DENSE_OPT_FILE)
@@ -127,12 +143,14 @@ def load_checkpoint(
     world_size: int,
     dmp: torch.nn.Module,
     dense_opt: torch.optim.Optimizer,
+    regs: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Collective: restore the sharded model, both optimizers; return (this rank's saved
-    state, whether it is this rank's own — False after a change of world size, where it
-    is rank 0's, for the progress counters only)."""
+    """Collective: restore the sharded model, both optimizers (and ``regs`` in place,
+    see :func:`load_weights`); return (this rank's saved state, whether it is this
+    rank's own — False after a change of world size, where it is rank 0's, for the
+    progress counters only)."""
     d = Path(directory)
-    saved_world = load_weights(d, world_size=world_size, dmp=dmp, dense_opt=dense_opt)
+    saved_world = load_weights(d, world_size=world_size, dmp=dmp, dense_opt=dense_opt, regs=regs)
     own = saved_world == world_size
     st = torch.load(rank_file(d, rank if own else 0), map_location="cpu", weights_only=False)
     return st, own
@@ -144,9 +162,14 @@ def load_weights(
     world_size: int,
     dmp: torch.nn.Module,
     dense_opt: torch.optim.Optimizer | None,
+    regs: dict[str, Any] | None = None,
 ) -> int:
     """Collective: restore the sharded model and (unless ``dense_opt`` is None) both
-    optimizers' state from a checkpoint saved at any world size; return that world size."""
+    optimizers' state from a checkpoint saved at any world size; return that world size.
+
+    ``regs`` (regularizer state, with ``dense_opt``): its entries that the checkpoint
+    holds are loaded in place and the others removed from the dict, so the caller
+    sees what was restored."""
     import torch.distributed.checkpoint as dcp
 
     d = Path(directory)
@@ -175,7 +198,11 @@ def load_weights(
                 f"{', '.join(col)}; their row-wise AdaGrad state does not reshard to another "
                 f"column split: resume with scaling.num_workers: {saved_world}"
             )
-    sd = _sharded_state(dmp) if dense_opt is not None else {"model": dmp.state_dict()}
+    if regs and dense_opt is not None:
+        found = _saved_regs(d, regs)
+        for k in set(regs) - set(found):
+            del regs[k]
+    sd = _sharded_state(dmp, regs) if dense_opt is not None else {"model": dmp.state_dict()}
     with torch.no_grad():
         dcp.load(sd, checkpoint_id=str(d))
         dmp.load_state_dict(sd["model"])

@@ -302,6 +302,7 @@ class Trainer:
                 dense_opt=self.dense_opt,
                 rank_state=rank_state,
                 meta=meta,
+                regs=self.regs.checkpoint_state(),
             )
             self.session.report(
                 {**metrics, "global_step": self.global_step, "passes": self.passes, "keep_score": score}, d
@@ -328,13 +329,16 @@ class Trainer:
                 **self._plan(),
             )
             return 0, 0
+        regs = self.regs.checkpoint_state()
         st, own = load_checkpoint(
             ckpt,
             rank=self.session.rank,
             world_size=self.session.world_size,
             dmp=self.dmp,
             dense_opt=self.dense_opt,
+            regs=regs,
         )
+        self.regs.state_loaded(regs)
         prog = st["progress"]
         self.global_step = prog["global_step"]
         self.passes = list(prog["passes"])
@@ -367,12 +371,15 @@ class Trainer:
         location, at = init.checkpoint, init.pass_
         with tempfile.TemporaryDirectory(prefix="rectrain-init-") as tmp:
             local = storage.download_dir(location, tmp)
+            regs = {} if init.reset_optimizer else self.regs.checkpoint_state()
             load_weights(
                 local,
                 world_size=self.session.world_size,
                 dmp=self.dmp,
                 dense_opt=None if init.reset_optimizer else self.dense_opt,
+                regs=regs,
             )
+            self.regs.state_loaded(regs)  # with reset_optimizer: freq_decay starts afresh
         what = "weights" if init.reset_optimizer else "weights and optimizer state"
         self.emit(
             EventType.LIFECYCLE,

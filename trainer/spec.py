@@ -483,11 +483,56 @@ _Factor = Annotated[float, Field(ge=0.0, le=100.0)]
 class SparseL2(_Strict):
     """``sparse_l2``: adds lambda * w to the gradient of each embedding row activated
     in the batch (FBGEMM ``weight_decay`` with mode L2), or, with ``decouple``,
-    shrinks those rows by lr * lambda * w after the step (mode DECOUPLE)."""
+    shrinks those rows by lr * lambda * w after the step (mode DECOUPLE). ``mode``
+    selects any of FBGEMM's WeightDecayMode: ``l2``, ``decouple``, ``counter`` (decay
+    scaled by counter_halflife / the row's decayed read count), ``cowclip`` (gradient
+    clipped to the row's count x max(weight_norm_coefficient x |w|, lower_bound)),
+    ``decouple_global`` (every row decays every step, lazily; CUDA only). Formulas and
+    where each runs: docs/regularizers.md."""
 
     type: Literal["sparse_l2"]
     weight: float = Field(gt=0.0, le=10.0, description="lambda")
     decouple: bool = False
+    # FBGEMM's WeightDecayMode (issue 25; docs/regularizers.md, "sparse_l2 modes"):
+    # unset = ``l2``, or ``decouple`` with ``decouple: true``
+    mode: Literal["l2", "decouple", "decouple_global", "counter", "cowclip"] | None = None
+    counter_halflife: int | None = Field(
+        None,
+        ge=-1,
+        le=10**9,
+        description="counter (required, >= 1) / cowclip (default -1): steps to halve a row's count; "
+        "0: the count is 1; -1: the raw count",
+    )
+    counter_decay: Literal["none", "l2", "decouple"] = Field(
+        "decouple", description="counter/cowclip: how lambda is applied (FBGEMM CounterWeightDecayMode)"
+    )
+    weight_norm_coefficient: float = Field(
+        0.0, ge=0.0, le=1e6, description="cowclip: clip ratio to the row norm"
+    )
+    lower_bound: float = Field(0.0, ge=0.0, le=1e6, description="cowclip: smallest clip threshold")
+    gwd_lower_bound: float = Field(
+        0.0, ge=0.0, le=1.0, description="decouple_global: floor of the lazy decay"
+    )
+
+    @model_validator(mode="after")
+    def _mode(self) -> "SparseL2":
+        if self.mode is not None and self.decouple and self.mode != "decouple":
+            raise ValueError(f"sparse_l2: decouple: true contradicts mode: {self.mode}; drop decouple")
+        if self.mode == "counter" and (self.counter_halflife is None or self.counter_halflife < 1):
+            raise ValueError(
+                "sparse_l2: mode counter scales the decay by counter_halflife / (the row's decayed count): "
+                "set counter_halflife >= 1 (steps)"
+            )
+        if self.mode == "cowclip" and self.weight_norm_coefficient == 0.0 and self.lower_bound == 0.0:
+            raise ValueError(
+                "sparse_l2: mode cowclip clips every gradient to 0 without weight_norm_coefficient "
+                "or lower_bound; set one of them > 0"
+            )
+        return self
+
+    @property
+    def effective_mode(self) -> str:
+        return self.mode or ("decouple" if self.decouple else "l2")
 
 
 class SparseL1(_Strict):
@@ -641,6 +686,20 @@ class SseGraph(_Strict):
 SYNTHETIC_GRAPH_FEATURES = ("user_id", "ad_id", "ad_history")
 
 
+class FreqDecay(_Strict):
+    """``freq_decay``: frequency-aware decoupled decay (AdagradAR, Li & Lyu, ICLR 2026,
+    arXiv 2511.06374). When a training step reads an embedding row last read at clock
+    t0, its update becomes w <- (1 - lambda) * w - lr * g / (sqrt(G) + eps) with
+    lambda = min(1, alpha * (t - t0)), w the pre-step weight (decoupled: the AdaGrad
+    state sees only the loss gradient). The clock counts training steps (``interval:
+    steps``) or training examples over all workers (``examples``); a row's first read
+    counts one step. Rare rows are shrunk most, rows read every step by alpha."""
+
+    type: Literal["freq_decay"]
+    alpha: float = Field(gt=0.0, le=1.0, description="decay per unit of interval (step or example)")
+    interval: Literal["steps", "examples"] = "steps"
+
+
 Regularizer = Annotated[
     Union[
         SparseL2,
@@ -656,6 +715,7 @@ Regularizer = Annotated[
         Shrink,
         MaxEntropy,
         SseGraph,
+        FreqDecay,
     ],
     Field(discriminator="type"),
 ]
@@ -673,6 +733,7 @@ REGULARIZER_TYPES = (
     "shrink",
     "max_entropy",
     "sse_graph",
+    "freq_decay",
 )
 
 
@@ -775,6 +836,12 @@ class JobSpec(_Strict):
         names = self.data.sparse_feature_names()
         passes = self.training.num_passes
         for i, r in enumerate(self.regularizers):
+            if isinstance(r, SparseL2) and r.mode == "decouple_global" and not self.scaling.use_gpu:
+                raise ValueError(
+                    f"regularizers.{i}.mode: decouple_global runs in FBGEMM's CUDA kernel only "
+                    "(fbgemm-gpu-cpu has no CPU kernel for it and rectrain no exact fallback); "
+                    "set scaling.use_gpu: true or use mode: decouple"
+                )
             if isinstance(r, (SparseDropout, SseSe)):
                 for f in r.per_feature:
                     if f not in names:

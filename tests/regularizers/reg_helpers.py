@@ -226,3 +226,61 @@ def rowwise_adagrad(
 
 def assert_rows(actual: torch.Tensor, expected: torch.Tensor, atol: float = 2e-6, rtol: float = 1e-5) -> None:
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol)
+
+
+# --------------------------------------------------------------------------- 2 ranks by hand
+
+TWO_RANK_DATA = {"synthetic": {"examples_per_day": 1280}, "test_days": []}  # 10 steps a pass per rank
+
+
+def two_rank_dict(regularizers: list[dict]) -> dict:
+    """The tiny spec on 2 workers (its 4 tables table-wise over both ranks)."""
+    return spec_dict(regularizers, data=TWO_RANK_DATA, scaling={"num_workers": 2})
+
+
+def rank_passes(data):
+    """A rank's training batches, pass after pass (as tests/regularizers/two_rank_worker.py reads them)."""
+    p = 0
+    while True:
+        yield from data.train_batches(p)
+        p += 1
+
+
+def two_rank_reference(spec: JobSpec, init_tables, init_dense, world: int, steps: int, update) -> dict:
+    """Plain float64 PyTorch: the same DLRM trained on every rank's batches by hand. Per
+    step, the gradient of the mean of the ranks' losses (dense and embeddings alike, as
+    the trainer's DDP + TorchRec give it), SGD on the dense part, and for every table
+    ``k`` the rows read by any rank: ``w[rows] <- update(k, rows, w[rows], g[rows], t)``
+    (t: the 1-based step). Returns the tables."""
+    from trainer.data.dataset import RankData
+
+    model = DLRM(spec, dense_dropout=0.0)
+    model.ebc = RefEBC({k: v.double() for k, v in init_tables.items()})
+    model.double()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in init_dense:
+                p.copy_(init_dense[n])
+    model.train()
+    w = model.ebc.w
+    streams = [rank_passes(RankData(spec, r, world)) for r in range(world)]
+    dense = [p for n, p in model.named_parameters() if n in init_dense]
+    lr_dense = spec.training.dense_optimizer.lr
+    assert spec.training.dense_optimizer.type.value == "sgd"
+    for t in range(1, steps + 1):
+        batches = [next(s) for s in streams]
+        for p in [*model.parameters(), *w.values()]:  # RefEBC's tables are not module parameters
+            p.grad = None
+        losses = []
+        for b in batches:
+            logits = model(b.dense.double(), b.sparse)
+            wt = None if b.weights is None else b.weights.double()
+            losses.append(F.binary_cross_entropy_with_logits(logits, b.labels.double(), weight=wt))
+        (sum(losses) / world).backward()
+        with torch.no_grad():
+            for p in dense:
+                p -= lr_dense * p.grad
+            for k, table in w.items():
+                rows = torch.unique(torch.cat([b.sparse[k].values().long() for b in batches]))
+                table[rows] = update(k, rows, table[rows], table.grad[rows], t)
+    return {k: v.detach() for k, v in w.items()}

@@ -37,7 +37,7 @@ def _rank_tbe(rows: list[int]) -> tuple[SplitTableBatchedEmbeddingBagsCodegen, T
     )
     # TouchedRows' own hook and bookkeeping, on a TBE built here instead of found in a DMP
     tr = TouchedRows.__new__(TouchedRows)
-    tr.tbes, tr.grad_hook, tr._handles = [], None, []
+    tr.tbes, tr.grad_hook, tr.forward_hook, tr._handles = [], None, None, []
     hsc = m.hash_size_cumsum.long()
     entry = TBERows(
         module=m,
@@ -113,3 +113,73 @@ def _per_feature(lengths: torch.Tensor):
 
 def _lengths_per_feature(lengths: torch.Tensor) -> list[int]:
     return lengths.view(len(HASH), B).sum(1).tolist()
+
+
+def test_freq_decay_on_row_wise_shards_decays_the_global_rows_by_their_intervals():
+    """freq_decay's forward hook on row-wise shards (ids rebased by TorchRec's bucketizer):
+    three steps (batches A, B, A) with learning rate 0, so each read row is only scaled,
+    by 1 - alpha * I; after the third step every global row of A has the factor of
+    its own interval (1 if B read it too, else 2), all other rows none."""
+    from trainer.regularizers.freq_decay import FreqDecay
+    from trainer.spec import FreqDecay as FreqDecaySpec
+
+    alpha = 0.1
+    g = torch.Generator().manual_seed(1)
+
+    def batch(lo: int, hi: int) -> KeyedJaggedTensor:
+        """ids of table f drawn from [lo, HASH[f] - hi)."""
+        lengths = torch.randint(1, 4, (len(HASH) * B,), generator=g)
+        ids = torch.cat(
+            [torch.randint(lo, HASH[f] - hi, (int(n),), generator=g) for f, n in _per_feature(lengths)]
+        )
+        return KeyedJaggedTensor(keys=["a", "b"], values=ids, lengths=lengths)
+
+    # A reads the low rows, B the high ones (overlapping); the last row of each table: neither
+    a, b = batch(0, 3), batch(2, 1)
+    sizes, offsets = zip(*(_calculate_rw_shard_sizes_and_offsets(h, WORLD, DIM) for h in HASH), strict=True)
+    rows = [[s[0] for s in per_table] for per_table in sizes]
+    row_off = [[o[0] for o in per_table] for per_table in offsets]
+    block = torch.tensor([(h + WORLD - 1) // WORLD for h in HASH])
+    ranks = []
+    for r in range(WORLD):
+        m, tr, entry = _rank_tbe([rows[t][r] for t in range(len(HASH))])
+        m.learning_rate_tensor.fill_(0.0)  # no AdaGrad step: the rows only decay
+        fd = FreqDecay(FreqDecaySpec(type="freq_decay", alpha=alpha))
+        fd.attach(m, tr, examples_per_step=1)
+        tr.forward_hook = fd.on_forward
+        for w in entry.tables:
+            with torch.no_grad():
+                w.uniform_(0.5, 1.5, generator=g)
+        ranks.append((m, tr, entry, fd))
+    before = [
+        [e.tables[t][: rows[t][r]].clone() for r, (_, _, e, _) in enumerate(ranks)] for t in range(len(HASH))
+    ]
+    for kjt in (a, b, a):
+        bucketed, _ = bucketize_kjt_before_all2all(kjt, num_buckets=WORLD, block_sizes=block)
+        b_len = bucketed.lengths().view(WORLD, len(HASH), B)
+        b_vals = bucketed.values().split(b_len.sum(dim=(1, 2)).tolist())
+        for r, (m, tr, _, fd) in enumerate(ranks):
+            local = b_len[r].reshape(-1)
+            off = torch.cat([torch.zeros(1, dtype=torch.long), local.cumsum(0)])
+            m.train()
+            m(b_vals[r].long(), off).sum().backward()
+            tr.finish(None)
+            fd.end_step()
+    for t, key in enumerate(["a", "b"]):
+        in_a = set(a[key].values().tolist())
+        in_b = set(b[key].values().tolist())
+        full_before = torch.cat(before[t])
+        full_after = torch.cat([e.tables[t][: rows[t][r]] for r, (_, _, e, _) in enumerate(ranks)])
+        assert sum(rows[t]) == HASH[t] and row_off[t][0] == 0
+        for i in range(HASH[t]):
+            # the factor over the 3 steps, each read scaling the row by 1 - alpha * interval
+            f = 1.0
+            if i in in_a:
+                f *= 1 - alpha  # step 1: first read, one step
+            if i in in_b:
+                f *= 1 - alpha  # step 2: one step since A, or a first read
+            if i in in_a:
+                f *= 1 - alpha * (1 if i in in_b else 2)  # step 3
+            torch.testing.assert_close(full_after[i], full_before[i] * f, rtol=1e-6, atol=0)
+        # every case happened: A only (interval 2 at step 3), both, B only, neither
+        assert in_a - in_b and in_a & in_b and in_b - in_a and set(range(HASH[t])) - in_a - in_b, (in_a, in_b)

@@ -88,6 +88,7 @@ def test_every_type_validates_and_all_compose():
         {"type": "shrink", "s": 0.1, "every_steps": 100, "max_count": 5, "reset_state": True},
         {"type": "max_entropy", "weight": 1e-3, "per_feature": {"ctx_0": 0.0}},
         {"type": "sse_graph", "p": 0.05, "per_feature": {"ad_history": 0.1}},
+        {"type": "freq_decay", "alpha": 1e-3},
     ]
     spec = parse_spec(spec_dict(regs))
     assert [r.type for r in spec.regularizers] == [r["type"] for r in regs]

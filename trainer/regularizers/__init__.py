@@ -19,14 +19,16 @@ regularizer in the spec behind a few hooks:
                           (``lr_schedule``, ``freeze``); restarts ``shrink``'s counts;
 - ``add_penalty(loss)``   loss terms of the pooled embeddings (``max_entropy``);
 - ``on_step_end(k, n)``   after step k of n of a pass (``shrink``'s events);
-- ``train_mode(p, dmp)``  training mode for pass p (batch norm frozen with the dense part).
+- ``train_mode(p, dmp)``  training mode for pass p (batch norm frozen with the dense part);
+- ``checkpoint_state()``  sharded state to checkpoint with the model (``freq_decay``'s
+                          last-read clock per row); ``state_loaded(sd)`` after DCP loaded it.
 
 ``sse_graph`` is not here: it rewrites ids on the data path
 (:mod:`trainer.data.graph`, :class:`trainer.data.dataset.RankData`).
 
 Modules: :mod:`.touched` (which rows a step touched), :mod:`.post_step` (row maps),
 :mod:`.ids` (KJT rewrites), :mod:`.sparse_l2`, :mod:`.dense`, :mod:`.schedule`,
-:mod:`.shrink`, :mod:`.entropy`.
+:mod:`.shrink`, :mod:`.entropy`, :mod:`.freq_decay`.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ import torch
 import torch.distributed as dist
 
 from trainer.data.dataset import Batch
+from trainer.errors import RectrainError
 from trainer.regularizers import dense, entropy, ids, post_step
+from trainer.regularizers.freq_decay import FreqDecay
 from trainer.regularizers.schedule import PassSchedule
 from trainer.regularizers.shrink import RowShrink
-from trainer.regularizers.sparse_l2 import ExactSparseL2, fused_weight_decay_works, weight_decay_mode
-from trainer.regularizers.touched import RowFn, TouchedRows
+from trainer.regularizers.sparse_l2 import EXACT_MODES, ExactSparseL2, fused_kwargs, fused_mode_works
+from trainer.regularizers.touched import RowFn, TouchedRows, find_tbes
 from trainer.spec import (
     ConstNorm,
     DenseL2,
@@ -55,8 +59,10 @@ from trainer.spec import (
     SparseL2,
     SseSe,
 )
+from trainer.spec import FreqDecay as FreqDecaySpec
 
 _SALT_DROPOUT, _SALT_SSE = 0x5D, 0x55E
+_ITER_KEY = "sparse_l2.tbe_iter"
 
 
 class RegularizerSet:
@@ -77,16 +83,25 @@ class RegularizerSet:
         self.max_entropy: MaxEntropy | None = get("max_entropy")  # type: ignore[assignment]
         shrink_cfg: Shrink | None = get("shrink")  # type: ignore[assignment]
         self.shrink = RowShrink(shrink_cfg) if shrink_cfg is not None else None
+        fd_cfg: FreqDecaySpec | None = get("freq_decay")  # type: ignore[assignment]
+        self.freq_decay = FreqDecay(fd_cfg) if fd_cfg is not None else None
         self.schedule = PassSchedule(spec, get("freeze"), get("lr_schedule"))  # type: ignore[arg-type]
         self.sparse_lr = spec.training.sparse_optimizer.lr  # current fused learning rate
         self.touched: TouchedRows | None = None
         # sparse_l2 through FBGEMM's fused weight decay, or (kernel ignores it) exactly by hand
-        self.sparse_l2_fused = self.sparse_l2 is not None and fused_weight_decay_works(
-            "cuda" if spec.scaling.use_gpu else "cpu", self.sparse_l2.decouple
+        l2 = self.sparse_l2
+        self.sparse_l2_fused = l2 is not None and fused_mode_works(
+            "cuda" if spec.scaling.use_gpu else "cpu", l2.effective_mode
         )
+        if l2 is not None and not self.sparse_l2_fused and l2.effective_mode not in EXACT_MODES:
+            raise RectrainError(
+                f"sparse_l2: mode {l2.effective_mode} needs FBGEMM's kernel, which does not apply it on "
+                f"this device ({'cuda' if spec.scaling.use_gpu else 'cpu'}); rectrain computes only "
+                f"{' and '.join(EXACT_MODES)} by hand: use one of those"
+            )
         self.exact_l2 = (
-            ExactSparseL2(self.sparse_l2.weight, self.sparse_l2.decouple)
-            if self.sparse_l2 is not None and not self.sparse_l2_fused
+            ExactSparseL2(l2.weight, l2.effective_mode == "decouple")
+            if l2 is not None and not self.sparse_l2_fused
             else None
         )
         self._dmp: torch.nn.Module | None = None
@@ -105,7 +120,7 @@ class RegularizerSet:
         l2 = self.sparse_l2
         if l2 is None or not self.sparse_l2_fused:
             return {}
-        return {"weight_decay": l2.weight, "weight_decay_mode": weight_decay_mode(l2.decouple)}
+        return fused_kwargs(l2)
 
     @property
     def dense_dropout(self) -> float:
@@ -169,9 +184,19 @@ class RegularizerSet:
         self._dmp = dmp
         self._rank = dist.get_rank() if dist.is_initialized() else 0
         if (
-            self.has_post_step or self.exact_l2 is not None or self.shrink is not None
+            self.has_post_step
+            or self.exact_l2 is not None
+            or self.shrink is not None
+            or self.freq_decay is not None
         ) and self.touched is None:
-            self.touched = TouchedRows(dmp, grad_hook=self.exact_l2)
+            self.touched = TouchedRows(
+                dmp,
+                grad_hook=self.exact_l2,
+                forward_hook=self.freq_decay.on_forward if self.freq_decay is not None else None,
+            )
+            if self.freq_decay is not None:
+                world = dist.get_world_size() if dist.is_initialized() else 1
+                self.freq_decay.attach(dmp, self.touched, self.spec.data.batch_size * world)
         if self.max_entropy is not None:
             getattr(dmp, "module", dmp).keep_pooled = True
 
@@ -216,6 +241,8 @@ class RegularizerSet:
             self.shrink.count(self.touched)
         # embeddings frozen (lr 0): the post-step maps must not change them either
         self.touched.finish(self.row_fn() if self.sparse_lr != 0.0 else None)
+        if self.freq_decay is not None:
+            self.freq_decay.end_step()
 
     def train_mode(self, pass_idx: int, dmp: torch.nn.Module) -> None:
         """``dmp.train()`` for pass ``pass_idx``; while ``freeze`` holds the dense part,
@@ -236,6 +263,39 @@ class RegularizerSet:
             self.sparse_lr = self.schedule.apply(pass_idx, dmp, dense_opt, resumed)
         if self.shrink is not None:  # counts are per pass (and restart on resume)
             self.shrink.reset()
+        if self.freq_decay is not None:  # no decay (and no reads counted) while frozen
+            self.freq_decay.active = self.sparse_lr != 0.0
+
+    # ---- state checkpointed with the model (DCP)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Regularizer state to save (and reshard) with the sharded model; {} if none."""
+        out = self.freq_decay.state_dict() if self.freq_decay is not None else {}
+        if self._kernel_iter_matters():
+            # FBGEMM's COUNTER / COWCLIP / DECOUPLE_GLOBAL compare each row's prev_iter
+            # (checkpointed with the AdaGrad state) with the TBE's iteration counter, which
+            # TorchRec does not checkpoint: keep it here (equal on every TBE of every rank:
+            # one count per forward, training and evaluation alike)
+            iters = [int(m.iter.item()) for m in find_tbes(self._dmp)] if self._dmp is not None else []
+            out[_ITER_KEY] = torch.tensor(max(iters, default=0), dtype=torch.int64)
+        return out
+
+    def _kernel_iter_matters(self) -> bool:
+        l2 = self.sparse_l2
+        return l2 is not None and self.sparse_l2_fused and l2.effective_mode not in EXACT_MODES
+
+    def state_loaded(self, sd: dict[str, Any]) -> None:
+        """``sd`` (from :meth:`checkpoint_state`, keys absent from the checkpoint left
+        out) was loaded in place by DCP."""
+        if _ITER_KEY in sd and self._dmp is not None:
+            for m in find_tbes(self._dmp):
+                m.iter.fill_(int(sd[_ITER_KEY]))
+                m.iter_cpu.fill_(int(sd[_ITER_KEY]))
+        if self.freq_decay is not None:
+            if any(k.startswith("freq_decay.") for k in sd):
+                self.freq_decay.loaded(sd)
+            else:  # the checkpoint had no freq_decay state: start it afresh
+                self.freq_decay.reset()
 
     def on_step_end(self, step_in_pass: int, steps_per_pass: int) -> int:
         """After step ``step_in_pass`` (1-based) of a pass of ``steps_per_pass``:

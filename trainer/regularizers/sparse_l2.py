@@ -32,21 +32,74 @@ from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice,
+    CounterBasedRegularizationDefinition,
+    CounterWeightDecayMode,
+    CowClipDefinition,
+    GlobalWeightDecayDefinition,
     SplitTableBatchedEmbeddingBagsCodegen,
     WeightDecayMode,  # 1.6 and 1.8
 )
 
 from trainer.errors import RectrainError
 from trainer.regularizers.touched import Call, TBERows
+from trainer.spec import SparseL2
+
+MODES = {
+    "l2": WeightDecayMode.L2,
+    "decouple": WeightDecayMode.DECOUPLE,
+    "decouple_global": WeightDecayMode.DECOUPLE_GLOBAL,
+    "counter": WeightDecayMode.COUNTER,
+    "cowclip": WeightDecayMode.COWCLIP,
+}
+COUNTER_DECAY = {
+    "none": CounterWeightDecayMode.NONE,
+    "l2": CounterWeightDecayMode.L2,
+    "decouple": CounterWeightDecayMode.DECOUPLE,
+}
+EXACT_MODES = ("l2", "decouple")  # the modes the fallback computes by hand
 
 
 def weight_decay_mode(decouple: bool) -> WeightDecayMode:
     return WeightDecayMode.DECOUPLE if decouple else WeightDecayMode.L2
 
 
-@functools.cache
+def fused_kwargs(cfg: SparseL2) -> dict:
+    """FBGEMM TBE kwargs (TorchRec ``fused_params``) of ``sparse_l2`` in its mode."""
+    mode = cfg.effective_mode
+    kw: dict = {"weight_decay": cfg.weight, "weight_decay_mode": MODES[mode]}
+    if mode == "counter":
+        kw["counter_based_regularization"] = CounterBasedRegularizationDefinition(
+            counter_weight_decay_mode=COUNTER_DECAY[cfg.counter_decay],
+            counter_halflife=cfg.counter_halflife if cfg.counter_halflife is not None else -1,
+        )
+    elif mode == "cowclip":
+        kw["cowclip_regularization"] = CowClipDefinition(
+            counter_weight_decay_mode=COUNTER_DECAY[cfg.counter_decay],
+            counter_halflife=cfg.counter_halflife if cfg.counter_halflife is not None else -1,
+            weight_norm_coefficient=cfg.weight_norm_coefficient,
+            lower_bound=cfg.lower_bound,
+        )
+    elif mode == "decouple_global":
+        kw["global_weight_decay"] = GlobalWeightDecayDefinition(start_iter=0, lower_bound=cfg.gwd_lower_bound)
+    return kw
+
+
 def fused_weight_decay_works(device_type: str, decouple: bool) -> bool:
     """Does this build's EXACT_ROWWISE_ADAGRAD kernel apply ``weight_decay``?"""
+    return fused_mode_works(device_type, "decouple" if decouple else "l2")
+
+
+@functools.cache
+def fused_mode_works(device_type: str, mode: str) -> bool:
+    """Does this build's EXACT_ROWWISE_ADAGRAD kernel on ``device_type`` apply
+    ``sparse_l2`` in ``mode`` (a 4-row TBE, one step with and without the decay)?"""
+    probe = SparseL2(
+        type="sparse_l2",
+        weight=0.5,
+        mode=mode,
+        counter_halflife=2,
+        weight_norm_coefficient=0.1,  # type: ignore[arg-type]
+    )
     if device_type == "cuda" and not torch.cuda.is_available():
         return False
     dev = torch.device(device_type)
@@ -57,14 +110,14 @@ def fused_weight_decay_works(device_type: str, decouple: bool) -> bool:
     )
 
     def step(wd: float) -> torch.Tensor:
+        kw = fused_kwargs(probe) if wd else {}
         tbe = SplitTableBatchedEmbeddingBagsCodegen(
             [(4, 4, loc, cdev)],
             optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD,
             learning_rate=0.5,
             eps=1e-8,
-            weight_decay=wd,
-            weight_decay_mode=weight_decay_mode(decouple) if wd else WeightDecayMode.NONE,
             device=dev,
+            **kw,
         )
         with torch.no_grad():
             tbe.split_embedding_weights()[0].copy_(torch.full((4, 4), 0.5))

@@ -11,6 +11,8 @@ rebased to the shard), concatenated feature by feature. ``hash_size_cumsum`` and
 dedups them, and post-step regularizers read and write just those rows of the
 TBE's weights in place. Cost is O(ids in the batch), never O(table size).
 
+A ``ForwardRowHook`` (``freq_decay``) runs right after each training forward of a
+TBE, when its output is computed and its fused update (in backward) not yet done.
 A ``GradRowHook`` (the exact ``sparse_l2`` fallback, see :mod:`.sparse_l2`) also
 sees the gradient of the TBE's pooled output, during backward and *before* FBGEMM's
 fused update of that TBE; it may leave row values to write after the step.
@@ -107,6 +109,29 @@ class TBERows:
             s[sel] = self.states[t].index_select(0, local)
         return w, s
 
+    def read_weights(self, rows: torch.Tensor) -> torch.Tensor:
+        """Weights [n, D] of ``rows`` (a copy)."""
+        if self.flat is not None:
+            return self.flat.index_select(0, rows)
+        w = torch.empty(rows.numel(), self.tables[0].shape[1], dtype=self.tables[0].dtype, device=rows.device)
+        for t, sel, local in self._per_table(rows):
+            w[sel] = self.tables[t].index_select(0, local)
+        return w
+
+    def write_before_backward(self, rows: torch.Tensor, w: torch.Tensor) -> None:
+        """``w[rows] = w`` between the TBE's forward and its fused backward (``rows`` may
+        repeat with equal values). FBGEMM's autograd function saved the weights for
+        its backward, which *updates* them in place (it reads them for nothing else
+        unless per-sample weights need a gradient, which rectrain never asks for), so
+        the write goes through ``.data``: the saved tensor's version counter, which
+        would otherwise refuse the backward, is left as is."""
+        with torch.no_grad():
+            if self.flat is not None:
+                self.flat.data.index_copy_(0, rows, w)
+                return
+            for t, sel, local in self._per_table(rows):
+                self.tables[t].data.index_copy_(0, local, w[sel])
+
     def write(self, rows: torch.Tensor, w: torch.Tensor | None, state: torch.Tensor | None = None) -> None:
         with torch.no_grad():
             if self.flat is not None and (state is None or self.flat_state is not None):
@@ -136,6 +161,9 @@ class TBERows:
 
 class GradRowHook(Protocol):
     def __call__(self, entry: TBERows, call: Call, grad_output: torch.Tensor) -> None: ...
+
+
+ForwardRowHook = Callable[[TBERows, Call], None]
 
 
 def _adjacent_view(parts: list[torch.Tensor]) -> torch.Tensor | None:
@@ -187,9 +215,16 @@ def find_tbes(dmp: torch.nn.Module) -> list[SplitTableBatchedEmbeddingBagsCodege
 class TouchedRows:
     """Forward hooks on every fused TBE of ``dmp``; see the module docstring."""
 
-    def __init__(self, dmp: torch.nn.Module, grad_hook: GradRowHook | None = None) -> None:
+    def __init__(
+        self,
+        dmp: torch.nn.Module,
+        grad_hook: GradRowHook | None = None,
+        forward_hook: ForwardRowHook | None = None,
+    ) -> None:
         self.tbes: list[TBERows] = []
         self.grad_hook = grad_hook
+        # ``freq_decay``: runs after the TBE's forward, before its fused backward update
+        self.forward_hook = forward_hook
         self._handles = []
         others = [
             type(k._emb_module).__name__
@@ -240,6 +275,8 @@ class TouchedRows:
                 kwargs.get("batch_size_per_feature_per_rank"),
             )
             entry.calls.append(call)
+            if self.forward_hook is not None:
+                self.forward_hook(entry, call)
             if self.grad_hook is not None and isinstance(output, torch.Tensor) and output.requires_grad:
                 hook = self.grad_hook
                 output.register_hook(lambda g: hook(entry, call, g))
