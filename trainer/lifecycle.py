@@ -204,11 +204,10 @@ def prepare_init_from(spec: JobSpec) -> JobSpec:
             "training.init_from.checkpoint"
         )
     field = "training.init_from.checkpoint"
-    loc = init.checkpoint
-    if not storage.is_uri(loc):
-        from pathlib import Path
-
-        loc = str(Path(loc).resolve())
+    try:
+        loc = storage.canonical(init.checkpoint)
+    except storage.StorageError as e:
+        raise LifecycleError(f"{field}: {e}") from None
     ckpt, at = resolve_checkpoint(loc, init.pass_, field)
     diff = signature_differences((read_meta(ckpt) or {}).get("model") or {}, model_signature(spec))
     if diff:

@@ -1,0 +1,92 @@
+"""training.init_from.checkpoint by path, with the data roots covering the service's data
+directory (an operator with one /data volume): no spelling of a job's storage reaches it
+(plain, file://, file://localhost, '..', symlinks, trailing slashes, percent-escapes), for
+its owner or another tenant, and every refusal — another tenant's job, a missing path, a
+forbidden path — is the same 422 body."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from api_helpers import TOKENS
+from test_api_basics import TINY
+from test_api_model import _finished_job, trained_run  # noqa: F401 (module fixture)
+
+from tests.control_plane import control_plane_settings
+
+
+@pytest.fixture
+def settings(redis_url, redis_client, tmp_path, fake_trainer_path):
+    data = (tmp_path / "data").resolve()
+    (data / "datasets").mkdir(parents=True)
+    return control_plane_settings(redis_url, data, api_tokens=TOKENS, data_roots=str(data))
+
+
+def _spec(checkpoint: str) -> dict:
+    return {**TINY, "training": {"num_passes": 1, "init_from": {"checkpoint": checkpoint}}}
+
+
+def test_no_spelling_of_a_jobs_storage_is_readable_by_path(alice, bob, settings, trained_run):  # noqa: F811
+    job_id = _finished_job(alice, settings, trained_run)
+    data = Path(settings.data_dir)
+    run = data / "runs" / job_id
+    ckpt = next((run / "checkpoints").iterdir())  # one of its checkpoint directories
+    link = data / "datasets" / "shortcut"
+    link.symlink_to(run)
+    (data / "datasets" / "runs-link").symlink_to(data / "runs")
+    spellings = [
+        str(run),
+        str(run) + "/",
+        str(run) + "//",
+        f"file://{run}",
+        f"file://{run}/",
+        f"file://localhost{run}",
+        f"FILE://localhost{run}",
+        "file://" + quote(str(run)),
+        str(data / "datasets" / ".." / "runs" / job_id),
+        f"file://{data}/datasets/../runs/{job_id}",
+        str(data / "runs" / "." / job_id),
+        str(link),
+        f"file://{link}/",
+        str(data / "datasets" / "runs-link" / job_id),
+        str(ckpt),
+        f"file://localhost{ckpt}/",
+        str(data),  # a directory above every job's storage
+    ]
+    bodies = set()
+    for who in (bob, alice):  # another tenant, and the owner too: only through init_from.job
+        for s in spellings:
+            r = who.post("/v1/jobs", json={"spec": _spec(s)})
+            assert r.status_code == 422, (s, r.text)
+            bodies.add(r.text)
+    # a missing job directory, a missing path under a data root, a forbidden path, a
+    # relative path, a file:// URI on another host: the same answer, word for word
+    for s in [
+        str(data / "runs" / ("0" * 16)),
+        f"file://{data}/runs/{'0' * 16}",
+        str(data / "datasets" / "nothing-here"),
+        "/etc",
+        f"file://{os.sep}etc/../etc",
+        "runs/" + job_id,
+        f"file://elsewhere{run}",
+    ]:
+        r = bob.post("/v1/jobs", json={"spec": _spec(s)})
+        assert r.status_code == 422, (s, r.text)
+        bodies.add(r.text)
+    assert len(bodies) == 1, bodies
+    msg = bodies.pop()
+    assert "training.init_from.checkpoint: no checkpoint you may start from there" in msg
+    assert job_id not in msg and "hash_size" not in msg and "exist" not in msg
+
+    # the owner's way in works; the same checkpoint copied under a data root works by path
+    r = alice.post("/v1/jobs", json={"spec": {**TINY, "training": {"init_from": {"job": job_id}}}})
+    assert r.status_code == 201, r.text
+    import shutil
+
+    shutil.copytree(trained_run, data / "datasets" / "mine")
+    r = bob.post("/v1/jobs", json={"spec": _spec(f"file://localhost{data}/datasets/mine/")})
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["training"]["init_from"]["checkpoint"].startswith(str(data / "datasets" / "mine"))
