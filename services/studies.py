@@ -21,6 +21,7 @@ each job's progress hash, which survives stream trimming).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -87,10 +88,17 @@ class StudyRecord:
         )
 
     def expansion(self) -> Expansion:
-        return expand(StudySpec.model_validate(self.spec))
+        # every arm's job spec is validated: seconds for thousands of arms, so the
+        # reconciler's sweeps (on the event loop) reuse one expansion per spec
+        return _expansion_of(json.dumps(self.spec, sort_keys=True))
 
     def job_ids(self) -> dict[str, str]:
         return {k: v for k, v in self.runs.items() if not v.startswith(_CLAIM)}
+
+
+@functools.lru_cache(maxsize=64)
+def _expansion_of(spec_json: str) -> Expansion:
+    return expand(StudySpec.model_validate(json.loads(spec_json)))
 
 
 def study_labels(study_id: str, run_key: str, arm: str, extra: dict[str, str]) -> dict[str, str]:
