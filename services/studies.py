@@ -37,7 +37,7 @@ from services.launcher import JobLauncher
 from services.redis_conn import redis_fields, text_list, transaction
 from services.study_stats import analyze
 from services.submit import submit_job
-from trainer.errors import CapacityError, RectrainError
+from trainer.errors import RectrainError, SpecError
 from trainer.study_spec import Expansion, StudySpec, eta_seconds, expand
 
 log = logging.getLogger("rectrain.studies")
@@ -113,7 +113,7 @@ def _status_of(record: StudyRecord, n_runs: int, jobs: dict[str, JobRecord]) -> 
             return "cancelling"
         return "running" if any(s != JobStatus.QUEUED for s in statuses) else "queued"
     if record.cancel_requested:
-        return "cancelled"
+        return "failed" if record.error else "cancelled"  # stopped by fail(): the error says why
     if statuses and all(s == JobStatus.SUCCEEDED for s in statuses):
         return "succeeded"
     return "failed"
@@ -305,7 +305,7 @@ class StudyStore:
                     name=f"{study.name or 'study ' + study.id[:8]} · {exp.arm(run.arm).label} · seed {run.seed}",
                     labels=study_labels(study.id, run.key, run.arm, exp.spec.labels),
                 )
-            except CapacityError:  # the run can never run (all runs share the scaling): stop the study
+            except SpecError:  # the run can never run (never fits, init_from refused...): stop the study
                 await self.r.hdel(runs_key, run.key)
                 raise
             except RectrainError as e:  # e.g. the owner's queue is full: a later sweep goes on
@@ -376,7 +376,7 @@ class StudyStore:
             if not s.cancel_requested:
                 try:
                     n = await self.submit_runs(s, launcher)
-                except CapacityError as e:
+                except SpecError as e:  # runs that can never be submitted: fail, never wait
                     await self.fail(s, e.message)
                     done[sid] = "cannot run"
                     continue

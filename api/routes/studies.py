@@ -157,12 +157,19 @@ async def create_study(
     await asyncio.to_thread(rec.expansion)  # cached for the reconciler's sweeps
     try:
         await studies.submit_runs(rec, launcher)
-    except CapacityError as e:  # no run of this study can ever start: nothing was submitted
+    except SpecError as e:  # no run of this study can ever start (capacity, init_from): nothing was submitted
         await studies.delete(await studies.get(rec.id) or rec, force=True)
         head = e.message.split(":", 1)[0]
         loc = ("body", "spec", "base", *head.split(".")) if " " not in head else ("body", "spec", "base")
         raise RequestValidationError(
-            [{"type": "capacity", "loc": loc, "msg": f"base.{e.message}", "input": None}]
+            [
+                {
+                    "type": "capacity" if isinstance(e, CapacityError) else "value_error",
+                    "loc": loc,
+                    "msg": f"base.{e.message}",
+                    "input": None,
+                }
+            ]
         ) from None
     rec = await studies.get(rec.id) or rec
     return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
