@@ -19,6 +19,7 @@ from services.settings import Settings
 from trainer import storage
 from trainer.data_roots import check_data_path
 from trainer.errors import SpecError
+from trainer.integrity import UntrustedCheckpoint, check_trusted
 from trainer.lifecycle import (
     LifecycleError,
     model_signature,
@@ -111,8 +112,16 @@ async def resolve_init_from(store: JobStore, settings: Settings, owner: str, spe
             resolve_checkpoint, location, init.pass_, "training.init_from.pass" if init.job else field
         )
         if source_sig is None:
+            # by path: only a checkpoint this service signed, or a foreign one where allowed
+            await asyncio.to_thread(
+                check_trusted,
+                ckpt,
+                field,
+                key=settings.checkpoint_secret.encode() if settings.checkpoint_secret else None,
+                allow_foreign=settings.allow_foreign_checkpoints,
+            )
             source_sig = ((await asyncio.to_thread(read_meta, ckpt)) or {}).get("model") or {}
-    except (LifecycleError, storage.StorageError) as e:
+    except (LifecycleError, storage.StorageError, UntrustedCheckpoint) as e:
         if init.job is None and not await asyncio.to_thread(_exists, location):
             raise _refused(settings, field) from None  # no oracle for what exists
         raise SpecError(str(getattr(e, "message", e))) from None

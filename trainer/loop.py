@@ -367,6 +367,7 @@ class Trainer:
                 world_size=self.session.world_size,
                 dmp=self.dmp,
                 dense_opt=None if init.reset_optimizer else self.dense_opt,
+                field="training.init_from.checkpoint",
             )
         what = "weights" if init.reset_optimizer else "weights and optimizer state"
         self.emit(

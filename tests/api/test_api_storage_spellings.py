@@ -7,6 +7,7 @@ forbidden path — is the same 422 body."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import quote
 
@@ -84,9 +85,36 @@ def test_no_spelling_of_a_jobs_storage_is_readable_by_path(alice, bob, settings,
     # the owner's way in works; the same checkpoint copied under a data root works by path
     r = alice.post("/v1/jobs", json={"spec": {**TINY, "training": {"init_from": {"job": job_id}}}})
     assert r.status_code == 201, r.text
-    import shutil
-
     shutil.copytree(trained_run, data / "datasets" / "mine")
     r = bob.post("/v1/jobs", json={"spec": _spec(f"file://localhost{data}/datasets/mine/")})
     assert r.status_code == 201, r.text
     assert r.json()["spec"]["training"]["init_from"]["checkpoint"].startswith(str(data / "datasets" / "mine"))
+
+
+def test_only_signed_checkpoints_are_read_by_path(bob, settings, trained_run, tmp_path, capsys):  # noqa: F811
+    """Under a data root, a checkpoint whose files changed since the service wrote them is
+    refused at submit (422 naming the field) and by `rectrain export` (one line, exit 2)."""
+    import pickle
+
+    from trainer.cli import main
+
+    data = Path(settings.data_dir)
+    bad = data / "datasets" / "tampered"
+    shutil.copytree(trained_run, bad)
+    ckpt = next((bad / "checkpoints").iterdir())
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').close()",))
+
+    (ckpt / ".metadata").write_bytes(pickle.dumps(Payload()))
+    r = bob.post("/v1/jobs", json={"spec": _spec(str(bad))})
+    assert r.status_code == 422, r.text
+    assert "training.init_from.checkpoint: not a checkpoint this service wrote" in r.text
+    assert ".metadata changed since rectrain wrote it" in r.text
+    capsys.readouterr()
+    assert main(["export", str(bad), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a checkpoint this service wrote" in err, err
+    assert not marker.exists() and not (tmp_path / "m.pt").exists()
