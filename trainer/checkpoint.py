@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.errors import RectrainError
+from trainer.errors import RectrainError, first_line
 from trainer.integrity import write_manifest
 
 FORMAT = "rectrain-dcp-1"
@@ -220,10 +220,7 @@ def _safe_planner(empty: bool, where: str) -> Any:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    if "WeightsUnpickler error:" in text:  # torch's long advice: keep its reason only
-        text = text.split("WeightsUnpickler error:", 1)[1].strip()
-    return (text.splitlines() or [type(e).__name__])[0][:300]
+    return first_line(e)
 
 
 def _numpy_safe_globals() -> list[Any]:

@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.errors import SpecError
+from trainer.errors import SpecError, parse_error_line
 from trainer.spec import DataSource, JobSpec, Regularizer, format_validation_error
 
 # A study never expands past this many runs, whoever submits it (the service also
@@ -480,7 +480,7 @@ def parse_study(data: Any, *, base_dir: Path | None = None) -> Expansion:
         try:
             base = (json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())) or {}
         except (ValueError, yaml.YAMLError) as e:
-            raise SpecError(f"base: {p} is not valid YAML/JSON: {e}") from None
+            raise SpecError(f"base: {p} is not valid YAML/JSON: {parse_error_line(e)}") from None
     overrides = data.pop("base_overrides", None)
     if overrides is not None:
         if not isinstance(overrides, dict) or not isinstance(base, dict):
@@ -522,5 +522,5 @@ def load_study(path: str | Path) -> Expansion:
     try:
         data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
     except (ValueError, yaml.YAMLError) as e:
-        raise SpecError(f"study file {p} is not valid YAML/JSON: {e}") from None
+        raise SpecError(f"study file {p} is not valid YAML/JSON: {parse_error_line(e)}") from None
     return parse_study(data or {}, base_dir=p.parent)
