@@ -66,7 +66,9 @@ def _inside(path: str, root: str) -> bool:
     return within(path, root)
 
 
-def check_data_path(path: str, roots: Sequence[str], *, field: str = "data.path") -> str:
+def check_data_path(
+    path: str, roots: Sequence[str], *, field: str = "data.path", forbidden: Sequence[str] = ()
+) -> str:
     """Return ``path`` normalised if it is under one of ``roots``; else raise
     :class:`DataPathRefused` naming ``field`` and the roots (same text whether or not
     the file exists). ``roots`` as given by :func:`parse_roots`."""
@@ -82,10 +84,16 @@ def check_data_path(path: str, roots: Sequence[str], *, field: str = "data.path"
         raise refused from None
     if not norm or not any(_inside(norm, r) for r in roots):
         raise refused
+    # inside a root but in a place no tenant reads by path (every job's storage): the
+    # same refusal, so the answer says nothing of what is there
+    if any(_inside(norm, f) or _inside(f, norm) for f in forbidden):
+        raise refused
     return norm
 
 
-def check_data_paths(paths: Iterable[str], roots: Sequence[str], *, field: str = "data.path") -> None:
+def check_data_paths(
+    paths: Iterable[str], roots: Sequence[str], *, field: str = "data.path", forbidden: Sequence[str] = ()
+) -> None:
     """:func:`check_data_path` for each of ``paths`` (e.g. a ``{day}`` pattern per day)."""
     for p in paths:
-        check_data_path(p, roots, field=field)
+        check_data_path(p, roots, field=field, forbidden=forbidden)

@@ -118,3 +118,26 @@ def test_only_signed_checkpoints_are_read_by_path(bob, settings, trained_run, tm
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a checkpoint this service wrote" in err, err
     assert not marker.exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_data_path_into_a_jobs_storage_reads_like_outside_the_roots(alice, bob, settings, trained_run):  # noqa: F811
+    job_id = _finished_job(alice, settings, trained_run)
+    data = Path(settings.data_dir)
+    cols = {"label": "click", "day": "day", "sparse": ["user"], "dense": []}
+
+    def submit(path: str):
+        spec = {**TINY, "data": {"source": "table", "path": path, "columns": cols}}
+        spec["data"] = {k: v for k, v in spec["data"].items() if k != "synthetic"}
+        r = bob.post("/v1/jobs", json={"spec": spec})
+        assert r.status_code == 422, (path, r.text)
+        return r.json()["detail"][0]["msg"].replace(repr(path), "PATH")
+
+    msgs = {
+        submit(p)
+        for p in [
+            f"file://localhost{data}/runs/{job_id}/x.parquet",
+            f"{data}/datasets/../runs/{job_id}/x.parquet",
+            "/etc/x.parquet",
+        ]
+    }
+    assert len(msgs) == 1 and "is not under an allowed data root" in msgs.pop()
