@@ -123,6 +123,17 @@ def canonical(location: str | Path, *, relative_ok: bool = True) -> str:
     return os.path.realpath(s)
 
 
+def canonical_spelling(location: str | Path) -> str:
+    """A local location's path as written (``file://`` removed, made absolute, ``.``,
+    repeated and trailing slashes dropped) without following symlinks or ``..`` through
+    them: equal to :func:`canonical` exactly when nothing on the path is a symlink."""
+    s = str(location)
+    if s.lower().startswith("file://"):
+        parts = urlsplit(s)
+        s = unquote(parts.path)
+    return os.path.normpath(os.path.abspath(s)) if ".." not in s.split("/") else s
+
+
 def within(location: str, root: str) -> bool:
     """Is ``location`` (canonical) ``root`` (canonical) or inside it? Local paths also
     match by identity (device and inode of ``root`` against each existing ancestor of

@@ -88,7 +88,21 @@ def test_no_spelling_of_a_jobs_storage_is_readable_by_path(alice, bob, settings,
     shutil.copytree(trained_run, data / "datasets" / "mine")
     r = bob.post("/v1/jobs", json={"spec": _spec(f"file://localhost{data}/datasets/mine/")})
     assert r.status_code == 201, r.text
-    assert r.json()["spec"]["training"]["init_from"]["checkpoint"].startswith(str(data / "datasets" / "mine"))
+    resolved = r.json()["spec"]["training"]["init_from"]["checkpoint"]
+    assert resolved.startswith(str(data / "datasets" / "mine"))
+    bob.post(f"/v1/jobs/{r.json()['id']}/cancel")
+    # swapped after submit: the directory replaced by a symlink into alice's job storage;
+    # the trainer refuses the changed path instead of following it
+    from trainer.errors import RectrainError
+    from trainer.lifecycle import prepare_init_from
+    from trainer.spec import JobSpec
+
+    spec = JobSpec.model_validate(r.json()["spec"])
+    assert prepare_init_from(spec, pinned=True).training.init_from.checkpoint == resolved
+    (data / "datasets" / "mine").rename(data / "datasets" / "moved")
+    (data / "datasets" / "mine").symlink_to(run)
+    with pytest.raises(RectrainError, match="changed since it was checked"):
+        prepare_init_from(spec, pinned=True)
 
 
 def test_only_signed_checkpoints_are_read_by_path(bob, settings, trained_run, tmp_path, capsys):  # noqa: F811
