@@ -95,7 +95,10 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    error: str | None = Field(description="why it failed or was cancelled")
+    error: str | None = Field(description="why it failed or was cancelled (the trainer's own reason)")
+    error_log: str | None = Field(
+        None, description="a failed job: the end of its trainer's log (stderr or the Ray job log), kept apart"
+    )
     cancel_requested: bool = False
     passes_done: int
     num_passes: int
@@ -127,6 +130,7 @@ class JobPublic(BaseModel):
             started_at=_ts(job.started_at),
             finished_at=_ts(job.finished_at),
             error=job.error,
+            error_log=job.error_log,
             cancel_requested=job.cancel_requested,
             passes_done=len(summary["passes"]),
             num_passes=job.num_passes,

@@ -106,9 +106,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     head = None
     if settings.launcher == "auto" and not settings.ray_address:
         # the embedded default: one long-lived local Ray head for every job
-        from services.local_ray import LocalRayHead
+        from services.local_ray import LocalRayHead, reclaim_orphan
 
-        head = LocalRayHead(Path(settings.data_dir).resolve() / "ray-head.log", nice=settings.trainer_nice)
+        data_dir = Path(settings.data_dir).resolve()
+        record = data_dir / "ray-head.json"
+        try:
+            reclaimed = reclaim_orphan(record)  # a head a SIGKILLed serve left running
+        except RuntimeError as e:
+            print(f"rectrain serve: {e}", file=sys.stderr)
+            return 1
+        if reclaimed:
+            print(reclaimed, flush=True)
+        head = LocalRayHead(data_dir / "ray-head.log", nice=settings.trainer_nice, record=record)
         print(f"starting a local Ray head for the jobs (log: {head.log_path}) ...", flush=True)
         try:
             os.environ["RAY_ADDRESS"] = head.start()

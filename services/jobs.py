@@ -106,6 +106,7 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    error_log: str | None = None  # a failed trainer's log tail (ANSI removed); error is its reason
     cancel_requested: bool = False
     launcher: str | None = None
     runner_host: str | None = None

@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services import keys
+from services.failure import split_failure
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.metrics_bus import progress_from_results
 from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA
@@ -684,7 +685,9 @@ async def _supervise(
         if job is not None and job.cancel_requested:
             await _retry(store.transition, job_id, JobStatus.CANCELLED, error="cancelled on request")
             return 0
-        await _retry(store.transition, job_id, JobStatus.FAILED, error=outcome.reason)
+        # the trainer's own reason as the error; the log tail apart (services/failure.py)
+        error, error_log = await split_failure(store.r, job_id, outcome.reason)
+        await _retry(store.transition, job_id, JobStatus.FAILED, error=error, error_log=error_log)
         _log(job_id, f"failed: {outcome.reason}")
         return 1
     except IllegalTransition as e:

@@ -61,4 +61,7 @@ def check_job_limits(spec: JobSpec, settings: Settings) -> None:
                 f"{field}: {value:g} is above what this service allows one job ({limit:g}, {var}); "
                 f"ask for at most {limit:g}"
             )
-    check_data_paths(data_paths(spec), settings.data_root_list)
+    from services.model_lifecycle import forbidden_roots
+
+    # job storage stays out of reach even where the data roots cover it (one /data volume)
+    check_data_paths(data_paths(spec), settings.data_root_list, forbidden=forbidden_roots(settings))

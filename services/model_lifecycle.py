@@ -19,6 +19,7 @@ from services.settings import Settings
 from trainer import storage
 from trainer.data_roots import check_data_path
 from trainer.errors import SpecError
+from trainer.integrity import UntrustedCheckpoint, check_trusted
 from trainer.lifecycle import (
     LifecycleError,
     model_signature,
@@ -37,6 +38,49 @@ class ModelNotReady(LifecycleError):
 
 def job_storage(settings: Settings, job_id: str) -> str:
     return storage.job_location(settings.effective_storage_uri, job_id)
+
+
+def forbidden_roots(settings: Settings) -> list[str]:
+    """Locations no tenant names by path: every job's storage (``runs`` under the
+    storage root and under the data directory), canonical."""
+    out = {storage.canonical(storage.join(settings.effective_storage_uri, "runs"))}
+    out.add(storage.canonical(Path(settings.data_dir).resolve() / "runs"))
+    return sorted(out)
+
+
+def _refused(settings: Settings, field: str) -> SpecError:
+    """The one refusal of a checkpoint location: the same words whether the location is
+    another tenant's job, this tenant's own job by path, outside the data roots, or
+    missing — so the answer reveals nothing about what exists."""
+    return SpecError(
+        f"{field}: no checkpoint you may start from there; name a checkpoint or run directory under "
+        f"an allowed data root ({', '.join(settings.data_root_list) or 'none configured'}), or continue "
+        "one of your own jobs with training.init_from.job"
+    )
+
+
+def _readable_checkpoint(settings: Settings, location: str, field: str) -> str:
+    """``location`` in its canonical form (:func:`trainer.storage.canonical`, the one
+    normalisation), if a tenant may read it by path: under a data root and outside every
+    job's storage (reached through ``training.init_from.job`` only, where ownership is
+    checked), whatever the spelling (``file://``, ``file://localhost``, ``..``, symlinks,
+    trailing slashes, case). Every refusal is :func:`_refused`."""
+    try:
+        storage.check_uri(location, field)
+        norm = storage.canonical(location, relative_ok=False)
+        check_data_path(norm, settings.data_root_list, field=field)
+    except (SpecError, storage.StorageError):
+        raise _refused(settings, field) from None
+    if any(storage.within(norm, r) or storage.within(r, norm) for r in forbidden_roots(settings)):
+        raise _refused(settings, field)
+    return norm
+
+
+def _exists(location: str) -> bool:
+    try:
+        return storage.exists(location)
+    except storage.StorageError:
+        return False
 
 
 async def resolve_init_from(store: JobStore, settings: Settings, owner: str, spec: JobSpec) -> JobSpec:
@@ -62,28 +106,24 @@ async def resolve_init_from(store: JobStore, settings: Settings, owner: str, spe
         location = job_storage(settings, job.id)
     else:
         assert init.checkpoint is not None
-        # read access like data.path: only under the service's data roots
-        try:
-            check_data_path(init.checkpoint, settings.data_root_list, field=field)
-        except SpecError as e:
-            raise SpecError(f"{e.message}; to continue one of your jobs use training.init_from.job") from None
-        location = init.checkpoint
-        # jobs' storage is reached through training.init_from.job only (ownership is
-        # checked there), even where the operator's data roots would cover it
-        runs = storage.join(settings.effective_storage_uri, "runs")
-        norm = location if storage.is_uri(location) else str(Path(location).resolve())
-        if norm.rstrip("/").startswith(runs.rstrip("/") + "/") or norm.rstrip("/") == runs.rstrip("/"):
-            raise SpecError(
-                f"{field}: {location} is in the service's job storage; name the job in "
-                "training.init_from.job instead"
-            )
+        location = _readable_checkpoint(settings, init.checkpoint, field)
     try:
         ckpt, at = await asyncio.to_thread(
             resolve_checkpoint, location, init.pass_, "training.init_from.pass" if init.job else field
         )
         if source_sig is None:
+            # by path: only a checkpoint this service signed, or a foreign one where allowed
+            await asyncio.to_thread(
+                check_trusted,
+                ckpt,
+                field,
+                key=settings.checkpoint_secret.encode() if settings.checkpoint_secret else None,
+                allow_foreign=settings.allow_foreign_checkpoints,
+            )
             source_sig = ((await asyncio.to_thread(read_meta, ckpt)) or {}).get("model") or {}
-    except (LifecycleError, storage.StorageError) as e:
+    except (LifecycleError, storage.StorageError, UntrustedCheckpoint) as e:
+        if init.job is None and not await asyncio.to_thread(_exists, location):
+            raise _refused(settings, field) from None  # no oracle for what exists
         raise SpecError(str(getattr(e, "message", e))) from None
     diff = signature_differences(source_sig, model_signature(spec))
     if diff:

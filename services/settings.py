@@ -232,6 +232,14 @@ class Settings(BaseSettings):
         None,
         description="comma-separated prefixes a job's data.path must lie under (dirs, file://, s3://bucket/prefix/, gs://...); unset: RECTRAIN_DATA_DIR/datasets",
     )
+    checkpoint_secret: str | None = Field(
+        None,
+        description="key that signs the checkpoints jobs write (HMAC of their content hashes); the same on the API and every Ray node; unset: a key file per user (~/.cache/rectrain/checkpoint.key)",
+    )
+    allow_foreign_checkpoints: bool = Field(
+        False,
+        description='true: training.init_from.checkpoint and rectrain export also read checkpoints this service did not sign (with readers that run no code; README "Foreign checkpoints")',
+    )
     max_workers: int = Field(
         16,
         ge=1,

@@ -21,6 +21,7 @@ each job's progress hash, which survives stream trimming).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -36,7 +37,7 @@ from services.launcher import JobLauncher
 from services.redis_conn import redis_fields, text_list, transaction
 from services.study_stats import analyze
 from services.submit import submit_job
-from trainer.errors import CapacityError, RectrainError
+from trainer.errors import RectrainError, SpecError
 from trainer.study_spec import Expansion, StudySpec, eta_seconds, expand
 
 log = logging.getLogger("rectrain.studies")
@@ -87,10 +88,17 @@ class StudyRecord:
         )
 
     def expansion(self) -> Expansion:
-        return expand(StudySpec.model_validate(self.spec))
+        # every arm's job spec is validated: seconds for thousands of arms, so the
+        # reconciler's sweeps (on the event loop) reuse one expansion per spec
+        return _expansion_of(json.dumps(self.spec, sort_keys=True))
 
     def job_ids(self) -> dict[str, str]:
         return {k: v for k, v in self.runs.items() if not v.startswith(_CLAIM)}
+
+
+@functools.lru_cache(maxsize=64)
+def _expansion_of(spec_json: str) -> Expansion:
+    return expand(StudySpec.model_validate(json.loads(spec_json)))
 
 
 def study_labels(study_id: str, run_key: str, arm: str, extra: dict[str, str]) -> dict[str, str]:
@@ -105,7 +113,7 @@ def _status_of(record: StudyRecord, n_runs: int, jobs: dict[str, JobRecord]) -> 
             return "cancelling"
         return "running" if any(s != JobStatus.QUEUED for s in statuses) else "queued"
     if record.cancel_requested:
-        return "cancelled"
+        return "failed" if record.error else "cancelled"  # stopped by fail(): the error says why
     if statuses and all(s == JobStatus.SUCCEEDED for s in statuses):
         return "succeeded"
     return "failed"
@@ -297,7 +305,7 @@ class StudyStore:
                     name=f"{study.name or 'study ' + study.id[:8]} · {exp.arm(run.arm).label} · seed {run.seed}",
                     labels=study_labels(study.id, run.key, run.arm, exp.spec.labels),
                 )
-            except CapacityError:  # the run can never run (all runs share the scaling): stop the study
+            except SpecError:  # the run can never run (never fits, init_from refused...): stop the study
                 await self.r.hdel(runs_key, run.key)
                 raise
             except RectrainError as e:  # e.g. the owner's queue is full: a later sweep goes on
@@ -368,7 +376,7 @@ class StudyStore:
             if not s.cancel_requested:
                 try:
                     n = await self.submit_runs(s, launcher)
-                except CapacityError as e:
+                except SpecError as e:  # runs that can never be submitted: fail, never wait
                     await self.fail(s, e.message)
                     done[sid] = "cannot run"
                     continue

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from services.local_ray import LOOPBACK_ARGS, LOOPBACK_ENV
 from tests.net import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,9 @@ VENV_BIN = Path(sys.executable).parent
 # test starts (Ray 2.60 otherwise turns token auth on for whoever finds ~/.ray/auth_token).
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# every Ray a test starts (the session head, in-process ray.init(), the multi-node test
+# cluster, rectrain serve's) binds and advertises 127.0.0.1 only, like serve's own head
+os.environ.update(LOOPBACK_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +59,9 @@ def ray_address(tmp_path_factory):
             "--head",
             "--block",
             f"--port={port}",
+            *LOOPBACK_ARGS,
             "--num-cpus=4",
             "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
             # free agent ports: Ray's fixed defaults collide with any other Ray on the box
             # (then its Jobs API never accepts a job: 'No available agent to submit job')

@@ -63,7 +63,10 @@ def _start_cluster_once(
 ) -> LocalCluster:
     # a short path: Ray's Unix sockets live under it (108-byte limit)
     tmpdir = tempfile.mkdtemp(prefix="rtc-", dir="/tmp")
-    full_env = {**os.environ, **(env or {}), "RAY_TMPDIR": tmpdir}
+    from services.local_ray import LOOPBACK_ENV
+
+    # its nodes bind and advertise 127.0.0.1 (one machine), like every test Ray
+    full_env = {**os.environ, **(env or {}), **LOOPBACK_ENV, "RAY_TMPDIR": tmpdir}
     full_env.pop("RAY_ADDRESS", None)
     repo = str(Path(__file__).resolve().parents[1])
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, full_env.get("PYTHONPATH", "")) if p)

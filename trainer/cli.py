@@ -63,7 +63,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rectrain", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="rectrain",
+        description=__doc__.splitlines()[0],
+        epilog="--debug (with any command): show the traceback of an unexpected error",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="train a job spec (YAML/JSON) and print NE per pass")
     r.add_argument("spec", help="path to a job spec (.yaml/.yml/.json)")
@@ -135,18 +139,36 @@ def _shutdown_ray() -> None:
         pass
 
 
+def _one_line(e: BaseException) -> str:
+    text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every command ends bad input with one line on stderr and a non-zero exit: 2 for
+    what rectrain refused (the line names the file or field and what to change), 1 for
+    anything else (its type and first line); ``--debug`` (anywhere) shows the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except RectrainError as e:
+        if debug:
+            raise
         print(f"rectrain: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _shutdown_ray()
         print("rectrain: cancelled" if _terminated else "rectrain: interrupted", file=sys.stderr)
         return 143 if _terminated else 130
+    except Exception as e:  # not one of ours: still one line, the traceback with --debug
+        if debug:
+            raise
+        print(f"rectrain {args.command}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,10 +20,7 @@ Torch-free, so the control plane and the storage module can use it.
 
 from __future__ import annotations
 
-import os
-import posixpath
 from collections.abc import Iterable, Sequence
-from urllib.parse import unquote, urlparse
 
 from trainer.errors import SpecError
 
@@ -46,46 +43,32 @@ def parse_roots(raw: str | Iterable[str] | None) -> list[str]:
     return out
 
 
-def _split_uri(path: str) -> tuple[str, str] | None:
-    """(scheme, rest) for ``scheme://rest`` URIs, else None (a local path)."""
-    scheme, sep, rest = path.partition("://")
-    if sep and scheme and scheme.replace("+", "").isalnum():
-        return scheme.lower(), rest
-    return None
-
-
 def _normalise(path: str, *, root: bool = False) -> str:
-    """A canonical form: a resolved absolute local path, or ``scheme://bucket/key``."""
-    uri = _split_uri(path)
-    if uri is not None and uri[0] == "file":
-        u = urlparse(path)
-        if u.netloc not in ("", "localhost"):
-            raise ValueError(f"file:// URI with a host ({u.netloc}) is not a local path")
-        path, uri = unquote(u.path), None
-    if uri is None:
-        if not os.path.isabs(path):
-            if root:
-                raise ValueError(f"data root {path!r} must be an absolute path or a URI")
-            return ""  # relative paths are never under a root (they depend on the cwd)
-        return os.path.realpath(path)
-    scheme, rest = uri
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"{path!r}: a {scheme}:// URI needs a bucket")
-    key = posixpath.normpath("/" + key).lstrip("/") if key else ""
-    if key.startswith(".."):
-        key = ""
-    return f"{scheme}://{bucket.lower()}/{key}".rstrip("/") if key else f"{scheme}://{bucket.lower()}"
+    """A canonical form (:func:`trainer.storage.canonical`, the one normalisation every
+    location check uses), without a URI's query; "" for a relative path (never under a
+    root: it depends on the cwd)."""
+    from trainer.storage import StorageError, canonical
+
+    try:
+        norm = canonical(path, relative_ok=False)
+    except StorageError as e:
+        if root:
+            raise ValueError(f"data root {path!r}: {e}") from None
+        if "relative path" in str(e):
+            return ""
+        raise ValueError(str(e)) from None
+    return norm.partition("?")[0] if "://" in norm else norm
 
 
 def _inside(path: str, root: str) -> bool:
-    if path == root:
-        return True
-    sep = "/" if "://" in root else os.sep
-    return path.startswith(root.rstrip(sep) + sep)
+    from trainer.storage import within
+
+    return within(path, root)
 
 
-def check_data_path(path: str, roots: Sequence[str], *, field: str = "data.path") -> str:
+def check_data_path(
+    path: str, roots: Sequence[str], *, field: str = "data.path", forbidden: Sequence[str] = ()
+) -> str:
     """Return ``path`` normalised if it is under one of ``roots``; else raise
     :class:`DataPathRefused` naming ``field`` and the roots (same text whether or not
     the file exists). ``roots`` as given by :func:`parse_roots`."""
@@ -101,10 +84,16 @@ def check_data_path(path: str, roots: Sequence[str], *, field: str = "data.path"
         raise refused from None
     if not norm or not any(_inside(norm, r) for r in roots):
         raise refused
+    # inside a root but in a place no tenant reads by path (every job's storage): the
+    # same refusal, so the answer says nothing of what is there
+    if any(_inside(norm, f) or _inside(f, norm) for f in forbidden):
+        raise refused
     return norm
 
 
-def check_data_paths(paths: Iterable[str], roots: Sequence[str], *, field: str = "data.path") -> None:
+def check_data_paths(
+    paths: Iterable[str], roots: Sequence[str], *, field: str = "data.path", forbidden: Sequence[str] = ()
+) -> None:
     """:func:`check_data_path` for each of ``paths`` (e.g. a ``{day}`` pattern per day)."""
     for p in paths:
-        check_data_path(p, roots, field=field)
+        check_data_path(p, roots, field=field, forbidden=forbidden)

@@ -19,6 +19,7 @@ import torch
 
 from trainer import storage
 from trainer.data.hashing import _HASH_KEY, MISSING
+from trainer.errors import first_line
 from trainer.lifecycle import (
     LifecycleError,
     default_pass,
@@ -164,7 +165,7 @@ def load_model(path: str | Path) -> ExportedModel:
     try:
         artifact = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise LifecycleError(f"model: {path} is not a rectrain model file: {e}") from None
+        raise LifecycleError(f"model: {path} is not a rectrain model file: {first_line(e)}") from None
     if not isinstance(artifact, dict):
         raise LifecycleError(f"model: {path} is not a rectrain model file")
     return ExportedModel(artifact)

@@ -200,7 +200,9 @@ def run_job(
     from trainer.loop import train_worker
 
     spec.check_capacity()
-    spec = prepare_init_from(spec)  # warm start: the checkpoint resolved and checked up front
+    # warm start: the checkpoint resolved and checked up front (a job of the service was
+    # resolved at submit: its location must not have changed since)
+    spec = prepare_init_from(spec, pinned=job_id is not None)
     spec = absolute_data_path(spec)
     run_dir = Path(run_dir or default_run_dir()).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)

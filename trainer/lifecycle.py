@@ -191,9 +191,14 @@ def resolve_checkpoint(location: str, pass_: int | None, field: str = "checkpoin
     return kept[pass_], pass_
 
 
-def prepare_init_from(spec: JobSpec) -> JobSpec:
+def prepare_init_from(spec: JobSpec, *, pinned: bool = False) -> JobSpec:
     """The driver's side of ``training.init_from``: resolve the checkpoint (an absolute
-    location, the pass filled in) and check the model matches, before any worker starts."""
+    location, the pass filled in) and check the model matches, before any worker starts.
+
+    ``pinned``: the location was resolved already (by the service at submit, or by the
+    driver for its workers) to its canonical form; if it no longer is (a symlink swapped
+    in on its path since, which could point into another job's storage), it is refused
+    instead of followed."""
     init = spec.training.init_from
     if init is None:
         return spec
@@ -204,11 +209,15 @@ def prepare_init_from(spec: JobSpec) -> JobSpec:
             "training.init_from.checkpoint"
         )
     field = "training.init_from.checkpoint"
-    loc = init.checkpoint
-    if not storage.is_uri(loc):
-        from pathlib import Path
-
-        loc = str(Path(loc).resolve())
+    try:
+        loc = storage.canonical(init.checkpoint)
+    except storage.StorageError as e:
+        raise LifecycleError(f"{field}: {e}") from None
+    if pinned and storage.is_local(init.checkpoint) and loc != storage.canonical_spelling(init.checkpoint):
+        raise LifecycleError(
+            f"{field}: {init.checkpoint} changed since it was checked (its path now leads elsewhere: "
+            "a symlink on it); submit the job again"
+        )
     ckpt, at = resolve_checkpoint(loc, init.pass_, field)
     diff = signature_differences((read_meta(ckpt) or {}).get("model") or {}, model_signature(spec))
     if diff:

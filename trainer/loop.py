@@ -365,8 +365,10 @@ class Trainer:
         from trainer import storage
         from trainer.lifecycle import prepare_init_from
 
-        # the driver resolved it already (trainer/launch.py); in-process runs resolve here
-        init = prepare_init_from(self.spec).training.init_from
+        # the driver resolved it already (trainer/launch.py: canonical, so a path that
+        # changed since is refused here); in-process runs resolve here
+        given = init.checkpoint or ""
+        init = prepare_init_from(self.spec, pinned=os.path.isabs(given)).training.init_from
         assert init is not None and init.checkpoint is not None
         location, at = init.checkpoint, init.pass_
         with tempfile.TemporaryDirectory(prefix="rectrain-init-") as tmp:
@@ -378,6 +380,7 @@ class Trainer:
                 dmp=self.dmp,
                 dense_opt=None if init.reset_optimizer else self.dense_opt,
                 regs=regs,
+                field="training.init_from.checkpoint",
             )
             self.regs.state_loaded(regs)  # with reset_optimizer: freq_decay starts afresh
         what = "weights" if init.reset_optimizer else "weights and optimizer state"

@@ -28,7 +28,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data.chunk import Chunk
 from trainer.data.dataset import Batch, _Part, make_source, table_feature_name
-from trainer.errors import DataError
+from trainer.errors import DataError, RectrainError
 from trainer.export import ExportedModel, load_model
 from trainer.spec import DataSource, DataSpec, JobSpec
 
@@ -190,6 +190,22 @@ def _batches(spec: JobSpec, part: _Part, batch_size: int) -> Iterator[tuple[np.n
         )
 
 
+def _readable(chunks: Iterator[Any], what: str) -> Iterator[Any]:
+    """The chunks, with a file that cannot be read (truncated or garbage Parquet, a CSV
+    pandas cannot parse) said in one line naming it, not a reader's traceback."""
+    while True:
+        try:
+            item = next(chunks)
+        except StopIteration:
+            return
+        except RectrainError:
+            raise
+        except (OSError, ValueError, UnicodeDecodeError, EOFError) as e:  # pyarrow/pandas errors
+            first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            raise DataError(f"data: {what} cannot be read as a table: {first}") from None
+        yield item
+
+
 def predict(
     model_path: str | Path,
     data: str,
@@ -222,7 +238,8 @@ def predict(
     bar = tqdm(unit="ex", unit_scale=True, disable=not progress, dynamic_ncols=True, desc="scoring")
     features = spec.data.sparse_feature_names()
     try:
-        for day, chunk, has_label in _chunks(section, days, file):
+        chunks = _readable(_chunks(section, days, file), file or data)
+        for day, chunk, has_label in chunks:
             labelled = labelled and has_label
             missing = [f for f in features if f not in chunk.sparse]
             if missing:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainer.errors import CapacityError, SpecError
+from trainer.errors import CapacityError, SpecError, parse_error_line
 
 _BYTES_PER_FLOAT = 4
 _GIB = 1024**3
@@ -1197,7 +1197,7 @@ def load_spec(path: str | Path, *, check_capacity: bool = True) -> JobSpec:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise SpecError(
-            f"spec file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
+            f"spec file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {parse_error_line(e)}"
         ) from None
     return parse_spec(data or {}, check_capacity=check_capacity)
 

@@ -26,7 +26,7 @@ import posixpath
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from trainer.errors import RectrainError
 
@@ -77,6 +77,92 @@ def check_uri(location: str, field: str = "location") -> str:
     if parts.scheme != "file" and not parts.netloc:
         raise StorageError(f"{field}: {s!r} names no bucket (expected {parts.scheme}://bucket/prefix)")
     return s
+
+
+def canonical(location: str | Path, *, relative_ok: bool = True) -> str:
+    """The one normal form of a location; every check that compares locations (data
+    roots, job storage, ownership) compares these, never the spelling a user gave.
+
+    - ``file:///p`` and ``file://localhost/p`` become the local path ``/p`` (percent-escapes
+      decoded); a ``file://`` URI naming another host is refused;
+    - a local path is made absolute and resolved like :func:`os.path.realpath`: every
+      symlink, ``.`` and ``..`` (after the symlinks, as the kernel does), repeated and
+      trailing slashes; ``relative_ok=False`` refuses a relative path (it would depend on
+      the current directory);
+    - an object-store URI keeps its scheme (lower-cased), its bucket (lower-cased) and its
+      query; its key loses ``.``/``..`` segments (never above the bucket), repeated and
+      trailing slashes.
+
+    Case that the filesystem folds (macOS, Windows shares) is not rewritten here:
+    :func:`within` compares the directories themselves (device and inode) for that.
+    Raises :class:`StorageError` for what cannot be a location.
+    """
+    s = str(location)
+    if "\x00" in s:
+        raise StorageError("a location cannot contain a NUL character")
+    scheme, sep, rest = s.partition("://")
+    if sep and scheme and scheme.replace("+", "").isalnum():
+        scheme = scheme.lower()
+        if scheme == "file":
+            parts = urlsplit(s)
+            if parts.netloc not in ("", "localhost"):
+                raise StorageError(f"file:// URI with a host ({parts.netloc}) is not a local path")
+            s = unquote(parts.path)
+            if not s.startswith("/"):
+                raise StorageError("a file:// URI needs an absolute path (file:///dir)")
+        else:
+            base, query = _split(rest)
+            bucket, _, key = base.partition("/")
+            if not bucket:
+                raise StorageError(f"{scheme}:// URI without a bucket")
+            key = posixpath.normpath("/" + key).lstrip("/") if key else ""
+            out = f"{scheme}://{bucket.lower()}" + (f"/{key}" if key else "")
+            return out + query
+    if not os.path.isabs(s) and not relative_ok:
+        raise StorageError(f"{s!r} is a relative path; give an absolute path or a URI")
+    return os.path.realpath(s)
+
+
+def canonical_spelling(location: str | Path) -> str:
+    """A local location's path as written (``file://`` removed, made absolute, ``.``,
+    repeated and trailing slashes dropped) without following symlinks or ``..`` through
+    them: equal to :func:`canonical` exactly when nothing on the path is a symlink."""
+    s = str(location)
+    if s.lower().startswith("file://"):
+        parts = urlsplit(s)
+        s = unquote(parts.path)
+    return os.path.normpath(os.path.abspath(s)) if ".." not in s.split("/") else s
+
+
+def within(location: str, root: str) -> bool:
+    """Is ``location`` (canonical) ``root`` (canonical) or inside it? Local paths also
+    match by identity (device and inode of ``root`` against each existing ancestor of
+    ``location``), so a spelling in another case on a case-folding filesystem is caught."""
+    if location == root:
+        return True
+    if "://" in root or "://" in location:
+        if "://" not in root or "://" not in location:
+            return False
+        lb, lq = _split(location)
+        rb, rq = _split(root)
+        return lb == rb or lb.startswith(rb.rstrip("/") + "/")
+    if location.startswith(root.rstrip(os.sep) + os.sep):
+        return True
+    try:
+        rst = os.stat(root)
+    except OSError:
+        return False
+    p = location
+    while True:
+        try:
+            if os.path.samestat(os.stat(p), rst):
+                return True
+        except OSError:
+            pass
+        parent = os.path.dirname(p)
+        if parent == p:
+            return False
+        p = parent
 
 
 def join(location: str | Path, *parts: str) -> str:

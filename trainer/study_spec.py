@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.errors import SpecError
+from trainer.errors import SpecError, parse_error_line
 from trainer.spec import DataSource, JobSpec, Regularizer, format_validation_error
 
 # A study never expands past this many runs, whoever submits it (the service also
@@ -268,11 +268,12 @@ def _variant_name(v: StudyVariant) -> str:
     return v.name or "+".join(str(r.get("type")) for r in v.regularizers)
 
 
-def expand_arms(spec: StudySpec) -> list[Arm]:
-    """The baseline, then every variant at every point of its grids (validated)."""
+def _variant_axes(spec: StudySpec) -> list[list[tuple[int, str, list[Any]]]]:
+    """Each variant's grid axes (regularizer index, parameter, values), checked: no
+    product is built here."""
     models = regularizer_models()
-    arms = [Arm(key=BASELINE, variant=BASELINE, variant_index=-1, label=BASELINE)]
     names: set[str] = {BASELINE}
+    out = []
     for i, v in enumerate(spec.variants):
         vname = _variant_name(v)
         if vname in names:
@@ -282,6 +283,39 @@ def expand_arms(spec: StudySpec) -> list[Arm]:
         for j, entry in enumerate(v.regularizers):
             for param, values in _grids_of(f"variants.{i}.regularizers.{j}", entry, models).items():
                 axes.append((j, param, values))
+        out.append(axes)
+    return out
+
+
+def count_arms(spec: StudySpec) -> int:
+    """Arms (baseline included) from the grid sizes alone: a product of lengths per
+    variant, so a huge grid is refused in microseconds, before anything is expanded."""
+    return 1 + sum(math.prod(len(vals) for _, _, vals in axes) for axes in _variant_axes(spec))
+
+
+def count_runs(spec: StudySpec) -> int:
+    return count_arms(spec) * len(spec.seed_list())
+
+
+def check_size(spec: StudySpec, max_runs: int = MAX_STUDY_RUNS) -> int:
+    """The number of runs, counted without expanding; :class:`SpecError` on ``variants``
+    past ``max_runs`` (never above :data:`MAX_STUDY_RUNS`)."""
+    arms, seeds = count_arms(spec), len(spec.seed_list())
+    n_runs = arms * seeds
+    limit = min(max_runs, MAX_STUDY_RUNS)
+    if n_runs > limit:
+        raise SpecError(
+            f"variants: {arms} arms (baseline included) x {seeds} seeds = {n_runs} runs; "
+            f"a study has at most {limit}: shrink the grids or the seeds"
+        )
+    return n_runs
+
+
+def expand_arms(spec: StudySpec) -> list[Arm]:
+    """The baseline, then every variant at every point of its grids (validated)."""
+    arms = [Arm(key=BASELINE, variant=BASELINE, variant_index=-1, label=BASELINE)]
+    for i, (v, axes) in enumerate(zip(spec.variants, _variant_axes(spec), strict=True)):
+        vname = _variant_name(v)
         points = list(itertools.product(*[vals for _, _, vals in axes])) if axes else [()]
         for p, combo in enumerate(points):
             regs = copy.deepcopy(v.regularizers)
@@ -369,14 +403,9 @@ class Expansion:
 
 def expand(spec: StudySpec) -> Expansion:
     """Validate every arm's job spec and list the runs (arm-major, then seed)."""
+    check_size(spec)  # counted from the grid sizes: nothing is built past the limit
     arms = expand_arms(spec)
     seeds = spec.seed_list()
-    n_runs = len(arms) * len(seeds)
-    if n_runs > MAX_STUDY_RUNS:
-        raise SpecError(
-            f"variants: {len(arms)} arms (baseline included) x {len(seeds)} seeds = {n_runs} runs; "
-            f"a study has at most {MAX_STUDY_RUNS}: shrink the grids or the seeds"
-        )
     for a in arms:  # the seed never makes a spec invalid: check each arm once
         job_spec_for(spec, a, seeds[0]).check_capacity()
     runs = [Run(key=f"{a.key}/s{s}", arm=a.key, seed=s) for a in arms for s in seeds]
@@ -451,7 +480,7 @@ def parse_study(data: Any, *, base_dir: Path | None = None) -> Expansion:
         try:
             base = (json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())) or {}
         except (ValueError, yaml.YAMLError) as e:
-            raise SpecError(f"base: {p} is not valid YAML/JSON: {e}") from None
+            raise SpecError(f"base: {p} is not valid YAML/JSON: {parse_error_line(e)}") from None
     overrides = data.pop("base_overrides", None)
     if overrides is not None:
         if not isinstance(overrides, dict) or not isinstance(base, dict):
@@ -493,5 +522,5 @@ def load_study(path: str | Path) -> Expansion:
     try:
         data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
     except (ValueError, yaml.YAMLError) as e:
-        raise SpecError(f"study file {p} is not valid YAML/JSON: {e}") from None
+        raise SpecError(f"study file {p} is not valid YAML/JSON: {parse_error_line(e)}") from None
     return parse_study(data or {}, base_dir=p.parent)

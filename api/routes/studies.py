@@ -131,7 +131,8 @@ async def _study_or_404(studies: StudyStore, study_id: str, owner: str) -> Study
 @router.post("/plan", response_model=StudyPlan)
 async def plan_study(body: StudyCreate, owner: CurrentOwner) -> StudyPlan:
     """Validate and expand a study without running it: runs, arms and estimated cost."""
-    return StudyPlan.model_validate(_expand(body).plan())
+    exp = await asyncio.to_thread(_expand, body)  # bounded first, then off the event loop
+    return StudyPlan.model_validate(await asyncio.to_thread(exp.plan))
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic)
@@ -145,21 +146,31 @@ async def create_study(
 ) -> StudyPublic:
     """Submit a study: every run (arm x seed) becomes a job labelled ``study=<id>``."""
     studies = get_studies(request)
-    exp = _expand(body)
+    # the size is checked from the grid sizes before anything is built; the expansion
+    # (every arm's spec validated) runs off the event loop
+    exp = await asyncio.to_thread(_expand, body)
     try:
         rec = await studies.create(owner, exp, body.name, settings.study_max_runs)
     except StudyLimit as e:
         raise RequestValidationError(
             [{"type": "limit", "loc": ("body", "spec", "variants"), "msg": e.message, "input": None}]
         ) from None
+    await asyncio.to_thread(rec.expansion)  # cached for the reconciler's sweeps
     try:
         await studies.submit_runs(rec, launcher)
-    except CapacityError as e:  # no run of this study can ever start: nothing was submitted
+    except SpecError as e:  # no run of this study can ever start (capacity, init_from): nothing was submitted
         await studies.delete(await studies.get(rec.id) or rec, force=True)
         head = e.message.split(":", 1)[0]
         loc = ("body", "spec", "base", *head.split(".")) if " " not in head else ("body", "spec", "base")
         raise RequestValidationError(
-            [{"type": "capacity", "loc": loc, "msg": f"base.{e.message}", "input": None}]
+            [
+                {
+                    "type": "capacity" if isinstance(e, CapacityError) else "value_error",
+                    "loc": loc,
+                    "msg": f"base.{e.message}",
+                    "input": None,
+                }
+            ]
         ) from None
     rec = await studies.get(rec.id) or rec
     return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))

@@ -145,6 +145,6 @@ def test_delete_only_finished_jobs(alice):
 def test_failed_job_reports_why(alice):
     job = alice.post("/v1/jobs", json={"spec": TINY, "labels": {"mode": "fail"}}).json()
     done = wait_status(alice, job["id"], lambda s: s in TERMINAL)
-    assert done["status"] == "failed" and "exited with code 3" in done["error"]
-    assert "fake failure" in done["error"]
+    assert done["status"] == "failed" and done["error"] == "data.path: no such file (fake failure)"
+    assert "exited with code 3" in done["error_log"] and "fake failure" in done["error_log"]
     assert isinstance(httpx, object)

@@ -129,9 +129,7 @@ def test_init_from_job_is_resolved_and_checked_at_submit(alice, bob, settings, t
     data = Path(settings.data_dir).resolve()
     wide = Settings(data_dir=data, data_roots=str(data))
     by_path = parse_spec({**TINY, "training": {"init_from": {"checkpoint": str(data / "runs" / job_id)}}})
-    with pytest.raises(
-        SpecError, match="is in the service's job storage; name the job in training.init_from.job"
-    ):
+    with pytest.raises(SpecError, match="no checkpoint you may start from there.*training.init_from.job"):
         asyncio.run(resolve_init_from(None, wide, "alice", by_path))  # type: ignore[arg-type]
     # a checkpoint path outside the data roots
     outside = {**TINY, "training": {"init_from": {"checkpoint": str(trained_run)}}}

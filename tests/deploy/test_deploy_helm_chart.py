@@ -243,6 +243,37 @@ def test_existing_ray_cluster_instead_of_raycluster():
     assert {"name": "redis-data", "emptyDir": {}} in sts["spec"]["template"]["spec"]["volumes"]
 
 
+def test_ray_token_auth_and_the_checkpoint_key_come_from_one_secret():
+    """The chart's RayCluster is reachable from other pods: Ray's token auth is on in every
+    Ray pod and the API (its Ray client), and the checkpoint-signing key is the same on
+    the API (verifies) and the Ray pods (write), all from one generated Secret."""
+    values = load_values(VALUES_SETS["default"])
+    raw = render_raw(values)
+    docs = render(values)
+    secret = one(docs, "Secret", "-cluster")
+    token = base64.b64decode(secret["data"]["ray-auth-token"]).decode()
+    key = base64.b64decode(secret["data"]["checkpoint-secret"]).decode()
+    assert len(token) == 48 and len(key) == 48 and token != key
+    assert _secret_leaks(docs, raw, token) == [] and _secret_leaks(docs, raw, key) == []
+    specs = [
+        (label, spec) for label, _, spec in pod_specs(docs) if label.startswith(("RayCluster", "Deployment"))
+    ]
+    assert len(specs) >= 3  # the API, the head, the workers
+    for label, spec in specs:
+        env = env_of(spec["containers"][0])
+        assert env["RAY_AUTH_MODE"]["value"] == "token", label
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": secret["metadata"]["name"],
+            "key": "ray-auth-token",
+        }, label
+        assert env["RECTRAIN_CHECKPOINT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "checkpoint-secret"
+    # an existing Ray cluster: its auth is its operator's; the checkpoint key is still set
+    api = one(render_set("ci-existing-ray"), "Deployment", "-api")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    assert "RAY_AUTH_MODE" not in env_of(api) and "RECTRAIN_CHECKPOINT_SECRET" in env_of(api)
+
+
 # --------------------------------------------------------------------------- API pod
 
 

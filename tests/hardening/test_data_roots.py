@@ -78,3 +78,31 @@ def test_roots_must_be_absolute_or_uris():
     with pytest.raises(ValueError):
         parse_roots("relative/dir")
     assert parse_roots(f"file://{os.sep}srv{os.sep}data") == [os.path.realpath("/srv/data")]
+
+
+def test_canonical_is_the_one_normal_form(tmp_path):
+    from trainer.storage import StorageError, canonical, within
+
+    real = tmp_path / "a" / "b"
+    real.mkdir(parents=True)
+    (tmp_path / "ln").symlink_to(real)
+    want = str(real.resolve())
+    for s in [
+        str(real),
+        str(real) + "/",
+        f"file://{real}",
+        f"file://localhost{real}/",
+        f"FILE://{tmp_path}/a/./x/../b",
+        str(tmp_path / "ln"),
+        f"{tmp_path}//a//b//",
+    ]:
+        assert canonical(s) == want, s
+    assert canonical("s3://Bkt/a/./b/../c//?endpoint_override=h:1") == "s3://bkt/a/c?endpoint_override=h:1"
+    assert canonical("s3://bkt/../../x") == "s3://bkt/x"
+    assert within(want, str(tmp_path.resolve())) and not within(str(tmp_path.resolve()), want)
+    assert within("s3://bkt/p/x", "s3://bkt/p") and not within("s3://bkt/px", "s3://bkt/p")
+    for bad in ["file://host/etc", "s3:///key", "a\x00b"]:
+        with pytest.raises(StorageError):
+            canonical(bad)
+    with pytest.raises(StorageError, match="relative"):
+        canonical("runs/x", relative_ok=False)

@@ -6,6 +6,7 @@ services.metrics_bus.RedisStreamSink, ``results.json`` in the run dir, exit 0 / 
     ok (default)  a few train_window events and one pass event per pass, then exit 0
     slow          emit train_window events every 0.1 s until SIGTERM, then exit 143
     fail          print an error to stderr and exit 3
+    diverge       a lifecycle "failed" event (diverged), ANSI-coloured log lines, exit 2
     stubborn      like slow but ignores SIGTERM (the launcher must kill it)
     quiet         like slow but emits nothing after ``started``
 The ``step_s`` label sets the pause between ``ok`` steps (default 0.05 s). Like the real
@@ -67,6 +68,26 @@ def main() -> int:
     else:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     sink.emit({"type": "lifecycle", "phase": "started", "step": 0, "pass": -1, "ts": time.time()})
+    if mode == "diverge":  # the real trainer's way: its reason as an event, then a noisy log
+        sink.emit(
+            {
+                "type": "lifecycle",
+                "phase": "failed",
+                "step": 4,
+                "pass": 0,
+                "ts": time.time(),
+                "message": "diverged at step 4 (loss = nan)",
+            }
+        )
+        sink.close()
+        for i in range(40):
+            print(f"\x1b[36m(RayTrainWorker pid={i})\x1b[0m noise line {i}", file=sys.stderr)
+        print(
+            "rectrain: diverged at step 4 (loss = nan); lower the learning rates or set "
+            "training.on_divergence: continue",
+            file=sys.stderr,
+        )
+        return 2
     if mode == "fail":
         sink.close()
         print("rectrain: data.path: no such file (fake failure)", file=sys.stderr)

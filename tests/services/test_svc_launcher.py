@@ -88,7 +88,17 @@ def test_trainer_failure_is_reported_with_its_reason(settings):
     JobLauncher(settings, settings.redis_url).launch(jid)
     job, _ = wait_for(settings, jid, lambda j: j.status.is_terminal)
     assert job.status == JobStatus.FAILED
-    assert "exited with code 3" in job.error and "fake failure" in job.error
+    # the trainer's own line is the error; the exit status and log tail are kept apart
+    assert job.error == "data.path: no such file (fake failure)"
+    assert job.error_log and "exited with code 3" in job.error_log and "fake failure" in job.error_log
+
+
+def test_a_diverged_trainer_fails_with_its_own_reason(settings):
+    jid = create(settings, {"mode": "diverge"})
+    JobLauncher(settings, settings.redis_url).launch(jid)
+    job, _ = wait_for(settings, jid, lambda j: j.status.is_terminal)
+    assert job.status == JobStatus.FAILED and job.error == "diverged at step 4 (loss = nan)"
+    assert job.error_log and "noise line 39" in job.error_log and "\x1b" not in job.error_log
 
 
 @pytest.mark.parametrize("mode", ["slow", "stubborn"])
@@ -158,3 +168,34 @@ def test_only_one_runner_per_job(settings, redis_client):
     run(cancel())
     wait_for(settings, jid, lambda j: j.status.is_terminal)
     assert a.wait(10) == 0
+
+
+def test_split_failure_prefers_the_trainers_reason(redis_url, redis_client):
+    """A Ray job's raw reason (status, ANSI-coloured log tail): without a failed event the
+    trainer CLI's `rectrain:` line is the error; nothing at all: the first line."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from services.failure import split_failure
+
+    raw = (
+        "Ray job raysubmit_1 failed: Job entrypoint command failed with exit code 2\n"
+        "\x1b[36m(TorchTrainer pid=1)\x1b[0m Traceback (most recent call last):\n"
+        "\x1b[33mrectrain: training.init_from.checkpoint: not a checkpoint this service wrote\x1b[0m"
+    )
+
+    async def go():
+        r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return (
+                await split_failure(r, "nojob", raw),
+                await split_failure(r, "nojob", "trainer exited with code 1"),
+            )
+        finally:
+            await r.aclose()
+
+    (error, log), (error2, _) = asyncio.run(go())
+    assert error == "training.init_from.checkpoint: not a checkpoint this service wrote"
+    assert log is not None and "\x1b" not in log and "exit code 2" in log
+    assert error2 == "trainer exited with code 1"

@@ -145,6 +145,9 @@ def test_column_wise_plans_refuse_to_reshard(tmp_path):
     table = next(iter(meta["sharding"]))
     meta.update(world_size=2, sharding={**meta["sharding"], table: "column_wise"})
     (latest / META_FILE).write_text(json.dumps(meta))
+    from trainer.integrity import write_manifest
+
+    write_manifest(latest, 0)  # signed, as a checkpoint saved that way would be
     with pytest.raises(
         RectrainError, match=rf"column-wise sharded table\(s\) {table}.*scaling.num_workers: 2"
     ):

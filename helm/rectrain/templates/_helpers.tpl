@@ -243,6 +243,7 @@ envFrom:
   value: /data
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+{{ include "rectrain.clusterSecretsEnv" . }}
 {{- include "rectrain.storageEnv" . }}
 {{- with .Values.ray.extraEnv }}
 {{ toYaml . }}
@@ -295,4 +296,39 @@ memory from the memory limit, unless rayStartParams set them). */}}
 {{/* GCS address of the chart's Ray head (the dispatcher asks the autoscaler through it). */}}
 {{- define "rectrain.rayGcsAddress" -}}
 {{- printf "%s-head-svc.%s.svc:6379" (include "rectrain.rayClusterName" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The Secret shared by the API and the Ray pods: Ray's auth token, the checkpoint key. */}}
+{{- define "rectrain.clusterSecretName" -}}
+{{- printf "%s-cluster" (include "rectrain.fullname" .) }}
+{{- end }}
+
+{{/* A random value of the cluster Secret, kept on upgrade (lookup), created once. */}}
+{{- define "rectrain.clusterSecretValue" -}}
+{{- $existing := lookup "v1" "Secret" .ctx.Release.Namespace (include "rectrain.clusterSecretName" .ctx) }}
+{{- if and $existing $existing.data (hasKey $existing.data .key) }}
+{{- index $existing.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
+
+{{/* Env of the API and every Ray pod: Ray's token auth (the RayCluster is reachable from
+other pods, so it never runs without it) and the key that signs checkpoints (the same on
+the API, which verifies them, and on the workers, which write them). */}}
+{{- define "rectrain.clusterSecretsEnv" -}}
+- name: RECTRAIN_CHECKPOINT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rectrain.clusterSecretName" . }}
+      key: checkpoint-secret
+{{- if .Values.ray.enabled }}
+- name: RAY_AUTH_MODE
+  value: token
+- name: RAY_AUTH_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rectrain.clusterSecretName" . }}
+      key: ray-auth-token
+{{- end }}
 {{- end }}
