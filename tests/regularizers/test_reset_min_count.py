@@ -203,7 +203,6 @@ class _StopAt(LocalSession):
             raise _Stop
 
 
-@pytest.mark.slow
 def test_embedding_reset_survives_resume(tmp_path):
     """A run stopped inside pass 1 after its reset (the resumed run must not reset
     again), resumed, stopped at the end of pass 1 (the resumed run resets at the start
