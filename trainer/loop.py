@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,11 +135,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def reset_sparse_optimizer_state(dmp: torch.nn.Module) -> None:
-    """Zero the fused row-wise AdaGrad accumulators (local shards, in place)."""
+def reset_sparse_optimizer_state(dmp: torch.nn.Module, tables: Collection[str] | None = None) -> None:
+    """Zero the fused row-wise AdaGrad accumulators (local shards, in place); with
+    ``tables``, only those of the tables so named (``t_<feature>__r<replica>``)."""
     with torch.no_grad():
         # DistributedModelParallel.fused_optimizer (torch types Module.__getattr__ as Tensor | Module)
-        for states in dmp.fused_optimizer.state_dict()["state"].values():  # type: ignore[union-attr]
+        for key, states in dmp.fused_optimizer.state_dict()["state"].items():  # type: ignore[union-attr]
+            if (
+                tables is not None and key.rsplit(".", 2)[-2] not in tables
+            ):  # "ebc.embedding_bags.<table>.weight"
+                continue
             for st in states.values():
                 for shard in getattr(st, "local_shards", lambda: [])():
                     shard.tensor.zero_()

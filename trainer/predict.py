@@ -206,6 +206,24 @@ def _readable(chunks: Iterator[Any], what: str) -> Iterator[Any]:
         yield item
 
 
+def _min_count_kept(spec: JobSpec) -> dict[str, np.ndarray] | None:
+    """``min_count`` models: the raw ids admitted to their own rows, recounted from the
+    model's training days exactly as training counted them (the model file holds the
+    weights, not the counts); None for other models."""
+    from trainer.data.dataset import RankData
+    from trainer.data.min_count import thresholds
+
+    if not thresholds(spec):
+        return None
+    try:
+        return RankData(spec, 0, 1).kept
+    except (DataError, OSError) as e:
+        raise DataError(
+            f"data: the model uses min_count, whose shared row for rare ids is decided by the id "
+            f"counts of its training days ({spec.data.train_days}); reading them failed: {e}"
+        ) from None
+
+
 def predict(
     model_path: str | Path,
     data: str,
@@ -226,6 +244,7 @@ def predict(
     model = load_model(model_path)
     spec = model.spec
     section, days, file = resolve_data(model, data)
+    kept = _min_count_kept(spec)
     metrics = ne.make_metric_module(
         window_size=batch_size, batch_size=batch_size, world_size=1, rank=0, device=torch.device("cpu")
     )
@@ -249,7 +268,7 @@ def predict(
                     f"data: {chunk.dense.shape[1]} dense features, the model reads {spec.data.num_dense_features()}"
                 )
             part = _Part(
-                chunk, np.full(len(chunk), day), np.zeros(len(chunk), dtype=np.int64), spec, features
+                chunk, np.full(len(chunk), day), np.zeros(len(chunk), dtype=np.int64), spec, features, kept
             )
             for rows, batch in _batches(spec, part, batch_size):
                 logits = model.logits(batch)

@@ -700,6 +700,42 @@ class FreqDecay(_Strict):
     interval: Literal["steps", "examples"] = "steps"
 
 
+class EmbeddingReset(_Strict):
+    """``embedding_reset`` (MEDA, arXiv 2305.19531): at the start of the chosen passes
+    (``every`` k-th pass after the first: passes k, 2k, ...; or the 0-based ``passes``
+    listed), every embedding table (or the tables of the listed ``features``, all their
+    replicas) is drawn again from the job's initialiser, with a seed derived from
+    (training.seed, pass), and its row-wise AdaGrad state is zeroed; the dense layers
+    and the dense optimizer keep their state. Default: every pass after the first."""
+
+    type: Literal["embedding_reset"]
+    every: int | None = Field(None, ge=1, le=1000, description="reset at passes k, 2k, ...")
+    passes: list[Annotated[int, Field(ge=1, le=1000)]] | None = Field(None, min_length=1, max_length=1000)
+    features: list[str] | None = Field(None, min_length=1)
+
+    def reset_passes(self, num_passes: int) -> list[int]:
+        """The 0-based passes at whose start the tables are reset."""
+        if self.passes is not None:
+            return sorted(p for p in set(self.passes) if p < num_passes)
+        k = self.every or 1
+        return list(range(k, num_passes, k))
+
+
+class MinCount(_Strict):
+    """``min_count`` (frequency admission, Zhang et al., arXiv 2209.06053): ids of a
+    sparse feature seen fewer than ``k`` times in the training days (raw ids, counted
+    once before training over every worker's rows) share one row of the feature's
+    table(s); at evaluation, ids unseen or rare in training read that same row.
+    ``per_feature`` overrides k for the named features (1 turns it off)."""
+
+    type: Literal["min_count"]
+    k: int = Field(ge=1, le=10**9, description="ids seen fewer than k times share a row")
+    per_feature: dict[str, Annotated[int, Field(ge=1, le=10**9)]] = Field(default_factory=dict)
+
+    def threshold(self, feature: str) -> int:
+        return self.per_feature.get(feature, self.k)
+
+
 Regularizer = Annotated[
     Union[
         SparseL2,
@@ -716,6 +752,8 @@ Regularizer = Annotated[
         MaxEntropy,
         SseGraph,
         FreqDecay,
+        EmbeddingReset,
+        MinCount,
     ],
     Field(discriminator="type"),
 ]
@@ -734,6 +772,8 @@ REGULARIZER_TYPES = (
     "max_entropy",
     "sse_graph",
     "freq_decay",
+    "embedding_reset",
+    "min_count",
 )
 
 
@@ -868,6 +908,15 @@ class JobSpec(_Strict):
                         )
             elif isinstance(r, SseGraph):
                 self._check_sse_graph(i, r, names)
+            elif isinstance(r, EmbeddingReset):
+                self._check_embedding_reset(i, r, names)
+            elif isinstance(r, MinCount):
+                for f in r.per_feature:
+                    if f not in names:
+                        raise ValueError(
+                            f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; "
+                            f"choose among {names}"
+                        )
             elif isinstance(r, LrSchedule):
                 for field in ("sparse", "dense"):
                     n = len(getattr(r, field))
@@ -876,6 +925,40 @@ class JobSpec(_Strict):
                             f"regularizers.{i}.{field}: {n} factors for training.num_passes "
                             f"= {passes}; give at most one factor per pass"
                         )
+
+    def _check_embedding_reset(self, i: int, r: EmbeddingReset, names: list[str]) -> None:
+        passes = self.training.num_passes
+        if r.every is not None and r.passes is not None:
+            raise ValueError(
+                f"regularizers.{i}.passes: give either every (reset every k-th pass) or passes "
+                "(the list of passes), not both"
+            )
+        if r.passes is not None:
+            late = sorted(p for p in r.passes if p >= passes)
+            if late:
+                raise ValueError(
+                    f"regularizers.{i}.passes: {late} are beyond training.num_passes ({passes}); "
+                    f"passes are numbered from 0 and pass 0 starts fresh anyway, so use 1..{passes - 1}"
+                )
+            if len(set(r.passes)) != len(r.passes):
+                raise ValueError(f"regularizers.{i}.passes: each pass may appear once")
+        elif r.every is not None and r.every >= passes:
+            raise ValueError(
+                f"regularizers.{i}.every: {r.every} never resets with training.num_passes = {passes} "
+                f"(resets happen at passes every, 2*every, ... below num_passes); use 1..{max(passes - 1, 1)}"
+            )
+        elif r.every is None and passes < 2:
+            raise ValueError(
+                f"regularizers.{i}.type: embedding_reset resets at the start of passes after the "
+                "first, and training.num_passes is 1; raise num_passes"
+            )
+        for f in r.features or []:
+            if f not in names:
+                raise ValueError(
+                    f"regularizers.{i}.features: '{f}' is not a sparse feature; choose among {names}"
+                )
+        if r.features is not None and len(set(r.features)) != len(r.features):
+            raise ValueError(f"regularizers.{i}.features: each feature may appear once")
 
     def _check_sse_graph(self, i: int, r: SseGraph, names: list[str]) -> None:
         src = self.data.source

@@ -36,6 +36,7 @@ from reg_helpers import (
 from two_rank_worker import assemble, freq_state
 
 from trainer.loop import LocalSession, Trainer
+from trainer.regularizers.touched import embedding_kernels
 from trainer.spec import parse_spec
 
 STEPS = 20  # the two_rank_runs fixture's steps (tests/regularizers/conftest.py)
@@ -193,3 +194,31 @@ def test_freq_decay_spec_refuses_bad_parameters():
     ):
         with pytest.raises(SpecError, match=f"regularizers.0.{field}"):
             make_spec([{"type": "freq_decay", **bad}])
+
+
+@pytest.mark.parametrize("features", [None, ["ad_id"]])
+def test_rows_drawn_again_by_embedding_reset_count_as_never_read(make_trainer, features):
+    """embedding_reset re-draws tables at a pass start: freq_decay's last-read clocks of
+    those tables go to 0 (a re-drawn row's next read counts one step, like a first read),
+    the other tables' and the clock stay."""
+    reset = {"type": "embedding_reset", "every": 1, **({"features": features} if features else {})}
+    tr = make_trainer([{"type": "freq_decay", "alpha": 0.01}, reset])
+    fd = tr.regs.freq_decay
+    assert fd is not None
+    for b in list(tr.data.train_batches(0))[:3]:
+        tr.train_step(b)
+    before = [x.clone() for x in fd.last]
+    clock = fd.clock
+    assert clock == 3 and all(int(x.count_nonzero()) > 0 for x in before)
+    tr.regs.on_pass_start(1, tr.dmp, tr.dense_opt)
+    assert fd.clock == clock
+    by_table = {}
+    for i, entry in enumerate(tr.regs.touched.tbes):
+        hsc = entry.hash_size_cumsum.tolist()
+        kernel = next(k for k in embedding_kernels(tr.dmp) if k._emb_module is entry.module)
+        for j, t in enumerate(kernel.config.embedding_tables):
+            by_table[t.name] = (fd.last[i][hsc[j] : hsc[j + 1]], before[i][hsc[j] : hsc[j + 1]])
+    for name, (now, was) in by_table.items():
+        drawn_again = features is None or name.startswith("t_ad_id__")
+        assert torch.equal(now, torch.zeros_like(was) if drawn_again else was), name
+    assert any(name.startswith("t_ad_id__") for name in by_table)

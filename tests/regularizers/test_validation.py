@@ -49,6 +49,16 @@ INVALID = [
     ),
     ([{"type": "max_entropy", "weight": 0.1, "per_feature": {"zzz": 0.1}}], "regularizers.0.per_feature:"),
     ([{"type": "sse_graph", "p": -0.1}], "regularizers.0.p:"),
+    ([{"type": "embedding_reset", "every": 2}], "regularizers.0.every:"),  # never resets at 2 passes
+    ([{"type": "embedding_reset", "every": 0}], "regularizers.0.every:"),
+    ([{"type": "embedding_reset", "passes": [0]}], "regularizers.0.passes.0:"),
+    ([{"type": "embedding_reset", "passes": [1, 2]}], "regularizers.0.passes:"),
+    ([{"type": "embedding_reset", "passes": [1, 1]}], "regularizers.0.passes:"),
+    ([{"type": "embedding_reset", "every": 1, "passes": [1]}], "regularizers.0.passes:"),
+    ([{"type": "embedding_reset", "features": ["nope"]}], "regularizers.0.features:"),
+    ([{"type": "min_count", "k": 0}], "regularizers.0.k:"),
+    ([{"type": "min_count", "k": 2, "per_feature": {"zzz": 3}}], "regularizers.0.per_feature:"),
+    ([{"type": "min_count", "k": 2, "per_feature": {"ad_id": 0}}], "regularizers.0.per_feature.ad_id:"),
     ([{"type": "l3_magic", "weight": 1}], "regularizers.0.type:"),
     ([{"weight": 1}], "regularizers.0.type:"),
     ([{"type": "max_norm", "c": 1.0, "typo": 1}], "regularizers.0.typo:"),
@@ -89,6 +99,8 @@ def test_every_type_validates_and_all_compose():
         {"type": "max_entropy", "weight": 1e-3, "per_feature": {"ctx_0": 0.0}},
         {"type": "sse_graph", "p": 0.05, "per_feature": {"ad_history": 0.1}},
         {"type": "freq_decay", "alpha": 1e-3},
+        {"type": "embedding_reset", "every": 1, "features": ["user_id", "ad_id"]},
+        {"type": "min_count", "k": 5, "per_feature": {"ctx_0": 1}},
     ]
     spec = parse_spec(spec_dict(regs))
     assert [r.type for r in spec.regularizers] == [r["type"] for r in regs]

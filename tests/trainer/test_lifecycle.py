@@ -229,3 +229,18 @@ def test_predict_a_criteo_file_equals_the_test_day(tmp_path):
     r = predict(tmp_path / "model.pt", str(tmp_path / "day_1.tsv"), tmp_path / "p.parquet", progress=False)
     assert r["examples"] == 1500
     assert abs(r["ne"] - passes[0]["test_ne"]) < 1e-6 and abs(r["auc"] - passes[0]["test_auc"]) < 1e-6
+
+
+def test_predict_with_a_min_count_model_maps_ids_as_training_did(tmp_path):
+    """min_count: predict recounts the model's training days, so rare and unseen ids read
+    the shared row as they did when the trainer scored its test day."""
+    from trainer.export import export_model
+    from trainer.predict import predict
+
+    d = tiny_spec_dict(
+        data={"test_days": [1]}, training={"num_passes": 1}, regularizers=[{"type": "min_count", "k": 3}]
+    )
+    passes = _run(tmp_path / "run", d)
+    export_model(tmp_path / "run", tmp_path / "model.pt")
+    r = predict(tmp_path / "model.pt", "day:1", tmp_path / "p.parquet", progress=False)
+    assert abs(r["ne"] - passes[0]["test_ne"]) < 1e-6 and abs(r["auc"] - passes[0]["test_auc"]) < 1e-6

@@ -159,7 +159,7 @@ def test_study_files_resolve_base_and_overrides(tmp_path):
     assert exp.passes == 4 and exp.spec.base.data.synthetic.examples_per_day == 1000 and len(exp.runs) == 6
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "study_movielens.yaml"])
+@pytest.mark.parametrize("name", ["study.yaml", "study_movielens.yaml", "study_reset_min_count.yaml"])
 def test_example_studies_load(name):
     exp = load_study(REPO / "examples" / name)
     assert exp.arms[0].is_baseline and len(exp.seeds) == 3

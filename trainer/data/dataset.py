@@ -27,6 +27,7 @@ from trainer.data.files import CriteoTSV, Table
 from trainer.data.graph import SALT as _GRAPH_SALT
 from trainer.data.graph import GraphBuilder, NeighbourGraph, sse_graph_of
 from trainer.data.hashing import replica_rows
+from trainer.data.min_count import admit, kept_ids, thresholds
 from trainer.data.synthetic import SyntheticClicks
 from trainer.errors import DataError
 from trainer.spec import DataSource, DataSpec, JobSpec, Shuffle
@@ -91,8 +92,16 @@ class _Part:
     """One rank's rows of a set of days, with ids already hashed to table rows."""
 
     def __init__(
-        self, chunk: Chunk, day_of_row: np.ndarray, strata: np.ndarray, spec: JobSpec, features: list[str]
+        self,
+        chunk: Chunk,
+        day_of_row: np.ndarray,
+        strata: np.ndarray,
+        spec: JobSpec,
+        features: list[str],
+        kept: dict[str, np.ndarray] | None = None,
     ) -> None:
+        """``kept`` (``min_count``): feature -> sorted raw ids admitted to their own
+        rows; the feature's other ids are hashed as :data:`trainer.data.min_count.RARE`."""
         self.label = chunk.label
         self.dense = chunk.dense
         self.prob = None if chunk.prob is None else chunk.prob.astype(np.float32)
@@ -109,6 +118,8 @@ class _Part:
             np.cumsum(lengths, out=off[1:])
             self.offsets[f] = off
             self.single[f] = bool((lengths == 1).all())
+            if kept is not None and f in kept:
+                values = admit(values, kept[f])
             self.rows[f] = [
                 replica_rows(values, r, spec.model.hash_size) for r in range(spec.model.num_replicas)
             ]
@@ -133,23 +144,33 @@ class RankData:
         # sse_graph: neighbour lists from every training row of the training days (see data/graph.py)
         graph_builder = GraphBuilder(spec, source) if sse_graph_of(spec) is not None else None
         holdout = spec.data.validation_fraction
+        # min_count: raw-id counts of its features, taken in the same read as the strata's
+        min_k = thresholds(spec)
+        counted = list(dict.fromkeys([stratum_feature, *min_k]))
         train_chunks, train_days_of_row, self.train_day_counts, id_counts, held = self._read(
             source,
             spec.data.train_days,
-            count_feature=stratum_feature,
+            count_features=counted,
             observe=graph_builder,
             holdout_fraction=holdout,
         )
-        self.stratum_counts = _merge_counts(id_counts)
+        counts = {f: _merge_counts(c) for f, c in id_counts.items()}
+        self.stratum_counts = counts[stratum_feature]
+        # min_count: feature -> sorted raw ids seen at least k times (all others share a row)
+        self.kept: dict[str, np.ndarray] = {f: kept_ids(counts[f], k) for f, k in min_k.items()}
+        kept = self.kept or None
         train = concat_chunks(train_chunks)
         self.train = _Part(
-            train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features
+            train, train_days_of_row, self._strata(train, stratum_feature), spec, self.features, kept
         )
         self.graph: NeighbourGraph | None = graph_builder.build() if graph_builder is not None else None
         self.graph_nodes: dict[str, np.ndarray] = {}  # train occurrence -> graph node, per feature
         if self.graph is not None:
             for f, g in self.graph.graphs.items():
                 self.graph_nodes[f] = g.index(train.sparse[f][0])
+                if f in self.kept:  # a rare neighbour reads the shared row too
+                    admitted = admit(g.nodes, self.kept[f])
+                    g.rows = [replica_rows(admitted, r, spec.model.hash_size) for r in range(self.replicas)]
         # validation: whole days, or the held-out tail of the last training day
         self.val: _Part | None = None
         self.val_day_counts: dict[int, int] = {}
@@ -158,7 +179,9 @@ class RankData:
         if held is not None:
             val_chunks, val_days_of_row, self.val_day_counts = held
             val = concat_chunks(val_chunks)
-            self.val = _Part(val, val_days_of_row, self._strata(val, stratum_feature), spec, self.features)
+            self.val = _Part(
+                val, val_days_of_row, self._strata(val, stratum_feature), spec, self.features, kept
+            )
         self.test: _Part | None = None
         self.test_day_counts: dict[int, int] = {}
         if spec.data.test_days:
@@ -167,7 +190,7 @@ class RankData:
             )
             test = concat_chunks(test_chunks)
             self.test = _Part(
-                test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features
+                test, test_days_of_row, self._strata(test, stratum_feature), spec, self.features, kept
             )
 
         per_rank_min = sum(n // world_size for n in self.train_day_counts.values())
@@ -193,14 +216,14 @@ class RankData:
         self,
         source,
         days: list[int],
-        count_feature: str | None = None,
+        count_features: list[str] | None = None,
         observe=None,
         with_prob: bool = False,
         holdout_fraction: float | None = None,
     ):
         """This rank's rows of ``days``, their day, each day's total row count, (with
-        ``count_feature``) per-chunk (ids, counts) of that feature over *all* rows, and
-        the held-out part (or None).
+        ``count_features``) per feature the per-chunk (ids, counts) of that feature over
+        *all* rows, and the held-out part (or None).
 
         With ``holdout_fraction`` f, the last ``round(f * N)`` rows (in the source's
         order) of the last of ``days`` (N rows) are held out: returned as
@@ -210,7 +233,7 @@ class RankData:
         number of ranks.
         """
         chunks, day_of_row, day_counts = [], [], {}
-        id_counts: list[tuple[np.ndarray, np.ndarray]] = []
+        id_counts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {f: [] for f in count_features or []}
         held = None
         cap = self.spec.data.max_examples_per_day
         for i, day in enumerate(days):
@@ -224,7 +247,7 @@ class RankData:
                 first = (self.rank - seen) % self.world_size
                 mine = np.arange(first, n, self.world_size)
                 if split:
-                    counted = chunk.sparse[count_feature] if count_feature is not None else None
+                    counted = {f: chunk.sparse[f] for f in id_counts}
                     # the graph may see only the training rows: keep the sparse columns of
                     # every row until the day's split is known (only with sse_graph)
                     every = Chunk(chunk.label, chunk.dense[:, :0], dict(chunk.sparse)) if observe else None
@@ -232,9 +255,9 @@ class RankData:
                 else:
                     if observe is not None:  # sees every row (all ranks build the same)
                         observe.observe(chunk)
-                    if count_feature is not None:
-                        values, _ = chunk.sparse[count_feature]
-                        id_counts.append(np.unique(values, return_counts=True))
+                    for f, per_chunk in id_counts.items():
+                        values, _ = chunk.sparse[f]
+                        per_chunk.append(np.unique(values, return_counts=True))
                     if len(mine):
                         chunks.append(chunk.take(mine))
                         day_of_row.append(np.full(len(mine), day, dtype=np.int32))
@@ -256,9 +279,8 @@ class RankData:
                 held_chunks, held_days = [], []
                 for start, n, mine_chunk, rows, counted, every in day_chunks:
                     k = int(np.clip(cut - start, 0, n))  # rows of this chunk before the cut
-                    if counted is not None:
-                        values, lengths = counted
-                        id_counts.append(np.unique(values[: int(lengths[:k].sum())], return_counts=True))
+                    for f, (values, lengths) in counted.items():
+                        id_counts[f].append(np.unique(values[: int(lengths[:k].sum())], return_counts=True))
                     if every is not None and k:
                         observe.observe(every.take(np.arange(k)))
                     train_rows = np.flatnonzero(rows < cut)

@@ -19,6 +19,7 @@ run, but a CPU and a GPU run start from different draws of the same distribution
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -76,16 +77,19 @@ def table_rows(
 
 
 @torch.no_grad()
-def init_embedding_tables(dmp: torch.nn.Module, seed: int) -> list[str]:
-    """Rewrite every local embedding shard of ``dmp`` from the per-table generators;
-    return the names of the tables (shards) this rank holds."""
+def init_embedding_tables(
+    dmp: torch.nn.Module, seed: int, tables_only: Collection[str] | None = None
+) -> list[str]:
+    """Rewrite every local embedding shard of ``dmp`` (only those of the tables named in
+    ``tables_only`` when given) from the per-table generators; return the names of the
+    tables (shards) this rank rewrote."""
     names: list[str] = []
     for kernel in embedding_kernels(dmp):
         # TorchRec kernel attributes; torch types Module.__getattr__ as Tensor | Module
         weights: list[torch.Tensor] = kernel._emb_module.split_embedding_weights()  # type: ignore[union-attr,operator]
         tables: list[Any] = kernel.config.embedding_tables  # type: ignore[union-attr,assignment]
         for table, w in zip(tables, weights, strict=True):
-            if w.numel() == 0:
+            if w.numel() == 0 or (tables_only is not None and table.name not in tables_only):
                 continue
             meta = table.local_metadata
             row0, col0 = (meta.shard_offsets[0], meta.shard_offsets[1]) if meta is not None else (0, 0)

@@ -17,6 +17,7 @@ regularizer in the spec behind a few hooks:
                           ``max_norm``, ``const_norm``);
 - ``on_pass_start(...)``  per-pass learning-rate factors, resets, freezing
                           (``lr_schedule``, ``freeze``); restarts ``shrink``'s counts;
+                          re-draws the tables (``embedding_reset``);
 - ``add_penalty(loss)``   loss terms of the pooled embeddings (``max_entropy``);
 - ``on_step_end(k, n)``   after step k of n of a pass (``shrink``'s events);
 - ``train_mode(p, dmp)``  training mode for pass p (batch norm frozen with the dense part);
@@ -24,7 +25,9 @@ regularizer in the spec behind a few hooks:
                           last-read clock per row); ``state_loaded(sd)`` after DCP loaded it.
 
 ``sse_graph`` is not here: it rewrites ids on the data path
-(:mod:`trainer.data.graph`, :class:`trainer.data.dataset.RankData`).
+(:mod:`trainer.data.graph`, :class:`trainer.data.dataset.RankData`); nor is
+``min_count``, which maps rare ids to a shared row when the data is read
+(:mod:`trainer.data.min_count`).
 
 Modules: :mod:`.touched` (which rows a step touched), :mod:`.post_step` (row maps),
 :mod:`.ids` (KJT rewrites), :mod:`.sparse_l2`, :mod:`.dense`, :mod:`.schedule`,
@@ -42,6 +45,7 @@ from trainer.data.dataset import Batch
 from trainer.errors import RectrainError
 from trainer.regularizers import dense, entropy, ids, post_step
 from trainer.regularizers.freq_decay import FreqDecay
+from trainer.regularizers.reset import EmbeddingResetter
 from trainer.regularizers.schedule import PassSchedule
 from trainer.regularizers.shrink import RowShrink
 from trainer.regularizers.sparse_l2 import EXACT_MODES, ExactSparseL2, fused_kwargs, fused_mode_works
@@ -50,6 +54,7 @@ from trainer.spec import (
     ConstNorm,
     DenseL2,
     Dropout,
+    EmbeddingReset,
     JobSpec,
     MaxEntropy,
     MaxNorm,
@@ -85,6 +90,8 @@ class RegularizerSet:
         self.shrink = RowShrink(shrink_cfg) if shrink_cfg is not None else None
         fd_cfg: FreqDecaySpec | None = get("freq_decay")  # type: ignore[assignment]
         self.freq_decay = FreqDecay(fd_cfg) if fd_cfg is not None else None
+        reset_cfg: EmbeddingReset | None = get("embedding_reset")  # type: ignore[assignment]
+        self.reset = EmbeddingResetter(reset_cfg, spec) if reset_cfg is not None else None
         self.schedule = PassSchedule(spec, get("freeze"), get("lr_schedule"))  # type: ignore[arg-type]
         self.sparse_lr = spec.training.sparse_optimizer.lr  # current fused learning rate
         self.touched: TouchedRows | None = None
@@ -257,8 +264,12 @@ class RegularizerSet:
     def on_pass_start(
         self, pass_idx: int, dmp: torch.nn.Module, dense_opt: torch.optim.Optimizer, resumed: bool = False
     ) -> None:
-        """Learning rates of pass ``pass_idx`` (and ``lr_schedule.reset``, except when
-        ``resumed`` inside the pass from a checkpoint)."""
+        """Learning rates of pass ``pass_idx`` (and ``lr_schedule.reset`` and
+        ``embedding_reset``, except when ``resumed`` inside the pass from a checkpoint)."""
+        if self.reset is not None and not resumed and self.reset.due(pass_idx):
+            self.reset.apply(pass_idx, dmp)
+            if self.freq_decay is not None:  # re-drawn rows have never been read
+                self.freq_decay.forget(self.reset.tables)
         if self.schedule.active:
             self.sparse_lr = self.schedule.apply(pass_idx, dmp, dense_opt, resumed)
         if self.shrink is not None:  # counts are per pass (and restart on resume)

@@ -157,6 +157,23 @@ class FreqDecay:
         """After DCP loaded ``sd`` (from :meth:`state_dict`) in place: take the clock."""
         self.clock = int(sd[CLOCK_KEY])
 
+    def forget(self, tables: set[str] | None) -> None:
+        """Rows drawn again (``embedding_reset``) count as never read: their last-read
+        clocks go to 0 (all tables, or the named ones); the clock runs on."""
+        if tables is None:
+            for last in self.last:
+                last.zero_()
+            return
+        assert self._dmp is not None and self._touched is not None, "attach() first"
+        kernels = [k for k in embedding_kernels(self._dmp) if hasattr(k._emb_module, "hash_size_cumsum")]
+        by_module = {id(k._emb_module): k for k in kernels}
+        for i, entry in enumerate(self._touched.tbes):
+            hsc = entry.hash_size_cumsum.tolist()
+            names = [t.name for t in by_module[id(entry.module)].config.embedding_tables]  # type: ignore[union-attr]
+            for j, name in enumerate(names):
+                if name in tables:
+                    self.last[i][hsc[j] : hsc[j + 1]].zero_()
+
     def reset(self) -> None:
         """Fresh state: every row unread, clock 0."""
         self.clock = 0
