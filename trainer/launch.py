@@ -127,9 +127,11 @@ class _EventFollower(threading.Thread):
         from tqdm import tqdm
 
         from trainer.metrics.events import EventType, format_event
+        from trainer.report import format_references
 
         bar = tqdm(total=self.total, unit="step", leave=False, dynamic_ncols=True) if self.progress else None
         pos = 0
+        refs_shown = False
         while True:
             stopping = self.stop.is_set()
             if self.path.exists():
@@ -151,6 +153,10 @@ class _EventFollower(threading.Thread):
                         text = format_event(ev)
                         if text is not None:
                             (bar.write if bar is not None else print)(text)
+                        if ev["type"] == EventType.PASS.value and ev.get("references") and not refs_shown:
+                            refs_shown = True  # once, with the first pass: the line to beat
+                            for line in format_references({"references": ev["references"]}):
+                                (bar.write if bar is not None else print)(line)
             if stopping:
                 break
             time.sleep(0.2)
