@@ -18,7 +18,7 @@ def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
     sel = min(validated, key=lambda p: (p["val_ne"], p["pass"])) if validated else None
     last = passes[-1] if passes else None
 
-    def first(key: str) -> float | None:  # the oracle does not depend on the pass
+    def first(key: str) -> Any:  # the oracle (and the references) do not depend on the pass
         return next((p[key] for p in passes if p.get(key) is not None), None)
 
     return {
