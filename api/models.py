@@ -81,6 +81,15 @@ class JobSummary(BaseModel):
     )
     passes: list[PassResult] = Field(default_factory=list, description="per-pass table")
     last_examples_per_s: float | None = Field(None, description="latest training throughput")
+    references: dict[str, Any] | None = Field(
+        None,
+        description="reference predictors on the job's data (trainer/references.py): constant (the "
+        "training click rate) and logistic (L2 logistic regression on the same hashed ids, L2 chosen "
+        "on validation), each with validation_ne, test_ne, validation_auc, test_auc",
+    )
+    pass1_worse_than_constant: bool | None = Field(
+        None, description="true when pass 1's test NE is above the constant predictor's (null: unknown)"
+    )
 
 
 class JobPublic(BaseModel):

@@ -141,9 +141,11 @@ class _EventFollower(threading.Thread):
         from tqdm import tqdm
 
         from trainer.metrics.events import EventType, format_event
+        from trainer.report import format_references
 
         bar = tqdm(total=self.total, unit="step", leave=False, dynamic_ncols=True) if self.progress else None
         pos = 0
+        refs_shown = False
         while True:
             stopping = self.stop.is_set()
             if self.path.exists():
@@ -168,6 +170,14 @@ class _EventFollower(threading.Thread):
                                 bar.write(text)
                             else:
                                 print(text, flush=True)
+                        first_refs = ev["type"] == EventType.PASS.value and ev.get("references") and not refs_shown
+                        if first_refs and not self.json_lines:  # (JSON lines carry them in the event)
+                            refs_shown = True  # once, with the first pass: the line to beat
+                            for ref_line in format_references({"references": ev["references"]}):
+                                if bar is not None:
+                                    bar.write(ref_line)
+                                else:
+                                    print(ref_line, flush=True)
             if stopping:
                 break
             time.sleep(0.2)

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from trainer import references
 from trainer.checkpoint import (
     load_checkpoint,
     load_weights,
@@ -402,6 +403,8 @@ class Trainer:
     def run(self) -> list[dict[str, Any]]:
         spec = self.spec
         start_pass, start_step = self._resume()
+        # the constant and logistic-regression references on this run's data (rank 0, cached per dataset)
+        refs = references.for_run(spec, self.data) if self.session.rank == 0 else None
         for p in range(start_pass, spec.training.num_passes):
             if start_step == 0:
                 if p > 0 and spec.training.reset_lr_each_pass:
@@ -439,6 +442,7 @@ class Trainer:
                 "test_examples_by_stratum": test.get("examples_by_stratum", {}),
                 "oracle_val_ne": val.get("oracle_ne"),
                 "oracle_test_ne": test.get("oracle_ne"),
+                "references": refs,
                 "train_examples": examples,
                 "train_seconds": seconds,
                 # throughput over the steps this process ran (a resumed pass ran fewer)

@@ -1,5 +1,5 @@
-"""A run's summary (the pass selected by validation NE, the oracle NE) and its
-terminal table. Torch-free: the control plane summarises jobs with the same rule."""
+"""A run's summary (the pass selected by validation NE, the oracle NE, the reference
+predictors) and its terminal table. Torch-free: the control plane summarises jobs with the same rule."""
 
 from __future__ import annotations
 
@@ -32,7 +32,26 @@ def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
         "oracle_val_ne": first("oracle_val_ne"),
         "oracle_test_ne": first("oracle_test_ne"),
         "last_examples_per_s": last.get("examples_per_s") if last else None,
+        # the constant and logistic-regression predictors on the same data (trainer/references.py)
+        "references": first("references"),
+        "pass1_worse_than_constant": pass1_worse_than_constant(passes, first("references")),
     }
+
+
+def _ref_ne(refs: dict[str, Any] | None, predictor: str, split: str) -> float | None:
+    ne = ((refs or {}).get(predictor) or {}).get(f"{split}_ne")
+    return ne if isinstance(ne, (int, float)) else None
+
+
+def pass1_worse_than_constant(passes: list[dict[str, Any]], refs: dict[str, Any] | None) -> bool | None:
+    """True when the first pass's test NE is above the constant predictor's (predicting
+    the training click rate for every example): the model learned less than nothing.
+    None when either is unknown."""
+    const = _ref_ne(refs, "constant", "test")
+    p1 = next((p.get("test_ne") for p in passes if p.get("pass") == 0), None)
+    if const is None or p1 is None:
+        return None
+    return bool(p1 > const)
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -57,6 +76,39 @@ def format_headline(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"oracle NE (true click probabilities): validation {_fmt(result.get('oracle_val_ne'))}  "
             f"test {_fmt(result.get('oracle_test_ne'))}"
+        )
+    lines += format_references(result)
+    return lines
+
+
+def format_references(result: dict[str, Any]) -> list[str]:
+    """The reference predictors' lines (and the warning when pass 1 is worse than the constant)."""
+    refs = result.get("references")
+    if not refs:
+        return []
+    if refs.get("error"):
+        return [f"reference predictors: not computed ({refs['error']})"]
+    lines = []
+    const, logit = refs.get("constant") or {}, refs.get("logistic") or {}
+    if const:
+        lines.append(
+            f"constant NE (training click rate {_fmt(const.get('click_rate'))}): "
+            f"validation {_fmt(_ref_ne(refs, 'constant', 'validation'))}  "
+            f"test {_fmt(_ref_ne(refs, 'constant', 'test'))}"
+        )
+    if logit:
+        on = "validation" if logit.get("l2_chosen_on") == "validation" else "a training hold-out"
+        lines.append(
+            f"logistic regression NE (same hashed ids, L2 {logit.get('l2', 0):g} chosen on {on}): "
+            f"validation {_fmt(_ref_ne(refs, 'logistic', 'validation'))}  "
+            f"test {_fmt(_ref_ne(refs, 'logistic', 'test'))}"
+        )
+    if result.get("pass1_worse_than_constant"):
+        p1 = next((p.get("test_ne") for p in result.get("passes", []) if p.get("pass") == 0), None)
+        lines.append(
+            f"warning: pass 1 test NE {_fmt(p1)} is worse than the constant predictor's "
+            f"{_fmt(_ref_ne(refs, 'constant', 'test'))}: this model learns less than the click rate "
+            "(check the split, the features and the learning rate)"
         )
     return lines
 

@@ -205,4 +205,6 @@ def test_summary_from_progress():
         "oracle_val_ne": None,
         "oracle_test_ne": None,
         "last_examples_per_s": None,
+        "references": None,
+        "pass1_worse_than_constant": None,
     }

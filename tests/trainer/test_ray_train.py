@@ -66,6 +66,13 @@ def test_two_worker_run_reports_every_metric_per_pass(quickstart):
         assert p["cpu_seconds"] > 0 and p["cpu_seconds_per_example"] > 0
         # the oracle (true click probabilities) is the floor: no pass gets below it
         assert p["oracle_test_ne"] < p["test_ne"] and p["oracle_val_ne"] < p["val_ne"]
+    # the reference predictors, from every row (rank 0 reads the data again at 2 workers)
+    refs = result["references"]
+    assert "error" not in refs and refs["rows"] == {"train": 100_000, "validation": 100_000, "test": 100_000}
+    assert (
+        refs["logistic"]["test_ne"] < refs["constant"]["test_ne"]
+        and result["pass1_worse_than_constant"] is False
+    )
     # the pass with the lowest validation NE is selected; its test NE is the headline
     sel = min(result["passes"], key=lambda p: p["val_ne"])
     assert result["selection"] == "validation" and result["selected_pass"] == sel["pass"]

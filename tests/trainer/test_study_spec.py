@@ -159,10 +159,13 @@ def test_study_files_resolve_base_and_overrides(tmp_path):
     assert exp.passes == 4 and exp.spec.base.data.synthetic.examples_per_day == 1000 and len(exp.runs) == 6
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "study_movielens.yaml", "study_reset_min_count.yaml"])
-def test_example_studies_load(name):
+@pytest.mark.parametrize(
+    ("name", "min_seeds"),
+    [("study.yaml", 3), ("study_movielens.yaml", 5), ("study_reset_min_count.yaml", 3)],
+)
+def test_example_studies_load(name, min_seeds):
     exp = load_study(REPO / "examples" / name)
-    assert exp.arms[0].is_baseline and len(exp.seeds) == 3
+    assert exp.arms[0].is_baseline and len(exp.seeds) >= min_seeds
 
 
 def test_time_left_follows_the_rate_runs_finished_at():

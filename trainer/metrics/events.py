@@ -28,7 +28,9 @@ class EventType(str, Enum):
     #               val_ne, val_calibration, val_auc, val_ne_by_stratum{...}, val_examples_by_stratum{...},
     #               test_ne, test_calibration, test_auc, test_ne_by_stratum{...}, test_examples_by_stratum{...},
     #               oracle_val_ne, oracle_test_ne (NE of the true click probabilities; null unless the
-    #               source is synthetic and the days exist), train_examples, examples_per_s, train_seconds
+    #               source is synthetic and the days exist), references (rank 0's constant and
+    #               logistic-regression NE/AUC on the same data, trainer/references.py; the same every
+    #               pass), train_examples, examples_per_s, train_seconds
     #               (val_* are null / {} without validation data; AUCs are exact over the whole set)
 
 
