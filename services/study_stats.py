@@ -258,8 +258,10 @@ def _references(
             if not isinstance(splits, dict):
                 continue
             for split, v in splits.items():
-                if _num(v) is not None and str(split).endswith("_ne"):
-                    found.setdefault(str(name), {}).setdefault(str(split), []).append(float(v))
+                # the trainer's results.json says "validation_ne" (trainer/references.py)
+                key = "val_ne" if split == "validation_ne" else str(split)
+                if _num(v) is not None and key in ("train_ne", "val_ne", "test_ne"):
+                    found.setdefault(str(name), {}).setdefault(key, []).append(float(v))
     return {name: {split: float(np.mean(v)) for split, v in splits.items()} for name, splits in found.items()}
 
 

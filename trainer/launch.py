@@ -170,7 +170,9 @@ class _EventFollower(threading.Thread):
                                 bar.write(text)
                             else:
                                 print(text, flush=True)
-                        first_refs = ev["type"] == EventType.PASS.value and ev.get("references") and not refs_shown
+                        first_refs = (
+                            ev["type"] == EventType.PASS.value and ev.get("references") and not refs_shown
+                        )
                         if first_refs and not self.json_lines:  # (JSON lines carry them in the event)
                             refs_shown = True  # once, with the first pass: the line to beat
                             for ref_line in format_references({"references": ev["references"]}):

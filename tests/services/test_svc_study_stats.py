@@ -437,6 +437,32 @@ def test_references_are_collected_and_a_baseline_worse_than_a_constant_is_flagge
     assert "Reference test NE: constant 1.0010; logistic 0.9500" in to_markdown(res)
 
 
+def test_references_read_the_trainers_results_json_shape():
+    """trainer/references.py writes ``validation_ne`` and more fields beside the NEs."""
+    spec = {
+        "baseline": {0: [(1.02, 1.03)], 1: [(1.021, 1.031)]},
+        "v0.0": {0: [(1.0, 1.01)], 1: [(1.0, 1.011)]},
+    }
+    trainer_refs = {
+        "constant": {"click_rate": 0.56, "validation_ne": 1.0, "test_ne": 1.001, "test_auc": 0.5},
+        "logistic": {
+            "l2": 1e-4,
+            "validation_ne": 0.96,
+            "test_ne": 0.95,
+            "selection_ne_by_l2": {"0.0001": 0.96},
+        },
+    }
+    arms, runs, passes = _make(
+        spec, extra={f"{a}/s{s}": {0: {"references": trainer_refs}} for a in spec for s in (0, 1)}
+    )
+    res = analyze(arms, runs, passes, 1)
+    assert res["references"] == {
+        "constant": {"val_ne": 1.0, "test_ne": 1.001},
+        "logistic": {"val_ne": 0.96, "test_ne": 0.95},
+    }
+    assert any("worse than the constant" in n for n in res["notes"])
+
+
 def test_report_page_is_self_contained_and_charts_what_validation_chose():
     import re
 
