@@ -29,7 +29,7 @@ from typing import Any
 from trainer import storage
 from trainer.errors import CapacityError, RectrainError
 from trainer.lifecycle import prepare_init_from
-from trainer.report import summarize_passes  # noqa: F401  (results.json's summary; re-exported)
+from trainer.report import summarize_passes, wall_split
 from trainer.spec import JobSpec, spec_to_yaml
 
 RESULTS_FILE = "results.json"
@@ -179,22 +179,9 @@ def run_job(
 
     from trainer.loop import train_worker
 
-    spec.check_capacity()
-    spec = prepare_init_from(spec)  # warm start: the checkpoint resolved and checked up front
-    spec = absolute_data_path(spec)
-    run_dir = Path(run_dir or default_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()
-    job_store = storage.job_location(root, job_id or run_dir.name) if root else str(run_dir)
-    (run_dir / "spec.yaml").write_text(spec_to_yaml(spec))
-    # ray.init installs its own SIGTERM handler; keep ours (a cancel aborts the run cleanly)
-    prev_sigterm = signal.getsignal(signal.SIGTERM)
-    local = _ensure_ray(spec, ray_address)
-    if threading.current_thread() is threading.main_thread() and prev_sigterm is not None:
-        signal.signal(signal.SIGTERM, prev_sigterm)
-    storage.check_shared(job_store, explicit=root is not None)
-    if job_store != str(run_dir):
-        storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
+    spec, run_dir, root, job_store = prepare_run(spec, run_dir, job_id, storage_uri)
+    local = connect_ray(spec, ray_address)
+    publish_spec(spec, run_dir, root, job_store)
     storage_path, storage_fs = storage.ray_storage(storage.join(job_store, "ray"))
 
     scaling = spec.scaling
@@ -238,16 +225,62 @@ def run_job(
         if follower is not None:
             follower.stop.set()
             follower.join(5)
-    passes = (result.metrics or {}).get("passes", [])
-    out = {
-        "run_dir": str(run_dir),
-        "storage": job_store,
-        "job_id": job_id,
-        "status": "succeeded",
-        "num_workers": scaling.num_workers,
-        "wall_seconds": time.time() - t0,
-        **summarize_passes(passes),
-    }
+    metrics = result.metrics or {}
+    wall = time.time() - t0
+    return write_results(
+        run_dir,
+        job_store,
+        {
+            "run_dir": str(run_dir),
+            "storage": job_store,
+            "job_id": job_id,
+            "status": "succeeded",
+            "num_workers": scaling.num_workers,
+            "wall_seconds": wall,
+            "wall_split": wall_split(wall, metrics.get("timings") or {}),
+            **summarize_passes(metrics.get("passes", [])),
+        },
+    )
+
+
+def prepare_run(
+    spec: JobSpec, run_dir: str | Path | None, job_id: str | None, storage_uri: str | None
+) -> tuple[JobSpec, Path, str | None, str]:
+    """Before a run starts (Ray Train's or a warm worker group's): the spec checked and
+    resolved (capacity, ``training.init_from``, an absolute ``data.path``), the run
+    directory made with its ``spec.yaml``; returns (spec, run_dir, storage root, the
+    job's store: its storage location, or the run directory)."""
+    spec.check_capacity()
+    spec = prepare_init_from(spec)  # warm start: the checkpoint resolved and checked up front
+    spec = absolute_data_path(spec)
+    run_dir = Path(run_dir or default_run_dir()).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()
+    job_store = storage.job_location(root, job_id or run_dir.name) if root else str(run_dir)
+    (run_dir / "spec.yaml").write_text(spec_to_yaml(spec))
+    return spec, run_dir, root, job_store
+
+
+def connect_ray(spec: JobSpec, ray_address: str | None) -> bool:
+    """Connect to Ray (:func:`_ensure_ray`) keeping this process's SIGTERM handler;
+    True when the run is local."""
+    # ray.init installs its own SIGTERM handler; keep ours (a cancel aborts the run cleanly)
+    prev_sigterm = signal.getsignal(signal.SIGTERM)
+    local = _ensure_ray(spec, ray_address)
+    if threading.current_thread() is threading.main_thread() and prev_sigterm is not None:
+        signal.signal(signal.SIGTERM, prev_sigterm)
+    return local
+
+
+def publish_spec(spec: JobSpec, run_dir: Path, root: str | None, job_store: str) -> None:
+    """The job's store must be reachable from every worker; it gets ``spec.yaml`` too."""
+    storage.check_shared(job_store, explicit=root is not None)
+    if job_store != str(run_dir):
+        storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
+
+
+def write_results(run_dir: Path, job_store: str, out: dict[str, Any]) -> dict[str, Any]:
+    """``results.json`` in the run directory (and the job's store); returns ``out``."""
     text = json.dumps(out, indent=2)
     (run_dir / RESULTS_FILE).write_text(text)
     if job_store != str(run_dir):

@@ -140,21 +140,60 @@ def reset_sparse_optimizer_state(dmp: torch.nn.Module) -> None:
                     shard.tensor.zero_()
 
 
+PASS_CHECKPOINTS = ("every", "selected")
+
+
+def keeps_pass_checkpoint(policy: str, passes: list[dict[str, Any]], spec: JobSpec) -> bool:
+    """Whether the pass that just ended (``passes[-1]``) is checkpointed.
+
+    "every": always. "selected": only a pass that may turn out to be the run's selected
+    pass (trainer/report.py): with validation data, a pass whose validation NE is lower
+    than every earlier pass's (the earliest wins ties, so an equal later pass cannot
+    be selected); without, the last pass. Every rank decides the same (validation NE
+    is reduced over the ranks)."""
+    if policy == "every":
+        return True
+    p = passes[-1]
+    if not spec.data.has_validation:
+        return p["pass"] == spec.training.num_passes - 1
+    v = p.get("val_ne")
+    if v is None:
+        return False
+    earlier = [q["val_ne"] for q in passes[:-1] if q.get("val_ne") is not None]
+    return all(v < e for e in earlier)
+
+
 class Trainer:
     """Builds data, model, optimizers and metrics for one worker and runs the passes."""
 
     def __init__(
-        self, spec: JobSpec, session: Session, run_dir: str | Path, sink: MetricsSink | None = None
+        self,
+        spec: JobSpec,
+        session: Session,
+        run_dir: str | Path,
+        sink: MetricsSink | None = None,
+        *,
+        data: RankData | None = None,
+        pass_checkpoints: str = "every",
     ) -> None:
+        """``data``: this rank's data already built for ``spec`` (a warm worker's cache,
+        :meth:`RankData.for_spec`); built here when None. ``pass_checkpoints``: "every"
+        pass end is checkpointed (and reported), or only a pass that may be the
+        "selected" one (see :func:`keeps_pass_checkpoint`)."""
+        if pass_checkpoints not in PASS_CHECKPOINTS:
+            raise ValueError(f"pass_checkpoints: {pass_checkpoints!r} is not one of {PASS_CHECKPOINTS}")
+        t0 = time.perf_counter()
         self.spec = spec
         self.session = session
         self.run_dir = Path(run_dir)
         self.sink = sink if session.rank == 0 else None
         self.device = session.device
+        self.pass_checkpoints = pass_checkpoints
         self.collectives = Collectives(self.device)  # every collective of the loop goes through it
         torch.manual_seed(spec.training.seed)
 
-        self.data = RankData(spec, session.rank, session.world_size)
+        self.data = data if data is not None else RankData(spec, session.rank, session.world_size)
+        t_data = time.perf_counter()
         self.regs = RegularizerSet(spec)
         model = DLRM(
             spec,
@@ -179,6 +218,14 @@ class Trainer:
         self._bad_loss: torch.Tensor | None = None
         self._resumed_metrics: dict[str, Any] | None = None  # train-metric states of a pass resumed mid-way
         self.last_pass_cpu_seconds = 0.0  # this rank's training CPU time in the last pass
+        # where this rank's wall time went (seconds): the run's wall split (trainer/report.py)
+        self.timings: dict[str, float] = {
+            "data_s": t_data - t0,
+            "setup_s": time.perf_counter() - t_data,  # model, planner, sharding, optimizers
+            "training_s": 0.0,
+            "evaluation_s": 0.0,
+            "checkpoint_s": 0.0,
+        }
 
     # ------------------------------------------------------------------ helpers
 
@@ -299,7 +346,14 @@ class Trainer:
                 meta=meta,
             )
             self.session.report(
-                {**metrics, "global_step": self.global_step, "passes": self.passes, "keep_score": score}, d
+                {
+                    **metrics,
+                    "global_step": self.global_step,
+                    "passes": self.passes,
+                    "keep_score": score,
+                    "timings": self.timings,
+                },
+                d,
             )
 
     def _plan(self) -> dict[str, int]:
@@ -396,10 +450,15 @@ class Trainer:
                 message=f"pass {p + 1}/{spec.training.num_passes}",
             )
             resumed_at = start_step
+            t0, ckpt0 = time.perf_counter(), self.timings["checkpoint_s"]
             train_summary, seconds, examples, cpu_seconds = self._train_pass(p, start_step)
+            t1 = time.perf_counter()
             start_step = 0
             val = self.evaluate("validation")
             test = self.evaluate("test")
+            # mid-pass checkpoints (checkpoint_every_steps) count as checkpoint time only
+            self.timings["training_s"] += t1 - t0 - (self.timings["checkpoint_s"] - ckpt0)
+            self.timings["evaluation_s"] += time.perf_counter() - t1
             # the examples this process trained (a resumed pass ran fewer steps)
             ran = examples * (1 - resumed_at / self.data.steps_per_pass)
             result = {
@@ -430,7 +489,20 @@ class Trainer:
             }
             self.passes.append(result)
             self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
-            self.checkpoint(p + 1, 0, {"pass": p})
+            t0 = time.perf_counter()
+            if keeps_pass_checkpoint(self.pass_checkpoints, self.passes, spec):
+                self.checkpoint(p + 1, 0, {"pass": p})
+            else:  # the results still reach the session (Ray Train: the run's last metrics)
+                self.session.report(
+                    {
+                        "pass": p,
+                        "global_step": self.global_step,
+                        "passes": self.passes,
+                        "timings": self.timings,
+                    },
+                    None,
+                )
+            self.timings["checkpoint_s"] += time.perf_counter() - t0
             self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_FINISHED.value, message=f"pass {p + 1} done")
         self.emit(
             EventType.LIFECYCLE,
@@ -480,7 +552,9 @@ class Trainer:
                 t_window, ex_window = now, 0
                 self.check_divergence(p, s.get("window_ne", 0.0))
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
+                c0 = time.perf_counter()
                 self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1}, train_metrics=metrics)
+                self.timings["checkpoint_s"] += time.perf_counter() - c0
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - c0  # this process, every thread (loader, intra-op pool)
         self.last_pass_cpu_seconds = cpu  # this rank's own share of the pass's cpu_seconds
@@ -560,16 +634,42 @@ def rss_bytes() -> int:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (runs on every worker)."""
+    """Ray Train entry point (runs on every worker): one run, then the worker ends."""
+    spec = JobSpec.model_validate(config["spec"])
+    run_worker(
+        spec,
+        RaySession(spec.scaling.use_gpu),
+        Path(config["run_dir"]),
+        job_id=config.get("job_id"),
+        redis_url=config.get("redis_url"),
+        stdout_sink=config.get("stdout_sink", True),
+        pass_checkpoints=spec.training.pass_checkpoints or "every",
+    )
+
+
+def run_worker(
+    spec: JobSpec,
+    session: Session,
+    run_dir: Path,
+    *,
+    job_id: str | None = None,
+    redis_url: str | None = None,
+    stdout_sink: bool = True,
+    data: RankData | None = None,
+    pass_checkpoints: str = "every",
+) -> Trainer:
+    """One run on this worker, the body shared by a one-run Ray Train worker
+    (:func:`train_worker`) and a warm worker that trains run after run
+    (:mod:`trainer.warm`): the pid files, the torch threads, rank 0's metrics sink, a
+    fresh :class:`Trainer` and its passes. Returns the finished Trainer."""
     from trainer.metrics.events import make_sink
 
-    spec = JobSpec.model_validate(config["spec"])
-    session = RaySession(spec.scaling.use_gpu)
-    run_dir = Path(config["run_dir"])
+    node_id = getattr(session, "node_id", None)
     pid_dir = run_dir / "pids"
     pid_dir.mkdir(parents=True, exist_ok=True)
     (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
-    (pid_dir / f"rank_{session.rank}.node").write_text(session.node_id)
+    if node_id is not None:
+        (pid_dir / f"rank_{session.rank}.node").write_text(node_id)
     threads_before = torch.get_num_threads()
     threads = worker_threads(spec)
     if threads != threads_before:
@@ -586,15 +686,11 @@ def train_worker(config: dict[str, Any]) -> None:
     (pid_dir / f"rank_{session.rank}.json").write_text(json.dumps(info))
     sink = None
     if session.rank == 0:
-        sink = make_sink(
-            run_dir,
-            stdout=config.get("stdout_sink", True),
-            redis_url=config.get("redis_url"),
-            job_id=config.get("job_id"),
-        )
+        sink = make_sink(run_dir, stdout=stdout_sink, redis_url=redis_url, job_id=job_id)
     try:
-        trainer = Trainer(spec, session, run_dir, sink=sink)
+        trainer = Trainer(spec, session, run_dir, sink=sink, data=data, pass_checkpoints=pass_checkpoints)
         trainer.run()
     finally:
         if sink is not None:
             sink.close()
+    return trainer
