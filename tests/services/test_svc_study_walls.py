@@ -1,0 +1,35 @@
+"""A study's wall split: the runs' parts summed, the median per-run overhead, the line."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.study_stats import format_wall_totals, wall_totals
+from trainer.report import wall_split
+
+
+def test_wall_split_parts_add_up_and_startup_is_the_remainder():
+    t = {"data_s": 1.0, "training_s": 5.0, "evaluation_s": 2.0, "checkpoint_s": 0.5, "setup_s": 9.0}
+    s = wall_split(10.0, t, waiting_s=3.0)
+    assert s["startup_s"] == pytest.approx(1.5) and s["wall_s"] == pytest.approx(13.0)
+    warm = wall_split(10.0, t, startup_s=20.0)  # a group's start-up charged to its first run
+    assert warm["startup_s"] == pytest.approx(21.5) and warm["wall_s"] == pytest.approx(30.0)
+
+
+def test_totals_and_median_overhead():
+    runs = {
+        "a": wall_split(30.0, {"training_s": 4.0, "evaluation_s": 1.0}, startup_s=0.0),
+        "b": wall_split(8.0, {"training_s": 4.0, "evaluation_s": 1.0}),
+        "c": wall_split(7.0, {"training_s": 4.0, "evaluation_s": 2.0}),
+    }
+    t = wall_totals(runs, 50.0)
+    assert t["training_s"] == 12.0 and t["evaluation_s"] == 4.0 and t["runs"] == 3
+    assert t["runs_wall_s"] == 45.0
+    assert t["overhead_median_s"] == 3.0  # overheads 25, 3, 1
+    line = format_wall_totals(t)
+    assert line.startswith("time: 50.0 s for 3 runs: training 12.0 s (24%)"), line
+    assert line.endswith("median 3.0 s"), line
+    assert format_wall_totals(wall_totals({})) == "time: no run finished"
+    assert format_wall_totals(wall_totals(runs, 600.0)).startswith(
+        "time: 10.0 min for 3 runs: training 0.2 min (2%)"
+    )
