@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         gt=0,
         description="how often a study's event stream looks for changes",
     )
+    warm_studies: bool = Field(
+        True,
+        description="study runs execute one after another on warm worker groups (trainer/warm.py) instead of one Ray Train fit each (local launcher, or a Ray whose GCS address is known)",
+    )
+    ray_gcs_address: str | None = Field(
+        None,
+        description="the GCS address (`host:port`) of the Ray behind RAY_ADDRESS's dashboard, for warm study runs with the Ray Jobs launcher; `rectrain serve` sets it for its own Ray head",
+    )
     # Queue, capacity and per-owner limits (services.queue, services.capacity).
     capacity_cpus: float | None = Field(
         None,

@@ -281,8 +281,15 @@ class WarmGroup:
         self.startup_s = 0.0
         self.runs = 0
         self.restarts = 0
+        self._cancelled = False
 
     # ---- life cycle
+
+    def cancel(self) -> None:
+        """Stop the run in progress now (from another thread): the workers end and the
+        run raises "cancelled"; the group starts again for a later run."""
+        self._cancelled = True
+        self.close()
 
     def start(self) -> float:
         """Place and start the workers and form their process group; the seconds it took."""
@@ -417,6 +424,7 @@ class WarmGroup:
             "redis_url": redis_url,
             "stdout_sink": self.stdout_sink,
         }
+        self._cancelled = False
         t0 = time.perf_counter()
         started = 0.0  # group start-ups inside this call: in _pending_startup_s, not in the wall
         outs: list[dict[str, Any]] | None = None
@@ -427,6 +435,9 @@ class WarmGroup:
                 outs = self._call_run(job)
                 break
             except WorkerDied:
+                if self._cancelled:
+                    self._cancelled = False
+                    raise RectrainError("cancelled") from None
                 self.restarts += 1
                 if attempt == 2:
                     raise

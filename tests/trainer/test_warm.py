@@ -6,6 +6,10 @@ goes on; each run's directory is written as ``rectrain run`` writes it."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 
 import pytest
 
@@ -39,9 +43,10 @@ ARM_B = {"regularizers": [{"type": "sse_se", "p": 0.1}], "seed": 2}
 
 
 def _spec(arm: dict):
+    synthetic = {"examples_per_day": arm.get("examples_per_day", 4000), "num_users": 500, "num_ads": 200}
     return parse_spec(
         tiny_spec_dict(
-            data=DATA,
+            data={**DATA, "synthetic": synthetic},
             training={"num_passes": 2, "seed": arm["seed"]},
             regularizers=arm["regularizers"],
         )
@@ -83,9 +88,34 @@ def runs(ray_session, tmp_path_factory):
         warm["A2"] = group.run(a, tmp / "warm-a2")
         assert group.pids == pids and group.restarts == 0  # the same processes all along
         rss_after = group.rss()
+        # a longer run, undisturbed and then with its worker killed mid-run
+        big = _spec({**ARM_A, "examples_per_day": 40000})
+        warm["big"] = group.run(big, tmp / "warm-big")
+        warm["big_killed"] = _run_killing_a_worker(group, big, tmp / "warm-big-killed")
+        assert group.restarts == 1 and group.pids != pids
     finally:
         group.close()
     return {"cold": cold, "warm": warm, "diverged": diverged.value, "rss": rss_after, "tmp": tmp}
+
+
+def _run_killing_a_worker(group, spec, run_dir):
+    """``group.run(spec)`` while the worker is killed (SIGKILL by pid) once its first pass has begun."""
+    victim = group.pids[0]
+
+    def kill():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ev = run_dir / "events.jsonl"
+            if ev.exists() and '"pass_started"' in ev.read_text():
+                os.kill(victim, signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    out = group.run(spec, run_dir)
+    t.join(5)
+    return out
 
 
 def _same_passes(warm: dict, cold: dict) -> None:
@@ -129,3 +159,9 @@ def test_warm_run_directory_is_a_runs(runs):
     assert runs["warm"]["A2"]["wall_split"]["data_s"] == 0  # later runs of the same data reuse it
     assert runs["cold"]["B"]["wall_split"]["data_s"] > 0
     assert all(r > 0 for r in runs["rss"])
+
+
+def test_a_run_whose_worker_dies_is_retried_from_its_start_with_the_same_numbers(runs):
+    warm = runs["warm"]
+    assert warm["big_killed"]["warm"]["restarts"] == 1
+    _same_passes(warm["big_killed"], warm["big"])
