@@ -123,7 +123,7 @@ def _progress_line(s: dict[str, Any]) -> str:
 def _follow(c, study_id: str) -> int:
     import httpx
 
-    from services.study_stats import format_table
+    from services.study_stats import format_table, format_wall_totals
 
     last_line = None
     down_since: float | None = None
@@ -167,6 +167,9 @@ def _follow(c, study_id: str) -> int:
     s = _check(c.get(f"/v1/studies/{study_id}"))
     print()
     print(format_table(s["results"]))
+    if s.get("wall_totals"):
+        print()
+        print(format_wall_totals(s["wall_totals"]))
     print(f"\nstudy {study_id} {s['status']}  (export: /v1/studies/{study_id}/export.csv)")
     return 0 if s["status"] == "succeeded" else 1
 

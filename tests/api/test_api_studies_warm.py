@@ -124,6 +124,9 @@ def test_study_runs_on_warm_groups_fairly_and_cancel(warm_api):
             if j["status"] == "succeeded"
         ]
         assert max(w["group_run"] for w in warm) >= 2, warm
+        # the study's wall split: the succeeded runs' parts summed
+        totals = s["wall_totals"]
+        assert totals["runs"] == len(warm) and totals["training_s"] > 0 and totals["startup_s"] > 0
 
         # cancel: a second study stops; nothing of it is left running or queued
         r = alice.post("/v1/studies", json={"spec": {**STUDY, "variants": [], "seeds": 2}})
