@@ -216,6 +216,8 @@ class LocalBackend:
         ]
         env = {k: v for k, v in os.environ.items() if k != "RECTRAIN_API_TOKENS"}
         env["PYTHONUNBUFFERED"] = "1"
+        if self.job.dispatched_at:  # the first mark of the trainer's "startup" event
+            env["RECTRAIN_DISPATCHED_AT"] = repr(self.job.dispatched_at)
         with open(self.run_dir / "stdout.log", "ab") as out, open(self.run_dir / "stderr.log", "ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd,
@@ -478,7 +480,14 @@ class WarmBackend:
         if self.stopping:
             raise RectrainError("cancelled")
         waiting = max(0.0, (self.job.dispatched_at or time.time()) - self.job.created_at)
-        return pool.run(spec, self.run_dir, job_id=self.job.id, redis_url=self.redis_url, waiting_s=waiting)
+        return pool.run(
+            spec,
+            self.run_dir,
+            job_id=self.job.id,
+            redis_url=self.redis_url,
+            waiting_s=waiting,
+            dispatched_at=self.job.dispatched_at,
+        )
 
     async def start(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ checkpoint, also with another ``scaling.num_workers``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -170,6 +171,7 @@ def run_job(
 ) -> dict[str, Any]:
     """Train ``spec`` to the end; return (and write to run_dir/results.json, and to the
     job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``."""
+    marks = startup_marks()
     ray_mod = sys.modules.get("ray")
     joining = ray_address or env_ray_address() or (ray_mod is not None and ray_mod.is_initialized())
     if not joining:
@@ -179,8 +181,11 @@ def run_job(
 
     from trainer.loop import train_worker
 
+    marks["ray_imported"] = time.time()
+
     spec, run_dir, root, job_store = prepare_run(spec, run_dir, job_id, storage_uri)
     local = connect_ray(spec, ray_address)
+    marks["ray_connected"] = time.time()
     publish_spec(spec, run_dir, root, job_store)
     storage_path, storage_fs = storage.ray_storage(storage.join(job_store, "ray"))
 
@@ -193,6 +198,7 @@ def run_job(
             "job_id": job_id,
             "redis_url": redis_url,
             "stdout_sink": not local,
+            "startup_marks": marks,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -212,7 +218,7 @@ def run_job(
             ),
         ),
     )
-    t0 = time.time()
+    t0 = marks["fit"] = time.time()
     follower = None
     if local:
         follower = _EventFollower(run_dir / "events.jsonl", total_steps=0, progress=progress)
@@ -241,6 +247,24 @@ def run_job(
             **summarize_passes(metrics.get("passes", [])),
         },
     )
+
+
+DISPATCHED_AT_ENV = "RECTRAIN_DISPATCHED_AT"  # the service's dispatch time (the local launcher sets it)
+
+
+def startup_marks() -> dict[str, float]:
+    """The driver's first start-up marks (wall clock): the service's dispatch when it
+    gave one (``RECTRAIN_DISPATCHED_AT``), this process's start, now."""
+    marks: dict[str, float] = {}
+    with contextlib.suppress(ValueError):
+        if os.environ.get(DISPATCHED_AT_ENV):
+            marks["dispatched"] = float(os.environ[DISPATCHED_AT_ENV])
+    with contextlib.suppress(Exception):  # psutil: the process's creation time
+        import psutil
+
+        marks["process_start"] = psutil.Process().create_time()
+    marks["run_job"] = time.time()
+    return marks
 
 
 def prepare_run(

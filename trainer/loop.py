@@ -142,6 +142,24 @@ def reset_sparse_optimizer_state(dmp: torch.nn.Module) -> None:
 
 PASS_CHECKPOINTS = ("every", "selected")
 
+# the start-up marks (wall-clock times, in order): each names the span that ends at it
+STARTUP_LABELS = {
+    "dispatched": "dispatch",
+    "process_start": "driver process start",
+    "run_job": "driver imports",
+    "ray_imported": "Ray Train imports",
+    "ray_connected": "Ray connect",
+    "fit": "trainer set-up",
+    # Ray Train: its controller, the worker processes, their imports, the process group;
+    # a warm group: the call (and the group's own start-up when it had none yet)
+    "worker": "to the worker",
+    "group_run": "warm group call",
+    "trainer": "worker set-up",
+    "data": "dataset",
+    "model": "model, planner, sharding, optimizers",
+    "first_step": "first step",
+}
+
 
 def keeps_pass_checkpoint(policy: str, passes: list[dict[str, Any]], spec: JobSpec) -> bool:
     """Whether the pass that just ended (``passes[-1]``) is checkpointed.
@@ -183,6 +201,9 @@ class Trainer:
         if pass_checkpoints not in PASS_CHECKPOINTS:
             raise ValueError(f"pass_checkpoints: {pass_checkpoints!r} is not one of {PASS_CHECKPOINTS}")
         t0 = time.perf_counter()
+        # wall-clock marks of the run's start-up, in order (the "startup" event at its
+        # first step); whoever started the worker adds its own before these (run_worker)
+        self.startup_marks: dict[str, float] = {"trainer": time.time()}
         self.spec = spec
         self.session = session
         self.run_dir = Path(run_dir)
@@ -194,6 +215,7 @@ class Trainer:
 
         self.data = data if data is not None else RankData(spec, session.rank, session.world_size)
         t_data = time.perf_counter()
+        self.startup_marks["data"] = time.time()
         self.regs = RegularizerSet(spec)
         model = DLRM(
             spec,
@@ -218,6 +240,8 @@ class Trainer:
         self._bad_loss: torch.Tensor | None = None
         self._resumed_metrics: dict[str, Any] | None = None  # train-metric states of a pass resumed mid-way
         self.last_pass_cpu_seconds = 0.0  # this rank's training CPU time in the last pass
+        self.startup_marks["model"] = time.time()
+        self._first_step_done = False
         # where this rank's wall time went (seconds): the run's wall split (trainer/report.py)
         self.timings: dict[str, float] = {
             "data_s": t_data - t0,
@@ -355,6 +379,24 @@ class Trainer:
                 },
                 d,
             )
+
+    def _emit_startup(self, p: int) -> None:
+        """The "startup" event at the run's first step: where the time from the first
+        mark (the dispatch, when the service gave it) to the first step went."""
+        marks = {**self.startup_marks, "first_step": time.time()}
+        names = sorted(marks, key=lambda k: marks[k])  # clocks of one machine: in order
+        parts = {b: max(marks[b] - marks[a], 0.0) for a, b in zip(names, names[1:], strict=False)}
+        total = marks["first_step"] - marks[names[0]]
+        text = ", ".join(f"{STARTUP_LABELS.get(k, k)} {v:.2f}" for k, v in parts.items())
+        self.emit(
+            EventType.LIFECYCLE,
+            p,
+            phase="startup",
+            message=f"first step {total:.1f} s after {STARTUP_LABELS.get(names[0], names[0])}: {text}",
+            startup_s=parts,
+            startup_from=names[0],
+            startup_total_s=total,
+        )
 
     def _plan(self) -> dict[str, int]:
         steps = self.data.steps_per_pass
@@ -536,6 +578,9 @@ class Trainer:
             ne.update(metrics, logits, batch)
             self.global_step += 1
             ex_window += global_batch
+            if not self._first_step_done:
+                self._first_step_done = True
+                self._emit_startup(p)
             if self.global_step % spec.metrics.report_every_steps == 0:
                 s = ne.summarize(metrics.compute())
                 now = time.perf_counter()
@@ -635,6 +680,7 @@ def rss_bytes() -> int:
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (runs on every worker): one run, then the worker ends."""
+    worker_start = time.time()
     spec = JobSpec.model_validate(config["spec"])
     run_worker(
         spec,
@@ -644,6 +690,7 @@ def train_worker(config: dict[str, Any]) -> None:
         redis_url=config.get("redis_url"),
         stdout_sink=config.get("stdout_sink", True),
         pass_checkpoints=spec.training.pass_checkpoints or "every",
+        marks={**config.get("startup_marks", {}), "worker": worker_start},
     )
 
 
@@ -657,11 +704,13 @@ def run_worker(
     stdout_sink: bool = True,
     data: RankData | None = None,
     pass_checkpoints: str = "every",
+    marks: dict[str, float] | None = None,
 ) -> Trainer:
     """One run on this worker, the body shared by a one-run Ray Train worker
     (:func:`train_worker`) and a warm worker that trains run after run
     (:mod:`trainer.warm`): the pid files, the torch threads, rank 0's metrics sink, a
-    fresh :class:`Trainer` and its passes. Returns the finished Trainer."""
+    fresh :class:`Trainer` and its passes. ``marks``: the start-up's earlier wall-clock
+    marks (names of :data:`STARTUP_LABELS`). Returns the finished Trainer."""
     from trainer.metrics.events import make_sink
 
     node_id = getattr(session, "node_id", None)
@@ -689,6 +738,7 @@ def run_worker(
         sink = make_sink(run_dir, stdout=stdout_sink, redis_url=redis_url, job_id=job_id)
     try:
         trainer = Trainer(spec, session, run_dir, sink=sink, data=data, pass_checkpoints=pass_checkpoints)
+        trainer.startup_marks = {**(marks or {}), **trainer.startup_marks}
         trainer.run()
     finally:
         if sink is not None:

@@ -214,6 +214,7 @@ class WarmWorker:
 
         from trainer.loop import rss_bytes, run_worker
 
+        t_start = time.time()
         trainer = None
         try:
             spec = JobSpec.model_validate(job["spec"])
@@ -226,6 +227,7 @@ class WarmWorker:
             data, data_s = self._dataset(spec)
             keep = spec.training.pass_checkpoints or "selected"
             session = WarmSession(self.rank, self.world_size, self.device, self.node_id, job["store"], keep)
+            marks = {**job.get("marks", {}), "worker": t_start}
             trainer = run_worker(
                 spec,
                 session,
@@ -235,6 +237,7 @@ class WarmWorker:
                 stdout_sink=job.get("stdout_sink", False),
                 data=data,
                 pass_checkpoints=keep,
+                marks=marks,
             )
             timings = dict(trainer.timings, data_s=data_s)
             out: dict[str, Any] = {"ok": True, "passes": trainer.passes, "timings": timings}
@@ -408,8 +411,11 @@ class WarmGroup:
         redis_url: str | None = None,
         storage_uri: str | None = None,
         waiting_s: float = 0.0,
+        dispatched_at: float | None = None,
     ) -> dict[str, Any]:
-        """Train ``spec`` on this group (started if needed) and return its results."""
+        """Train ``spec`` on this group (started if needed) and return its results.
+        ``waiting_s``: how long it was queued; ``dispatched_at``: when the service
+        dispatched it (the first mark of its "startup" event)."""
         from trainer.launch import prepare_run, publish_spec, write_results
 
         if Shape.of(spec) != self.shape:
@@ -423,6 +429,7 @@ class WarmGroup:
             "job_id": job_id,
             "redis_url": redis_url,
             "stdout_sink": self.stdout_sink,
+            "marks": {**({"dispatched": dispatched_at} if dispatched_at else {}), "group_run": time.time()},
         }
         self._cancelled = False
         t0 = time.perf_counter()

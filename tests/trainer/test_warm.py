@@ -161,6 +161,23 @@ def test_warm_run_directory_is_a_runs(runs):
     assert all(r > 0 for r in runs["rss"])
 
 
+def _startup(run_dir) -> dict:
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    (ev,) = [e for e in events if e.get("phase") == "startup"]
+    return ev
+
+
+def test_the_first_step_says_where_the_start_up_went(runs):
+    cold = _startup(runs["tmp"] / "cold-b")  # rectrain run: from the driver process's start
+    assert cold["startup_from"] == "process_start" and cold["step"] == 1
+    assert {"ray_connected", "fit", "worker", "data", "model", "first_step"} <= set(cold["startup_s"])
+    assert cold["startup_total_s"] == pytest.approx(sum(cold["startup_s"].values()))
+    assert cold["message"].startswith("first step ") and "to the worker" in cold["message"]
+    warm = _startup(runs["tmp"] / "warm-b")  # a warm run: from the driver's call
+    assert warm["startup_from"] == "group_run" and "fit" not in warm["startup_s"]
+    assert warm["startup_total_s"] < cold["startup_total_s"]
+
+
 def test_a_run_whose_worker_dies_is_retried_from_its_start_with_the_same_numbers(runs):
     warm = runs["warm"]
     assert warm["big_killed"]["warm"]["restarts"] == 1
