@@ -20,18 +20,22 @@ def test_totals_and_median_overhead():
     runs = {
         "a": wall_split(30.0, {"training_s": 4.0, "evaluation_s": 1.0}, startup_s=0.0),
         "b": wall_split(8.0, {"training_s": 4.0, "evaluation_s": 1.0}),
-        "c": wall_split(7.0, {"training_s": 4.0, "evaluation_s": 2.0}),
+        "c": wall_split(
+            7.0, {"training_s": 4.0, "evaluation_s": 2.0}, waiting_s=30.0
+        ),  # queued: not overhead
     }
-    t = wall_totals(runs, 50.0)
+    t = wall_totals(runs, 80.0)
     assert t["training_s"] == 12.0 and t["evaluation_s"] == 4.0 and t["runs"] == 3
-    assert t["runs_wall_s"] == 45.0
+    assert t["runs_wall_s"] == 75.0 and t["waiting_s"] == 30.0
     assert t["overhead_median_s"] == 3.0  # overheads 25, 3, 1
     line = format_wall_totals(t)
-    assert line.startswith("time: 50.0 s for 3 runs: training 12.0 s (24%)"), line
+    # shares of the runs' own 45 s (75 s of walls less 30 s queued)
+    assert line.startswith("time: 3 runs ran 45.0 s (the study took 80.0 s): training 12.0 s (27%)"), line
+    assert "; queued 30.0 s in all;" in line
     assert line.endswith("median 3.0 s"), line
     assert format_wall_totals(wall_totals({})) == "time: no run finished"
     assert format_wall_totals(wall_totals(runs, 600.0)).startswith(
-        "time: 10.0 min for 3 runs: training 0.2 min (2%)"
+        "time: 3 runs ran 0.8 min (the study took 10.0 min): training 0.2 min (27%)"
     )
 
 
