@@ -167,8 +167,8 @@ def keeps_pass_checkpoint(policy: str, passes: list[dict[str, Any]], spec: JobSp
     "every": always. "selected": only a pass that may turn out to be the run's selected
     pass (trainer/report.py): with validation data, a pass whose validation NE is lower
     than every earlier pass's (the earliest wins ties, so an equal later pass cannot
-    be selected); without, the last pass. Every rank decides the same (validation NE
-    is reduced over the ranks)."""
+    be selected); without, the last pass. Read on rank 0, which holds the metrics'
+    values (:meth:`Trainer._keeps_pass_checkpoint` tells the other ranks)."""
     if policy == "every":
         return True
     p = passes[-1]
@@ -380,6 +380,16 @@ class Trainer:
                 d,
             )
 
+    def _keeps_pass_checkpoint(self) -> bool:
+        """Collective: whether the pass that just ended is checkpointed. Rank 0 decides
+        (the metrics' values, validation NE among them, are computed on rank 0 only) and
+        tells the others, so that all ranks enter the checkpoint's collectives or none."""
+        keep = keeps_pass_checkpoint(self.pass_checkpoints, self.passes, self.spec)
+        if self.pass_checkpoints == "every" or self.session.world_size == 1:
+            return keep
+        flag = self.collectives.broadcast(torch.tensor([1.0 if keep else 0.0]), src=0)
+        return bool(flag.cpu()[0] > 0)
+
     def _emit_startup(self, p: int) -> None:
         """The "startup" event at the run's first step: where the time from the first
         mark (the dispatch, when the service gave it) to the first step went."""
@@ -532,7 +542,7 @@ class Trainer:
             self.passes.append(result)
             self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
             t0 = time.perf_counter()
-            if keeps_pass_checkpoint(self.pass_checkpoints, self.passes, spec):
+            if self._keeps_pass_checkpoint():
                 self.checkpoint(p + 1, 0, {"pass": p})
             else:  # the results still reach the session (Ray Train: the run's last metrics)
                 self.session.report(

@@ -10,8 +10,10 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from tests.trainer.specs import tiny_spec_dict
 from trainer.errors import RectrainError
@@ -182,3 +184,39 @@ def test_a_run_whose_worker_dies_is_retried_from_its_start_with_the_same_numbers
     warm = runs["warm"]
     assert warm["big_killed"]["warm"]["restarts"] == 1
     _same_passes(warm["big_killed"], warm["big"])
+
+
+@pytest.fixture(scope="module")
+def two_workers(ray_session, tmp_path_factory):
+    """2 workers, tables sharded across both: arm A alone (cold), and on a warm group
+    after arm B."""
+    tmp = tmp_path_factory.mktemp("warm2")
+    scaling = {"num_workers": 2, "cpus_per_worker": 1}
+    a = _spec(ARM_A).model_copy(update={"scaling": _spec(ARM_A).scaling.model_copy(update=scaling)})
+    b = _spec(ARM_B).model_copy(update={"scaling": _spec(ARM_B).scaling.model_copy(update=scaling)})
+    cold = run_job(a, run_dir=tmp / "cold-a", progress=False)
+    group = WarmGroup(Shape.of(a))
+    try:
+        group.run(b, tmp / "warm-b")
+        warm = group.run(a, tmp / "warm-a")
+    finally:
+        group.close()
+    return cold, warm, tmp
+
+
+def test_two_worker_group_equals_the_cold_run_and_keeps_its_selected_checkpoint(two_workers):
+    from trainer.checkpoint import read_model_state
+
+    cold, warm, tmp = two_workers
+    _same_passes(warm, cold)
+    sel = warm["selected_pass"]
+    (warm_ckpt,) = pass_checkpoints(str(tmp / "warm-a")).values()
+    cold_ckpt = pass_checkpoints(str(tmp / "cold-a"))[sel]
+    # the same files from both ranks, and the same weights as the cold run's checkpoint of that pass
+    names = {p.name for p in Path(warm_ckpt).iterdir()}
+    assert names == {p.name for p in Path(cold_ckpt).iterdir()}
+    assert any(n.startswith("__1_") for n in names)  # rank 1's shards are there
+    w, c = read_model_state(warm_ckpt), read_model_state(cold_ckpt)
+    assert w.keys() == c.keys()
+    for k in w:
+        assert torch.equal(w[k], c[k]), k
