@@ -74,7 +74,10 @@ def test_without_a_service_it_runs_on_local_ray_one_after_another(tmp_path, ray_
     assert "one seed" in out.stdout
     assert (env_out / "study.csv").read_text().startswith("pass,arm,label")
     # warm execution: where the time went, per run and in all; only the selected pass is kept
-    assert "time: " in out.stdout and "per-run overhead (wall - waiting - training - evaluation) median" in out.stdout
+    assert (
+        "time: " in out.stdout
+        and "per-run overhead (wall - waiting - training - evaluation) median" in out.stdout
+    )
     walls = doc["run_wall_split"]
     assert walls["baseline/s0"]["data_s"] > 0 and walls["v0/s0"]["data_s"] == 0  # data built once
     assert doc["wall_totals"]["training_s"] == sum(w["training_s"] for w in walls.values())
