@@ -121,6 +121,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"starting a local Ray head for the jobs (log: {head.log_path}) ...", flush=True)
         try:
             os.environ["RAY_ADDRESS"] = head.start()
+            # warm study runs join the head as Ray drivers (services.launcher.WarmBackend)
+            os.environ["RECTRAIN_RAY_GCS_ADDRESS"] = head.address
         except (OSError, RuntimeError) as e:
             print(f"rectrain serve: could not start a local Ray: {e}", file=sys.stderr)
             return 1

@@ -10,6 +10,7 @@ changes in order with the metrics. Illegal transitions raise :class:`IllegalTran
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import secrets
 import time
@@ -184,6 +185,10 @@ def summarize_progress(progress: Mapping[str, str]) -> dict[str, Any]:
     eps = progress.get("last_examples_per_s")
     if eps:  # the latest train window is fresher than the last finished pass
         out["last_examples_per_s"] = float(eps)
+    wall = progress.get("wall_split")
+    if wall:  # a finished run's wall split (results.json)
+        with contextlib.suppress(ValueError):
+            out["wall_split"] = json.loads(wall)
     return out
 
 

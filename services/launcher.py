@@ -48,7 +48,7 @@ from services import keys
 from services.failure import split_failure
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.metrics_bus import progress_from_results
-from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA
+from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA, text_list
 from services.settings import Settings, env_var
 
 _POLL_S = 0.5
@@ -217,6 +217,8 @@ class LocalBackend:
         ]
         env = {k: v for k, v in os.environ.items() if k != "RECTRAIN_API_TOKENS"}
         env["PYTHONUNBUFFERED"] = "1"
+        if self.job.dispatched_at:  # the first mark of the trainer's "startup" event
+            env["RECTRAIN_DISPATCHED_AT"] = repr(self.job.dispatched_at)
         with open(self.run_dir / "stdout.log", "ab") as out, open(self.run_dir / "stderr.log", "ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd,
@@ -403,7 +405,128 @@ class RayJobsBackend:
             await asyncio.sleep(_POLL_S)
 
 
+class _WarmState:
+    """This runner process's warm worker groups (one per resource shape) and the Ray it
+    joined: kept from one study run to the next (:func:`run_job`)."""
+
+    pool: Any = None  # trainer.warm.WarmPool
+    used = False  # the last job ran on a warm group
+
+    @classmethod
+    def get_pool(cls, settings: Settings, spec: Any) -> Any:
+        from trainer.warm import WarmPool, connect
+
+        if cls.pool is None:
+            connect(spec, warm_ray_address(settings))
+            cls.pool = WarmPool()
+        return cls.pool
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.pool is not None:
+            with contextlib.suppress(Exception):
+                cls.pool.close()
+            cls.pool = None
+
+
+def warm_ray_address(settings: Settings) -> str | None:
+    """The Ray a warm worker group's driver (this runner) joins: RECTRAIN_RAY_GCS_ADDRESS,
+    else RAY_ADDRESS when it is a GCS address (the local launcher's), else none (a local
+    Ray of this machine)."""
+    if settings.ray_gcs_address:
+        return settings.ray_gcs_address
+    if settings.ray_address and "://" not in settings.ray_address:
+        return settings.ray_address
+    return None
+
+
+def runs_warm(settings: Settings, job: JobRecord) -> bool:
+    """Whether a job runs on a warm worker group: a study run, with warm studies on
+    (RECTRAIN_WARM_STUDIES) and rectrain's own trainer (RECTRAIN_TRAINER_MODULE), where
+    this runner can join the Ray as a driver (the local launcher; with the Ray Jobs
+    launcher only when the GCS address is known)."""
+    if not settings.warm_studies or "study" not in job.labels:
+        return False
+    if settings.trainer_module != "trainer.cli":  # a stand-in trainer: it runs as configured
+        return False
+    kind = job.launcher or settings.effective_launcher
+    return kind == "local" or settings.ray_gcs_address is not None
+
+
+class WarmBackend:
+    """Runs a study run on this runner's warm worker group of its shape (trainer/warm.py):
+    the group's driver is this process; the run's results and run directory are those of
+    ``rectrain run``. Cancel ends the group (the run stops at once and the group is
+    started again for a later run); a worker that dies is replaced and the run retried
+    once (trainer.warm.WarmGroup)."""
+
+    kind = "warm"
+
+    def __init__(self, settings: Settings, job: JobRecord, trainer_redis_url: str) -> None:
+        self.settings = settings
+        self.job = job
+        self.redis_url = trainer_redis_url
+        self.run_dir = run_dir_for(settings, job.id)
+        self.task: asyncio.Task | None = None
+        self.group: Any = None
+        self.stopping = False
+
+    def _run(self) -> dict[str, Any]:
+        from trainer.errors import RectrainError
+        from trainer.spec import JobSpec
+
+        spec = JobSpec.model_validate(self.job.spec)
+        pool = _WarmState.get_pool(self.settings, spec)
+        self.group = pool.group(spec)
+        if self.stopping:
+            raise RectrainError("cancelled")
+        waiting = max(0.0, (self.job.dispatched_at or time.time()) - self.job.created_at)
+        return pool.run(
+            spec,
+            self.run_dir,
+            job_id=self.job.id,
+            redis_url=self.redis_url,
+            waiting_s=waiting,
+            dispatched_at=self.job.dispatched_at,
+        )
+
+    async def start(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "spec.json").write_text(json.dumps(self.job.spec, indent=1))
+        _WarmState.used = True
+        self.task = asyncio.create_task(asyncio.to_thread(self._run))
+        return {"run_dir": str(self.run_dir)}
+
+    async def poll(self) -> Outcome | None:
+        assert self.task is not None
+        if not self.task.done():
+            return None
+        try:
+            results = self.task.result()
+        except Exception as e:
+            from trainer.errors import RectrainError
+
+            if self.stopping:
+                return Outcome(ok=False, reason="cancelled")
+            reason = e.message if isinstance(e, RectrainError) else f"{type(e).__name__}: {e}"
+            return Outcome(ok=False, reason=reason)
+        return Outcome(ok=True, results=results)
+
+    async def stop(self, grace_s: float) -> None:
+        assert self.task is not None
+        if self.task.done():
+            return
+        self.stopping = True
+        if self.group is not None:
+            self.group.cancel()  # the workers end; the run's call returns at once
+        # the run must be over before this runner's group takes another: wait for it
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.task)
+
+
 def make_backend(settings: Settings, job: JobRecord, trainer_redis_url: str) -> Backend:
+    if runs_warm(settings, job):
+        return WarmBackend(settings, job, trainer_redis_url)
     kind = job.launcher or settings.effective_launcher
     if kind == "ray":
         return RayJobsBackend(settings, job, trainer_redis_url)
@@ -506,9 +629,58 @@ async def run_job(settings: Settings, job_id: str, *, adopt: bool = False) -> in
     assert settings.redis_url, "the runner needs REDIS_URL"
     r = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
     try:
-        return await _run_job(settings, settings.redis_url, r, job_id, adopt)
+        rc = await _run_job(settings, settings.redis_url, r, job_id, adopt)
+        # a study run on a warm worker group: the group stays and takes the study's next
+        # run while that is fair (next_warm_job), one queue slot for all of them
+        while _WarmState.used:
+            _WarmState.used = False
+            nxt = await _retry(next_warm_job, JobStore(r), job_id, settings)
+            if nxt is None:
+                break
+            _log(nxt, f"on the warm worker group of study run {job_id}")
+            job_id = nxt
+            rc = await _run_job(settings, settings.redis_url, r, job_id, False)
+        return rc
     finally:
+        await asyncio.to_thread(_WarmState.close)
         await r.aclose()
+
+
+async def next_warm_job(store: JobStore, prev_id: str, settings: Settings) -> str | None:
+    """The job a warm worker group takes after ``prev_id`` (a study run it has just
+    finished), claimed (queued -> starting) as the dispatcher claims; None when the
+    group should end and give its queue slot back.
+
+    It takes the head of its owner's queue (priority, then first come: the owner's own
+    order), and only when it is a run of the same study with the same resource shape,
+    and no other owner has a job queued: then the dispatcher gives the freed slot to
+    that owner, whose job so waits at most for one run of the study."""
+    prev = await store.get(prev_id)
+    if prev is None or "study" not in prev.labels:
+        return None
+    r = store.r
+    for owner in text_list(await r.zrange(keys.queue_owners_key(), 0, -1)):
+        if owner != prev.owner and await r.zcard(keys.queue_owner_key(owner)):
+            return None
+    if settings.max_running_per_owner:
+        running = await r.zcard(keys.owner_status_key(prev.owner, JobStatus.RUNNING.value))
+        starting = await r.zcard(keys.owner_status_key(prev.owner, JobStatus.STARTING.value))
+        if running + starting >= settings.max_running_per_owner:
+            return None
+    head = text_list(await r.zrange(keys.queue_owner_key(prev.owner), 0, 0))
+    if not head:
+        return None
+    nxt = await store.get(head[0])
+    if (
+        nxt is None
+        or nxt.status != JobStatus.QUEUED
+        or nxt.labels.get("study") != prev.labels["study"]
+        or (nxt.spec.get("scaling") or {}) != (prev.spec.get("scaling") or {})
+    ):
+        return None
+    if not await store.claim(nxt.id, placeholder_ttl_s=keys.QUEUED_RELAUNCH_AFTER_S):
+        return None
+    return nxt.id
 
 
 async def _run_job(settings: Settings, redis_url: str, r: aioredis.Redis, job_id: str, adopt: bool) -> int:
@@ -656,7 +828,7 @@ async def _supervise(
             break
         await asyncio.sleep(_POLL_S)
 
-    if isinstance(backend, LocalBackend):
+    if isinstance(backend, (LocalBackend, WarmBackend)):
         # events the trainer's sink could not write (Redis away, buffer overflow, close
         # timeout) are in its events.jsonl: replay what the stream lacks, de-duplicated
         try:

@@ -162,6 +162,10 @@ class Settings(BaseSettings):
         gt=0,
         description="how often a study's event stream looks for changes",
     )
+    warm_studies: bool = Field(
+        True,
+        description="study runs execute one after another on warm worker groups (trainer/warm.py) instead of one Ray Train fit each (local launcher, or a Ray whose GCS address is known)",
+    )
     # Queue, capacity and per-owner limits (services.queue, services.capacity).
     capacity_cpus: float | None = Field(
         None,
@@ -184,7 +188,7 @@ class Settings(BaseSettings):
     )
     ray_gcs_address: str | None = Field(
         None,
-        description="the Ray head's GCS address (`host:6379`) the dispatcher asks the autoscaler through; unset: RAY_ADDRESS's host, port 6379",
+        description="the Ray head's GCS address (`host:port`): the dispatcher asks the autoscaler through it (unset: RAY_ADDRESS's host, port 6379), and warm study runs join it with the Ray Jobs launcher (unset: they run cold there); `rectrain serve` sets it for its own head",
     )
     reserve_cpus: float = Field(
         0.0,

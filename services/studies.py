@@ -35,7 +35,7 @@ from services import keys
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, new_job_id
 from services.launcher import JobLauncher
 from services.redis_conn import redis_fields, text_list, transaction
-from services.study_stats import analyze
+from services.study_stats import analyze, wall_totals
 from services.submit import submit_job
 from trainer.errors import RectrainError, SpecError
 from trainer.study_spec import Expansion, StudySpec, eta_seconds, expand
@@ -221,6 +221,10 @@ class StudyStore:
             "eta_seconds": eta,
             "runs": runs,
         }
+        # where the time went: the finished runs' wall splits summed (services.study_stats)
+        walls = {k: w for k in jobs if (w := (summaries.get(k) or {}).get("wall_split"))}
+        until = study.finished_at or time.time()
+        out["wall_totals"] = wall_totals(walls, until - study.created_at)
         if with_results:
             run_passes = {k: (summaries.get(k) or {}).get("passes", []) for k in jobs}
             out["results"] = analyze(

@@ -4,8 +4,9 @@
 submits it to the API at ``RECTRAIN_API_URL`` (``POST /v1/studies``; ``--follow``
 streams progress and prints the answer), or, with ``--local`` or when no service
 answers there, runs every run itself on local Ray (or the cluster at ``RAY_ADDRESS``)
-one after another and prints the same answer, writing ``study.json``, ``study.csv``
-and ``report.html`` (one self-contained page) to ``--out``. ``--plan`` stops after the size and cost.
+one after another on warm worker groups (:mod:`trainer.warm`) and prints the same
+answer and where the time went, writing ``study.json``, ``study.csv`` and ``report.html``
+(one self-contained page) to ``--out``. ``--plan`` stops after the size and cost.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _progress_line(s: dict[str, Any]) -> str:
 def _follow(c, study_id: str) -> int:
     import httpx
 
-    from services.study_stats import format_table
+    from services.study_stats import format_table, format_wall_totals
 
     last_line = None
     down_since: float | None = None
@@ -167,6 +168,9 @@ def _follow(c, study_id: str) -> int:
     s = _check(c.get(f"/v1/studies/{study_id}"))
     print()
     print(format_table(s["results"]))
+    if s.get("wall_totals"):
+        print()
+        print(format_wall_totals(s["wall_totals"]))
     print(
         f"\nstudy {study_id} {s['status']}  (export: /v1/studies/{study_id}/export.csv; "
         f"report: /v1/studies/{study_id}/report.html)"
@@ -178,50 +182,66 @@ def _follow(c, study_id: str) -> int:
 
 
 def _run_local(exp, name: str, out: Path | None) -> int:
-    """Every run here, one after another (one Ray for all), then the same answer."""
-    from services.study_stats import analyze, format_table, to_csv
+    """Every run here, one after another on warm worker groups (one per resource shape,
+    trainer/warm.py), then the same answer."""
+    from services.study_stats import analyze, format_table, format_wall_totals, to_csv, wall_totals
     from trainer.errors import RectrainError
-    from trainer.launch import run_job
     from trainer.study_spec import eta_seconds
+    from trainer.warm import WarmPool, connect
 
     out = (out or Path("runs") / time.strftime("study-%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     run_passes: dict[str, list[dict[str, Any]]] = {}
+    run_walls: dict[str, dict[str, float]] = {}
+    rss: dict[str, list[int]] = {}
     failed: dict[str, str] = {}
     t0 = time.time()
-    for i, run in enumerate(exp.runs, 1):
-        arm = exp.arm(run.arm)
-        print(f"[{i}/{len(exp.runs)}] {arm.label} · seed {run.seed}", flush=True)
-        try:
-            res = run_job(exp.job_spec(run), run_dir=out / run.key.replace("/", "-"), progress=False)
-        except RectrainError as e:
-            failed[run.key] = e.message
-            print(f"  failed: {e.message}", flush=True)
-            continue
-        run_passes[run.key] = res["passes"]
-        ne = "  ".join("-" if p.get("test_ne") is None else f"{p['test_ne']:.4f}" for p in res["passes"])
-        left = eta_seconds(time.time() - t0, i, len(exp.runs) - i)
-        print(
-            f"  test NE by pass: {ne}   ({time.time() - t0:.0f} s so far, about {left or 0:.0f} s left)",
-            flush=True,
-        )
+    connect(exp.job_spec(exp.runs[0]))
+    with WarmPool() as pool:
+        for i, run in enumerate(exp.runs, 1):
+            arm = exp.arm(run.arm)
+            print(f"[{i}/{len(exp.runs)}] {arm.label} · seed {run.seed}", flush=True)
+            try:
+                res = pool.run(exp.job_spec(run), out / run.key.replace("/", "-"))
+            except RectrainError as e:
+                failed[run.key] = e.message
+                print(f"  failed: {e.message}", flush=True)
+                continue
+            run_passes[run.key] = res["passes"]
+            run_walls[run.key] = res["wall_split"]
+            rss[run.key] = res["warm"]["worker_rss_bytes"]
+            ne = "  ".join("-" if p.get("test_ne") is None else f"{p['test_ne']:.4f}" for p in res["passes"])
+            left = eta_seconds(time.time() - t0, i, len(exp.runs) - i)
+            print(
+                f"  test NE by pass: {ne}   ({res['wall_seconds']:.1f} s, "
+                f"{time.time() - t0:.0f} s so far, about {left or 0:.0f} s left)",
+                flush=True,
+            )
     results = analyze(
         [a.to_dict() for a in exp.arms], [r.to_dict() for r in exp.runs], run_passes, exp.passes
     )
+    wall = time.time() - t0
+    totals = wall_totals(run_walls, wall)
     doc = {
         "name": name,
         "spec": exp.spec.model_dump(mode="json"),
         "plan": exp.plan(),
         "failed": failed,
         "run_passes": run_passes,
+        "run_wall_split": run_walls,
+        "wall_totals": totals,
+        # each run's warm worker RSS after it (bytes; a list over the group's ranks)
+        "worker_rss_bytes": rss,
         "results": results,
-        "wall_seconds": time.time() - t0,
+        "wall_seconds": wall,
     }
     (out / "study.json").write_text(json.dumps(doc, indent=1))
     (out / "study.csv").write_text(to_csv(results))
     _write_report(out, doc)
     print()
     print(format_table(results))
+    print()
+    print(format_wall_totals(totals))
     print(f"\nresults: {out}/study.json, {out}/study.csv, {out}/report.html")
     return 0 if not failed else 1
 

@@ -16,6 +16,7 @@ checkpoint, also with another ``scaling.num_workers``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Any
 from trainer import storage
 from trainer.errors import CapacityError, RectrainError
 from trainer.lifecycle import prepare_init_from
-from trainer.report import summarize_passes  # noqa: F401  (results.json's summary; re-exported)
+from trainer.report import summarize_passes, wall_split
 from trainer.spec import JobSpec, spec_to_yaml
 
 RESULTS_FILE = "results.json"
@@ -202,6 +203,7 @@ def run_job(
     job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``.
     ``progress`` asks for a bar, shown only on a terminal (:func:`interactive`);
     ``json_lines`` prints each event as a JSON line instead of a human line."""
+    marks = startup_marks()
     ray_mod = sys.modules.get("ray")
     joining = ray_address or env_ray_address() or (ray_mod is not None and ray_mod.is_initialized())
     if not joining:
@@ -211,24 +213,12 @@ def run_job(
 
     from trainer.loop import train_worker
 
-    spec.check_capacity()
-    # warm start: the checkpoint resolved and checked up front (a job of the service was
-    # resolved at submit: its location must not have changed since)
-    spec = prepare_init_from(spec, pinned=job_id is not None)
-    spec = absolute_data_path(spec)
-    run_dir = Path(run_dir or default_run_dir()).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()
-    job_store = storage.job_location(root, job_id or run_dir.name) if root else str(run_dir)
-    (run_dir / "spec.yaml").write_text(spec_to_yaml(spec))
-    # ray.init installs its own SIGTERM handler; keep ours (a cancel aborts the run cleanly)
-    prev_sigterm = signal.getsignal(signal.SIGTERM)
-    local = _ensure_ray(spec, ray_address)
-    if threading.current_thread() is threading.main_thread() and prev_sigterm is not None:
-        signal.signal(signal.SIGTERM, prev_sigterm)
-    storage.check_shared(job_store, explicit=root is not None)
-    if job_store != str(run_dir):
-        storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
+    marks["ray_imported"] = time.time()
+
+    spec, run_dir, root, job_store = prepare_run(spec, run_dir, job_id, storage_uri)
+    local = connect_ray(spec, ray_address)
+    marks["ray_connected"] = time.time()
+    publish_spec(spec, run_dir, root, job_store)
     storage_path, storage_fs = storage.ray_storage(storage.join(job_store, "ray"))
 
     scaling = spec.scaling
@@ -241,6 +231,7 @@ def run_job(
             "redis_url": redis_url,
             "stdout_sink": not local,
             "job_store": job_store,  # where rank 0 copies its TensorBoard files at the end
+            "startup_marks": marks,
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -260,7 +251,7 @@ def run_job(
             ),
         ),
     )
-    t0 = time.time()
+    t0 = marks["fit"] = time.time()
     follower = None
     if local:
         follower = _EventFollower(
@@ -278,16 +269,82 @@ def run_job(
         if follower is not None:
             follower.stop.set()
             follower.join(5)
-    passes = (result.metrics or {}).get("passes", [])
-    out = {
-        "run_dir": str(run_dir),
-        "storage": job_store,
-        "job_id": job_id,
-        "status": "succeeded",
-        "num_workers": scaling.num_workers,
-        "wall_seconds": time.time() - t0,
-        **summarize_passes(passes),
-    }
+    metrics = result.metrics or {}
+    wall = time.time() - t0
+    return write_results(
+        run_dir,
+        job_store,
+        {
+            "run_dir": str(run_dir),
+            "storage": job_store,
+            "job_id": job_id,
+            "status": "succeeded",
+            "num_workers": scaling.num_workers,
+            "wall_seconds": wall,
+            "wall_split": wall_split(wall, metrics.get("timings") or {}),
+            **summarize_passes(metrics.get("passes", [])),
+        },
+    )
+
+
+DISPATCHED_AT_ENV = "RECTRAIN_DISPATCHED_AT"  # the service's dispatch time (the local launcher sets it)
+
+
+def startup_marks() -> dict[str, float]:
+    """The driver's first start-up marks (wall clock): the service's dispatch when it
+    gave one (``RECTRAIN_DISPATCHED_AT``), this process's start, now."""
+    marks: dict[str, float] = {}
+    with contextlib.suppress(ValueError):
+        if os.environ.get(DISPATCHED_AT_ENV):
+            marks["dispatched"] = float(os.environ[DISPATCHED_AT_ENV])
+    with contextlib.suppress(Exception):  # psutil: the process's creation time
+        import psutil
+
+        marks["process_start"] = psutil.Process().create_time()
+    marks["run_job"] = time.time()
+    return marks
+
+
+def prepare_run(
+    spec: JobSpec, run_dir: str | Path | None, job_id: str | None, storage_uri: str | None
+) -> tuple[JobSpec, Path, str | None, str]:
+    """Before a run starts (Ray Train's or a warm worker group's): the spec checked and
+    resolved (capacity, ``training.init_from``, an absolute ``data.path``), the run
+    directory made with its ``spec.yaml``; returns (spec, run_dir, storage root, the
+    job's store: its storage location, or the run directory)."""
+    spec.check_capacity()
+    # warm start: the checkpoint resolved and checked up front (a job of the service was
+    # resolved at submit: its location must not have changed since)
+    spec = prepare_init_from(spec, pinned=job_id is not None)
+    spec = absolute_data_path(spec)
+    run_dir = Path(run_dir or default_run_dir()).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = storage.check_uri(storage_uri, "storage_uri") if storage_uri else storage.storage_root()
+    job_store = storage.job_location(root, job_id or run_dir.name) if root else str(run_dir)
+    (run_dir / "spec.yaml").write_text(spec_to_yaml(spec))
+    return spec, run_dir, root, job_store
+
+
+def connect_ray(spec: JobSpec, ray_address: str | None) -> bool:
+    """Connect to Ray (:func:`_ensure_ray`) keeping this process's SIGTERM handler;
+    True when the run is local."""
+    # ray.init installs its own SIGTERM handler; keep ours (a cancel aborts the run cleanly)
+    prev_sigterm = signal.getsignal(signal.SIGTERM)
+    local = _ensure_ray(spec, ray_address)
+    if threading.current_thread() is threading.main_thread() and prev_sigterm is not None:
+        signal.signal(signal.SIGTERM, prev_sigterm)
+    return local
+
+
+def publish_spec(spec: JobSpec, run_dir: Path, root: str | None, job_store: str) -> None:
+    """The job's store must be reachable from every worker; it gets ``spec.yaml`` too."""
+    storage.check_shared(job_store, explicit=root is not None)
+    if job_store != str(run_dir):
+        storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
+
+
+def write_results(run_dir: Path, job_store: str, out: dict[str, Any]) -> dict[str, Any]:
+    """``results.json`` in the run directory (and the job's store); returns ``out``."""
     text = json.dumps(out, indent=2)
     (run_dir / RESULTS_FILE).write_text(text)
     if job_store != str(run_dir):

@@ -151,22 +151,83 @@ def reset_sparse_optimizer_state(dmp: torch.nn.Module, tables: Collection[str] |
                     shard.tensor.zero_()
 
 
+PASS_CHECKPOINTS = ("every", "selected")
+
+# the start-up marks (wall-clock times, in order): each names the span that ends at it
+STARTUP_LABELS = {
+    "dispatched": "dispatch",
+    "process_start": "driver process start",
+    "run_job": "driver imports",
+    "ray_imported": "Ray Train imports",
+    "ray_connected": "Ray connect",
+    "fit": "trainer set-up",
+    # Ray Train: its controller, the worker processes, their imports, the process group;
+    # a warm group: the call (and the group's own start-up when it had none yet)
+    "worker": "to the worker",
+    "group_run": "warm group call",
+    "trainer": "worker set-up",
+    "data": "dataset",
+    "model": "model, planner, sharding, optimizers",
+    "first_step": "first step",
+}
+
+
+def keeps_pass_checkpoint(policy: str, passes: list[dict[str, Any]], spec: JobSpec) -> bool:
+    """Whether the pass that just ended (``passes[-1]``) is checkpointed.
+
+    "every": always. "selected": only a pass that may turn out to be the run's selected
+    pass (trainer/report.py): with validation data, a pass whose validation NE is lower
+    than every earlier pass's (the earliest wins ties, so an equal later pass cannot
+    be selected); without, the last pass. Read on rank 0, which holds the metrics'
+    values (:meth:`Trainer._keeps_pass_checkpoint` tells the other ranks)."""
+    if policy == "every":
+        return True
+    p = passes[-1]
+    if not spec.data.has_validation:
+        return p["pass"] == spec.training.num_passes - 1
+    v = p.get("val_ne")
+    if v is None:
+        return False
+    earlier = [q["val_ne"] for q in passes[:-1] if q.get("val_ne") is not None]
+    return all(v < e for e in earlier)
+
+
 class Trainer:
     """Builds data, model, optimizers and metrics for one worker and runs the passes."""
 
     def __init__(
-        self, spec: JobSpec, session: Session, run_dir: str | Path, sink: MetricsSink | None = None
+        self,
+        spec: JobSpec,
+        session: Session,
+        run_dir: str | Path,
+        sink: MetricsSink | None = None,
+        *,
+        data: RankData | None = None,
+        pass_checkpoints: str = "every",
     ) -> None:
+        """``data``: this rank's data already built for ``spec`` (a warm worker's cache,
+        :meth:`RankData.for_spec`); built here when None. ``pass_checkpoints``: "every"
+        pass end is checkpointed (and reported), or only a pass that may be the
+        "selected" one (see :func:`keeps_pass_checkpoint`)."""
+        if pass_checkpoints not in PASS_CHECKPOINTS:
+            raise ValueError(f"pass_checkpoints: {pass_checkpoints!r} is not one of {PASS_CHECKPOINTS}")
+        t0 = time.perf_counter()
+        # wall-clock marks of the run's start-up, in order (the "startup" event at its
+        # first step); whoever started the worker adds its own before these (run_worker)
+        self.startup_marks: dict[str, float] = {"trainer": time.time()}
         self.spec = spec
         self.session = session
         self.run_dir = Path(run_dir)
         self.sink = sink if session.rank == 0 else None
         self.device = session.device
+        self.pass_checkpoints = pass_checkpoints
         self.collectives = Collectives(self.device)  # every collective of the loop goes through it
         self._pin = self.device.type == "cuda"  # page-locked host batches: async H2D copies
         torch.manual_seed(spec.training.seed)
 
-        self.data = RankData(spec, session.rank, session.world_size)
+        self.data = data if data is not None else RankData(spec, session.rank, session.world_size)
+        t_data = time.perf_counter()
+        self.startup_marks["data"] = time.time()
         self.regs = RegularizerSet(spec)
         model = DLRM(
             spec,
@@ -191,6 +252,16 @@ class Trainer:
         self._bad_loss: torch.Tensor | None = None
         self._resumed_metrics: dict[str, Any] | None = None  # train-metric states of a pass resumed mid-way
         self.last_pass_cpu_seconds = 0.0  # this rank's training CPU time in the last pass
+        self.startup_marks["model"] = time.time()
+        self._first_step_done = False
+        # where this rank's wall time went (seconds): the run's wall split (trainer/report.py)
+        self.timings: dict[str, float] = {
+            "data_s": t_data - t0,
+            "setup_s": time.perf_counter() - t_data,  # model, planner, sharding, optimizers
+            "training_s": 0.0,
+            "evaluation_s": 0.0,
+            "checkpoint_s": 0.0,
+        }
 
     # ------------------------------------------------------------------ helpers
 
@@ -312,8 +383,43 @@ class Trainer:
                 regs=self.regs.checkpoint_state(),
             )
             self.session.report(
-                {**metrics, "global_step": self.global_step, "passes": self.passes, "keep_score": score}, d
+                {
+                    **metrics,
+                    "global_step": self.global_step,
+                    "passes": self.passes,
+                    "keep_score": score,
+                    "timings": self.timings,
+                },
+                d,
             )
+
+    def _keeps_pass_checkpoint(self) -> bool:
+        """Collective: whether the pass that just ended is checkpointed. Rank 0 decides
+        (the metrics' values, validation NE among them, are computed on rank 0 only) and
+        tells the others, so that all ranks enter the checkpoint's collectives or none."""
+        keep = keeps_pass_checkpoint(self.pass_checkpoints, self.passes, self.spec)
+        if self.pass_checkpoints == "every" or self.session.world_size == 1:
+            return keep
+        flag = self.collectives.broadcast(torch.tensor([1.0 if keep else 0.0]), src=0)
+        return bool(flag.cpu()[0] > 0)
+
+    def _emit_startup(self, p: int) -> None:
+        """The "startup" event at the run's first step: where the time from the first
+        mark (the dispatch, when the service gave it) to the first step went."""
+        marks = {**self.startup_marks, "first_step": time.time()}
+        names = sorted(marks, key=lambda k: marks[k])  # clocks of one machine: in order
+        parts = {b: max(marks[b] - marks[a], 0.0) for a, b in zip(names, names[1:], strict=False)}
+        total = marks["first_step"] - marks[names[0]]
+        text = ", ".join(f"{STARTUP_LABELS.get(k, k)} {v:.2f}" for k, v in parts.items())
+        self.emit(
+            EventType.LIFECYCLE,
+            p,
+            phase="startup",
+            message=f"first step {total:.1f} s after {STARTUP_LABELS.get(names[0], names[0])}: {text}",
+            startup_s=parts,
+            startup_from=names[0],
+            startup_total_s=total,
+        )
 
     def _plan(self) -> dict[str, int]:
         steps = self.data.steps_per_pass
@@ -420,10 +526,15 @@ class Trainer:
                 message=f"pass {p + 1}/{spec.training.num_passes}",
             )
             resumed_at = start_step
+            t0, ckpt0 = time.perf_counter(), self.timings["checkpoint_s"]
             train_summary, seconds, examples, cpu_seconds = self._train_pass(p, start_step)
+            t1 = time.perf_counter()
             start_step = 0
             val = self.evaluate("validation")
             test = self.evaluate("test")
+            # mid-pass checkpoints (checkpoint_every_steps) count as checkpoint time only
+            self.timings["training_s"] += t1 - t0 - (self.timings["checkpoint_s"] - ckpt0)
+            self.timings["evaluation_s"] += time.perf_counter() - t1
             # the examples this process trained (a resumed pass ran fewer steps)
             ran = examples * (1 - resumed_at / self.data.steps_per_pass)
             result = {
@@ -455,7 +566,20 @@ class Trainer:
             }
             self.passes.append(result)
             self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
-            self.checkpoint(p + 1, 0, {"pass": p})
+            t0 = time.perf_counter()
+            if self._keeps_pass_checkpoint():
+                self.checkpoint(p + 1, 0, {"pass": p})
+            else:  # the results still reach the session (Ray Train: the run's last metrics)
+                self.session.report(
+                    {
+                        "pass": p,
+                        "global_step": self.global_step,
+                        "passes": self.passes,
+                        "timings": self.timings,
+                    },
+                    None,
+                )
+            self.timings["checkpoint_s"] += time.perf_counter() - t0
             self.emit(EventType.LIFECYCLE, p, phase=Phase.PASS_FINISHED.value, message=f"pass {p + 1} done")
         self.emit(
             EventType.LIFECYCLE,
@@ -490,6 +614,9 @@ class Trainer:
             ne.update(metrics, logits, batch)
             self.global_step += 1
             ex_window += global_batch
+            if not self._first_step_done:
+                self._first_step_done = True
+                self._emit_startup(p)
             if self.global_step % spec.metrics.report_every_steps == 0:
                 s = ne.summarize(metrics.compute())
                 now = time.perf_counter()
@@ -506,7 +633,9 @@ class Trainer:
                 t_window, ex_window = now, 0
                 self.check_divergence(p, s.get("window_ne", 0.0))
             if every_n and self.global_step % every_n == 0 and step + 1 < steps:
+                c0 = time.perf_counter()
                 self.checkpoint(p, step + 1, {"pass": p, "step_in_pass": step + 1}, train_metrics=metrics)
+                self.timings["checkpoint_s"] += time.perf_counter() - c0
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - c0  # this process, every thread (loader, intra-op pool)
         self.last_pass_cpu_seconds = cpu  # this rank's own share of the pass's cpu_seconds
@@ -586,16 +715,49 @@ def rss_bytes() -> int:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (runs on every worker)."""
+    """Ray Train entry point (runs on every worker): one run, then the worker ends."""
+    worker_start = time.time()
+    spec = JobSpec.model_validate(config["spec"])
+    run_worker(
+        spec,
+        RaySession(spec.scaling.use_gpu),
+        Path(config["run_dir"]),
+        job_id=config.get("job_id"),
+        redis_url=config.get("redis_url"),
+        stdout_sink=config.get("stdout_sink", True),
+        job_store=config.get("job_store"),
+        pass_checkpoints=spec.training.pass_checkpoints or "every",
+        marks={**config.get("startup_marks", {}), "worker": worker_start},
+    )
+
+
+def run_worker(
+    spec: JobSpec,
+    session: Session,
+    run_dir: Path,
+    *,
+    job_id: str | None = None,
+    redis_url: str | None = None,
+    stdout_sink: bool = True,
+    job_store: str | None = None,
+    data: RankData | None = None,
+    pass_checkpoints: str = "every",
+    marks: dict[str, float] | None = None,
+) -> Trainer:
+    """One run on this worker, the body shared by a one-run Ray Train worker
+    (:func:`train_worker`) and a warm worker that trains run after run
+    (:mod:`trainer.warm`): the pid files, the torch threads, rank 0's metrics sink, a
+    fresh :class:`Trainer` and its passes. ``marks``: the start-up's earlier wall-clock
+    marks (names of :data:`STARTUP_LABELS`); ``job_store``: the job's storage location
+    (rank 0 copies its TensorBoard files there). Returns the finished Trainer."""
     from trainer.metrics.events import make_sink
 
-    spec = JobSpec.model_validate(config["spec"])
-    session = RaySession(spec.scaling.use_gpu)
-    run_dir = Path(config["run_dir"])
+    node_id = getattr(session, "node_id", None)
     pid_dir = run_dir / "pids"
     pid_dir.mkdir(parents=True, exist_ok=True)
     (pid_dir / f"rank_{session.rank}.pid").write_text(str(os.getpid()))
-    (pid_dir / f"rank_{session.rank}.node").write_text(session.node_id)
+    if node_id is not None:
+        (pid_dir / f"rank_{session.rank}.node").write_text(node_id)
     threads_before = torch.get_num_threads()
     threads = worker_threads(spec)
     if threads != threads_before:
@@ -613,16 +775,13 @@ def train_worker(config: dict[str, Any]) -> None:
     sink = None
     if session.rank == 0:
         sink = make_sink(
-            run_dir,
-            stdout=config.get("stdout_sink", True),
-            redis_url=config.get("redis_url"),
-            job_id=config.get("job_id"),
-            spec=spec,
-            job_store=config.get("job_store"),
+            run_dir, stdout=stdout_sink, redis_url=redis_url, job_id=job_id, spec=spec, job_store=job_store
         )
     try:
-        trainer = Trainer(spec, session, run_dir, sink=sink)
+        trainer = Trainer(spec, session, run_dir, sink=sink, data=data, pass_checkpoints=pass_checkpoints)
+        trainer.startup_marks = {**(marks or {}), **trainer.startup_marks}
         trainer.run()
     finally:
         if sink is not None:
             sink.close()
+    return trainer

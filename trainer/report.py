@@ -54,6 +54,36 @@ def pass1_worse_than_constant(passes: list[dict[str, Any]], refs: dict[str, Any]
     return bool(p1 > const)
 
 
+WALL_PARTS = ("waiting_s", "startup_s", "data_s", "training_s", "evaluation_s", "checkpoint_s")
+
+
+def wall_split(
+    wall_s: float, timings: dict[str, float], *, waiting_s: float = 0.0, startup_s: float | None = None
+) -> dict[str, float]:
+    """Where a run's wall time went (seconds): ``waiting`` (queued before it started),
+    ``startup`` (processes, imports, process group, model build and sharding, and what
+    the other parts do not cover), ``data`` (building the dataset; 0 when a warm worker
+    had it), ``training``, ``evaluation``, ``checkpoint`` (rank 0's timings, the
+    trainer's ``Trainer.timings``). ``wall_s`` is the run's wall from dispatch to its
+    results (``waiting_s`` is added to it). ``startup_s`` None: the remainder of the
+    wall; given (a warm run): as given, with the remainder added to it too."""
+    data = float(timings.get("data_s", 0.0))
+    training = float(timings.get("training_s", 0.0))
+    evaluation = float(timings.get("evaluation_s", 0.0))
+    checkpoint = float(timings.get("checkpoint_s", 0.0))
+    measured = data + training + evaluation + checkpoint
+    startup = max(wall_s - measured, 0.0) + (startup_s or 0.0)
+    return {
+        "waiting_s": waiting_s,
+        "startup_s": startup,
+        "data_s": data,
+        "training_s": training,
+        "evaluation_s": evaluation,
+        "checkpoint_s": checkpoint,
+        "wall_s": waiting_s + startup + measured,
+    }
+
+
 def _fmt(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 

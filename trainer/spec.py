@@ -471,6 +471,15 @@ class TrainingSpec(_Strict):
             "(BENCHMARKS.md, 'torch.compile'); measured on the CPU only."
         ),
     )
+    pass_checkpoints: Literal["every", "selected"] | None = Field(
+        None,
+        description=(
+            "Which pass ends are checkpointed: 'every' pass, or only a pass that can be the "
+            "validation-selected one ('selected'; without validation data, the last pass). "
+            "Unset: 'every' for a job run on its own, 'selected' for a study run on a warm "
+            "worker group (docs/studies.md, 'Warm execution')."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- regularizers

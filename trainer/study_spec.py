@@ -40,12 +40,13 @@ MAX_GRID_VALUES = 50
 BASELINE = "baseline"
 
 # Rough cost model for the estimate shown before a study runs: a run pays a fixed
-# start-up (Ray Train worker group, data build) and then trains at about this rate.
-# Both are CPU figures from this project's 2-core dev VM; the start-up is calibrated on
-# examples/study.yaml (117 one-worker runs, 27 s each at load ~1.3, of which ~2 s train
-# and evaluate: BENCHMARKS.md "The study"). An order of magnitude, not a promise: once
-# runs finish, eta_seconds measures the real rate.
-ASSUMED_RUN_STARTUP_S = 25.0
+# start-up and then trains at about this rate. Both are CPU figures from this project's
+# 2-core dev VM; the start-up is calibrated on examples/study.yaml run on warm worker
+# groups (trainer/warm.py: 117 one-worker runs in 5.1 min, a run's overhead beyond its
+# training and evaluation 0.7 s median; it was 25 s with one Ray Train fit per run:
+# BENCHMARKS.md "Warm execution of study runs"). An order of magnitude, not a promise:
+# once runs finish, eta_seconds measures the real rate.
+ASSUMED_RUN_STARTUP_S = 1.0
 ASSUMED_EXAMPLES_PER_S = 50_000.0
 
 

@@ -75,6 +75,15 @@ def test_without_a_service_it_runs_on_local_ray_one_after_another(tmp_path, ray_
     assert (env_out / "study.csv").read_text().startswith("pass,arm,label")
     report = (env_out / "report.html").read_text()
     assert report.startswith("<!doctype html>") and "id='headline-table'" in report
+    # warm execution: where the time went, per run and in all; only the selected pass is kept
+    assert (
+        "time: " in out.stdout
+        and "per-run overhead (wall - waiting - training - evaluation) median" in out.stdout
+    )
+    walls = doc["run_wall_split"]
+    assert walls["baseline/s0"]["data_s"] > 0 and walls["v0/s0"]["data_s"] == 0  # data built once
+    assert doc["wall_totals"]["training_s"] == sum(w["training_s"] for w in walls.values())
+    assert sorted(p.name for p in (env_out / "v0-s0" / "checkpoints").iterdir()) == ["pass_0001"]
 
 
 def test_follow_lines_say_the_time_left_once_runs_have_finished():

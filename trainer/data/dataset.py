@@ -13,6 +13,7 @@ last batch with weight-0 rows, which no metric counts.
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 from collections.abc import Iterator
@@ -204,6 +205,39 @@ class RankData:
             )
         self.eval_steps = self._eval_steps(self.test_day_counts)
         self.val_steps = self._eval_steps(self.val_day_counts)
+
+    @staticmethod
+    def cache_key(spec: JobSpec, rank: int, world_size: int) -> str:
+        """What the built data depends on: the data section, the model's hashing (table
+        rows, replicas), the ``sse_graph`` regularizer (its neighbour graph) and the
+        rank's slice. ``training.seed`` is not in it: only the order of the rows (drawn
+        per pass from the seed, :meth:`_order`) depends on it."""
+        import json
+
+        graph = sse_graph_of(spec)
+        return json.dumps(
+            {
+                "data": spec.data.model_dump(mode="json"),
+                "hash_size": spec.model.hash_size,
+                "num_replicas": spec.model.num_replicas,
+                "sse_graph": graph.model_dump(mode="json") if graph is not None else None,
+                "rank": rank,
+                "world_size": world_size,
+            },
+            sort_keys=True,
+        )
+
+    def for_spec(self, spec: JobSpec) -> RankData:
+        """The same built data for another run of the same data (a warm worker's next
+        run, another seed or arm): it shares every array (read-only) and reads
+        ``training.seed`` from ``spec``. Refused when ``spec`` would build other data."""
+        if self.cache_key(spec, self.rank, self.world_size) != self.cache_key(
+            self.spec, self.rank, self.world_size
+        ):
+            raise ValueError("RankData.for_spec: the spec builds other data (see RankData.cache_key)")
+        other = copy.copy(self)
+        other.spec = spec
+        return other
 
     def _eval_steps(self, day_counts: dict[int, int]) -> int:
         """Evaluation steps every rank runs: its largest possible share, in padded batches."""

@@ -127,6 +127,8 @@ def progress_from_results(results: dict[str, Any]) -> dict[str, str]:
     for p in results.get("passes", []):
         p = {"type": "pass", **p}
         out[keys.progress_pass_field(p.get("pass", 0))] = json.dumps(p, separators=(",", ":"))
+    if results.get("wall_split"):  # where the run's time went (trainer.report.wall_split)
+        out["wall_split"] = json.dumps(results["wall_split"], separators=(",", ":"))
     return out  # the summary (selected pass, oracle NE) is derived from the passes
 
 

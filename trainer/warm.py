@@ -1,0 +1,531 @@
+"""Warm execution: a long-lived worker group on Ray trains run after run.
+
+A *warm worker group* is ``num_workers`` Ray actors (:class:`WarmWorker`), one per
+rank, placed together by a placement group (PACK, like Ray Train's). They import torch,
+TorchRec and FBGEMM once, form one torch.distributed process group once (gloo on CPU;
+NCCL for CUDA tensors beside gloo on GPU), and keep each rank's built dataset per data
+spec (:meth:`RankData.cache_key`: the data does not depend on ``training.seed``, only
+the row order does, which is drawn per pass). Each run then gets everything else fresh:
+a new :class:`trainer.loop.Trainer` (model, optimizers, regularizer state, metric
+modules), torch's RNG seeded from ``training.seed`` as in a one-run worker, Python's and
+NumPy's global RNG reset, and torch.compile's caches cleared when the run compiles. The
+per-run body is :func:`trainer.loop.run_worker`, the same as a Ray Train worker's
+(:func:`trainer.loop.train_worker`), and a run writes its run directory
+(``spec.yaml``, ``events.jsonl``, ``results.json``, ``pids/``) as ``rectrain run`` does.
+
+Why actors and not a Ray Train run whose workers loop over runs: the driver decides
+which run goes next (the study's order, or the service's queue between two runs), a
+run that raises or diverges is a result of that run and not a failure of a Ray Train
+run (whose controller would tear the group down and restart it), and a run's
+checkpoint is the run's own (Ray Train keeps one run's checkpoints under one storage
+path). A worker that dies is replaced with the whole group (the process group cannot
+take a new member) and the run it held is retried once from its start.
+
+Checkpoints (``training.pass_checkpoints``, default "selected" here): only a pass that
+can be the validation-selected one is saved, to ``<run>/checkpoints/pass_NNNN`` (the
+previous one removed), so a run can be exported or continued from its selected pass;
+"every" keeps every pass end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import random
+import shutil
+import socket
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer import storage
+from trainer.errors import RectrainError
+from trainer.report import summarize_passes, wall_split
+from trainer.spec import JobSpec
+
+# built datasets a worker keeps (a study has one; sse_graph arms add their graph's)
+DATA_CACHE_SIZE = 3
+# after one rank failed, how long the others may take to fail too before the group is
+# taken for stuck (a rank blocked in a collective) and replaced
+_PEER_FAIL_WAIT_S = 60.0
+_PG_TIMEOUT_S = 1800  # Ray Train's TorchConfig default
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a worker group is made of: runs of one shape can share it."""
+
+    num_workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> Shape:
+        sc = spec.scaling
+        return cls(sc.num_workers, sc.cpus_per_worker, sc.use_gpu)
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+class WarmSession:
+    """A warm worker's session for one run: no checkpoint to resume from (a run always
+    starts fresh), and each checkpoint goes to ``<store>/checkpoints/<name>``."""
+
+    def __init__(self, rank: int, world_size: int, device: Any, node_id: str, store: str, keep: str) -> None:
+        self.rank, self.world_size, self.device, self.node_id = rank, world_size, device, node_id
+        self.store, self.keep = store, keep
+
+    def checkpoint_dir(self) -> str | None:
+        return None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None:
+            return
+        name = f"pass_{int(metrics['pass']) + 1:04d}"  # the checkpoint of progress {pass: p + 1}
+        if "step_in_pass" in metrics:
+            name = f"pass_{int(metrics['pass']):04d}_step_{int(metrics['step_in_pass']):09d}"
+        base = storage.join(self.store, "checkpoints")
+        # every rank adds its own files (DCP: one per tensor and rank; rank 0 the metadata)
+        _put_dir(checkpoint_dir, storage.join(base, name))
+        if self.keep == "selected" and self.rank == 0 and "step_in_pass" not in metrics:
+            # the ranks' copies of an earlier checkpoint finished before this one's
+            # collective save began, so they can go
+            _remove_other_dirs(base, keep=name)
+
+
+def _put_dir(local: str, location: str) -> None:
+    if storage.is_local(location):
+        shutil.copytree(local, location, dirs_exist_ok=True)
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(location)
+    pafs.copy_files(local, path, destination_filesystem=fs)
+
+
+def _remove_other_dirs(base: str, keep: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(base)
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name != keep:
+            fs.delete_dir(info.path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class WarmWorker:
+    """One rank of a warm worker group (a Ray actor; see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.rank = 0
+        self.world_size = 1
+        self.device: Any = None
+        self.node_id = ""
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self.runs = 0
+
+    def address(self) -> tuple[str, str, int, int]:
+        """(node id, IP, a free port, pid): the driver picks rank 0's as the master."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return ctx.get_node_id(), ray.util.get_node_ip_address(), _free_port(), os.getpid()
+
+    def setup(
+        self,
+        rank: int,
+        world_size: int,
+        local_rank: int,
+        local_world_size: int,
+        node_rank: int,
+        master: str,
+        use_gpu: bool,
+    ) -> float:
+        """Join the group's process group, with the environment Ray Train gives its
+        workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, NODE_RANK). Returns the
+        seconds the imports and the process group took."""
+        t0 = time.perf_counter()
+        from datetime import timedelta
+
+        import ray
+        import torch
+        import torch.distributed as dist
+
+        import trainer.loop  # noqa: F401  (torch, TorchRec, FBGEMM: once, here)
+        from trainer.loop import local_backend
+
+        self.rank, self.world_size = rank, world_size
+        self.node_id = ray.get_runtime_context().get_node_id()
+        env = {
+            "RANK": rank,
+            "LOCAL_RANK": local_rank,
+            "WORLD_SIZE": world_size,
+            "LOCAL_WORLD_SIZE": local_world_size,
+            "NODE_RANK": node_rank,
+        }
+        os.environ.update({k: str(v) for k, v in env.items()})
+        if use_gpu:
+            # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU
+            self.device = torch.device("cuda", 0)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        dist.init_process_group(
+            local_backend(self.device),
+            init_method=f"tcp://{master}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=_PG_TIMEOUT_S),
+        )
+        return time.perf_counter() - t0
+
+    def _dataset(self, spec: JobSpec) -> tuple[Any, float]:
+        """This rank's data for ``spec`` (cached per data spec) and the seconds it took
+        to build (0 when cached)."""
+        from trainer.data.dataset import RankData
+
+        key = RankData.cache_key(spec, self.rank, self.world_size)
+        cached = self._data.get(key)
+        if cached is not None:
+            self._data.move_to_end(key)
+            return cached.for_spec(spec), 0.0
+        t0 = time.perf_counter()
+        data = RankData(spec, self.rank, self.world_size)
+        self._data[key] = data
+        while len(self._data) > DATA_CACHE_SIZE:
+            self._data.popitem(last=False)
+        return data, time.perf_counter() - t0
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Train one run to its end: {ok, passes, timings, rss_bytes} or {ok: False,
+        error}. A run's failure (divergence, bad data) is its result; the worker goes on."""
+        import numpy as np
+        import torch
+
+        from trainer.loop import rss_bytes, run_worker
+
+        t_start = time.time()
+        trainer = None
+        try:
+            spec = JobSpec.model_validate(job["spec"])
+            # a fresh worker's global RNGs: Python's and NumPy's are not read by a run (its
+            # generators are seeded from training.seed); torch's is seeded by the Trainer
+            random.seed(0)
+            np.random.seed(0)
+            if spec.training.compile:
+                torch._dynamo.reset()  # no graph or guard of an earlier run's model
+            data, data_s = self._dataset(spec)
+            keep = spec.training.pass_checkpoints or "selected"
+            session = WarmSession(self.rank, self.world_size, self.device, self.node_id, job["store"], keep)
+            marks = {**job.get("marks", {}), "worker": t_start}
+            trainer = run_worker(
+                spec,
+                session,
+                Path(job["run_dir"]),
+                job_id=job.get("job_id"),
+                redis_url=job.get("redis_url"),
+                stdout_sink=job.get("stdout_sink", False),
+                job_store=job["store"],
+                data=data,
+                pass_checkpoints=keep,
+                marks=marks,
+            )
+            timings = dict(trainer.timings, data_s=data_s)
+            out: dict[str, Any] = {"ok": True, "passes": trainer.passes, "timings": timings}
+        except RectrainError as e:
+            out = {"ok": False, "error": str(getattr(e, "message", e))}
+        except Exception as e:  # a run's own failure: reported, the worker goes on
+            out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        finally:
+            self.runs += 1
+            del trainer
+            gc.collect()
+        out["rss_bytes"] = rss_bytes()
+        out["runs"] = self.runs
+        return out
+
+    def rss(self) -> int:
+        from trainer.loop import rss_bytes
+
+        return rss_bytes()
+
+
+# ---------------------------------------------------------------------------- driver side
+
+
+class WorkerDied(RectrainError):
+    """A worker process of the group died (its run is retried once on a new group)."""
+
+
+class WarmGroup:
+    """The driver's handle on one warm worker group of ``shape``.
+
+    ``run(spec, run_dir)`` trains one run on it and returns (and writes as
+    ``results.json``) the same results as :func:`trainer.launch.run_job`; failures
+    raise :class:`RectrainError` ("training failed: ...") as it does, and the group
+    stays usable. The group starts on the first run; :meth:`close` ends it."""
+
+    def __init__(self, shape: Shape, *, stdout_sink: bool = False) -> None:
+        self.shape = shape
+        self.stdout_sink = stdout_sink
+        self.actors: list[Any] = []
+        self.pids: list[int] = []
+        self._pg: Any = None
+        self._pending_startup_s = 0.0  # the group's start-up, charged to its next run
+        self.startup_s = 0.0
+        self.runs = 0
+        self.restarts = 0
+        self._cancelled = False
+
+    # ---- life cycle
+
+    def cancel(self) -> None:
+        """Stop the run in progress now (from another thread): the workers end and the
+        run raises "cancelled"; the group starts again for a later run."""
+        self._cancelled = True
+        self.close()
+
+    def start(self) -> float:
+        """Place and start the workers and form their process group; the seconds it took."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        t0 = time.perf_counter()
+        sh = self.shape
+        bundle: dict[str, float] = {"CPU": sh.cpus_per_worker}
+        if sh.use_gpu:
+            bundle["GPU"] = 1
+        self._pg = placement_group([dict(bundle) for _ in range(sh.num_workers)], strategy="PACK")
+        ray.get(self._pg.ready())
+        actor_cls = ray.remote(WarmWorker)
+        self.actors = [
+            actor_cls.options(
+                num_cpus=sh.cpus_per_worker,
+                num_gpus=1 if sh.use_gpu else 0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._pg, placement_group_bundle_index=i
+                ),
+                max_restarts=0,
+                max_concurrency=2,  # run() and, beside it, rss()
+            ).remote()
+            for i in range(sh.num_workers)
+        ]
+        try:
+            infos = ray.get([a.address.remote() for a in self.actors])
+            # ranks grouped by node in order of first appearance, as Ray Train orders them
+            nodes = list(dict.fromkeys(i[0] for i in infos))
+            order = sorted(range(len(infos)), key=lambda i: nodes.index(infos[i][0]))
+            self.actors = [self.actors[i] for i in order]
+            infos = [infos[i] for i in order]
+            self.pids = [i[3] for i in infos]
+            master = f"{infos[0][1]}:{infos[0][2]}"
+            per_node = {n: [i for i in infos if i[0] == n] for n in nodes}
+            calls = []
+            for rank, (actor, info) in enumerate(zip(self.actors, infos, strict=True)):
+                local = per_node[info[0]]
+                calls.append(
+                    actor.setup.remote(
+                        rank,
+                        len(infos),
+                        local.index(info),
+                        len(local),
+                        nodes.index(info[0]),
+                        master,
+                        sh.use_gpu,
+                    )
+                )
+            ray.get(calls)
+        except Exception:
+            self.close()
+            raise
+        self.startup_s = time.perf_counter() - t0
+        self._pending_startup_s += self.startup_s
+        return self.startup_s
+
+    def close(self) -> None:
+        """End the workers and free their resources."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        self.actors, self.pids = [], []
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self._pg)
+            self._pg = None
+
+    def rss(self) -> list[int]:
+        """Each worker's resident set size now (bytes)."""
+        import ray
+
+        return list(ray.get([a.rss.remote() for a in self.actors]))
+
+    # ---- runs
+
+    def _call_run(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        import ray
+        from ray.exceptions import RayActorError
+
+        refs = [a.run.remote(job) for a in self.actors]
+        pending = list(refs)
+        deadline: float | None = None
+        done_out: dict[Any, dict[str, Any]] = {}
+        while pending:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            if not ready:  # the other ranks never finished: stuck in a collective
+                self.close()
+                raise RectrainError(
+                    "training failed: "
+                    + next(o["error"] for o in done_out.values() if not o["ok"])
+                    + " (on some workers only; the worker group was replaced)"
+                )
+            try:
+                out = ray.get(ready[0])
+            except RayActorError as e:
+                self.close()
+                raise WorkerDied(f"a worker process died: {e}") from e
+            done_out[ready[0]] = out
+            if not out["ok"] and deadline is None:
+                deadline = time.monotonic() + _PEER_FAIL_WAIT_S
+        return [done_out[r] for r in refs]
+
+    def run(
+        self,
+        spec: JobSpec,
+        run_dir: str | Path | None = None,
+        *,
+        job_id: str | None = None,
+        redis_url: str | None = None,
+        storage_uri: str | None = None,
+        waiting_s: float = 0.0,
+        dispatched_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Train ``spec`` on this group (started if needed) and return its results.
+        ``waiting_s``: how long it was queued; ``dispatched_at``: when the service
+        dispatched it (the first mark of its "startup" event)."""
+        from trainer.launch import prepare_run, publish_spec, write_results
+
+        if Shape.of(spec) != self.shape:
+            raise ValueError(f"spec of shape {Shape.of(spec)} on a worker group of shape {self.shape}")
+        spec, run_dir, root, job_store = prepare_run(spec, run_dir, job_id, storage_uri)
+        publish_spec(spec, run_dir, root, job_store)
+        job = {
+            "spec": spec.model_dump(mode="json"),
+            "run_dir": str(run_dir),
+            "store": job_store,
+            "job_id": job_id,
+            "redis_url": redis_url,
+            "stdout_sink": self.stdout_sink,
+            "marks": {**({"dispatched": dispatched_at} if dispatched_at else {}), "group_run": time.time()},
+        }
+        self._cancelled = False
+        t0 = time.perf_counter()
+        started = 0.0  # group start-ups inside this call: in _pending_startup_s, not in the wall
+        outs: list[dict[str, Any]] | None = None
+        for attempt in (1, 2):
+            if not self.actors:
+                started += self.start()
+            try:
+                outs = self._call_run(job)
+                break
+            except WorkerDied:
+                if self._cancelled:
+                    self._cancelled = False
+                    raise RectrainError("cancelled") from None
+                self.restarts += 1
+                if attempt == 2:
+                    raise
+                # the run starts again from its beginning on a new group: its events and
+                # checkpoints of the first attempt go
+                for name in ("events.jsonl", "checkpoints"):
+                    p = run_dir / name
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    elif p.exists():
+                        p.unlink()
+        assert outs is not None
+        wall = time.perf_counter() - t0 - started
+        startup, self._pending_startup_s = self._pending_startup_s, 0.0
+        self.runs += 1
+        first = outs[0]
+        if not first["ok"]:
+            bad = next(o for o in outs if not o["ok"])
+            raise RectrainError(f"training failed: {bad['error']}")
+        split = wall_split(wall, first["timings"], waiting_s=waiting_s, startup_s=startup)
+        return write_results(
+            run_dir,
+            job_store,
+            {
+                "run_dir": str(run_dir),
+                "storage": job_store,
+                "job_id": job_id,
+                "status": "succeeded",
+                "num_workers": self.shape.num_workers,
+                "wall_seconds": split["wall_s"],
+                "wall_split": split,
+                "warm": {
+                    "group_run": self.runs,
+                    "worker_rss_bytes": [o["rss_bytes"] for o in outs],
+                    "restarts": self.restarts,
+                },
+                **summarize_passes(first["passes"]),
+            },
+        )
+
+
+class WarmPool:
+    """Warm worker groups by shape, for runs executed one after another (``rectrain
+    study --local``): one group per shape, kept until :meth:`close`."""
+
+    def __init__(self, *, stdout_sink: bool = False) -> None:
+        self.groups: dict[Shape, WarmGroup] = {}
+        self.stdout_sink = stdout_sink
+
+    def group(self, spec: JobSpec) -> WarmGroup:
+        shape = Shape.of(spec)
+        g = self.groups.get(shape)
+        if g is None:
+            g = self.groups[shape] = WarmGroup(shape, stdout_sink=self.stdout_sink)
+        return g
+
+    def run(self, spec: JobSpec, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+        return self.group(spec).run(spec, run_dir, **kw)
+
+    def close(self) -> None:
+        for g in self.groups.values():
+            g.close()
+        self.groups.clear()
+
+    def __enter__(self) -> WarmPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(spec: JobSpec, ray_address: str | None = None) -> bool:
+    """Connect this driver to Ray as :func:`trainer.launch.run_job` does (a local Ray of
+    this machine's CPUs unless ``ray_address``/``RAY_ADDRESS``); True when local."""
+    import sys
+
+    from trainer.launch import check_local_fit, connect_ray, env_ray_address
+
+    ray_mod = sys.modules.get("ray")
+    joining = ray_address or env_ray_address() or (ray_mod is not None and ray_mod.is_initialized())
+    if not joining:
+        check_local_fit(spec)
+    return connect_ray(spec, ray_address)
