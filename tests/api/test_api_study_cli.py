@@ -47,7 +47,7 @@ def test_plan_and_follow_through_the_service(tmp_path, settings):
         assert out.returncode == 0, out.stderr + out.stdout
         assert "submitted study" in out.stdout and "6/6 runs finished" in out.stdout
         assert "After 2 passes: beats the baseline: " in out.stdout
-        assert "sparse_l2 weight=0.001 by 0.008" in out.stdout  # the stand-in's effect at 2 passes
+        assert "sparse_l2 weight=0.001 by 0.0079 NE" in out.stdout  # the stand-in's effect at 2 passes
         listing = _cli(api.url, "studies", token="tok-alice")
         assert "cli study" in listing.stdout and "succeeded" in listing.stdout
     finally:
