@@ -31,6 +31,7 @@ from services.study_stats import (
     fmt_p,
     power_sentence,
     references_line,
+    selected_extra_cells,
 )
 
 VENDOR = Path(__file__).resolve().parents[1] / "api" / "static" / "vendor"
@@ -178,17 +179,7 @@ def _headline_table(results: dict[str, Any]) -> str:
             "" if is_base else fmt_p(d.get("p_adj")),
             "" if is_base else _f(d.get("sd")),
             "" if is_base or not d else f"{d['favouring']}/{d['n']}",
-            _f(r.get("mean_train_ne_at_selected")),
-            _f(r.get("mean_test_calibration_at_selected"), ".3f"),
-            _f(r.get("mean_test_auc_at_selected"), ".3f"),
-            *(
-                "–"
-                if s not in st
-                else _f(st[s]["delta"]["mean"], "+.4f")
-                if st[s].get("delta")
-                else _f(st[s].get("mean"))
-                for s in STRATA
-            ),
+            *selected_extra_cells(r, st),
         ]
         out.append(f"<tr data-arm='{_e(r['arm'])}' class='{_e(verdict.replace(' ', '-'))}'>")
         out += [f"<td>{_e(c)}</td>" for c in cells]

@@ -527,6 +527,25 @@ def _d(x: float) -> str:
     return f"{abs(x):.4f}"
 
 
+def selected_extra_cells(r: dict[str, Any], strata: dict[str, Any]) -> list[str]:
+    """An arm's cells beside its headline Δ (Markdown and the HTML report alike): train
+    NE, calibration and AUC at the selected pass, then each frequency stratum's Δ test NE
+    (the baseline's own NE on its row)."""
+    return [
+        _f(r.get("mean_train_ne_at_selected")),
+        _f(r.get("mean_test_calibration_at_selected"), ".3f"),
+        _f(r.get("mean_test_auc_at_selected"), ".3f"),
+        *(
+            "–"
+            if s not in strata
+            else _f(strata[s]["delta"]["mean"], "+.4f")
+            if strata[s].get("delta")
+            else _f(strata[s].get("mean"))
+            for s in STRATA
+        ),
+    ]
+
+
 def fmt_p(p: float | None) -> str:
     if p is None:
         return "–"
@@ -1060,17 +1079,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                 "" if is_base else fmt_p((d or {}).get("p_adj")),
                 "" if is_base else _f((d or {}).get("sd")),
                 "" if is_base or not d else f"{d['favouring']}/{d['n']}",
-                _f(r.get("mean_train_ne_at_selected")),
-                _f(r.get("mean_test_calibration_at_selected"), ".3f"),
-                _f(r.get("mean_test_auc_at_selected"), ".3f"),
-                *(
-                    "–"
-                    if s not in st
-                    else _f(st[s]["delta"]["mean"], "+.4f")
-                    if st[s].get("delta")
-                    else _f(st[s].get("mean"))
-                    for s in STRATA
-                ),
+                *selected_extra_cells(r, st),
             ]
             if d and d.get("verdict") in ("beats", "worse"):
                 cells[5] = f"**{cells[5]}**"
