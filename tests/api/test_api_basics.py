@@ -35,6 +35,7 @@ def test_openapi_lists_every_route_with_auth(server):
         "/v1/studies/{study_id}/cancel": {"post"},
         "/v1/studies/{study_id}/export.csv": {"get"},
         "/v1/studies/{study_id}/export.json": {"get"},
+        "/v1/studies/{study_id}/report.html": {"get"},
         "/v1/studies/{study_id}/events": {"get"},
         "/v1/studies/{study_id}/stream-ticket": {"post"},
         "/v1/jobs/{job_id}/stream-ticket": {"post"},
