@@ -512,15 +512,21 @@ class SparseL2(_Strict):
         description="counter (required, >= 1) / cowclip (default -1): steps to halve a row's count; "
         "0: the count is 1; -1: the raw count",
     )
-    counter_decay: Literal["none", "l2", "decouple"] = Field(
-        "decouple", description="counter/cowclip: how lambda is applied (FBGEMM CounterWeightDecayMode)"
+    # the modes' own parameters are unset (None) unless given, so a spec that does not use
+    # a mode does not carry its defaults around (the dashboard lists a regularizer's set
+    # parameters); the effective values are the properties below
+    counter_decay: Literal["none", "l2", "decouple"] | None = Field(
+        None,
+        description="counter/cowclip: how lambda is applied (FBGEMM CounterWeightDecayMode; default decouple)",
     )
-    weight_norm_coefficient: float = Field(
-        0.0, ge=0.0, le=1e6, description="cowclip: clip ratio to the row norm"
+    weight_norm_coefficient: float | None = Field(
+        None, ge=0.0, le=1e6, description="cowclip: clip ratio to the row norm (default 0)"
     )
-    lower_bound: float = Field(0.0, ge=0.0, le=1e6, description="cowclip: smallest clip threshold")
-    gwd_lower_bound: float = Field(
-        0.0, ge=0.0, le=1.0, description="decouple_global: floor of the lazy decay"
+    lower_bound: float | None = Field(
+        None, ge=0.0, le=1e6, description="cowclip: smallest clip threshold (default 0)"
+    )
+    gwd_lower_bound: float | None = Field(
+        None, ge=0.0, le=1.0, description="decouple_global: floor of the lazy decay (default 0)"
     )
 
     @model_validator(mode="after")
@@ -532,7 +538,7 @@ class SparseL2(_Strict):
                 "sparse_l2: mode counter scales the decay by counter_halflife / (the row's decayed count): "
                 "set counter_halflife >= 1 (steps)"
             )
-        if self.mode == "cowclip" and self.weight_norm_coefficient == 0.0 and self.lower_bound == 0.0:
+        if self.mode == "cowclip" and not self.weight_norm_coefficient and not self.lower_bound:
             raise ValueError(
                 "sparse_l2: mode cowclip clips every gradient to 0 without weight_norm_coefficient "
                 "or lower_bound; set one of them > 0"
@@ -542,6 +548,10 @@ class SparseL2(_Strict):
     @property
     def effective_mode(self) -> str:
         return self.mode or ("decouple" if self.decouple else "l2")
+
+    @property
+    def effective_counter_decay(self) -> str:
+        return self.counter_decay or "decouple"
 
 
 class SparseL1(_Strict):

@@ -154,7 +154,7 @@ def test_a_study_runs_as_labelled_jobs_and_answers_with_intervals(api):
     sentence = res["per_pass"][1]["sentence"]
     assert (
         sentence.startswith("After 2 passes: beats the baseline: ")
-        and "sparse_l2 weight=0.001 by 0.008" in sentence
+        and re.search(r"sparse_l2 weight=0\.001 by 0\.00[78]\d NE", sentence)  # 0.008 +- the noise
     )
     # validation NE selects pass 1 for every run (NE rises at pass 2 without sparse_l2)
     sel = {r["arm"]: r for r in res["selected"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -47,7 +48,8 @@ def test_plan_and_follow_through_the_service(tmp_path, settings):
         assert out.returncode == 0, out.stderr + out.stdout
         assert "submitted study" in out.stdout and "6/6 runs finished" in out.stdout
         assert "After 2 passes: beats the baseline: " in out.stdout
-        assert "sparse_l2 weight=0.001 by 0.0079 NE" in out.stdout  # the stand-in's effect at 2 passes
+        # the stand-in's effect at 2 passes: 0.008 +- its noise
+        assert re.search(r"sparse_l2 weight=0\.001 by 0\.00[78]\d NE", out.stdout), out.stdout
         listing = _cli(api.url, "studies", token="tok-alice")
         assert "cli study" in listing.stdout and "succeeded" in listing.stdout
     finally:

@@ -112,6 +112,9 @@ def test_pass_learning_rates_are_reapplied_when_resuming_inside_a_pass(make_trai
     state = _t.load(ckpt / "rank_0.pt", weights_only=False)
     state["progress"].update({"pass": 1, "step_in_pass": 3})
     _t.save(state, ckpt / "rank_0.pt")
+    from trainer.integrity import write_manifest
+
+    write_manifest(ckpt, 0)  # signed again, as the trainer signs what it writes (else refused)
     tr2 = Trainer(tr.spec, session, tmp_path)
     seen = []
     orig = tr2.train_step

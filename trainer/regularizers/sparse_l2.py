@@ -69,18 +69,20 @@ def fused_kwargs(cfg: SparseL2) -> dict:
     kw: dict = {"weight_decay": cfg.weight, "weight_decay_mode": MODES[mode]}
     if mode == "counter":
         kw["counter_based_regularization"] = CounterBasedRegularizationDefinition(
-            counter_weight_decay_mode=COUNTER_DECAY[cfg.counter_decay],
+            counter_weight_decay_mode=COUNTER_DECAY[cfg.effective_counter_decay],
             counter_halflife=cfg.counter_halflife if cfg.counter_halflife is not None else -1,
         )
     elif mode == "cowclip":
         kw["cowclip_regularization"] = CowClipDefinition(
-            counter_weight_decay_mode=COUNTER_DECAY[cfg.counter_decay],
+            counter_weight_decay_mode=COUNTER_DECAY[cfg.effective_counter_decay],
             counter_halflife=cfg.counter_halflife if cfg.counter_halflife is not None else -1,
-            weight_norm_coefficient=cfg.weight_norm_coefficient,
-            lower_bound=cfg.lower_bound,
+            weight_norm_coefficient=cfg.weight_norm_coefficient or 0.0,
+            lower_bound=cfg.lower_bound or 0.0,
         )
     elif mode == "decouple_global":
-        kw["global_weight_decay"] = GlobalWeightDecayDefinition(start_iter=0, lower_bound=cfg.gwd_lower_bound)
+        kw["global_weight_decay"] = GlobalWeightDecayDefinition(
+            start_iter=0, lower_bound=cfg.gwd_lower_bound or 0.0
+        )
     return kw
 
 
