@@ -279,3 +279,26 @@ def test_min_count_maps_rare_and_unseen_ids_to_one_row_on_every_rank():
     # strata are by the raw ids' counts: min_count does not move an example's stratum
     np.testing.assert_array_equal(ranks[0].train.strata, plain.train.strata)
     np.testing.assert_array_equal(ranks[0].test.strata, plain.test.strata)
+
+
+def test_a_warm_workers_dataset_cache_tells_min_count_data_apart():
+    """min_count changes the built data (its id mapping): a warm worker must not hand a
+    baseline run's cached dataset to a min_count run, nor one k's to another's."""
+    from reg_helpers import make_spec
+
+    from trainer.data.dataset import RankData
+
+    base = make_spec()
+    keys = {
+        RankData.cache_key(s, 0, 1)
+        for s in (
+            base,
+            make_spec([{"type": "min_count", "k": 2}]),
+            make_spec([{"type": "min_count", "k": 5}]),
+        )
+    }
+    assert len(keys) == 3
+    # a regularizer that does not touch the data shares the baseline's dataset
+    assert RankData.cache_key(make_spec([{"type": "dropout", "p": 0.1}]), 0, 1) == RankData.cache_key(
+        base, 0, 1
+    )

@@ -209,8 +209,8 @@ class RankData:
     @staticmethod
     def cache_key(spec: JobSpec, rank: int, world_size: int) -> str:
         """What the built data depends on: the data section, the model's hashing (table
-        rows, replicas), the ``sse_graph`` regularizer (its neighbour graph) and the
-        rank's slice. ``training.seed`` is not in it: only the order of the rows (drawn
+        rows, replicas), the ``sse_graph`` regularizer (its neighbour graph), the
+        ``min_count`` thresholds (its id mapping) and the rank's slice. ``training.seed`` is not in it: only the order of the rows (drawn
         per pass from the seed, :meth:`_order`) depends on it."""
         import json
 
@@ -221,6 +221,7 @@ class RankData:
                 "hash_size": spec.model.hash_size,
                 "num_replicas": spec.model.num_replicas,
                 "sse_graph": graph.model_dump(mode="json") if graph is not None else None,
+                "min_count": thresholds(spec),
                 "rank": rank,
                 "world_size": world_size,
             },
