@@ -73,7 +73,10 @@ def test_a_study_that_cannot_submit_its_runs_is_refused_or_fails(study_settings,
         alice, bob = cl(srv), cl(srv, BOB)
         source = _finished_job(alice, s, trained_run)
         base = {**FAST, "training": {"init_from": {"job": source}}}
-        spec = study(base=base, seeds=1, variants=study()["variants"][1:], labels={"pass_delay": "0.3"})
+        # 4 runs (baseline + mn, 2 seeds) with one CPU and one queued job per owner: whether or
+        # not the dispatcher starts the first run before the second is submitted, the third
+        # cannot be queued (1 running + 1 queued), so submission pauses (2 runs could race)
+        spec = study(base=base, seeds=2, variants=study()["variants"][1:], labels={"pass_delay": "0.3"})
         r = bob.post("/v1/studies", json={"spec": spec})
         assert r.status_code == 422, r.text
         (d,) = r.json()["detail"]
@@ -81,7 +84,7 @@ def test_a_study_that_cannot_submit_its_runs_is_refused_or_fails(study_settings,
         assert d["msg"] == f"base.training.init_from.job: you have no job {source}"
         assert bob.get("/v1/studies").json()["count"] == 0 and bob.get("/v1/jobs").json()["count"] == 0
 
-        r = alice.post("/v1/studies", json={"spec": spec})  # 2 runs, 1 queued at a time
+        r = alice.post("/v1/studies", json={"spec": spec})
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
         assert "submission paused" in (r.json()["waiting"] or "")
