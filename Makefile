@@ -10,7 +10,7 @@ demo: setup
 
 test: setup
 	./scripts/setup-test-tools.sh
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 # ruff (lint + format) and mypy over the packages; CI runs it before the tests (fast first)
 lint: setup
