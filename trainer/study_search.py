@@ -25,7 +25,7 @@ Stages, in order:
    ``seeds_per_round`` new seeds to the survivors and inserts a refinement strength
    between the best one and each of its neighbours (run on every search seed so far).
    A round that does not fit the variant's ``budget_runs`` drops its refinement points,
-   or, if still too big, ends the search.
+   or, if still too big (or if one strength would be left alone), ends the search.
 4. **confirm**: the chosen strength (the best active one after the last round) on the
    study's own seeds, which no search run used: its reported Δ is not inflated by the
    choice. The headline of a searched variant is this arm.
@@ -179,7 +179,7 @@ class _Search:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     used: int = 0
     chosen: float | None = None
-    stopped: str | None = None  # "rounds" | "budget" once done
+    stopped: str | None = None  # "rounds" | "budget" | "converged" once done
 
     @property
     def budget(self) -> int:
@@ -383,12 +383,14 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
             sp = s.cfg.seeds_per_round
             cost_keep = len(keep) * sp
             cost_refine = len(refine) * (r + 2) * sp
-            if s.used + cost_keep + cost_refine > s.budget:
+            cut = s.used + cost_keep + cost_refine > s.budget
+            if cut:
                 refine = []
-                if s.used + cost_keep > s.budget:
-                    s.chosen, s.stopped = best, "budget"
-                    s.rounds[-1]["kept"] = [best]
-                    continue
+            if (cut and s.used + cost_keep > s.budget) or len(keep) + len(refine) < 2:
+                # nothing fits, or one strength is left with nothing to compare: the choice is made
+                s.chosen, s.stopped = best, "budget" if cut else "converged"
+                s.rounds[-1]["kept"] = [best]
+                continue
             s.active = sorted(keep + refine)
         r += 1
 

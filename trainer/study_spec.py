@@ -18,6 +18,7 @@ new regularizers need no change here.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import math
@@ -118,13 +119,13 @@ class TuneBaselineSpec(_Strict):
         seeds (int): tuning seeds (never the study's own seeds).
     """
 
-    grid: dict[str, list[float]] = Field(min_length=1, max_length=len(TUNABLE_FIELDS))
+    grid: dict[str, list[int | float]] = Field(min_length=1, max_length=len(TUNABLE_FIELDS))
     passes: int = Field(1, ge=1, le=100)
     seeds: int = Field(2, ge=1, le=20)
 
     @field_validator("grid")
     @classmethod
-    def _fields(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+    def _fields(cls, v: dict[str, list[int | float]]) -> dict[str, list[int | float]]:
         for path, values in v.items():
             if path not in TUNABLE_FIELDS:
                 raise ValueError(
@@ -573,14 +574,14 @@ class Expansion:
     seeds: list[int]
     passes: int
 
-    @property
+    @functools.cached_property
     def staged(self) -> bool:
         """A study whose later runs depend on earlier results (a searched range or a
         tuned baseline): its runs come from :func:`trainer.study_search.next_runs`, and
         ``runs`` holds only the fixed ones."""
         return bool(self.ranges) or self.spec.tune_baseline is not None
 
-    @property
+    @functools.cached_property
     def ranges(self) -> dict[int, RangeAxis]:
         return variant_ranges(self.spec)
 
@@ -645,7 +646,9 @@ def expand(spec: StudySpec) -> Expansion:
                 job_spec_for(spec, base, seeds[0], overrides=combo).check_capacity()
             except SpecError as e:
                 where = ", ".join(f"{k}={_fmt(v)}" for k, v in combo.items())
-                raise SpecError(f"tune_baseline.grid: {e.message} (at {where})") from None
+                raise SpecError(
+                    f"tune_baseline.grid: {e.message.removeprefix('base.')} (at {where})"
+                ) from None
     runs = [Run(key=f"{a.key}/s{s}", arm=a.key, seed=s) for a in arms for s in seeds]
     exp = Expansion(spec=spec, arms=arms, runs=runs, seeds=seeds, passes=spec.num_passes())
     if exp.staged:
@@ -715,7 +718,7 @@ def estimate_cost(exp: Expansion) -> dict[str, Any]:
     train = _examples_per_pass(base, base.data.train_days)
     eval_days = list(base.data.test_days) + list(getattr(base.data, "validation_days", None) or [])
     evaluate = _examples_per_pass(base, eval_days)
-    n = len(exp.runs)
+    n = exp.max_runs()  # a staged study: every stage at its budget (an upper bound)
     out: dict[str, Any] = {
         "runs": n,
         "passes_per_run": exp.passes,
