@@ -44,6 +44,7 @@ from trainer.study_spec import Expansion, Run, StudySpec, eta_seconds, expand
 log = logging.getLogger("rectrain.studies")
 
 _CLAIM = "claim:"
+RunList = list[Run]  # (StudyStore.list shadows the builtin inside the class)
 
 
 class StudyNotFound(RectrainError):
@@ -175,7 +176,7 @@ class StudyStore:
         study: StudyRecord,
         jobs: dict[str, JobRecord] | None = None,
         summaries: dict[str, dict[str, Any]] | None = None,
-    ) -> tuple[list[Run], bool, Stages | None]:
+    ) -> tuple[RunList, bool, Stages | None]:
         """The runs a study has now, whether more will come, and (a staged study: a
         searched range or a tuned baseline) its stages, regenerated from the results of
         its ended jobs (trainer/study_search.py: deterministic, so a restart resumes)."""

@@ -15,10 +15,15 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.settings import ClientSettings
+
+if TYPE_CHECKING:
+    from trainer.study_search import Stages
+    from trainer.study_spec import Expansion, Run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -216,7 +221,9 @@ def _follow(c, study_id: str) -> int:
 # ---------------------------------------------------------------------------- local
 
 
-def run_all(exp, run_one, say=print):
+def run_all(
+    exp: Expansion, run_one: Callable[[Run], list[dict[str, Any]]], say: Callable[..., None] = print
+) -> tuple[dict[str, list[dict[str, Any]] | None], dict[str, str], Stages | None]:
     """Run every run of a study with ``run_one(run) -> its per-pass results`` (raises
     :class:`~trainer.errors.RectrainError` when the run fails), one after another. A
     staged study (a searched range, a tuned baseline: trainer/study_search.py) runs stage
@@ -227,7 +234,7 @@ def run_all(exp, run_one, say=print):
 
     finished: dict[str, list[dict[str, Any]] | None] = {}
     failed: dict[str, str] = {}
-    st = None
+    st: Stages | None = None
     total = exp.max_runs()
     i = 0
     while True:

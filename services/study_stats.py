@@ -430,9 +430,10 @@ def analyze(
         stage_sentences.append(tuned_sentence(tuned_baseline))
     searched = []
     for srch in search or []:
-        row = next((r for r in selected if r["arm"] == srch.get("chosen_arm")), None)
+        conf = next((r for r in selected if r["arm"] == srch.get("chosen_arm")), None)
         srch = {**srch, "confirmed": None}
-        if row is not None:
+        if conf is not None:
+            row = conf
             srch["confirmed"] = {
                 "arm": row["arm"],
                 "label": row["label"],
@@ -680,7 +681,7 @@ def search_sentence(s: dict[str, Any]) -> str:
         head += ", stopped by the budget"
     if s.get("chosen") is None:
         return head + "; nothing chosen yet."
-    best = next((p for p in s.get("points") or [] if p["value"] == s["chosen"]), {})
+    best: dict[str, Any] = next((p for p in s.get("points") or [] if p["value"] == s["chosen"]), {})
     dv = best.get("val_delta_mean")
     head += f"; chosen {name}={s['chosen']:g}" + (
         f" (mean Δ validation NE {dv:+.4f} over {best.get('seeds')} search seeds)" if dv is not None else ""

@@ -274,7 +274,7 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
             for s in seeds
         ]
         runs += tune_runs
-        scored = []
+        scored: list[dict[str, Any]] = []
         for a, combo in zip(tune_arms, pts, strict=True):
             vals = [
                 v for s in seeds if (v := val_after(finished.get(f"{a.key}/s{s}"), tb.passes)) is not None
@@ -370,14 +370,14 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
             if r + 1 >= s.cfg.rounds:
                 s.chosen, s.stopped = ranked[0], "rounds"
                 continue
-            best = ranked[0]
+            top = ranked[0]
             values = sorted(s.evaluated)
-            at = values.index(best)
+            at = values.index(top)
             refine = []
             for nb in (values[at - 1] if at > 0 else None, values[at + 1] if at + 1 < len(values) else None):
                 if nb is None:
                     continue
-                mid = _between(s.rng, best, nb)
+                mid = _between(s.rng, top, nb)
                 if mid not in s.evaluated and mid not in refine:
                     refine.append(mid)
             sp = s.cfg.seeds_per_round
@@ -388,8 +388,8 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
                 refine = []
             if (cut and s.used + cost_keep > s.budget) or len(keep) + len(refine) < 2:
                 # nothing fits, or one strength is left with nothing to compare: the choice is made
-                s.chosen, s.stopped = best, "budget" if cut else "converged"
-                s.rounds[-1]["kept"] = [best]
+                s.chosen, s.stopped = top, "budget" if cut else "converged"
+                s.rounds[-1]["kept"] = [top]
                 continue
             s.active = sorted(keep + refine)
         r += 1
