@@ -661,7 +661,8 @@ def tuned_sentence(t: dict[str, Any]) -> str:
     """What a tuned baseline was tuned over and what was chosen (validation NE only)."""
     over = ", ".join(f"{k} over {_vals(v)}" for k, v in t["grid"].items())
     seeds = ", ".join(map(str, t.get("seeds") or []))
-    how = f"on {t['chosen_on']} ({len(t.get('seeds') or [])} tuning seeds: {seeds})"
+    n = len(t.get("seeds") or [])
+    how = f"on {t['chosen_on']} ({n} tuning seed{'s' if n != 1 else ''}: {seeds})"
     if not t.get("chosen"):
         return f"The baseline is tuned first: {over}, {how}; nothing chosen yet."
     chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["chosen"].items())
