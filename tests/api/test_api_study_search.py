@@ -163,3 +163,34 @@ def test_the_local_loop_runs_stage_by_stage_on_the_known_curve():
     assert st.tuned["chosen"] == {"training.sparse_optimizer.lr": 0.1}
     (sr,) = st.search
     assert abs(math.log10(sr["chosen"]) + 3.3) < 0.6
+
+
+def test_an_api_restart_mid_search_resumes_without_submitting_a_run_twice(study_settings, tmp_path):  # noqa: F811
+    """Killed while round 1 runs: the next API process regenerates the same runs from the
+    jobs' results (deterministic keys), submits round 2 and the confirmation, once each."""
+    from api_helpers import ProcessServer, settings_env
+
+    env = settings_env(study_settings)
+    env["RECTRAIN_TRAINER_MODULE"] = "fake_study_trainer"
+    env["RECTRAIN_STUDY_RECONCILE_INTERVAL_S"] = "0.3"
+    spec = staged(tune_baseline=None, seeds=1, passes=2, labels={"pass_delay": "0.5"})
+    spec["variants"][0]["search"] = {"points": 3, "rounds": 2, "seeds_per_round": 1}
+    srv = ProcessServer(env).start(tmp_path / "api1.log")
+    c = cl(srv, ALICE)
+    try:
+        sid = c.post("/v1/studies", json={"spec": spec}).json()["id"]
+        wait_study(c, sid, lambda s: s["progress"]["running"] >= 1)
+        srv.stop("kill")
+        c.close()
+        srv = ProcessServer(env, port=srv.port).start(tmp_path / "api2.log")
+        c = cl(srv, ALICE)
+        s = wait_study(c, sid, lambda s: s["status"] not in ("queued", "running"), timeout=120)
+        assert s["status"] == "succeeded" and s["stages"]["done"], s["progress"]
+        stages = [r["stage"] for r in s["runs"]]
+        assert stages.count("confirm") == 1 and stages.count("search") > 4  # round 2 ran after the restart
+        jobs = c.get("/v1/jobs", params={"limit": 200}).json()["data"]
+        keys = [j["labels"]["study_run"] for j in jobs]
+        assert len(keys) == len(set(keys)) == len(s["runs"])  # none twice
+    finally:
+        c.close()
+        srv.stop()
