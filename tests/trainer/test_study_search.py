@@ -253,3 +253,14 @@ def test_tune_baseline_errors(tune, msg):
     with pytest.raises(SpecError) as e:
         parse_study({"base": {}, "variants": [], "tune_baseline": tune})
     assert msg in e.value.message, e.value.message
+
+
+def test_the_example_searched_study_plans_its_stages():
+    from pathlib import Path
+
+    from trainer.study_spec import load_study
+
+    exp = load_study(Path(__file__).resolve().parents[2] / "examples" / "study_search.yaml")
+    plan = exp.plan()
+    assert plan["runs"] == 40 and plan["stages"]["tune_baseline"]["runs"] == 6
+    assert plan["stages"]["search"][0]["max_runs"] == 24 and plan["stages"]["search_baseline_runs"] == 4
