@@ -681,6 +681,8 @@ def search_sentence(s: dict[str, Any]) -> str:
     if s.get("stopped") == "budget":
         head += ", stopped by the budget"
     if s.get("chosen") is None:
+        if s.get("stopped"):
+            return head + "; no strength chosen: no search run reported validation NE."
         return head + "; nothing chosen yet."
     best: dict[str, Any] = next((p for p in s.get("points") or [] if p["value"] == s["chosen"]), {})
     dv = best.get("val_delta_mean")

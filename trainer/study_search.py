@@ -229,7 +229,8 @@ def _grid_points(rng: RangeAxis, n: int) -> list[float]:
 
 
 def _round(rng: RangeAxis, x: float) -> float:
-    return min(max(float(fmt_value(x)), rng.low), rng.high)
+    v = float(round(x)) if rng.integer else float(fmt_value(x))
+    return min(max(v, rng.low), rng.high)
 
 
 def _between(rng: RangeAxis, a: float, b: float) -> float:
@@ -367,6 +368,10 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
                     "kept": sorted(keep) if r + 1 < s.cfg.rounds else [ranked[0]],
                 }
             )
+            if all(scores[v] is None for v in s.active):  # every run failed: nothing to choose
+                s.chosen, s.stopped = None, "no validation results"
+                s.rounds[-1]["kept"] = []
+                continue
             if r + 1 >= s.cfg.rounds:
                 s.chosen, s.stopped = ranked[0], "rounds"
                 continue

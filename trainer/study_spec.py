@@ -319,6 +319,7 @@ class RangeAxis:
     scale: str  # "log" | "linear"
     low: float
     high: float
+    integer: bool = False  # an int parameter: strengths are rounded to integers
 
     def to_dict(self) -> dict[str, Any]:
         return {"param": self.key, "scale": self.scale, "low": self.low, "high": self.high}
@@ -437,7 +438,9 @@ def _variant_params(spec: StudySpec) -> list[tuple[list[tuple[int, str, list[Any
             for param, values in grids.items():
                 axes.append((j, param, values))
             for param, (scale, low, high) in ranges.items():
-                rng.append(RangeAxis(j, param, f"{entry['type']}.{param}", scale, low, high))
+                ann = models[entry["type"]].model_fields[param].annotation
+                is_int = ann is int or (int in typing.get_args(ann) and float not in typing.get_args(ann))
+                rng.append(RangeAxis(j, param, f"{entry['type']}.{param}", scale, low, high, is_int))
         if len(rng) > 1:
             raise SpecError(
                 f"variants.{i}: {len(rng)} ranges ({', '.join(r.key for r in rng)}); a variant searches "
@@ -681,15 +684,7 @@ def range_arm(
     value (``v{i}~{value}``), so a restarted study regenerates the same runs."""
     v = spec.variants[variant_index]
     regs = copy.deepcopy(v.regularizers)
-    val: float | int = value
-    models = regularizer_models()
-    ann = models[regs[rng.reg_index]["type"]].model_fields[rng.param].annotation
-    if ann is int or (
-        typing.get_origin(ann) is not None
-        and int in typing.get_args(ann)
-        and float not in typing.get_args(ann)
-    ):
-        val = int(round(value))
+    val: float | int = int(round(value)) if rng.integer else value
     regs[rng.reg_index][rng.param] = val
     vname = _variant_name(v)
     return Arm(

@@ -264,3 +264,33 @@ def test_the_example_searched_study_plans_its_stages():
     plan = exp.plan()
     assert plan["runs"] == 40 and plan["stages"]["tune_baseline"]["runs"] == 6
     assert plan["stages"]["search"][0]["max_runs"] == 24 and plan["stages"]["search_baseline_runs"] == 4
+
+
+def test_an_integer_parameter_is_searched_over_integers():
+    exp = parse_study(
+        {
+            "base": {},
+            "variants": [{"regularizers": [{"type": "min_count", "k": {"range": [1, 9]}}]}],
+            "seeds": 1,
+        }
+    )
+    st, _ = drive(
+        exp,
+        lambda r: [
+            {
+                "pass": 0,
+                "val_ne": 0.9 + 0.001 * abs((r.arm_obj.params["min_count.k"] if r.arm_obj else 0) - 4),
+            }
+        ],
+    )
+    ks = [p["value"] for p in st.search[0]["points"]]
+    assert all(k == int(k) for k in ks) and len(ks) == len(set(ks))
+    assert exp.job_spec(next(r for r in st.runs if r.stage == "confirm")).regularizers[0].k == 4
+
+
+def test_a_search_whose_runs_all_fail_chooses_nothing_and_confirms_nothing():
+    exp = parse_study(study(search={"points": 3, "rounds": 2, "seeds_per_round": 1}))
+    st, _ = drive(exp, lambda r: None if r.stage == "search" and r.arm != "baseline" else curve(r))
+    (s,) = st.search
+    assert st.done and s["chosen"] is None and s["stopped"] == "no validation results"
+    assert not [r for r in st.runs if r.stage == "confirm"] and [a.key for a in st.arms] == ["baseline"]
