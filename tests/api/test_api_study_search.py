@@ -151,6 +151,11 @@ def test_the_local_loop_runs_stage_by_stage_on_the_known_curve():
             out.append({"pass": p, "test_ne": ne, "val_ne": ne + 0.001})
         return out
 
+    from services.study_cli import stage_lines
+
+    plan_lines = stage_lines(exp.plan()["stages"])
+    assert plan_lines[0] == "  staged: up to 18 runs (2 fixed runs on the study's seeds)"
+    assert "budget 10 runs (at most [4, 6] by round)" in plan_lines[2]
     lines: list[str] = []
     finished, failed, st = run_all(exp, run_one, say=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert not failed and st is not None and st.done
