@@ -140,9 +140,9 @@ def _run_service(exp, name: str, follow: bool) -> int:
     def go() -> int:
         with _client() as c:
             s = _check(c.post("/v1/studies", json=body))
-            print(
-                f"submitted study {s['id']} ({s['progress']['total']} runs, each an ordinary job)", flush=True
-            )
+            p = s["progress"]
+            runs = f"up to {p['planned_max']} runs in stages" if "planned_max" in p else f"{p['total']} runs"
+            print(f"submitted study {s['id']} ({runs}, each an ordinary job)", flush=True)
             if not follow:
                 return 0
             return _follow(c, s["id"])
@@ -158,6 +158,7 @@ def _progress_line(s: dict[str, Any]) -> str:
         f"{p['running'] + p['starting']} running, {p['queued'] + p['unsubmitted']} waiting); "
         f"passes {p['passes_done']}/{p['passes_total']}"
         + (f"; about {s['eta_seconds'] / 60:.0f} min left" if s.get("eta_seconds") else "")
+        + (f"; stage: {s['stages']['stage']}" if s.get("stages") else "")
     )
 
 

@@ -67,7 +67,11 @@ def test_a_searched_strength_with_a_tuned_baseline_through_the_service(api):  # 
     assert {r["stage"] for r in first["runs"]} == {"tune"} and first["progress"]["planned_max"] == plan[
         "runs"
     ]
-    assert first["status"] in ("queued", "running")
+    assert first["status"] in ("queued", "running") and first["plan"]["stages"] == st
+    assert first["stages"]["stage"] == "tuning the baseline"
+    from services.study_cli import _progress_line  # what `rectrain study --follow` prints
+
+    assert _progress_line(first).endswith("; stage: tuning the baseline")
     s = wait_study(c, sid, lambda s: s["status"] not in ("queued", "running"), timeout=120)
     assert s["status"] == "succeeded", s["progress"]
     assert s["stages"]["done"] and s["progress"]["succeeded"] == len(s["runs"]) <= plan["runs"]
