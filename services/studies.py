@@ -38,11 +38,13 @@ from services.redis_conn import redis_fields, text_list, transaction
 from services.study_stats import analyze, wall_totals
 from services.submit import submit_job
 from trainer.errors import RectrainError, SpecError
-from trainer.study_spec import Expansion, StudySpec, eta_seconds, expand
+from trainer.study_search import Stages, next_runs
+from trainer.study_spec import Expansion, Run, StudySpec, eta_seconds, expand
 
 log = logging.getLogger("rectrain.studies")
 
 _CLAIM = "claim:"
+RunList = list[Run]  # (StudyStore.list shadows the builtin inside the class)
 
 
 class StudyNotFound(RectrainError):
@@ -105,9 +107,12 @@ def study_labels(study_id: str, run_key: str, arm: str, extra: dict[str, str]) -
     return {**extra, "study": study_id, "study_run": run_key, "study_arm": arm}
 
 
-def _status_of(record: StudyRecord, n_runs: int, jobs: dict[str, JobRecord]) -> str:
+def _status_of(record: StudyRecord, n_runs: int, jobs: dict[str, JobRecord], more: bool = False) -> str:
+    """``more``: a staged study will generate further runs (its next stage)."""
     statuses = [j.status for j in jobs.values()]
     pending = n_runs - len(statuses) if not record.cancel_requested else 0
+    if more and not record.cancel_requested:
+        pending = max(pending, 1)
     if pending > 0 or any(not s.is_terminal for s in statuses):
         if record.cancel_requested:
             return "cancelling"
@@ -166,15 +171,37 @@ class StudyStore:
             hashes = await pipe.execute()
         return {k: JobRecord.from_hash(h) for k, h in zip(ids, hashes, strict=True) if h}
 
+    async def stages(
+        self,
+        study: StudyRecord,
+        jobs: dict[str, JobRecord] | None = None,
+        summaries: dict[str, dict[str, Any]] | None = None,
+    ) -> tuple[RunList, bool, Stages | None]:
+        """The runs a study has now, whether more will come, and (a staged study: a
+        searched range or a tuned baseline) its stages, regenerated from the results of
+        its ended jobs (trainer/study_search.py: deterministic, so a restart resumes)."""
+        exp = study.expansion()
+        if not exp.staged:
+            return exp.runs, False, None
+        jobs = await self._jobs_of(study) if jobs is None else jobs
+        ended = [k for k, j in jobs.items() if j.status.is_terminal]
+        if summaries is None:
+            got = await self.jobs.summaries([jobs[k].id for k in ended])
+            summaries = dict(zip(ended, got, strict=True))
+        finished = {k: ((summaries.get(k) or {}).get("passes") or None) for k in ended}
+        st = next_runs(exp, finished)
+        return st.runs, not st.done, st
+
     async def snapshot(self, study: StudyRecord, *, with_results: bool = True) -> dict[str, Any]:
         """Everything the API shows: plan, progress, every run's job, and the answer."""
         exp = study.expansion()
         jobs = await self._jobs_of(study)
         summaries = dict(zip(jobs, await self.jobs.summaries([j.id for j in jobs.values()]), strict=True))
-        counts = {"total": len(exp.runs), "unsubmitted": 0, **{s.value: 0 for s in JobStatus}}
+        all_runs, more, st = await self.stages(study, jobs, summaries)
+        counts = {"total": len(all_runs), "unsubmitted": 0, **{s.value: 0 for s in JobStatus}}
         runs = []
         passes_done = 0
-        for run in exp.runs:
+        for run in all_runs:
             job = jobs.get(run.key)
             summ = summaries.get(run.key) or {"passes": []}
             if job is None:
@@ -193,14 +220,15 @@ class StudyStore:
                     "val_ne": [p.get("val_ne") for p in summ["passes"]],
                 }
             )
-        status = study.final_status or _status_of(study, len(exp.runs), jobs)
+            if st is not None:
+                runs[-1]["label"] = exp.arm_of(run).label
+        status = study.final_status or _status_of(study, len(all_runs), jobs, more)
         counts["finished"] = sum(counts[s.value] for s in JobStatus if s.is_terminal)
         starts = [j.started_at for j in jobs.values() if j.started_at]
         eta = None
+        planned = exp.max_runs() if st is not None and more else len(all_runs)
         if status in ("queued", "running") and starts:
-            eta = eta_seconds(
-                time.time() - min(starts), counts["finished"], len(exp.runs) - counts["finished"]
-            )
+            eta = eta_seconds(time.time() - min(starts), counts["finished"], planned - counts["finished"])
         out: dict[str, Any] = {
             "id": study.id,
             "name": study.name,
@@ -216,7 +244,7 @@ class StudyStore:
             "progress": {
                 **counts,
                 "passes_done": passes_done,
-                "passes_total": len(exp.runs) * exp.passes,
+                "passes_total": sum(r.passes or exp.passes for r in all_runs),
             },
             "eta_seconds": eta,
             "runs": runs,
@@ -225,14 +253,20 @@ class StudyStore:
         walls = {k: w for k in jobs if (w := (summaries.get(k) or {}).get("wall_split"))}
         until = study.finished_at or time.time()
         out["wall_totals"] = wall_totals(walls, until - study.created_at)
+        if st is not None:
+            out["progress"]["planned_max"] = planned
+            out["stages"] = st.summary()
         if with_results:
             run_passes = {k: (summaries.get(k) or {}).get("passes", []) for k in jobs}
+            arms, used = (exp.arms, exp.runs) if st is None else (st.arms, st.analysis_runs())
             out["results"] = analyze(
-                [a.to_dict() for a in exp.arms],
-                [r.to_dict() for r in exp.runs],
-                run_passes,
+                [a.to_dict() for a in arms],
+                [r.to_dict() for r in used],
+                {r.key: run_passes.get(r.key, []) for r in used},
                 exp.passes,
-                run_summaries={k: summaries.get(k) or {} for k in jobs},
+                run_summaries={r.key: summaries.get(r.key) or {} for r in used if r.key in jobs},
+                search=st.search if st is not None else None,
+                tuned_baseline=st.tuned if st is not None else None,
             )
         return out
 
@@ -243,7 +277,7 @@ class StudyStore:
             s = await self.get(sid)
             if s is None or s.owner != owner:
                 continue
-            total = len(s.expansion().runs)
+            total = s.expansion().max_runs()
             jobs = await self._jobs_of(s)
             n += total - sum(1 for j in jobs.values() if j.status.is_terminal)
         return n
@@ -252,7 +286,7 @@ class StudyStore:
 
     async def create(self, owner: str, exp: Expansion, name: str | None, max_runs: int) -> StudyRecord:
         """Record a study (after the per-owner limit check) and mark it active."""
-        n = len(exp.runs)
+        n = exp.max_runs()  # a staged study: every stage at its budget
         if n > max_runs:
             raise StudyLimit(
                 f"variants: this study expands to {n} runs, over the per-owner limit of {max_runs} "
@@ -290,11 +324,13 @@ class StudyStore:
         return rec
 
     async def submit_runs(self, study: StudyRecord, launcher: JobLauncher) -> int:
-        """Submit every run without a job or claim; returns how many were submitted."""
+        """Submit every run without a job or claim; returns how many were submitted. A
+        staged study's runs are those of the stages its ended runs have reached."""
         exp = study.expansion()
         runs_key = keys.study_runs_key(study.id)
         done = 0
-        for run in exp.runs:
+        all_runs, _, _ = await self.stages(study)
+        for run in all_runs:
             if await self.r.hget(keys.study_key(study.id), "cancel_requested") == "1":
                 break
             claimed = await self.r.hsetnx(runs_key, run.key, f"{_CLAIM}{time.time()}")
@@ -306,7 +342,7 @@ class StudyStore:
                     launcher,
                     owner=study.owner,
                     spec=exp.job_spec(run),
-                    name=f"{study.name or 'study ' + study.id[:8]} · {exp.arm(run.arm).label} · seed {run.seed}",
+                    name=f"{study.name or 'study ' + study.id[:8]} · {exp.arm_of(run).label} · seed {run.seed}",
                     labels=study_labels(study.id, run.key, run.arm, exp.spec.labels),
                 )
             except SpecError:  # the run can never run (never fits, init_from refused...): stop the study
@@ -387,8 +423,8 @@ class StudyStore:
                 if n:
                     done[sid] = f"submitted {n}"
                     continue
-            exp = s.expansion()
             jobs = await self._jobs_of(s)
+            all_runs, more, _ = await self.stages(s, jobs)
             if s.cancel_requested:  # a job submitted while the cancel ran: cancel it too
                 for j in jobs.values():
                     if not j.status.is_terminal and not j.cancel_requested:
@@ -396,7 +432,7 @@ class StudyStore:
                             await self.jobs.request_cancel(j.id)
                         except (IllegalTransition, JobNotFound):
                             pass
-            status = _status_of(s, len(exp.runs), jobs)
+            status = _status_of(s, len(all_runs), jobs, more)
             if status in ("succeeded", "failed", "cancelled"):
                 async with self.r.pipeline(transaction=True) as pipe:
                     pipe.hset(
@@ -411,9 +447,9 @@ class StudyStore:
 
     async def cancel(self, study: StudyRecord) -> int:
         """Stop submitting runs and cancel every unfinished job; returns how many."""
-        done = study.final_status or _status_of(
-            study, len(study.expansion().runs), await self._jobs_of(study)
-        )
+        jobs = await self._jobs_of(study)
+        all_runs, more, _ = await self.stages(study, jobs)
+        done = study.final_status or _status_of(study, len(all_runs), jobs, more)
         if done in ("succeeded", "failed", "cancelled"):
             raise StudyConflict(f"Study already {done}")
         await self.r.hset(keys.study_key(study.id), "cancel_requested", "1")
@@ -441,10 +477,11 @@ class StudyStore:
         ``force``: a study with no jobs at all, refused before it started)."""
         jobs = await self._jobs_of(study)
         active = [j.id for j in jobs.values() if not j.status.is_terminal]
-        exp = study.expansion()
-        if active or (not force and not study.cancel_requested and len(jobs) < len(exp.runs)):
+        all_runs, more, _ = await self.stages(study, jobs)
+        unsubmitted = len(all_runs) - len(jobs) + (1 if more else 0)
+        if active or (not force and not study.cancel_requested and unsubmitted > 0):
             raise StudyConflict(
-                f"Study has {len(active) or len(exp.runs) - len(jobs)} unfinished runs; cancel it first"
+                f"Study has {len(active) or len(all_runs) - len(jobs) or 'more'} unfinished runs; cancel it first"
             )
         for j in jobs.values():
             try:

@@ -15,10 +15,15 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.settings import ClientSettings
+
+if TYPE_CHECKING:
+    from trainer.study_search import Stages
+    from trainer.study_spec import Expansion, Run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,10 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print_plan(plan: dict[str, Any]) -> None:
     est = plan["estimate"]
-    print(
-        f"study: {plan['arms']} arms (baseline + {plan['arms'] - 1}) x {len(plan['seeds'])} seeds "
-        f"{plan['seeds']} = {plan['runs']} runs of {plan['passes']} passes"
-    )
+    if plan.get("stages"):
+        print(
+            f"study: {plan['arms']} fixed arms (baseline + {plan['arms'] - 1}) x {len(plan['seeds'])} seeds "
+            f"{plan['seeds']}, searched and tuned in stages: up to {plan['runs']} runs of {plan['passes']} passes"
+        )
+    else:
+        print(
+            f"study: {plan['arms']} arms (baseline + {plan['arms'] - 1}) x {len(plan['seeds'])} seeds "
+            f"{plan['seeds']} = {plan['runs']} runs of {plan['passes']} passes"
+        )
     if est.get("train_examples_total") is not None:
         print(f"  {est['train_examples_total']:,} training examples in all")
     if est.get("sequential_seconds") is not None:
@@ -60,6 +71,35 @@ def _print_plan(plan: dict[str, Any]) -> None:
         print(f"  {est['note']}")
     for a in plan["arm_list"]:
         print(f"  - {a['key']:<8} {a['label']}")
+    for line in stage_lines(plan.get("stages")):
+        print(line)
+
+
+def stage_lines(stages: dict[str, Any] | None) -> list[str]:
+    """A staged study's plan in words: the tuning stage, each search's budget, the
+    confirmation (runs at most; the study ends when its stages do)."""
+    if not stages:
+        return []
+    out = [
+        f"  staged: up to {stages['max_runs']} runs ({stages['fixed_runs']} fixed runs on the study's seeds)"
+    ]
+    tb = stages.get("tune_baseline")
+    if tb:
+        grid = ", ".join(f"{k} over {v}" for k, v in tb["grid"].items())
+        out.append(
+            f"  - tune the baseline first: {grid}; {tb['runs']} runs of {tb['passes']} pass(es) on tuning "
+            f"seeds {tb['seeds']}, chosen on validation NE"
+        )
+    for s in stages.get("search") or []:
+        out.append(
+            f"  - search {s['variant']} {s['param']} over [{s['low']:g}, {s['high']:g}] ({s['scale']}): "
+            f"{s['points']} points, {s['rounds']} rounds, {s['seeds_per_round']} new seeds a round, "
+            f"budget {s['budget_runs']} runs (at most {s['max_runs_per_round']} by round); then the chosen "
+            f"strength on the study's seeds {stages['confirmation_seeds']} ({s['confirm_runs']} runs)"
+        )
+    if stages.get("search_baseline_runs"):
+        out.append(f"  - the baseline on the search seeds: {stages['search_baseline_runs']} runs")
+    return out
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -74,7 +114,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.local or not _service_up():
         if not args.local:
             url = ClientSettings().api_url
-            print(f"no rectrain service at {url}: running the {len(exp.runs)} runs here, one after another")
+            print(f"no rectrain service at {url}: running the {exp.max_runs()} runs here, one after another")
         return _run_local(exp, name, Path(args.out) if args.out else None)
     return _run_service(exp, name, args.follow)
 
@@ -100,9 +140,9 @@ def _run_service(exp, name: str, follow: bool) -> int:
     def go() -> int:
         with _client() as c:
             s = _check(c.post("/v1/studies", json=body))
-            print(
-                f"submitted study {s['id']} ({s['progress']['total']} runs, each an ordinary job)", flush=True
-            )
+            p = s["progress"]
+            runs = f"up to {p['planned_max']} runs in stages" if "planned_max" in p else f"{p['total']} runs"
+            print(f"submitted study {s['id']} ({runs}, each an ordinary job)", flush=True)
             if not follow:
                 return 0
             return _follow(c, s["id"])
@@ -118,6 +158,7 @@ def _progress_line(s: dict[str, Any]) -> str:
         f"{p['running'] + p['starting']} running, {p['queued'] + p['unsubmitted']} waiting); "
         f"passes {p['passes_done']}/{p['passes_total']}"
         + (f"; about {s['eta_seconds'] / 60:.0f} min left" if s.get("eta_seconds") else "")
+        + (f"; stage: {s['stages']['stage']}" if s.get("stages") else "")
     )
 
 
@@ -181,11 +222,48 @@ def _follow(c, study_id: str) -> int:
 # ---------------------------------------------------------------------------- local
 
 
+def run_all(
+    exp: Expansion, run_one: Callable[[Run], list[dict[str, Any]]], say: Callable[..., None] = print
+) -> tuple[dict[str, list[dict[str, Any]] | None], dict[str, str], Stages | None]:
+    """Run every run of a study with ``run_one(run) -> its per-pass results`` (raises
+    :class:`~trainer.errors.RectrainError` when the run fails), one after another. A
+    staged study (a searched range, a tuned baseline: trainer/study_search.py) runs stage
+    by stage: each stage's runs, then their results decide the next. Returns the per-run
+    results (None for a failed run), the failures and the stages (None: a fixed grid)."""
+    from trainer.errors import RectrainError
+    from trainer.study_search import next_runs
+
+    finished: dict[str, list[dict[str, Any]] | None] = {}
+    failed: dict[str, str] = {}
+    st: Stages | None = None
+    total = exp.max_runs()
+    i = 0
+    while True:
+        if exp.staged:
+            st = next_runs(exp, finished)
+            todo = [r for r in st.runs if r.key not in finished]
+            if todo:
+                say(f"-- {st.stage}: {len(todo)} runs", flush=True)
+        else:
+            todo = [r for r in exp.runs if r.key not in finished]
+        if not todo:
+            break
+        for run in todo:
+            i += 1
+            say(f"[{i}/{total}] {exp.arm_of(run).label} · seed {run.seed}", flush=True)
+            try:
+                finished[run.key] = run_one(run)
+            except RectrainError as e:
+                finished[run.key] = None
+                failed[run.key] = e.message
+                say(f"  failed: {e.message}", flush=True)
+    return finished, failed, st
+
+
 def _run_local(exp, name: str, out: Path | None) -> int:
     """Every run here, one after another on warm worker groups (one per resource shape,
     trainer/warm.py), then the same answer."""
     from services.study_stats import analyze, format_table, format_wall_totals, to_csv, wall_totals
-    from trainer.errors import RectrainError
     from trainer.study_spec import eta_seconds
     from trainer.warm import WarmPool, connect
 
@@ -194,32 +272,42 @@ def _run_local(exp, name: str, out: Path | None) -> int:
     run_passes: dict[str, list[dict[str, Any]]] = {}
     run_walls: dict[str, dict[str, float]] = {}
     rss: dict[str, list[int]] = {}
-    failed: dict[str, str] = {}
     t0 = time.time()
-    connect(exp.job_spec(exp.runs[0]))
+    total = exp.max_runs()
+    first = exp.runs[0] if exp.runs else None
+    connect(exp.job_spec(first) if first is not None else exp.spec.base)
     with WarmPool() as pool:
-        for i, run in enumerate(exp.runs, 1):
-            arm = exp.arm(run.arm)
-            print(f"[{i}/{len(exp.runs)}] {arm.label} · seed {run.seed}", flush=True)
-            try:
-                res = pool.run(exp.job_spec(run), out / run.key.replace("/", "-"))
-            except RectrainError as e:
-                failed[run.key] = e.message
-                print(f"  failed: {e.message}", flush=True)
-                continue
+
+        def run_one(run) -> list[dict[str, Any]]:
+            res = pool.run(exp.job_spec(run), out / run.key.replace("/", "-"))
             run_passes[run.key] = res["passes"]
             run_walls[run.key] = res["wall_split"]
             rss[run.key] = res["warm"]["worker_rss_bytes"]
             ne = "  ".join("-" if p.get("test_ne") is None else f"{p['test_ne']:.4f}" for p in res["passes"])
-            left = eta_seconds(time.time() - t0, i, len(exp.runs) - i)
+            n = len(run_passes)
+            left = eta_seconds(time.time() - t0, n, max(total - n, 0))
             print(
                 f"  test NE by pass: {ne}   ({res['wall_seconds']:.1f} s, "
                 f"{time.time() - t0:.0f} s so far, about {left or 0:.0f} s left)",
                 flush=True,
             )
-    results = analyze(
-        [a.to_dict() for a in exp.arms], [r.to_dict() for r in exp.runs], run_passes, exp.passes
-    )
+            return res["passes"]
+
+        _, failed, st = run_all(exp, run_one)
+    if st is None:
+        results = analyze(
+            [a.to_dict() for a in exp.arms], [r.to_dict() for r in exp.runs], run_passes, exp.passes
+        )
+    else:
+        used = st.analysis_runs()
+        results = analyze(
+            [a.to_dict() for a in st.arms],
+            [r.to_dict() for r in used],
+            {r.key: run_passes.get(r.key, []) for r in used},
+            exp.passes,
+            search=st.search,
+            tuned_baseline=st.tuned,
+        )
     wall = time.time() - t0
     totals = wall_totals(run_walls, wall)
     doc = {
@@ -235,6 +323,9 @@ def _run_local(exp, name: str, out: Path | None) -> int:
         "results": results,
         "wall_seconds": wall,
     }
+    if st is not None:
+        doc["stages"] = st.summary()
+        doc["runs"] = [{**r.to_dict(), "label": exp.arm_of(r).label} for r in st.runs]
     (out / "study.json").write_text(json.dumps(doc, indent=1))
     (out / "study.csv").write_text(to_csv(results))
     _write_report(out, doc)

@@ -127,6 +127,33 @@ def chart_data(results: dict[str, Any]) -> dict[str, Any]:
                 ],
             }
         )
+    for srch in results.get("search") or []:  # a searched strength: validation Δ on the search seeds
+        pts = [p for p in srch.get("points") or [] if p.get("val_delta_mean") is not None]
+        if len(pts) < 2:
+            continue
+        log = srch.get("scale") == "log"
+        conf = (srch.get("confirmed") or {}).get("delta_test_ne_at_selected") or {}
+        title = f"{srch['variant']}: searched curve, Δ validation NE on the search seeds vs " + (
+            f"log10({srch['param']})" if log else srch["param"]
+        )
+        if conf.get("mean") is not None:
+            title += f" · confirmed on the study's seeds: Δ test NE {conf['mean']:+.4f}"
+        curves.append(
+            {
+                "title": title,
+                "param": srch["param"],
+                "xlabel": f"log10({srch['param']})" if log else srch["param"],
+                "x": [math.log10(p["value"]) if log else p["value"] for p in pts],
+                "chosen": srch.get("chosen"),
+                "searched": True,
+                "series": [
+                    {
+                        "label": "mean Δ validation NE over its search seeds (what chooses)",
+                        "mean": [p["val_delta_mean"] for p in pts],
+                    }
+                ],
+            }
+        )
     return {
         "passes": xs,
         "ne": {"series": ne_series, "refs": refs},
@@ -275,10 +302,48 @@ JS = r"""
   }
   const curves = document.getElementById("curves");
   D.curves.forEach((c, i) => chart(curves, `curve-${i}`, c.title + (c.chosen != null ? ` · validation chose ${c.chosen}` : ""),
-    `log10(${c.param})`, "Δ NE vs the baseline stopped early", c.x, c.series, [{ label: "0 = the baseline", y: 0 }], false));
+    c.xlabel || `log10(${c.param})`, "Δ NE vs the baseline stopped early", c.x, c.series, [{ label: "0 = the baseline", y: 0 }], false));
   document.body.dataset.ready = "1";
 })();
 """
+
+
+def _stages_html(res: dict[str, Any]) -> str:
+    """A staged study: the tuned baseline (over what, what was chosen) and each searched
+    strength (its curve's points, the choice, the confirmation on the study's seeds)."""
+    parts = []
+    tb = res.get("tuned_baseline")
+    if tb:
+        keys = list(tb["grid"])
+        rows = "".join(
+            "<tr>"
+            + "".join(f"<td>{_e(p['values'][k])}</td>" for k in keys)
+            + f"<td>{_f(p.get('mean_val_ne'))}</td><td>{_e(p['n'])}</td>"
+            + f"<td>{'chosen' if p['values'] == tb.get('chosen') else ''}</td></tr>"
+            for p in tb.get("points") or []
+        )
+        head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+        parts.append(
+            "<h2>Tuned baseline</h2>"
+            f"<p id='tuned-baseline'>{_e(next((x for x in res.get('stage_sentences') or [] if x.startswith('The baseline')), ''))}</p>"
+            f"<div class='wrap'><table id='tuned-table'><thead><tr>{head}<th>mean val NE</th><th>seeds</th><th></th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>"
+        )
+    for i, srch in enumerate(res.get("search") or []):
+        name = srch["param"].split(".", 1)[-1]
+        rows = "".join(
+            f"<tr><td>{p['value']:.4g}</td><td>{_e(p.get('first_round'))}</td><td>{_e(p['seeds'])}</td>"
+            f"<td>{_f(p.get('val_delta_mean'), '+.4f')}</td>"
+            f"<td>{'chosen' if p['value'] == srch.get('chosen') else ''}</td></tr>"
+            for p in srch.get("points") or []
+        )
+        parts.append(
+            f"<h2>Strength search: {_e(srch['variant'])}</h2><p id='search-{i}'>{_e(srch.get('sentence', ''))}</p>"
+            f"<div class='wrap'><table id='search-table-{i}'><thead><tr><th>{_e(name)}</th><th>first round</th>"
+            "<th>search seeds</th><th>mean Δ val NE</th><th></th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></div>"
+        )
+    return "\n".join(parts)
 
 
 def render_report(doc: dict[str, Any]) -> str:
@@ -309,16 +374,18 @@ def render_report(doc: dict[str, Any]) -> str:
 <h1>{_e(name)}</h1>
 <p class="muted">{_e(" · ".join(meta))}</p>
 <p class="headline" id="headline">{_e(h.get("sentence") or "No results yet.")}</p>
+{"".join(f'<p class="stage-sentence">{_e(x)}</p>' for x in res.get("stage_sentences") or [])}
 <p class="muted" id="choice-rule">{_e(CHOICE_NOTE)} Headline: {_e(h.get("comparison", ""))}. An arm "beats" or is
 "worse" only when its Holm-adjusted p (over the {_e(h.get("family", 0))} arms) is below 0.05; the interval beside
 it is the raw 95% t-interval. ★: the best on validation.</p>
 <div class="wrap">{_headline_table(res)}</div>
 {f'<p id="power">{_e(pw)}</p>' if pw else ""}
 {f'<p id="references">{_e(ref)}</p>' if ref else ""}
+{_stages_html(res)}
 <h2>NE by pass</h2>
 <div id="charts"></div>
 <h2>Strength curves</h2>
-<div id="curves">{"" if res.get("curves") else "<p class='muted'>No numeric grid in this study.</p>"}</div>
+<div id="curves">{"" if res.get("curves") or res.get("search") else "<p class='muted'>No numeric grid in this study.</p>"}</div>
 <h2>Same pass: each arm after k passes vs the baseline after k passes</h2>
 <div class="wrap">{_same_pass_table(res)}</div>
 <ul id="sentences">{sentences}</ul>

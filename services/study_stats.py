@@ -272,6 +272,8 @@ def analyze(
     num_passes: int,
     run_summaries: dict[str, dict[str, Any]] | None = None,
     references: dict[str, Any] | None = None,
+    search: list[dict[str, Any]] | None = None,
+    tuned_baseline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The study's answer.
 
@@ -286,6 +288,10 @@ def analyze(
             ``test_ne_at_selected`` from the trainer; used when present).
         references: reference predictors' NE, ``{name: {"val_ne", "test_ne"}}``; when
             absent, taken from a ``references`` field of the runs' summaries or passes.
+        search: a staged study's searched strengths (``Stages.search`` of
+            trainer/study_search.py): each gets its ``confirmed`` row (the chosen
+            strength on the study's own seeds, an arm of ``arms``) and a sentence.
+        tuned_baseline: a staged study's tuning stage (``Stages.tuned``): a sentence.
 
     Returns a dict with ``headline`` (the comparison against stopping the baseline
     early: ranking, best arm, best per variant, Holm-adjusted p, power, sentence),
@@ -419,7 +425,34 @@ def analyze(
             "data or model before reading the regularizers"
         )
     notes.append(CHOICE_NOTE)
+    stage_sentences = []
+    if tuned_baseline:
+        stage_sentences.append(tuned_sentence(tuned_baseline))
+    searched = []
+    for srch in search or []:
+        conf = next((r for r in selected if r["arm"] == srch.get("chosen_arm")), None)
+        srch = {**srch, "confirmed": None}
+        if conf is not None:
+            row = conf
+            srch["confirmed"] = {
+                "arm": row["arm"],
+                "label": row["label"],
+                "delta_test_ne_at_selected": row.get("delta_test_ne_at_selected"),
+                "delta_val_ne_at_selected": row.get("delta_val_ne_at_selected"),
+                "mean_test_ne_at_selected": row.get("mean_test_ne_at_selected"),
+            }
+        srch["sentence"] = search_sentence(srch)
+        stage_sentences.append(srch["sentence"])
+        searched.append(srch)
+    out_staged: dict[str, Any] = {}
+    if search is not None or tuned_baseline is not None:
+        out_staged = {
+            "search": searched,
+            "tuned_baseline": tuned_baseline,
+            "stage_sentences": stage_sentences,
+        }
     return {
+        **out_staged,
         "baseline": base_key,
         "seeds": seeds_all,
         "passes": num_passes,
@@ -618,6 +651,50 @@ def headline_sentence(h: dict[str, Any], rows: dict[str, dict[str, Any]], has_va
             "validation did not choose them."
         )
     return f"No regularizer beats stopping the baseline early: the best on validation is {what}, {_delta_text(d)}."
+
+
+def _vals(xs: list[Any]) -> str:
+    return "[" + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in xs) + "]"
+
+
+def tuned_sentence(t: dict[str, Any]) -> str:
+    """What a tuned baseline was tuned over and what was chosen (validation NE only)."""
+    over = ", ".join(f"{k} over {_vals(v)}" for k, v in t["grid"].items())
+    seeds = ", ".join(map(str, t.get("seeds") or []))
+    n = len(t.get("seeds") or [])
+    how = f"on {t['chosen_on']} ({n} tuning seed{'s' if n != 1 else ''}: {seeds})"
+    if not t.get("chosen"):
+        return f"The baseline is tuned first: {over}, {how}; nothing chosen yet."
+    chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["chosen"].items())
+    return f"The baseline was tuned first: {over}, {how}; chosen {chosen}; the baseline and every arm use it."
+
+
+def search_sentence(s: dict[str, Any]) -> str:
+    """One searched strength: the range, the search's cost, the choice (on validation,
+    search seeds) and the confirmed Δ on the study's own seeds."""
+    name = s["param"].split(".", 1)[-1]
+    head = (
+        f"{s['variant']}: {name} searched over [{s['low']:g}, {s['high']:g}] ({s['scale']}) on validation "
+        f"NE only: {len(s.get('rounds') or [])} of {s['rounds_planned']} rounds, {s['runs_used']} runs "
+        f"(budget {s['budget_runs']}) on search seeds {_vals(s.get('search_seeds') or [])}"
+    )
+    if s.get("stopped") == "budget":
+        head += ", stopped by the budget"
+    if s.get("chosen") is None:
+        if s.get("stopped"):
+            return head + "; no strength chosen: no search run reported validation NE."
+        return head + "; nothing chosen yet."
+    best: dict[str, Any] = next((p for p in s.get("points") or [] if p["value"] == s["chosen"]), {})
+    dv = best.get("val_delta_mean")
+    head += f"; chosen {name}={s['chosen']:g}" + (
+        f" (mean Δ validation NE {dv:+.4f} over {best.get('seeds')} search seeds)" if dv is not None else ""
+    )
+    conf = s.get("confirmed") or {}
+    d = conf.get("delta_test_ne_at_selected")
+    seeds = ", ".join(map(str, s.get("confirmation_seeds") or []))
+    if not d:
+        return head + f"; confirmation on seeds {seeds} (not used by the search): no result yet."
+    return head + f"; confirmed on seeds {seeds}, which the search did not use: {_delta_text(d)}."
 
 
 def power_sentence(pw: dict[str, Any] | None) -> str | None:
@@ -921,6 +998,9 @@ def format_table(results: dict[str, Any]) -> str:
     lines = []
     if h:
         lines.append(h["sentence"])
+        for st in results.get("stage_sentences") or []:
+            lines.append(st)
+        lines += search_text(results)
         lines.append("")
         lines.append(f"what you would ship: {h['comparison']}; ranked on validation NE")
         lines.append(
@@ -1012,6 +1092,23 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def search_text(results: dict[str, Any]) -> list[str]:
+    """Each searched curve as text lines: strength, the round it entered, its search
+    seeds and mean Δ validation NE (the chosen one marked)."""
+    lines = []
+    for s in results.get("search") or []:
+        name = s["param"].split(".", 1)[-1]
+        lines.append(f"  searched curve of {s['variant']} (Δ validation NE vs the baseline, search seeds):")
+        lines.append(f"    {name:>12} {'round':>5} {'seeds':>5} {'Δ val':>8}")
+        for p in s.get("points") or []:
+            mark = "  <- chosen" if p["value"] == s.get("chosen") else ""
+            lines.append(
+                f"    {p['value']:>12.4g} {p.get('first_round') or '':>5} {p['seeds']:>5} "
+                f"{_f(p.get('val_delta_mean'), '+.4f'):>8}{mark}"
+            )
+    return lines
+
+
 def _md_delta(d: dict[str, Any] | None, ne: float | None, with_p: bool = False) -> str:
     """One cell: mean Δ and its raw interval (bold when the Holm-adjusted p < 0.05)."""
     if d is None:
@@ -1042,6 +1139,42 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines: list[str] = []
     if h:
         lines += [f"**{h['sentence']}**", ""]
+        for st in results.get("stage_sentences") or []:
+            lines += [st, ""]
+        for srch in results.get("search") or []:
+            name = srch["param"].split(".", 1)[-1]
+            lines += [
+                f"Searched curve of {srch['variant']} (Δ validation NE vs the baseline on the search seeds; "
+                "the headline row of this variant is its confirmation):",
+                "",
+                f"| {name} | first round | search seeds | mean Δ val NE |",
+                "|---|---|---|---|",
+            ]
+            for p in srch.get("points") or []:
+                v = (
+                    f"**{p['value']:.4g}** (chosen)"
+                    if p["value"] == srch.get("chosen")
+                    else f"{p['value']:.4g}"
+                )
+                lines.append(
+                    f"| {v} | {p.get('first_round')} | {p['seeds']} | {_f(p.get('val_delta_mean'), '+.4f')} |"
+                )
+            lines.append("")
+        tb = results.get("tuned_baseline")
+        if tb:
+            keys = list(tb["grid"])
+            lines += [
+                "| tuned baseline: " + " | ".join(keys) + " | mean val NE | seeds |",
+                "|" + "---|" * (len(keys) + 2),
+            ]
+            for p in tb.get("points") or []:
+                mark = " (chosen)" if p["values"] == tb.get("chosen") else ""
+                lines.append(
+                    "| "
+                    + " | ".join(str(p["values"][k]) for k in keys)
+                    + f" | {_f(p.get('mean_val_ne'))}{mark} | {p['n']} |"
+                )
+            lines.append("")
         head = [
             "rank",
             "arm",

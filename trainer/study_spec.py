@@ -18,6 +18,7 @@ new regularizers need no change here.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import math
@@ -78,6 +79,71 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SearchSpec(_Strict):
+    """How a strength given as a range is searched (successive halving on validation NE;
+    trainer/study_search.py, docs/studies.md "Strength search").
+
+    Args:
+        points (int): strengths tried in round 1, evenly spaced over the range (log-spaced
+            for ``log_range``), endpoints included.
+        rounds (int): rounds of halving; each keeps the better half on the mean validation
+            Δ vs the baseline, adds ``seeds_per_round`` seeds to the survivors and inserts
+            a refinement point between the best strength and each of its neighbours.
+        seeds_per_round (int): new search seeds per round (never the study's own seeds,
+            which confirm the chosen strength).
+        budget_runs (int | None): most search runs of one searched variant (the baseline's
+            runs on the search seeds are counted apart); a round that does not fit ends
+            the search early (refinement points are dropped first). Default: what the
+            schedule needs at most.
+    """
+
+    points: int = Field(5, ge=2, le=MAX_GRID_VALUES)
+    rounds: int = Field(3, ge=1, le=10)
+    seeds_per_round: int = Field(2, ge=1, le=20)
+    budget_runs: int | None = Field(None, ge=1, le=MAX_STUDY_RUNS)
+
+
+# job-spec fields a tuned baseline may tune (dotted paths into trainer.spec.JobSpec)
+TUNABLE_FIELDS = ("training.sparse_optimizer.lr", "model.embedding_dim", "training.dense_optimizer.lr")
+
+
+class TuneBaselineSpec(_Strict):
+    """An optional first stage: the baseline over a grid of job-spec fields, chosen on
+    validation NE after ``passes`` passes; every arm (and the baseline) then uses the
+    chosen values.
+
+    Args:
+        grid (dict[str, list]): dotted job-spec field -> values, e.g.
+            ``{"training.sparse_optimizer.lr": [0.02, 0.04, 0.1], "model.embedding_dim": [8, 16]}``.
+        passes (int): passes each tuning run trains (its validation NE after these passes chooses).
+        seeds (int): tuning seeds (never the study's own seeds).
+    """
+
+    grid: dict[str, list[int | float]] = Field(min_length=1, max_length=len(TUNABLE_FIELDS))
+    passes: int = Field(1, ge=1, le=100)
+    seeds: int = Field(2, ge=1, le=20)
+
+    @field_validator("grid")
+    @classmethod
+    def _fields(cls, v: dict[str, list[int | float]]) -> dict[str, list[int | float]]:
+        for path, values in v.items():
+            if path not in TUNABLE_FIELDS:
+                raise ValueError(
+                    f"tune_baseline.grid.{path}: not a tunable field; choose from {', '.join(TUNABLE_FIELDS)}"
+                )
+            if not values:
+                raise ValueError(f"tune_baseline.grid.{path}: an empty list; give at least one value")
+            if len(values) > MAX_GRID_VALUES:
+                raise ValueError(
+                    f"tune_baseline.grid.{path}: {len(values)} values; at most {MAX_GRID_VALUES}"
+                )
+            if len(set(values)) != len(values):
+                raise ValueError(f"tune_baseline.grid.{path}: repeated values {values}; list each value once")
+        if math.prod(len(x) for x in v.values()) > 100:
+            raise ValueError("tune_baseline.grid: more than 100 combinations; shorten the lists")
+        return v
+
+
 class StudyVariant(_Strict):
     """One variant: regularizers added to the base spec's; numeric params may be grids.
 
@@ -87,10 +153,15 @@ class StudyVariant(_Strict):
             numeric parameter may be a list of values (a grid: ``weight: [1e-5, 1e-4]``)
             and a list-valued parameter a list of lists (alternatives:
             ``sparse: [[1, 0.5], [1, 0.25]]``). Several grids in one variant multiply.
+            A numeric parameter may instead be a range to search:
+            ``weight: {log_range: [1e-6, 1e-2]}`` or ``{range: [0.1, 0.9]}`` (one per
+            variant, and no grid beside it).
+        search (SearchSpec | None): this variant's search settings (default: the study's).
     """
 
     name: str | None = Field(None, min_length=1, max_length=80)
     regularizers: list[dict[str, Any]] = Field(min_length=1, max_length=16)
+    search: SearchSpec | None = None
 
 
 class StudySpec(_Strict):
@@ -105,6 +176,9 @@ class StudySpec(_Strict):
         passes (int | None): passes every run trains (default base.training.num_passes);
             results are reported for every pass count 1..passes.
         labels (dict[str, str]): labels added to every job of the study.
+        search (SearchSpec | None): how variants with a range are searched (defaults apply
+            when a variant has a range and this is unset).
+        tune_baseline (TuneBaselineSpec | None): tune the baseline first (see its doc).
     """
 
     name: str | None = Field(None, min_length=1, max_length=200)
@@ -113,6 +187,8 @@ class StudySpec(_Strict):
     seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | list[int] = 3
     passes: int | None = Field(None, ge=1, le=100)
     labels: dict[str, str] = Field(default_factory=dict, max_length=16)
+    search: SearchSpec | None = None
+    tune_baseline: TuneBaselineSpec | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -176,14 +252,26 @@ class Arm:
 
 @dataclass
 class Run:
-    """One arm at one seed: an ordinary job."""
+    """One arm at one seed: an ordinary job.
+
+    Runs of a staged study (a searched range or a tuned baseline; trainer/study_search.py)
+    also carry their ``stage`` (``tune``, ``search``, ``main``, ``confirm``), their arm
+    (searched strengths are not among the expansion's arms), the passes they train when
+    not the study's, and the tuned job-spec values they inherit."""
 
     key: str  # "{arm}/s{seed}"
     arm: str
     seed: int
+    stage: str | None = None  # None: a fixed-grid study's run
+    arm_obj: Arm | None = None
+    passes: int | None = None
+    overrides: dict[str, Any] | None = None  # dotted job-spec field -> value
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "arm": self.arm, "seed": self.seed}
+        d: dict[str, Any] = {"key": self.key, "arm": self.arm, "seed": self.seed}
+        if self.stage is not None:
+            d["stage"] = self.stage
+        return d
 
 
 def _is_number(v: Any) -> bool:
@@ -218,8 +306,52 @@ def _field_kind(model: type[BaseModel], name: str) -> str:
     return "other"
 
 
-def _grids_of(where: str, entry: Any, models: dict[str, type[BaseModel]]) -> dict[str, list[Any]]:
-    """The grid parameters of one regularizer entry: param -> its values (checked)."""
+RANGE_KINDS = ("log_range", "range")
+
+
+@dataclass(frozen=True)
+class RangeAxis:
+    """A numeric regularizer parameter searched over ``[low, high]`` (trainer/study_search.py)."""
+
+    reg_index: int  # which regularizer of the variant
+    param: str  # e.g. "weight"
+    key: str  # "sparse_l2.weight"
+    scale: str  # "log" | "linear"
+    low: float
+    high: float
+    integer: bool = False  # an int parameter: strengths are rounded to integers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"param": self.key, "scale": self.scale, "low": self.low, "high": self.high}
+
+
+def _range_of(where: str, kind: str, param: str, value: dict[str, Any], fk: str) -> tuple[str, float, float]:
+    keys = [k for k in value if k in RANGE_KINDS]
+    if len(value) != 1 or len(keys) != 1:
+        raise SpecError(
+            f"{where}.{param}: a range is {{log_range: [low, high]}} or {{range: [low, high]}}; "
+            f"got keys {sorted(value)}"
+        )
+    if fk != "number":
+        raise SpecError(f"{where}.{param}: a range is only allowed over numeric parameters; give one value")
+    (rk,) = keys
+    bounds = value[rk]
+    if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
+        raise SpecError(f"{where}.{param}.{rk}: give two numbers [low, high]; got {bounds!r}")
+    low, high = float(bounds[0]), float(bounds[1])
+    if not low < high:
+        raise SpecError(f"{where}.{param}.{rk}: low ({low:g}) must be below high ({high:g})")
+    if rk == "log_range" and low <= 0:
+        raise SpecError(
+            f"{where}.{param}.log_range: low must be > 0 on a log scale; got {low:g} (or use range)"
+        )
+    return ("log" if rk == "log_range" else "linear"), low, high
+
+
+def _params_of(
+    where: str, entry: Any, models: dict[str, type[BaseModel]]
+) -> tuple[dict[str, list[Any]], dict[str, tuple[str, float, float]]]:
+    """The grid and range parameters of one regularizer entry (checked)."""
     if not isinstance(entry, dict):
         raise SpecError(f"{where}: each regularizer is a mapping like {{type: sparse_l2, weight: 1e-4}}")
     kind = entry.get("type")
@@ -231,6 +363,7 @@ def _grids_of(where: str, entry: Any, models: dict[str, type[BaseModel]]) -> dic
         )
     model = models[kind]
     grids: dict[str, list[Any]] = {}
+    ranges: dict[str, tuple[str, float, float]] = {}
     for param, value in entry.items():
         if param == "type":
             continue
@@ -240,6 +373,9 @@ def _grids_of(where: str, entry: Any, models: dict[str, type[BaseModel]]) -> dic
                 f"{where}.{param}: unknown parameter of {kind}; its parameters are {', '.join(known)}"
             )
         fk = _field_kind(model, param)
+        if isinstance(value, dict) and (any(k in value for k in RANGE_KINDS) or fk == "number"):
+            ranges[param] = _range_of(where, kind, param, value, fk)
+            continue
         is_grid = isinstance(value, list) and (
             fk != "list" or (value and all(isinstance(x, list) for x in value))
         )
@@ -262,7 +398,12 @@ def _grids_of(where: str, entry: Any, models: dict[str, type[BaseModel]]) -> dic
         if len(set(canon)) != len(canon):
             raise SpecError(f"{where}.{param}: repeated grid values {value}; list each value once")
         grids[param] = value
-    return grids
+    return grids, ranges
+
+
+def _grids_of(where: str, entry: Any, models: dict[str, type[BaseModel]]) -> dict[str, list[Any]]:
+    """The grid parameters of one regularizer entry: param -> its values (checked)."""
+    return _params_of(where, entry, models)[0]
 
 
 def _variant_name(v: StudyVariant) -> str:
@@ -271,27 +412,58 @@ def _variant_name(v: StudyVariant) -> str:
 
 def _variant_axes(spec: StudySpec) -> list[list[tuple[int, str, list[Any]]]]:
     """Each variant's grid axes (regularizer index, parameter, values), checked: no
-    product is built here."""
+    product is built here. A variant with a range has no grid axes (see variant_ranges)."""
+    return [axes for axes, _ in _variant_params(spec)]
+
+
+def variant_ranges(spec: StudySpec) -> dict[int, RangeAxis]:
+    """variant index -> its searched range, for the variants that give one."""
+    return {i: r for i, (_, r) in enumerate(_variant_params(spec)) if r is not None}
+
+
+def _variant_params(spec: StudySpec) -> list[tuple[list[tuple[int, str, list[Any]]], RangeAxis | None]]:
     models = regularizer_models()
     names: set[str] = {BASELINE}
-    out = []
+    out: list[tuple[list[tuple[int, str, list[Any]]], RangeAxis | None]] = []
     for i, v in enumerate(spec.variants):
         vname = _variant_name(v)
         if vname in names:
             raise SpecError(f"variants.{i}.name: '{vname}' is used twice; give each variant its own name")
         names.add(vname)
         axes: list[tuple[int, str, list[Any]]] = []
+        rng: list[RangeAxis] = []
         for j, entry in enumerate(v.regularizers):
-            for param, values in _grids_of(f"variants.{i}.regularizers.{j}", entry, models).items():
+            where = f"variants.{i}.regularizers.{j}"
+            grids, ranges = _params_of(where, entry, models)
+            for param, values in grids.items():
                 axes.append((j, param, values))
-        out.append(axes)
+            for param, (scale, low, high) in ranges.items():
+                ann = models[entry["type"]].model_fields[param].annotation
+                is_int = ann is int or (int in typing.get_args(ann) and float not in typing.get_args(ann))
+                rng.append(RangeAxis(j, param, f"{entry['type']}.{param}", scale, low, high, is_int))
+        if len(rng) > 1:
+            raise SpecError(
+                f"variants.{i}: {len(rng)} ranges ({', '.join(r.key for r in rng)}); a variant searches "
+                "one parameter: give the others one value, or split the variant"
+            )
+        if rng and axes:
+            raise SpecError(
+                f"variants.{i}: a range ({rng[0].key}) and a grid ({axes[0][1]}) in one variant; "
+                "give the grid parameter one value, or make it its own variant"
+            )
+        if not rng and v.search is not None:
+            raise SpecError(f"variants.{i}.search: this variant has no range to search; remove search")
+        out.append((axes, rng[0] if rng else None))
     return out
 
 
 def count_arms(spec: StudySpec) -> int:
-    """Arms (baseline included) from the grid sizes alone: a product of lengths per
-    variant, so a huge grid is refused in microseconds, before anything is expanded."""
-    return 1 + sum(math.prod(len(vals) for _, _, vals in axes) for axes in _variant_axes(spec))
+    """Fixed arms (baseline included) from the grid sizes alone: a product of lengths per
+    variant, so a huge grid is refused in microseconds, before anything is expanded.
+    Variants with a range add their arms while the study runs (not counted here)."""
+    return 1 + sum(
+        math.prod(len(vals) for _, _, vals in axes) for axes, rng in _variant_params(spec) if rng is None
+    )
 
 
 def count_runs(spec: StudySpec) -> int:
@@ -315,7 +487,9 @@ def check_size(spec: StudySpec, max_runs: int = MAX_STUDY_RUNS) -> int:
 def expand_arms(spec: StudySpec) -> list[Arm]:
     """The baseline, then every variant at every point of its grids (validated)."""
     arms = [Arm(key=BASELINE, variant=BASELINE, variant_index=-1, label=BASELINE)]
-    for i, (v, axes) in enumerate(zip(spec.variants, _variant_axes(spec), strict=True)):
+    for i, (v, (axes, rng)) in enumerate(zip(spec.variants, _variant_params(spec), strict=True)):
+        if rng is not None:  # searched: its arms come from trainer/study_search.py
+            continue
         vname = _variant_name(v)
         points = list(itertools.product(*[vals for _, _, vals in axes])) if axes else [()]
         for p, combo in enumerate(points):
@@ -334,12 +508,30 @@ def expand_arms(spec: StudySpec) -> list[Arm]:
     return arms
 
 
-def job_spec_dict(spec: StudySpec, arm: Arm, seed: int) -> dict[str, Any]:
-    """The job spec (as a dict) of one run: base + arm's regularizers, the seed, the passes."""
+def set_path(d: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted field (``training.sparse_optimizer.lr``) of a job-spec dict."""
+    *head, last = path.split(".")
+    for part in head:
+        d = d.setdefault(part, {})
+    d[last] = value
+
+
+def job_spec_dict(
+    spec: StudySpec,
+    arm: Arm,
+    seed: int,
+    *,
+    passes: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The job spec (as a dict) of one run: base (with a tuned baseline's ``overrides``)
+    + arm's regularizers, the seed, the passes."""
     d = spec.base.model_dump(mode="json")
+    for path, value in (overrides or {}).items():
+        set_path(d, path, value)
     d["regularizers"] = list(d.get("regularizers") or []) + copy.deepcopy(arm.regularizers)
     d["training"]["seed"] = int(seed)
-    d["training"]["num_passes"] = spec.num_passes()
+    d["training"]["num_passes"] = passes or spec.num_passes()
     return d
 
 
@@ -356,9 +548,17 @@ def _remap(line: str, arm: Arm, n_base: int) -> str:
     return f"{where}: {line}" if not arm.is_baseline else f"base.{line}"
 
 
-def job_spec_for(spec: StudySpec, arm: Arm, seed: int, *, n_base: int | None = None) -> JobSpec:
+def job_spec_for(
+    spec: StudySpec,
+    arm: Arm,
+    seed: int,
+    *,
+    n_base: int | None = None,
+    passes: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> JobSpec:
     """The validated job spec of one run; errors name the study field."""
-    d = job_spec_dict(spec, arm, seed)
+    d = job_spec_dict(spec, arm, seed, passes=passes, overrides=overrides)
     n_base = len(spec.base.regularizers) if n_base is None else n_base
     try:
         return JobSpec.model_validate(d)
@@ -377,22 +577,44 @@ class Expansion:
     seeds: list[int]
     passes: int
 
+    @functools.cached_property
+    def staged(self) -> bool:
+        """A study whose later runs depend on earlier results (a searched range or a
+        tuned baseline): its runs come from :func:`trainer.study_search.next_runs`, and
+        ``runs`` holds only the fixed ones."""
+        return bool(self.ranges) or self.spec.tune_baseline is not None
+
+    @functools.cached_property
+    def ranges(self) -> dict[int, RangeAxis]:
+        return variant_ranges(self.spec)
+
     def arm(self, key: str) -> Arm:
         for a in self.arms:
             if a.key == key:
                 return a
         raise KeyError(key)
 
+    def arm_of(self, run: Run) -> Arm:
+        return run.arm_obj or self.arm(run.arm)
+
     def job_spec(self, run: Run) -> JobSpec:
-        return job_spec_for(self.spec, self.arm(run.arm), run.seed)
+        return job_spec_for(self.spec, self.arm_of(run), run.seed, passes=run.passes, overrides=run.overrides)
+
+    def max_runs(self) -> int:
+        """The most runs the study can submit (every stage at its budget)."""
+        if not self.staged:
+            return len(self.runs)
+        from trainer.study_search import stage_budget
+
+        return int(stage_budget(self)["max_runs"])
 
     def estimate(self) -> dict[str, Any]:
         return estimate_cost(self)
 
     def plan(self) -> dict[str, Any]:
         """What the study will run: sizes, arms and the cost estimate (JSON-able)."""
-        return {
-            "runs": len(self.runs),
+        out: dict[str, Any] = {
+            "runs": self.max_runs(),
             "arms": len(self.arms),
             "variants": len(self.spec.variants),
             "seeds": self.seeds,
@@ -400,6 +622,11 @@ class Expansion:
             "arm_list": [a.to_dict() for a in self.arms],
             "estimate": self.estimate(),
         }
+        if self.staged:
+            from trainer.study_search import stage_budget
+
+            out["stages"] = stage_budget(self)
+        return out
 
 
 def expand(spec: StudySpec) -> Expansion:
@@ -409,8 +636,65 @@ def expand(spec: StudySpec) -> Expansion:
     seeds = spec.seed_list()
     for a in arms:  # the seed never makes a spec invalid: check each arm once
         job_spec_for(spec, a, seeds[0]).check_capacity()
+    ranges = variant_ranges(spec)
+    for i, rng in ranges.items():  # both ends of a searched range must be valid job specs
+        for value in (rng.low, rng.high):
+            a = range_arm(spec, i, rng, value)
+            job_spec_for(spec, a, seeds[0]).check_capacity()
+    tb = spec.tune_baseline
+    if tb is not None:
+        base = Arm(key=BASELINE, variant=BASELINE, variant_index=-1, label=BASELINE)
+        for combo in tune_points(tb):
+            try:
+                job_spec_for(spec, base, seeds[0], overrides=combo).check_capacity()
+            except SpecError as e:
+                where = ", ".join(f"{k}={_fmt(v)}" for k, v in combo.items())
+                raise SpecError(
+                    f"tune_baseline.grid: {e.message.removeprefix('base.')} (at {where})"
+                ) from None
     runs = [Run(key=f"{a.key}/s{s}", arm=a.key, seed=s) for a in arms for s in seeds]
-    return Expansion(spec=spec, arms=arms, runs=runs, seeds=seeds, passes=spec.num_passes())
+    exp = Expansion(spec=spec, arms=arms, runs=runs, seeds=seeds, passes=spec.num_passes())
+    if exp.staged:
+        from trainer.study_search import stage_budget
+
+        n = stage_budget(exp)["max_runs"]
+        if n > MAX_STUDY_RUNS:
+            raise SpecError(
+                f"search: the study may run up to {n} runs; a study has at most {MAX_STUDY_RUNS}: "
+                "lower search.budget_runs, points or rounds"
+            )
+    return exp
+
+
+def tune_points(tb: TuneBaselineSpec) -> list[dict[str, Any]]:
+    """Every combination of a tuned baseline's grid, in the grid's order."""
+    paths = list(tb.grid)
+    return [dict(zip(paths, combo, strict=True)) for combo in itertools.product(*tb.grid.values())]
+
+
+def fmt_value(v: float) -> str:
+    """A searched strength as it appears in keys and labels (4 significant digits)."""
+    return f"{v:.4g}"
+
+
+def range_arm(
+    spec: StudySpec, variant_index: int, rng: RangeAxis, value: float, *, confirm: bool = False
+) -> Arm:
+    """The arm of a searched variant at one strength; its key is deterministic from the
+    value (``v{i}~{value}``), so a restarted study regenerates the same runs."""
+    v = spec.variants[variant_index]
+    regs = copy.deepcopy(v.regularizers)
+    val: float | int = int(round(value)) if rng.integer else value
+    regs[rng.reg_index][rng.param] = val
+    vname = _variant_name(v)
+    return Arm(
+        key=f"v{variant_index}~{fmt_value(value)}",
+        variant=vname,
+        variant_index=variant_index,
+        label=f"{vname} {rng.param}={_fmt(val)}" + (" (searched)" if confirm else ""),
+        params={rng.key: val},
+        regularizers=regs,
+    )
 
 
 def _examples_per_pass(job: JobSpec, days: list[int]) -> int | None:
@@ -429,7 +713,7 @@ def estimate_cost(exp: Expansion) -> dict[str, Any]:
     train = _examples_per_pass(base, base.data.train_days)
     eval_days = list(base.data.test_days) + list(getattr(base.data, "validation_days", None) or [])
     evaluate = _examples_per_pass(base, eval_days)
-    n = len(exp.runs)
+    n = exp.max_runs()  # a staged study: every stage at its budget (an upper bound)
     out: dict[str, Any] = {
         "runs": n,
         "passes_per_run": exp.passes,

@@ -63,13 +63,20 @@ class StudyCreate(BaseModel):
 class StudyPlan(BaseModel):
     """What a study expands to, before it runs."""
 
-    runs: int = Field(description="jobs it will submit (arms x seeds)")
+    runs: int = Field(
+        description="jobs it will submit (arms x seeds; a staged study: at most, every stage at its budget)"
+    )
     arms: int = Field(description="baseline + every variant at every grid point")
     variants: int
     seeds: list[int]
     passes: int
     arm_list: list[dict[str, Any]]
     estimate: dict[str, Any] = Field(description="example-passes and a rough sequential duration")
+    stages: dict[str, Any] | None = Field(
+        None,
+        description="a staged study (a strength searched over a range, a tuned baseline): each stage's "
+        "runs at most, the search budgets and seeds (docs/studies.md, Strength search)",
+    )
 
 
 class StudyPublic(BaseModel):

@@ -96,7 +96,9 @@
         const p = await api("/v1/studies/plan", { method: "POST", json: { spec } });
         const est = p.estimate;
         planEl.replaceChildren(h("div", { class: "panel", style: "margin-top:12px" },
-          h("p", { id: "plan-summary" }, `${p.arms} arms (baseline + ${p.arms - 1}) × ${p.seeds.length} seeds = ${p.runs} runs of ${p.passes} passes` +
+          h("p", { id: "plan-summary" }, (p.stages
+            ? `${p.arms} fixed arms (baseline + ${p.arms - 1}) × ${p.seeds.length} seeds, searched and tuned in stages: up to ${p.runs} runs of ${p.passes} passes`
+            : `${p.arms} arms (baseline + ${p.arms - 1}) × ${p.seeds.length} seeds = ${p.runs} runs of ${p.passes} passes`) +
             (est.sequential_seconds != null ? ` · roughly ${Math.round(est.sequential_seconds / 60)} min one run after another` : "")),
           h("ul", {}, p.arm_list.map((a) => h("li", {}, a.label)))));
       } catch (ex) { showErrors(ex); }

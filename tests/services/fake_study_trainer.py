@@ -3,6 +3,11 @@ and the regularizers, so a study's statistics have something to find (seconds, n
 
     test NE(pass p, seed s) = 0.92 + 0.01 p^2 (p 0-based) + 0.003 s - 0.004 (p+1) [sparse_l2]
                               + 0.0005 [max_norm] + noise(seed, regularizers) in ±0.0004
+                              + 0.002 (log10 w + 3.3)^2 - 0.006 [sparse_l1 of weight w: a
+                                known response curve, best at w = 10^-3.3 ≈ 5e-4]
+                              + lr_term(training.sparse_optimizer.lr) + dim_term(model.embedding_dim)
+    lr_term(lr) = 0.003 (log2(lr / 0.1)^2 - log2(0.4)^2): 0 at the default 0.04, best at 0.1;
+    dim_term(d) = -0.001 log2(d / 8) for 8 < d <= 32, else 0 (0 at 8, -0.001 at 16).
     val NE = test NE + 0.001; per-stratum NE = test NE + {-0.02, 0, +0.03}; oracle 0.85;
     train NE 0.9 - 0.05 p; test calibration 1 + 0.01 p; test AUC 0.75 - 0.01 p.
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import signal
 import sys
 import time
@@ -28,7 +34,7 @@ from services.metrics_bus import RedisStreamSink
 from trainer.report import summarize_passes
 
 
-def test_ne(pas: int, seed: int, regs: list[dict]) -> float:
+def test_ne(pas: int, seed: int, regs: list[dict], spec: dict | None = None) -> float:
     types = {r["type"] for r in regs}
     # the noise depends on the parameters that are set, not on the optional fields a
     # regularizer's model gains over time (they dump as null)
@@ -40,6 +46,15 @@ def test_ne(pas: int, seed: int, regs: list[dict]) -> float:
         ne -= 0.004 * (pas + 1)
     if "max_norm" in types:
         ne += 0.0005
+    for r in regs:
+        if r["type"] == "sparse_l1":
+            ne += 0.002 * (math.log10(r["weight"]) + 3.3) ** 2 - 0.006
+    training = (spec or {}).get("training") or {}
+    lr = ((training.get("sparse_optimizer") or {}).get("lr")) or 0.04
+    ne += 0.003 * (math.log2(lr / 0.1) ** 2 - math.log2(0.4) ** 2)
+    dim = ((spec or {}).get("model") or {}).get("embedding_dim") or 8
+    if 8 < dim <= 32:
+        ne -= 0.001 * math.log2(dim / 8)
     return ne
 
 
@@ -72,7 +87,7 @@ def main() -> int:
                 sink.close()
                 return 143
             time.sleep(0.02)
-        ne = test_ne(pas, seed, regs)
+        ne = test_ne(pas, seed, regs, spec)
         res = {
             "pass": pas,
             "train_ne": 0.9 - 0.05 * pas,
