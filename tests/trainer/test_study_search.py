@@ -262,7 +262,7 @@ def test_the_example_searched_study_plans_its_stages():
 
     exp = load_study(Path(__file__).resolve().parents[2] / "examples" / "study_search.yaml")
     plan = exp.plan()
-    assert plan["runs"] == 40 and plan["stages"]["tune_baseline"]["runs"] == 6
+    assert plan["runs"] == 85 and plan["stages"]["tune_baseline"]["runs"] == 18
     assert plan["stages"]["search"][0]["max_runs"] == 24 and plan["stages"]["search_baseline_runs"] == 4
 
 
