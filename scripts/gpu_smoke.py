@@ -198,12 +198,12 @@ def _ray_job(ctx: dict[str, Any], workers: int) -> dict[str, Any]:
         ray.shutdown()
     return {
         "workers": workers,
-        "wall_seconds": round(res["wall_seconds"], 1),
-        "selected_pass": res["selected_pass"],
-        "test_ne_at_selected": res["test_ne_at_selected"],
-        "test_ne_at_last": res["test_ne_at_last"],
-        "oracle_test_ne": res["oracle_test_ne"],
-        "examples_per_s_by_pass": [p.get("examples_per_s") for p in res["passes"]],
+        "wall_seconds": round(res.wall_seconds or 0.0, 1),
+        "selected_pass": res.selected_pass,
+        "test_ne_at_selected": res.test_ne_at_selected,
+        "test_ne_at_last": res.test_ne_at_last,
+        "oracle_test_ne": res.oracle_test_ne,
+        "examples_per_s_by_pass": [p.examples_per_s for p in res.passes],
     }
 
 

@@ -282,6 +282,7 @@ def _follow(c, job_id: str) -> int:
     import httpx
 
     from trainer.report import format_pass_table
+    from trainer.results import RunSummary
 
     last_id: str | None = None
     seen: set[tuple] = set()
@@ -333,7 +334,7 @@ def _follow(c, job_id: str) -> int:
     summary = job.get("summary") or {}
     if summary.get("passes"):
         print()
-        print(format_pass_table(summary))
+        print(format_pass_table(RunSummary.model_validate(summary)))
     print(f"\njob {job_id} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
     return 0 if job["status"] == "succeeded" else 1
 

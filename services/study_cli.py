@@ -207,13 +207,13 @@ def _run_local(exp, name: str, out: Path | None) -> int:
                 failed[run.key] = e.message
                 print(f"  failed: {e.message}", flush=True)
                 continue
-            run_passes[run.key] = res["passes"]
-            run_walls[run.key] = res["wall_split"]
-            rss[run.key] = res["warm"]["worker_rss_bytes"]
-            ne = "  ".join("-" if p.get("test_ne") is None else f"{p['test_ne']:.4f}" for p in res["passes"])
+            run_passes[run.key] = [p.model_dump() for p in res.passes]
+            run_walls[run.key] = res.wall_split or {}
+            rss[run.key] = res.warm.worker_rss_bytes if res.warm else []
+            ne = "  ".join("-" if p.test_ne is None else f"{p.test_ne:.4f}" for p in res.passes)
             left = eta_seconds(time.time() - t0, i, len(exp.runs) - i)
             print(
-                f"  test NE by pass: {ne}   ({res['wall_seconds']:.1f} s, "
+                f"  test NE by pass: {ne}   ({res.wall_seconds or 0:.1f} s, "
                 f"{time.time() - t0:.0f} s so far, about {left or 0:.0f} s left)",
                 flush=True,
             )
