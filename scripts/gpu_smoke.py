@@ -129,13 +129,14 @@ def _inprocess_job(ctx: dict[str, Any], regularizers: list[dict[str, Any]] | Non
     from trainer.loop import LocalSession, Trainer
     from trainer.metrics.events import JsonlFileSink
     from trainer.model.sharding import device_hbm_cap
+    from trainer.results import EVENTS_FILE
 
     spec = _quickstart(1, ctx["examples"], regularizers)
     run_dir = Path(tempfile.mkdtemp(prefix="rectrain-gpu-smoke-"))
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     session = LocalSession(run_dir, torch.device("cuda", 0))
-    sink = JsonlFileSink(run_dir / "events.jsonl")
+    sink = JsonlFileSink(run_dir / EVENTS_FILE)
     try:
         t0 = time.perf_counter()
         tr = Trainer(spec, session, run_dir, sink=sink)
