@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services import keys
 from services.jobs import JobRecord, JobStatus
 from services.queue import QueueInfo
+from trainer.results import PassResult, RunResult, RunSummary
 from trainer.spec import JobSpec
+
+__all__ = [
+    "JobCreate",
+    "JobPublic",
+    "JobSummary",
+    "JobsPublic",
+    "PassResult",
+    "RunResult",
+    "RunSummary",
+]
 
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
@@ -34,62 +45,11 @@ class JobCreate(BaseModel):
     )
 
 
-class PassResult(BaseModel):
-    """One pass's results, as in the trainer's ``pass`` events and ``results.json``."""
+class JobSummary(RunSummary):
+    """Latest metrics of a job: the run's summary (trainer/results.py) as its finished
+    passes give it, while it runs and after."""
 
-    model_config = ConfigDict(extra="allow")
-
-    pass_: int = Field(alias="pass", description="0-based pass index")
-    train_ne: float | None = None
-    val_ne: float | None = Field(None, description="validation NE (null without validation data)")
-    val_calibration: float | None = None
-    val_auc: float | None = None
-    val_ne_by_stratum: dict[str, float | None] = Field(default_factory=dict)
-    test_ne: float | None = None
-    test_calibration: float | None = None
-    test_auc: float | None = Field(None, description="exact AUC over all test examples")
-    test_ne_by_stratum: dict[str, float | None] = Field(default_factory=dict)
-    oracle_val_ne: float | None = None
-    oracle_test_ne: float | None = None
-    examples_per_s: float | None = None
-    cpu_seconds: float | None = Field(
-        None, description="training CPU time of the pass (every thread), summed over the workers"
-    )
-    cpu_seconds_per_example: float | None = Field(None, description="cpu_seconds / examples trained")
-
-
-class JobSummary(BaseModel):
-    """Latest metrics of a job."""
-
-    selection: Literal["validation", "none"] = Field(
-        "none",
-        description='"validation": the pass with the lowest validation NE is selected; '
-        '"none": the spec has no validation data (or no pass has finished), nothing is selected',
-    )
-    selected_pass: int | None = Field(None, description="pass with the lowest validation NE (0-based)")
-    val_ne_at_selected: float | None = Field(None, description="validation NE of the selected pass")
-    test_ne_at_selected: float | None = Field(
-        None, description="test NE of the selected pass: the headline (the test days choose nothing)"
-    )
-    last_pass: int | None = Field(None, description="last finished pass (0-based)")
-    test_ne_at_last: float | None = Field(None, description="test NE of the last finished pass")
-    oracle_val_ne: float | None = Field(
-        None, description="NE of the true click probabilities on the validation data (synthetic data only)"
-    )
-    oracle_test_ne: float | None = Field(
-        None, description="NE of the true click probabilities on the test days (synthetic data only)"
-    )
-    passes: list[PassResult] = Field(default_factory=list, description="per-pass table")
-    last_examples_per_s: float | None = Field(None, description="latest training throughput")
-    references: dict[str, Any] | None = Field(
-        None,
-        description="reference predictors on the job's data (trainer/references.py): constant (the "
-        "training click rate) and logistic (L2 logistic regression on the same hashed ids, L2 chosen "
-        "on validation), each with validation_ne, test_ne, validation_auc, test_auc",
-    )
-    pass1_worse_than_constant: bool | None = Field(
-        None, description="true when pass 1's test NE is above the constant predictor's (null: unknown)"
-    )
+    model_config = ConfigDict(extra="ignore")
 
 
 class JobPublic(BaseModel):

@@ -410,7 +410,7 @@ def run_ray(w: Workload, cfg: BenchConfig, workers: int, log: Callable[[str], No
         wall = time.perf_counter() - t0
         # each worker's own record (trainer.loop.train_worker): threads, RSS before the Trainer
         infos = {p.stem: json.loads(p.read_text()) for p in (run_dir / "pids").glob("rank_*.json")}
-    passes = res["passes"]
+    passes = res.passes
     est = spec.embedding_bytes_per_worker()
     full = sum(spec.memory_estimate_per_worker().values())
     peak = max(sampler.peaks.values()) if sampler.peaks else 0
@@ -420,10 +420,10 @@ def run_ray(w: Workload, cfg: BenchConfig, workers: int, log: Callable[[str], No
         if rank in infos and infos[rank].get("rss_before_trainer_bytes")
     }
     inc = max(increases.values()) if increases else 0
-    cpe = [p.get("cpu_seconds_per_example") for p in passes]
+    cpe = [p.cpu_seconds_per_example for p in passes]
     out = {
-        "examples_per_s": passes[-1]["examples_per_s"],
-        "examples_per_s_by_pass": [p["examples_per_s"] for p in passes],
+        "examples_per_s": passes[-1].examples_per_s,
+        "examples_per_s_by_pass": [p.examples_per_s for p in passes],
         # training CPU time per example summed over the workers (pass 2): what strong
         # scaling costs in CPU, independent of how busy a shared machine is
         "cpu_seconds_per_example": cpe[-1],

@@ -107,12 +107,13 @@ class TrainerPaths:
         from trainer.loop import LocalSession, Trainer
         from trainer.metrics import ne
         from trainer.metrics.events import JsonlFileSink
+        from trainer.results import EVENTS_FILE
 
         self.w, self.device = w, device
         self.spec = make_spec(w, steps, device=device)
         self._tmp = tempfile.TemporaryDirectory(prefix="rectrain-bench-")
         run_dir = Path(self._tmp.name)
-        self.sink = JsonlFileSink(run_dir / "events.jsonl")
+        self.sink = JsonlFileSink(run_dir / EVENTS_FILE)
         session = LocalSession(run_dir, torch.device(device))
         self.trainer = Trainer(self.spec, session, run_dir, sink=self.sink)
         self.ne = ne

@@ -129,13 +129,14 @@ def _inprocess_job(ctx: dict[str, Any], regularizers: list[dict[str, Any]] | Non
     from trainer.loop import LocalSession, Trainer
     from trainer.metrics.events import JsonlFileSink
     from trainer.model.sharding import device_hbm_cap
+    from trainer.results import EVENTS_FILE
 
     spec = _quickstart(1, ctx["examples"], regularizers)
     run_dir = Path(tempfile.mkdtemp(prefix="rectrain-gpu-smoke-"))
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     session = LocalSession(run_dir, torch.device("cuda", 0))
-    sink = JsonlFileSink(run_dir / "events.jsonl")
+    sink = JsonlFileSink(run_dir / EVENTS_FILE)
     try:
         t0 = time.perf_counter()
         tr = Trainer(spec, session, run_dir, sink=sink)
@@ -198,12 +199,12 @@ def _ray_job(ctx: dict[str, Any], workers: int) -> dict[str, Any]:
         ray.shutdown()
     return {
         "workers": workers,
-        "wall_seconds": round(res["wall_seconds"], 1),
-        "selected_pass": res["selected_pass"],
-        "test_ne_at_selected": res["test_ne_at_selected"],
-        "test_ne_at_last": res["test_ne_at_last"],
-        "oracle_test_ne": res["oracle_test_ne"],
-        "examples_per_s_by_pass": [p.get("examples_per_s") for p in res["passes"]],
+        "wall_seconds": round(res.wall_seconds or 0.0, 1),
+        "selected_pass": res.selected_pass,
+        "test_ne_at_selected": res.test_ne_at_selected,
+        "test_ne_at_last": res.test_ne_at_last,
+        "oracle_test_ne": res.oracle_test_ne,
+        "examples_per_s_by_pass": [p.examples_per_s for p in res.passes],
     }
 
 

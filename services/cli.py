@@ -13,11 +13,8 @@ import argparse
 import json
 import os
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from services.settings import ClientSettings
 
 # the API as uvicorn loads it (an import string: workers and reload need one)
 APP_FACTORY = "api.main:create_app"
@@ -173,47 +170,22 @@ def _serve(args: argparse.Namespace, settings, head) -> int:
 
 
 def _client():
-    import httpx
+    """The API's Python client (services/client.py) at RECTRAIN_API_URL with RECTRAIN_TOKEN."""
+    from services.client import Client
 
-    c = ClientSettings()
-    return httpx.Client(
-        base_url=c.api_url.rstrip("/"), headers={"Authorization": f"Bearer {c.token}"}, timeout=30
-    )
-
-
-class _ApiError(Exception):
-    pass
-
-
-def _check(r) -> Any:
-    if r.status_code < 400:
-        return r.json() if r.content else None
-    try:
-        detail = r.json().get("detail")
-    except ValueError:
-        detail = r.text
-    if isinstance(detail, list):  # validation errors: one line each, field path first
-        lines = []
-        for d in detail:
-            loc = [str(p) for p in d.get("loc", []) if p not in ("body",)]
-            if loc[:1] == ["spec"]:
-                loc = loc[1:]
-            lines.append(f"  {'.'.join(loc) or 'body'}: {d.get('msg')}")
-        detail = "invalid job:\n" + "\n".join(lines)
-    raise _ApiError(f"{r.status_code}: {detail}")
+    return Client()
 
 
 def _run_client(fn) -> int:
-    import httpx
+    from services.client import ApiError, ApiUnreachable
 
     try:
         return fn()
-    except _ApiError as e:
+    except ApiError as e:
         print(f"rectrain: {e}", file=sys.stderr)
         return 1
-    except httpx.TransportError as e:
-        url = ClientSettings().api_url
-        print(f"rectrain: cannot reach the API at {url} ({e}); is `rectrain serve` running?", file=sys.stderr)
+    except ApiUnreachable as e:
+        print(f"rectrain: {e}", file=sys.stderr)
         return 1
 
 
@@ -240,18 +212,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             print(f"rectrain: --label {kv!r}: expected KEY=VALUE", file=sys.stderr)
             return 2
         labels[k] = v
-    body = {"spec": _load(args.spec), "name": args.name or Path(args.spec).stem, "labels": labels}
-    if args.priority:
-        body["priority"] = args.priority
+    spec = _load(args.spec)
 
     def go() -> int:
         with _client() as c:
-            job = _check(c.post("/v1/jobs", json=body))
-            pos = f", #{job['queue_position']} in the queue" if job.get("queue_position") else ""
-            print(f"submitted job {job['id']} ({job['status']}{pos})", flush=True)
+            job = c.submit_job(
+                spec, name=args.name or Path(args.spec).stem, labels=labels, priority=args.priority
+            )
+            pos = f", #{job.queue_position} in the queue" if job.queue_position else ""
+            print(f"submitted job {job.id} ({job.status}{pos})", flush=True)
             if not args.follow:
                 return 0
-            return _follow(c, job["id"])
+            return _follow(c, job.id)
 
     return _run_client(go)
 
@@ -279,78 +251,35 @@ def _print_event(ev: dict) -> None:
 
 def _follow(c, job_id: str) -> int:
     """Print the job's events as they stream; reconnect (resuming) if the API goes away."""
-    import httpx
-
     from trainer.report import format_pass_table
 
-    last_id: str | None = None
-    seen: set[tuple] = set()
-    down_since: float | None = None
+    def lost(e: Exception) -> None:
+        print(f"rectrain: lost the API ({e.__class__.__name__}); reconnecting...", file=sys.stderr)
+
     try:
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if last_id:
-                headers["Last-Event-ID"] = last_id
-            try:
-                with c.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=None) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        _check(r)
-                    down_since = None
-                    ended = False
-                    event, data, eid = None, None, None
-                    for line in r.iter_lines():
-                        if line == "":
-                            if event == "end":
-                                ended = True
-                                break
-                            if data is not None:
-                                ev = json.loads(data)
-                                key = (ev.get("type"), ev.get("step"), ev.get("pass"), ev.get("status"))
-                                if key not in seen:  # a resumed writer may repeat an event
-                                    seen.add(key)
-                                    _print_event(ev)
-                                last_id = eid or last_id
-                            event, data, eid = None, None, None
-                        elif line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            data = line[5:].strip()
-                        elif line.startswith("id:"):
-                            eid = line[3:].strip()
-                    if ended:
-                        break
-            except httpx.TransportError as e:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > _FOLLOW_RECONNECT_FOR_S:
-                    raise
-                print(f"rectrain: lost the API ({e.__class__.__name__}); reconnecting...", file=sys.stderr)
-                time.sleep(1.0)
+        for ev in c.job_events(job_id, reconnect_for_s=_FOLLOW_RECONNECT_FOR_S, on_reconnect=lost):
+            _print_event(ev.data)
     except KeyboardInterrupt:
         print(f"\nstopped following; job {job_id} keeps running (`rectrain cancel {job_id}` stops it)")
         return 130
-    job = _check(c.get(f"/v1/jobs/{job_id}"))
-    summary = job.get("summary") or {}
-    if summary.get("passes"):
+    job = c.get_job(job_id)
+    if job.summary.passes:
         print()
-        print(format_pass_table(summary))
-    print(f"\njob {job_id} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
-    return 0 if job["status"] == "succeeded" else 1
+        print(format_pass_table(job.summary))
+    print(f"\njob {job_id} {job.status}" + (f": {job.error}" if job.error else ""))
+    return 0 if job.status == "succeeded" else 1
 
 
-def _ts(iso: str | None) -> str:
-    return (iso or "")[:19].replace("T", " ")
+def _ts(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
     def go() -> int:
-        params: dict[str, Any] = {"limit": args.limit}
-        if args.status:
-            params["status"] = args.status
         with _client() as c:
-            page = _check(c.get("/v1/jobs", params=params))
+            page = c.list_jobs(status=args.status, limit=args.limit)
         if args.json:
-            print(json.dumps(page, indent=1))
+            print(json.dumps(page.model_dump(mode="json"), indent=1))
             return 0
         # headline: test NE at the pass selected by validation NE; without validation
         # data nothing is selected: "no val data" and the last pass's test NE
@@ -359,30 +288,30 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
             f"{'test NE':>7}  {'oracle':>6}  created (UTC)"
         )
         waiting = []
-        for j in page["data"]:
-            s = j["summary"]
-            sel, oracle = s["selected_pass"], s["oracle_test_ne"]
+        for j in page.data:
+            s = j.summary
+            sel, oracle = s.selected_pass, s.oracle_test_ne
             if sel is not None:
-                sel_txt, ne = f"pass {sel + 1}", s["test_ne_at_selected"]
-            elif s["last_pass"] is not None:
-                sel_txt, ne = "no val data", s["test_ne_at_last"]
+                sel_txt, ne = f"pass {sel + 1}", s.test_ne_at_selected
+            elif s.last_pass is not None:
+                sel_txt, ne = "no val data", s.test_ne_at_last
             else:
                 sel_txt, ne = "-", None
-            pos = j.get("queue_position")
+            pos = j.queue_position
             print(
-                f"{j['id']:<16}  {(j['name'] or '')[:20]:<20}  {j['status']:<9}  "
+                f"{j.id:<16}  {(j.name or '')[:20]:<20}  {j.status:<9}  "
                 f"{'' if pos is None else f'#{pos}':>5}  "
-                f"{j['passes_done']:>2}/{j['num_passes']:<3}  {sel_txt:>11}  "
+                f"{j.passes_done:>2}/{j.num_passes:<3}  {sel_txt:>11}  "
                 f"{'-' if ne is None else f'{ne:.4f}':>7}  {'-' if oracle is None else f'{oracle:.4f}':>6}  "
-                f"{_ts(j['created_at'])}"
+                f"{_ts(j.created_at)}"
             )
-            if j["status"] == "queued" and j.get("wait_reason"):
-                waiting.append(f"  {j['id']}  #{pos if pos is not None else '?'}: {j['wait_reason']}")
+            if j.status == "queued" and j.wait_reason:
+                waiting.append(f"  {j.id}  #{pos if pos is not None else '?'}: {j.wait_reason}")
         if waiting:
             print("queued:")
             print("\n".join(waiting))
-        if page["count"] > len(page["data"]):
-            print(f"({len(page['data'])} of {page['count']})")
+        if page.count > len(page.data):
+            print(f"({len(page.data)} of {page.count})")
         return 0
 
     return _run_client(go)
@@ -391,9 +320,9 @@ def _cmd_jobs(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     def go() -> int:
         with _client() as c:
-            job = _check(c.post(f"/v1/jobs/{args.id}/cancel"))
-        state = job["status"] if job["status"] == "cancelled" else f"{job['status']}, cancel requested"
-        print(f"job {job['id']}: {state}")
+            job = c.cancel_job(args.id)
+        state = job.status if job.status == "cancelled" else f"{job.status}, cancel requested"
+        print(f"job {job.id}: {state}")
         return 0
 
     return _run_client(go)
@@ -427,19 +356,9 @@ def _print_export(info: dict, out: str) -> None:
 
 def _download_model(job_id: str, pass_: int | None, out: str) -> int:
     def go() -> int:
-        params = {"pass": pass_} if pass_ is not None else {}
-        p = Path(out)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".part")
-        with _client() as c, c.stream("GET", f"/v1/jobs/{job_id}/model", params=params, timeout=600) as r:
-            if r.status_code >= 400:
-                r.read()
-                _check(r)
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-        tmp.replace(p)
-        print(f"model of job {job_id} (pass {r.headers.get('x-rectrain-pass', '?')}): {out}")
+        with _client() as c:
+            at = c.download_model(job_id, out, pass_=pass_)
+        print(f"model of job {job_id} (pass {at if at >= 0 else '?'}): {out}")
         return 0
 
     return _run_client(go)

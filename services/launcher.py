@@ -50,6 +50,8 @@ from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, 
 from services.metrics_bus import progress_from_results
 from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA, text_list
 from services.settings import Settings, env_var
+from trainer.lifecycle import read_results
+from trainer.results import EVENTS_FILE, RunResult
 
 _POLL_S = 0.5
 _STDERR_TAIL_CHARS = 1500
@@ -134,7 +136,7 @@ class JobLauncher:
 class Outcome:
     ok: bool
     reason: str | None = None  # why it failed
-    results: dict[str, Any] | None = None  # results.json, when the backend can read it
+    results: RunResult | None = None  # results.json, when the backend can read it
 
 
 def _describe_exit(rc: int) -> str:
@@ -242,12 +244,7 @@ class LocalBackend:
                 return None
         self._kill_group()  # leftovers (e.g. a local Ray the trainer started)
         if rc == 0:
-            results = None
-            try:
-                results = json.loads((self.run_dir / "results.json").read_text())
-            except (OSError, ValueError):
-                pass
-            return Outcome(ok=True, results=results)
+            return Outcome(ok=True, results=read_results(str(self.run_dir)))
         tail = _tail(self.run_dir / "stderr.log")
         reason = _describe_exit(rc) + (f": {tail}" if tail else "")
         return Outcome(ok=False, reason=reason)
@@ -317,18 +314,14 @@ class RayJobsBackend:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _stored_results(self) -> dict[str, Any] | None:
+    def _stored_results(self) -> RunResult | None:
         """results.json from the job's storage (only shared storage outlives the driver's temp dir)."""
         from trainer import storage
 
         root = self._storage_uri()
         if root is None:
             return None
-        try:
-            loc = storage.join(storage.job_location(root, self.job.id), "results.json")
-            return json.loads(storage.read_text(loc))
-        except (storage.StorageError, ValueError):
-            return None
+        return read_results(storage.job_location(root, self.job.id))
 
     def _storage_uri(self) -> str | None:
         """The jobs' storage root: RECTRAIN_STORAGE_URI (shared by every node), else, for a
@@ -471,7 +464,7 @@ class WarmBackend:
         self.group: Any = None
         self.stopping = False
 
-    def _run(self) -> dict[str, Any]:
+    def _run(self) -> RunResult:
         from trainer.errors import RectrainError
         from trainer.spec import JobSpec
 
@@ -766,7 +759,7 @@ def _replay_run_dir(redis_url: str, job_id: str, run_dir: Path) -> int:
 
     c = sync_client(redis_url)
     try:
-        return replay_events_file(c, job_id, run_dir / "events.jsonl")
+        return replay_events_file(c, job_id, run_dir / EVENTS_FILE)
     finally:
         c.close()
 

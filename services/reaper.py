@@ -21,7 +21,6 @@ Several API processes may reap at once: every step is atomic or idempotent.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from services import keys
@@ -29,6 +28,8 @@ from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, 
 from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, run_dir_for, stop_orphan
 from services.metrics_bus import progress_from_results, replay_events_file
 from services.redis_conn import redis_fields, sync_client
+from trainer.lifecycle import read_results
+from trainer.results import EVENTS_FILE
 
 log = logging.getLogger("rectrain.reaper")
 
@@ -92,15 +93,14 @@ async def reconcile_from_run_dir(store: JobStore, launcher: JobLauncher, job: Jo
     if job.launcher == "ray":
         return False  # its run directory is on the cluster's head
     run_dir = run_dir_for(launcher.settings, job.id)
-    try:
-        results = json.loads((run_dir / "results.json").read_text())
-    except (OSError, ValueError):
+    results = read_results(str(run_dir))
+    if results is None:
         return False
 
     def replay() -> int:
         c = sync_client(launcher.redis_url)
         try:
-            return replay_events_file(c, job.id, run_dir / "events.jsonl")
+            return replay_events_file(c, job.id, run_dir / EVENTS_FILE)
         finally:
             c.close()
 

@@ -120,32 +120,27 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _service_up() -> bool:
-    import httpx
+    from services.cli import _client
 
-    url = ClientSettings().api_url.rstrip("/")
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    with _client() as c:
+        return c.health()
 
 
 # ---------------------------------------------------------------------------- service
 
 
 def _run_service(exp, name: str, follow: bool) -> int:
-    from services.cli import _check, _client, _run_client
-
-    body = {"spec": exp.spec.model_dump(mode="json", exclude_none=True), "name": name}
+    from services.cli import _client, _run_client
 
     def go() -> int:
         with _client() as c:
-            s = _check(c.post("/v1/studies", json=body))
-            p = s["progress"]
+            s = c.submit_study(exp.spec, name=name)
+            p = s.progress
             runs = f"up to {p['planned_max']} runs in stages" if "planned_max" in p else f"{p['total']} runs"
-            print(f"submitted study {s['id']} ({runs}, each an ordinary job)", flush=True)
+            print(f"submitted study {s.id} ({runs}, each an ordinary job)", flush=True)
             if not follow:
                 return 0
-            return _follow(c, s["id"])
+            return _follow(c, s.id)
 
     return _run_client(go)
 
@@ -163,60 +158,34 @@ def _progress_line(s: dict[str, Any]) -> str:
 
 
 def _follow(c, study_id: str) -> int:
-    import httpx
-
     from services.study_stats import format_table, format_wall_totals
 
-    last_line = None
-    down_since: float | None = None
-    try:
-        while True:
-            try:
-                with c.stream("GET", f"/v1/studies/{study_id}/events", timeout=None) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        from services.cli import _check
+    def lost(e: Exception) -> None:
+        print(f"rectrain: lost the API ({e.__class__.__name__}); reconnecting...", file=sys.stderr)
 
-                        _check(r)
-                    down_since = None
-                    event, ended = None, False
-                    for line in r.iter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:") and event == "study":
-                            line_out = _progress_line(json.loads(line[5:]))
-                            if line_out != last_line:
-                                print(line_out, flush=True)
-                                last_line = line_out
-                        elif line.startswith("data:") and event == "end":
-                            ended = True
-                            break
-                    if ended:
-                        break
-            except httpx.TransportError as e:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > 120:
-                    raise
-                print(f"rectrain: lost the API ({e.__class__.__name__}); reconnecting...", file=sys.stderr)
-                time.sleep(1.0)
+    last_line = None
+    try:
+        for snap in c.study_events(study_id, on_reconnect=lost):
+            line_out = _progress_line(snap.model_dump())
+            if line_out != last_line:
+                print(line_out, flush=True)
+                last_line = line_out
     except KeyboardInterrupt:
         print(
             f"\nstopped following; study {study_id} keeps running (POST /v1/studies/{study_id}/cancel stops it)"
         )
         return 130
-    from services.cli import _check
-
-    s = _check(c.get(f"/v1/studies/{study_id}"))
+    s = c.get_study(study_id)
     print()
-    print(format_table(s["results"]))
-    if s.get("wall_totals"):
+    print(format_table(s.results or {}))
+    if s.wall_totals:
         print()
-        print(format_wall_totals(s["wall_totals"]))
+        print(format_wall_totals(s.wall_totals))
     print(
-        f"\nstudy {study_id} {s['status']}  (export: /v1/studies/{study_id}/export.csv; "
+        f"\nstudy {study_id} {s.status}  (export: /v1/studies/{study_id}/export.csv; "
         f"report: /v1/studies/{study_id}/report.html)"
     )
-    return 0 if s["status"] == "succeeded" else 1
+    return 0 if s.status == "succeeded" else 1
 
 
 # ---------------------------------------------------------------------------- local
@@ -280,18 +249,19 @@ def _run_local(exp, name: str, out: Path | None) -> int:
 
         def run_one(run) -> list[dict[str, Any]]:
             res = pool.run(exp.job_spec(run), out / run.key.replace("/", "-"))
-            run_passes[run.key] = res["passes"]
-            run_walls[run.key] = res["wall_split"]
-            rss[run.key] = res["warm"]["worker_rss_bytes"]
-            ne = "  ".join("-" if p.get("test_ne") is None else f"{p['test_ne']:.4f}" for p in res["passes"])
+            passes = [p.model_dump() for p in res.passes]
+            run_passes[run.key] = passes
+            run_walls[run.key] = res.wall_split or {}
+            rss[run.key] = res.warm.worker_rss_bytes if res.warm else []
+            ne = "  ".join("-" if p.test_ne is None else f"{p.test_ne:.4f}" for p in res.passes)
             n = len(run_passes)
             left = eta_seconds(time.time() - t0, n, max(total - n, 0))
             print(
-                f"  test NE by pass: {ne}   ({res['wall_seconds']:.1f} s, "
+                f"  test NE by pass: {ne}   ({res.wall_seconds or 0:.1f} s, "
                 f"{time.time() - t0:.0f} s so far, about {left or 0:.0f} s left)",
                 flush=True,
             )
-            return res["passes"]
+            return passes
 
         _, failed, st = run_all(exp, run_one)
     if st is None:
@@ -347,17 +317,17 @@ def _write_report(out: Path, doc: dict[str, Any]) -> Path:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from services.cli import _check, _client, _run_client, _ts
+    from services.cli import _client, _run_client
 
     def go() -> int:
         with _client() as c:
-            page = _check(c.get("/v1/studies", params={"limit": args.limit}))
+            page = c.list_studies(limit=args.limit)
         print(f"{'id':<16}  {'name':<28}  {'status':<10}  {'runs':>9}  created (UTC)")
-        for s in page["data"]:
-            p = s["progress"]
-            created = _ts(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s["created_at"])))
+        for s in page.data:
+            p = s.progress
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s.created_at))
             print(
-                f"{s['id']:<16}  {(s['name'] or '')[:28]:<28}  {s['status']:<10}  "
+                f"{s.id:<16}  {(s.name or '')[:28]:<28}  {s.status:<10}  "
                 f"{p['finished']:>4}/{p['total']:<4}  {created}"
             )
         return 0

@@ -22,6 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from trainer.launch import run_job
     from trainer.report import format_pass_table
+    from trainer.results import RESULTS_FILE
     from trainer.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -34,11 +35,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         json_lines=args.json,
     )
     if args.json:  # the events came as JSON lines; the results are the last line
-        print(json.dumps({"type": "results", **result}, separators=(",", ":")), flush=True)
+        print(
+            json.dumps({"type": "results", **result.model_dump(mode="json")}, separators=(",", ":")),
+            flush=True,
+        )
         return 0
     print()
     print(format_pass_table(result))
-    print(f"\nresults: {result['run_dir']}/results.json")
+    print(f"\nresults: {result.run_dir}/{RESULTS_FILE}")
     return 0
 
 

@@ -94,8 +94,9 @@ def export_model(
     run = str(run)
     spec = _load_spec(run)
     ckpt, at = resolve_checkpoint(run, pass_, "pass")
-    results = read_results(run) or {}
-    row: dict[str, Any] = next((p for p in results.get("passes", []) if p.get("pass") == at), {})
+    results = read_results(run)
+    found = results.pass_result(at) if results is not None and at is not None else None
+    row: dict[str, Any] = found.model_dump() if found is not None else {}
     with tempfile.TemporaryDirectory(prefix="rectrain-export-") as tmp:
         local = storage.download_dir(ckpt, Path(tmp) / "ckpt")
         state = read_model_state(local)
@@ -103,7 +104,7 @@ def export_model(
         "format": FORMAT,
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),
-        "source": {"run": run, "checkpoint": ckpt, "job_id": job_id or results.get("job_id")},
+        "source": {"run": run, "checkpoint": ckpt, "job_id": job_id or (results.job_id if results else None)},
         "pass": at,
         "selected_pass": default_pass(results),
         "metrics": {k: row.get(k) for k in _PASS_FIELDS if k in row},

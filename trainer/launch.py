@@ -30,10 +30,9 @@ from typing import Any
 from trainer import storage
 from trainer.errors import CapacityError, RectrainError
 from trainer.lifecycle import prepare_init_from
-from trainer.report import summarize_passes, wall_split
+from trainer.report import wall_split
+from trainer.results import EVENTS_FILE, RESULTS_FILE, RunResult, RunSummary, WarmInfo
 from trainer.spec import JobSpec, spec_to_yaml
-
-RESULTS_FILE = "results.json"
 
 
 def env_ray_address() -> str | None:
@@ -176,7 +175,7 @@ class _EventFollower(threading.Thread):
                         )
                         if first_refs and not self.json_lines:  # (JSON lines carry them in the event)
                             refs_shown = True  # once, with the first pass: the line to beat
-                            for ref_line in format_references({"references": ev["references"]}):
+                            for ref_line in format_references(RunSummary(references=ev["references"])):
                                 if bar is not None:
                                     bar.write(ref_line)
                                 else:
@@ -198,7 +197,7 @@ def run_job(
     ray_address: str | None = None,
     storage_uri: str | None = None,
     json_lines: bool = False,
-) -> dict[str, Any]:
+) -> RunResult:
     """Train ``spec`` to the end; return (and write to run_dir/results.json, and to the
     job's storage) the results. ``storage_uri`` defaults to ``RECTRAIN_STORAGE_URI``.
     ``progress`` asks for a bar, shown only on a terminal (:func:`interactive`);
@@ -255,7 +254,7 @@ def run_job(
     follower = None
     if local:
         follower = _EventFollower(
-            run_dir / "events.jsonl",
+            run_dir / EVENTS_FILE,
             total_steps=0,
             progress=progress and interactive(),
             json_lines=json_lines,
@@ -271,19 +270,14 @@ def run_job(
             follower.join(5)
     metrics = result.metrics or {}
     wall = time.time() - t0
-    return write_results(
+    return record_results(
         run_dir,
         job_store,
-        {
-            "run_dir": str(run_dir),
-            "storage": job_store,
-            "job_id": job_id,
-            "status": "succeeded",
-            "num_workers": scaling.num_workers,
-            "wall_seconds": wall,
-            "wall_split": wall_split(wall, metrics.get("timings") or {}),
-            **summarize_passes(metrics.get("passes", [])),
-        },
+        metrics.get("passes", []),
+        job_id=job_id,
+        num_workers=scaling.num_workers,
+        wall_seconds=wall,
+        wall_split=wall_split(wall, metrics.get("timings") or {}),
     )
 
 
@@ -343,9 +337,37 @@ def publish_spec(spec: JobSpec, run_dir: Path, root: str | None, job_store: str)
         storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
 
 
-def write_results(run_dir: Path, job_store: str, out: dict[str, Any]) -> dict[str, Any]:
+def record_results(
+    run_dir: Path,
+    job_store: str,
+    passes: list[dict[str, Any]],
+    *,
+    job_id: str | None,
+    num_workers: int,
+    wall_seconds: float,
+    wall_split: dict[str, float],
+    warm: WarmInfo | None = None,
+) -> RunResult:
+    """A succeeded run's results from its workers' per-pass results, written
+    (:func:`write_results`) and returned: the one place a Ray Train run
+    (:func:`run_job`) and a warm group's run (:meth:`trainer.warm.WarmGroup.run`) build them."""
+    out = RunResult.from_passes(
+        passes,
+        run_dir=str(run_dir),
+        storage=job_store,
+        job_id=job_id,
+        status="succeeded",
+        num_workers=num_workers,
+        wall_seconds=wall_seconds,
+        wall_split=wall_split,
+        warm=warm,
+    )
+    return write_results(run_dir, job_store, out)
+
+
+def write_results(run_dir: Path, job_store: str, out: RunResult) -> RunResult:
     """``results.json`` in the run directory (and the job's store); returns ``out``."""
-    text = json.dumps(out, indent=2)
+    text = json.dumps(out.model_dump(mode="json"), indent=2)
     (run_dir / RESULTS_FILE).write_text(text)
     if job_store != str(run_dir):
         storage.write_text(storage.join(job_store, RESULTS_FILE), text)

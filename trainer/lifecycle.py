@@ -24,10 +24,10 @@ from typing import Any
 
 from trainer import storage
 from trainer.errors import RectrainError
+from trainer.results import RESULTS_FILE, RunResult
 from trainer.spec import JobSpec
 
 META_FILE = "rectrain.json"  # the same name as trainer.checkpoint.META_FILE (torch-free here)
-RESULTS_FILE = "results.json"
 _CHECKPOINT_DIRS = ("ray/train", "checkpoints")
 # a mid-pass checkpoint's score: below every pass end, so it is the first to go
 MID_PASS_SCORE = -1e300
@@ -141,22 +141,17 @@ def pass_checkpoints(run: str) -> dict[int, str]:
     return {p: loc for p, (_, loc) in sorted(out.items())}
 
 
-def read_results(run: str) -> dict[str, Any] | None:
+def read_results(run: str) -> RunResult | None:
+    """A run's ``results.json`` (None: none, or not readable)."""
     try:
-        return json.loads(storage.read_text(storage.join(run, RESULTS_FILE)))
-    except (storage.StorageError, ValueError):
+        return RunResult.model_validate_json(storage.read_text(storage.join(run, RESULTS_FILE)))
+    except (storage.StorageError, ValueError):  # (pydantic's ValidationError is a ValueError)
         return None
 
 
-def default_pass(results: dict[str, Any] | None) -> int | None:
+def default_pass(results: RunResult | None) -> int | None:
     """The pass a run stands for: the one its validation selected, else its last."""
-    if not results:
-        return None
-    if results.get("selected_pass") is not None:
-        return int(results["selected_pass"])
-    if results.get("last_pass") is not None:
-        return int(results["last_pass"])
-    return None
+    return None if results is None else results.headline_pass
 
 
 def resolve_checkpoint(location: str, pass_: int | None, field: str = "checkpoint") -> tuple[str, int | None]:

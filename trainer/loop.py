@@ -46,6 +46,7 @@ from trainer.model.dlrm import DLRM, batch_norm_statistics
 from trainer.model.embedding_init import init_embedding_tables
 from trainer.model.sharding import dense_named_parameters, make_dense_optimizer, shard_model
 from trainer.regularizers import RegularizerSet
+from trainer.results import PassResult
 from trainer.spec import JobSpec
 
 
@@ -537,33 +538,33 @@ class Trainer:
             self.timings["evaluation_s"] += time.perf_counter() - t1
             # the examples this process trained (a resumed pass ran fewer steps)
             ran = examples * (1 - resumed_at / self.data.steps_per_pass)
-            result = {
-                "pass": p,
-                "train_ne": train_summary.get("lifetime_ne"),
-                "train_calibration": train_summary.get("lifetime_calibration"),
-                "val_ne": val.get("lifetime_ne"),
-                "val_calibration": val.get("lifetime_calibration"),
-                "val_auc": val.get("auc"),
-                "val_ne_by_stratum": val.get("ne_by_stratum", {}),
-                "val_examples_by_stratum": val.get("examples_by_stratum", {}),
-                "test_ne": test.get("lifetime_ne"),
-                "test_calibration": test.get("lifetime_calibration"),
-                "test_auc": test.get("auc"),
-                "test_ne_by_stratum": test.get("ne_by_stratum", {}),
-                "test_examples_by_stratum": test.get("examples_by_stratum", {}),
-                "oracle_val_ne": val.get("oracle_ne"),
-                "oracle_test_ne": test.get("oracle_ne"),
-                "references": refs,
-                "train_examples": examples,
-                "train_seconds": seconds,
+            result = PassResult(
+                pass_=p,
+                train_ne=train_summary.get("lifetime_ne"),
+                train_calibration=train_summary.get("lifetime_calibration"),
+                val_ne=val.get("lifetime_ne"),
+                val_calibration=val.get("lifetime_calibration"),
+                val_auc=val.get("auc"),
+                val_ne_by_stratum=val.get("ne_by_stratum", {}),
+                val_examples_by_stratum=val.get("examples_by_stratum", {}),
+                test_ne=test.get("lifetime_ne"),
+                test_calibration=test.get("lifetime_calibration"),
+                test_auc=test.get("auc"),
+                test_ne_by_stratum=test.get("ne_by_stratum", {}),
+                test_examples_by_stratum=test.get("examples_by_stratum", {}),
+                oracle_val_ne=val.get("oracle_ne"),
+                oracle_test_ne=test.get("oracle_ne"),
+                references=refs,
+                train_examples=examples,
+                train_seconds=seconds,
                 # throughput over the steps this process ran (a resumed pass ran fewer)
-                "examples_per_s": ran / seconds if seconds > 0 else None,
+                examples_per_s=ran / seconds if seconds > 0 else None,
                 # training CPU time (all threads) summed over the workers, over the same
                 # span as examples_per_s: comparable across worker counts on a shared box
-                "cpu_seconds": cpu_seconds,
-                "cpu_seconds_per_example": cpu_seconds / ran if ran > 0 else None,
-                "global_step": self.global_step,
-            }
+                cpu_seconds=cpu_seconds,
+                cpu_seconds_per_example=cpu_seconds / ran if ran > 0 else None,
+                global_step=self.global_step,
+            ).model_dump()  # a plain row: checkpointed and reported to Ray Train as it is
             self.passes.append(result)
             self.emit(EventType.PASS, p, **{k: v for k, v in result.items() if k != "pass"})
             t0 = time.perf_counter()

@@ -3,7 +3,10 @@ predictors) and its terminal table. Torch-free: the control plane summarises job
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # trainer.results builds on summarize_passes
+    from trainer.results import RunSummary
 
 
 def summarize_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,32 +91,32 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def format_headline(result: dict[str, Any]) -> list[str]:
+def format_headline(result: RunSummary) -> list[str]:
     """The selected pass (or "no validation data" and the last pass) and the oracle NE."""
     lines = []
-    sel = result.get("selected_pass")
+    sel = result.selected_pass
     if sel is not None:
         lines.append(
-            f"selected pass {sel + 1} (*, lowest validation NE {_fmt(result.get('val_ne_at_selected'))}): "
-            f"test NE {_fmt(result.get('test_ne_at_selected'))}"
+            f"selected pass {sel + 1} (*, lowest validation NE {_fmt(result.val_ne_at_selected)}): "
+            f"test NE {_fmt(result.test_ne_at_selected)}"
         )
-    elif result.get("last_pass") is not None:
+    elif result.last_pass is not None:
         lines.append(
-            f"no validation data, no pass selected: last pass {result['last_pass'] + 1} "
-            f"test NE {_fmt(result.get('test_ne_at_last'))}"
+            f"no validation data, no pass selected: last pass {result.last_pass + 1} "
+            f"test NE {_fmt(result.test_ne_at_last)}"
         )
-    if result.get("oracle_val_ne") is not None or result.get("oracle_test_ne") is not None:
+    if result.oracle_val_ne is not None or result.oracle_test_ne is not None:
         lines.append(
-            f"oracle NE (true click probabilities): validation {_fmt(result.get('oracle_val_ne'))}  "
-            f"test {_fmt(result.get('oracle_test_ne'))}"
+            f"oracle NE (true click probabilities): validation {_fmt(result.oracle_val_ne)}  "
+            f"test {_fmt(result.oracle_test_ne)}"
         )
     lines += format_references(result)
     return lines
 
 
-def format_references(result: dict[str, Any]) -> list[str]:
+def format_references(result: RunSummary) -> list[str]:
     """The reference predictors' lines (and the warning when pass 1 is worse than the constant)."""
-    refs = result.get("references")
+    refs = result.references
     if not refs:
         return []
     if refs.get("error"):
@@ -133,17 +136,17 @@ def format_references(result: dict[str, Any]) -> list[str]:
             f"validation {_fmt(_ref_ne(refs, 'logistic', 'validation'))}  "
             f"test {_fmt(_ref_ne(refs, 'logistic', 'test'))}"
         )
-    if result.get("pass1_worse_than_constant"):
-        p1 = next((p.get("test_ne") for p in result.get("passes", []) if p.get("pass") == 0), None)
+    if result.pass1_worse_than_constant:
+        first = result.pass_result(0)
         lines.append(
-            f"warning: pass 1 test NE {_fmt(p1)} is worse than the constant predictor's "
-            f"{_fmt(_ref_ne(refs, 'constant', 'test'))}: this model learns less than the click rate "
-            "(check the split, the features and the learning rate)"
+            f"warning: pass 1 test NE {_fmt(first.test_ne if first else None)} is worse than the constant "
+            f"predictor's {_fmt(_ref_ne(refs, 'constant', 'test'))}: this model learns less than the "
+            "click rate (check the split, the features and the learning rate)"
         )
     return lines
 
 
-def format_pass_table(result: dict[str, Any]) -> str:
+def format_pass_table(result: RunSummary) -> str:
     """One row per pass: train/validation/test NE, test calibration, AUC, NE per
     stratum, throughput; ``*`` marks the pass selected by validation NE."""
     head = (
@@ -151,16 +154,16 @@ def format_pass_table(result: dict[str, Any]) -> str:
         f"{'NE freq':>8}  {'NE med':>8}  {'NE rare':>8}  {'ex/s':>9}"
     )
     lines = [head, "-" * len(head)]
-    sel = result.get("selected_pass")
-    for p in result.get("passes", []):
-        st = p.get("test_ne_by_stratum") or {}
-        mark = " *" if p["pass"] == sel else ""
+    sel = result.selected_pass
+    for p in result.passes:
+        st = p.test_ne_by_stratum
+        mark = " *" if p.pass_ == sel else ""
         lines.append(
-            f"{p['pass'] + 1:>4}  {_fmt(p.get('train_ne')):>8}  {_fmt(p.get('val_ne')):>8}  "
-            f"{_fmt(p.get('test_ne')):>8}  "
-            f"{_fmt(p.get('test_calibration'), '.3f'):>6}  {_fmt(p.get('test_auc')):>6}  "
+            f"{p.pass_ + 1:>4}  {_fmt(p.train_ne):>8}  {_fmt(p.val_ne):>8}  "
+            f"{_fmt(p.test_ne):>8}  "
+            f"{_fmt(p.test_calibration, '.3f'):>6}  {_fmt(p.test_auc):>6}  "
             f"{_fmt(st.get('frequent')):>8}  {_fmt(st.get('medium')):>8}  {_fmt(st.get('rare')):>8}  "
-            f"{_fmt(p.get('examples_per_s'), ',.0f'):>9}{mark}"
+            f"{_fmt(p.examples_per_s, ',.0f'):>9}{mark}"
         )
     lines += format_headline(result)
     return "\n".join(lines)

@@ -44,7 +44,8 @@ from typing import Any
 
 from trainer import storage
 from trainer.errors import RectrainError
-from trainer.report import summarize_passes, wall_split
+from trainer.report import wall_split
+from trainer.results import EVENTS_FILE, RunResult, WarmInfo
 from trainer.spec import JobSpec
 
 # built datasets a worker keeps (a study has one; sse_graph arms add their graph's)
@@ -413,11 +414,11 @@ class WarmGroup:
         storage_uri: str | None = None,
         waiting_s: float = 0.0,
         dispatched_at: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunResult:
         """Train ``spec`` on this group (started if needed) and return its results.
         ``waiting_s``: how long it was queued; ``dispatched_at``: when the service
         dispatched it (the first mark of its "startup" event)."""
-        from trainer.launch import prepare_run, publish_spec, write_results
+        from trainer.launch import prepare_run, publish_spec, record_results
 
         if Shape.of(spec) != self.shape:
             raise ValueError(f"spec of shape {Shape.of(spec)} on a worker group of shape {self.shape}")
@@ -451,7 +452,7 @@ class WarmGroup:
                     raise
                 # the run starts again from its beginning on a new group: its events and
                 # checkpoints of the first attempt go
-                for name in ("events.jsonl", "checkpoints"):
+                for name in (EVENTS_FILE, "checkpoints"):
                     p = run_dir / name
                     if p.is_dir():
                         shutil.rmtree(p, ignore_errors=True)
@@ -466,24 +467,19 @@ class WarmGroup:
             bad = next(o for o in outs if not o["ok"])
             raise RectrainError(f"training failed: {bad['error']}")
         split = wall_split(wall, first["timings"], waiting_s=waiting_s, startup_s=startup)
-        return write_results(
+        return record_results(
             run_dir,
             job_store,
-            {
-                "run_dir": str(run_dir),
-                "storage": job_store,
-                "job_id": job_id,
-                "status": "succeeded",
-                "num_workers": self.shape.num_workers,
-                "wall_seconds": split["wall_s"],
-                "wall_split": split,
-                "warm": {
-                    "group_run": self.runs,
-                    "worker_rss_bytes": [o["rss_bytes"] for o in outs],
-                    "restarts": self.restarts,
-                },
-                **summarize_passes(first["passes"]),
-            },
+            first["passes"],
+            job_id=job_id,
+            num_workers=self.shape.num_workers,
+            wall_seconds=split["wall_s"],
+            wall_split=split,
+            warm=WarmInfo(
+                group_run=self.runs,
+                worker_rss_bytes=[o["rss_bytes"] for o in outs],
+                restarts=self.restarts,
+            ),
         )
 
 
@@ -502,7 +498,7 @@ class WarmPool:
             g = self.groups[shape] = WarmGroup(shape, stdout_sink=self.stdout_sink)
         return g
 
-    def run(self, spec: JobSpec, run_dir: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+    def run(self, spec: JobSpec, run_dir: str | Path | None = None, **kw: Any) -> RunResult:
         return self.group(spec).run(spec, run_dir, **kw)
 
     def close(self) -> None:

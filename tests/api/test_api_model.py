@@ -66,6 +66,15 @@ def test_download_the_model_with_auth_and_ownership(server, alice, bob, settings
     monkeypatch.setenv("RECTRAIN_TOKEN", BOB)
     assert main(["export", job_id, "--out", str(out) + ".bob"]) == 1
     assert not Path(str(out) + ".bob").exists()
+    # the Python client: the same file, its pass; an unkept pass is an ApiError
+    from services.client import ApiError, Client
+
+    with Client(server.url, ALICE) as c:
+        assert c.download_model(job_id, Path(settings.data_dir) / "py.pt", pass_=0) == 0
+        assert (Path(settings.data_dir) / "py.pt").read_bytes() == r.content
+        with pytest.raises(ApiError) as e:
+            c.download_model(job_id, Path(settings.data_dir) / "py5.pt", pass_=5)
+        assert e.value.status == 404 and "pass 5" in e.value.message
 
     assert bob.get(f"/v1/jobs/{job_id}/model").status_code == 404  # another owner: no such job
     assert httpx.get(f"{server.url}/v1/jobs/{job_id}/model").status_code == 401

@@ -75,7 +75,7 @@ def test_regularizers_hold_on_every_shard_with_two_ray_workers(ray_address, tmp_
     spec = _spec(max_norm=True)
     counts = _reference_counts(spec)
     out = run_job(spec, run_dir=tmp_path / "run", ray_address=ray_address, progress=False)
-    assert out["status"] == "succeeded"
+    assert out.status == "succeeded"
     ckpt = _latest_checkpoint(tmp_path / "run")
     tables_by_rank: dict[int, list[str]] = {}
     weights, owners = read_model_state(ckpt), shard_owners(ckpt)

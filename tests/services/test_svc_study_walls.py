@@ -42,9 +42,10 @@ def test_totals_and_median_overhead():
 def test_a_finished_runs_wall_split_reaches_its_job_summary():
     from services.jobs import summarize_progress
     from services.metrics_bus import progress_from_results
+    from trainer.results import RunResult
 
     split = wall_split(9.0, {"training_s": 4.0, "evaluation_s": 1.0})
-    results = {"passes": [{"pass": 0, "test_ne": 0.9}], "wall_split": split}
+    results = RunResult.model_validate({"passes": [{"pass": 0, "test_ne": 0.9}], "wall_split": split})
     summary = summarize_progress(progress_from_results(results))
     assert summary["wall_split"] == split and summary["passes"][0]["test_ne"] == 0.9
-    assert "wall_split" not in summarize_progress(progress_from_results({"passes": []}))
+    assert "wall_split" not in summarize_progress(progress_from_results(RunResult()))

@@ -53,31 +53,33 @@ def quickstart(ray_session, tmp_path_factory):
 def test_two_worker_run_reports_every_metric_per_pass(quickstart):
     spec, run_dir, result = quickstart
     on_disk = json.loads((run_dir / "results.json").read_text())
-    assert on_disk["passes"] == result["passes"]
-    assert [p["pass"] for p in result["passes"]] == list(range(spec.training.num_passes))
-    for p in result["passes"]:
+    assert on_disk == result.model_dump(mode="json")
+    assert [p.pass_ for p in result.passes] == list(range(spec.training.num_passes))
+    for p in result.passes:
         for f in PASS_FIELDS:
-            assert p[f] is not None, f
-        assert set(p["test_ne_by_stratum"]) == {"frequent", "medium", "rare"}
-        assert all(v is not None and 0 < v < 2 for v in p["test_ne_by_stratum"].values())
-        assert 0 < p["test_ne"] < 1.5  # finite
-        assert 0.5 < p["test_auc"] < 1.0 and 0.5 < p["val_auc"] < 1.0
-        assert p["examples_per_s"] > 0
-        assert p["cpu_seconds"] > 0 and p["cpu_seconds_per_example"] > 0
+            assert getattr(p, f) is not None, f
+        assert set(p.test_ne_by_stratum) == {"frequent", "medium", "rare"}
+        assert all(v is not None and 0 < v < 2 for v in p.test_ne_by_stratum.values())
+        assert p.test_ne is not None and 0 < p.test_ne < 1.5  # finite
+        assert p.test_auc is not None and p.val_auc is not None
+        assert 0.5 < p.test_auc < 1.0 and 0.5 < p.val_auc < 1.0
+        assert p.examples_per_s is not None and p.examples_per_s > 0
+        assert p.cpu_seconds and p.cpu_seconds > 0 and p.cpu_seconds_per_example
         # the oracle (true click probabilities) is the floor: no pass gets below it
-        assert p["oracle_test_ne"] < p["test_ne"] and p["oracle_val_ne"] < p["val_ne"]
+        assert p.oracle_test_ne < p.test_ne and p.oracle_val_ne < p.val_ne
     # the reference predictors, from every row (rank 0 reads the data again at 2 workers)
-    refs = result["references"]
+    refs = result.references
+    assert refs is not None
     assert "error" not in refs and refs["rows"] == {"train": 100_000, "validation": 100_000, "test": 100_000}
     assert (
         refs["logistic"]["test_ne"] < refs["constant"]["test_ne"]
-        and result["pass1_worse_than_constant"] is False
+        and result.pass1_worse_than_constant is False
     )
     # the pass with the lowest validation NE is selected; its test NE is the headline
-    sel = min(result["passes"], key=lambda p: p["val_ne"])
-    assert result["selection"] == "validation" and result["selected_pass"] == sel["pass"]
-    assert result["test_ne_at_selected"] == sel["test_ne"] < 1.0  # the model learns
-    assert result["oracle_test_ne"] == result["passes"][0]["oracle_test_ne"]
+    sel = min(result.passes, key=lambda p: p.val_ne or 0.0)
+    assert result.selection == "validation" and result.selected_pass == sel.pass_
+    assert result.test_ne_at_selected == sel.test_ne < 1.0  # the model learns
+    assert result.oracle_test_ne == result.passes[0].oracle_test_ne
     events = _events(run_dir)
     kinds = {e["type"] for e in events}
     assert {"lifecycle", "train_window", "pass"} <= kinds
@@ -102,12 +104,12 @@ def test_multi_pass_training_overfits_at_quickstart_capacity(quickstart):
     (day 2) NE worse after the first pass or two, while train NE keeps falling; the
     validation day selects an early pass."""
     _, _, result = quickstart
-    test_ne = [p["test_ne"] for p in result["passes"]]
-    val_ne = [p["val_ne"] for p in result["passes"]]
-    train_ne = [p["train_ne"] for p in result["passes"]]
-    assert result["selected_pass"] <= 1, val_ne
-    assert test_ne[-1] > result["test_ne_at_selected"] + 0.01, test_ne
-    assert val_ne[-1] > val_ne[result["selected_pass"]] + 0.01, val_ne
+    test_ne = [p.test_ne for p in result.passes]
+    val_ne = [p.val_ne for p in result.passes]
+    train_ne = [p.train_ne for p in result.passes]
+    assert result.selected_pass is not None and result.selected_pass <= 1, val_ne
+    assert test_ne[-1] > result.test_ne_at_selected + 0.01, test_ne
+    assert val_ne[-1] > val_ne[result.selected_pass] + 0.01, val_ne
     assert train_ne[-1] < train_ne[0], train_ne
 
 
@@ -152,11 +154,11 @@ def test_the_selected_and_the_last_pass_stay_exportable(quickstart, tmp_path):
     from trainer.lifecycle import pass_checkpoints
 
     _, run_dir, result = quickstart
-    kept = pass_checkpoints(result["storage"])
-    sel, last = result["selected_pass"], result["last_pass"]
+    kept = pass_checkpoints(result.storage)
+    sel, last = result.selected_pass, result.last_pass
     assert sel in kept and last in kept and len(kept) <= 3, (sel, last, kept)
-    info = export_model(result["storage"], tmp_path / "model.pt")
-    assert info["pass"] == sel and info["metrics"]["test_ne"] == result["passes"][sel]["test_ne"]
+    info = export_model(result.storage, tmp_path / "model.pt")
+    assert info["pass"] == sel and info["metrics"]["test_ne"] == result.passes[sel].test_ne
 
 
 _OMP_DRIVER = """
@@ -289,7 +291,7 @@ def test_a_relative_data_path_is_read_from_the_drivers_directory(ray_session, tm
     d["data"].pop("synthetic")
     monkeypatch.chdir(tmp_path)
     result = run_job(parse_spec(d), run_dir=tmp_path / "run", progress=False)
-    assert result["passes"][0]["test_ne"] is not None
+    assert result.passes[0].test_ne is not None
     recorded = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
     assert recorded["data"]["path"] == str(tmp_path / "data" / "t.csv")
 

@@ -15,6 +15,7 @@ from trainer.data.dataset import RankData
 from trainer.loop import LocalSession, Trainer
 from trainer.metrics import ne
 from trainer.report import format_pass_table, summarize_passes
+from trainer.results import RunSummary
 from trainer.spec import JobSpec
 
 
@@ -118,13 +119,15 @@ def test_summary_table_and_worse_than_constant_warning():
     ]
     s = summarize_passes(passes)
     assert s["references"] == refs and s["pass1_worse_than_constant"] is True
-    table = format_pass_table(s)
+    table = format_pass_table(RunSummary.model_validate(s))
     assert "constant NE (training click rate 0.5500): validation 1.0010  test 1.0004" in table
     assert "logistic regression NE" in table and "test 0.9040" in table
     assert "warning: pass 1 test NE 1.0146 is worse than the constant" in table
     passes[0]["test_ne"] = 0.95
     s = summarize_passes(passes)
-    assert s["pass1_worse_than_constant"] is False and "warning" not in format_pass_table(s)
+    assert s["pass1_worse_than_constant"] is False and "warning" not in format_pass_table(
+        RunSummary.model_validate(s)
+    )
     assert summarize_passes([{"pass": 0, "test_ne": 0.9}])["pass1_worse_than_constant"] is None
 
 

@@ -13,9 +13,9 @@ from tests.trainer.specs import tiny_spec_dict
 from trainer.data.dataset import RankData
 from trainer.data.synthetic import SyntheticClicks, click_probability
 from trainer.errors import DataError, SpecError
-from trainer.launch import summarize_passes
 from trainer.loop import LocalSession, Trainer
-from trainer.report import format_pass_table
+from trainer.report import format_pass_table, summarize_passes
+from trainer.results import RunSummary
 from trainer.spec import parse_spec
 
 CONTRACT_PASS_FIELDS = (
@@ -118,7 +118,7 @@ def test_selection_uses_validation_never_test():
     assert s["last_pass"] == 2 and s["test_ne_at_last"] == 0.97
     assert s["oracle_val_ne"] == 0.7 and s["oracle_test_ne"] == 0.71
     assert "best" not in str(s).lower()
-    table = format_pass_table(s)
+    table = format_pass_table(RunSummary.model_validate(s))
     rows = table.splitlines()
     assert rows[3].endswith(" *") and not rows[2].endswith("*") and not rows[4].endswith("*")
     assert "val NE" in rows[0]
@@ -131,7 +131,7 @@ def test_without_validation_data_nothing_is_selected():
     s = summarize_passes(passes)
     assert s["selection"] == "none" and s["selected_pass"] is None and s["test_ne_at_selected"] is None
     assert s["last_pass"] == 1 and s["test_ne_at_last"] == 0.94
-    table = format_pass_table(s)
+    table = format_pass_table(RunSummary.model_validate(s))
     assert "*" not in table
     assert "no validation data, no pass selected: last pass 2 test NE 0.9400" in table
     assert "oracle" not in table

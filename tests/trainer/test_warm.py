@@ -20,6 +20,7 @@ from trainer.errors import RectrainError
 from trainer.launch import run_job
 from trainer.lifecycle import pass_checkpoints
 from trainer.report import WALL_PARTS
+from trainer.results import RESULTS_FILE, RunResult
 from trainer.spec import parse_spec
 from trainer.warm import Shape, WarmGroup
 
@@ -120,21 +121,21 @@ def _run_killing_a_worker(group, spec, run_dir):
     return out
 
 
-def _same_passes(warm: dict, cold: dict) -> None:
-    assert len(warm["passes"]) == len(cold["passes"]) == 2
-    for w, c in zip(warm["passes"], cold["passes"], strict=True):
+def _same_passes(warm: RunResult, cold: RunResult) -> None:
+    assert len(warm.passes) == len(cold.passes) == 2
+    for w, c in zip(warm.passes, cold.passes, strict=True):
         for k in KEYS:
-            assert w[k] == c[k], (k, w["pass"], w[k], c[k])  # bit-identical, not approx
+            assert getattr(w, k) == getattr(c, k), (k, w.pass_, getattr(w, k), getattr(c, k))  # bit-identical
 
 
 def test_warm_runs_equal_each_run_trained_alone_in_either_order(runs):
     cold, warm = runs["cold"], runs["warm"]
-    assert cold["A"]["passes"][0]["test_ne"] != cold["B"]["passes"][0]["test_ne"]  # the arms differ
+    assert cold["A"].passes[0].test_ne != cold["B"].passes[0].test_ne  # the arms differ
     _same_passes(warm["A1"], cold["A"])  # first on a fresh group
     _same_passes(warm["B"], cold["B"])  # after A
     _same_passes(warm["A2"], cold["A"])  # after B and a diverged run
     for w, c in (("A1", "A"), ("B", "B"), ("A2", "A")):
-        assert warm[w]["selected_pass"] == cold[c]["selected_pass"]
+        assert warm[w].selected_pass == cold[c].selected_pass
 
 
 def test_a_diverging_run_fails_alone(runs):
@@ -145,21 +146,22 @@ def test_a_diverging_run_fails_alone(runs):
 def test_warm_run_directory_is_a_runs(runs):
     tmp, res = runs["tmp"], runs["warm"]["B"]
     run = tmp / "warm-b"
-    assert json.loads((run / "results.json").read_text())["passes"] == res["passes"]
+    assert RunResult.model_validate_json((run / RESULTS_FILE).read_text()) == res
     assert (run / "spec.yaml").exists() and (run / "pids" / "rank_0.pid").exists()
     phases = [e.get("phase") for e in map(json.loads, (run / "events.jsonl").read_text().splitlines())]
     assert phases[0] == "started" and phases[-1] == "finished"
     assert sum(1 for line in (run / "events.jsonl").read_text().splitlines() if '"type": "pass"' in line) == 2
     # only the validation-selected pass's checkpoint is kept, where export finds it
-    assert list(pass_checkpoints(str(run))) == [res["selected_pass"]]
+    assert list(pass_checkpoints(str(run))) == [res.selected_pass]
     # the wall split: its parts add up to the run's wall; a run on a warm group built no data
-    split = res["wall_split"]
+    split = res.wall_split
+    assert split is not None
     assert set(WALL_PARTS) <= set(split)
     assert split["wall_s"] == pytest.approx(sum(split[k] for k in WALL_PARTS))
     assert split["training_s"] > 0 and split["evaluation_s"] > 0
-    assert runs["warm"]["A1"]["wall_split"]["data_s"] > 0  # the first run on the group built it
-    assert runs["warm"]["A2"]["wall_split"]["data_s"] == 0  # later runs of the same data reuse it
-    assert runs["cold"]["B"]["wall_split"]["data_s"] > 0
+    assert runs["warm"]["A1"].wall_split["data_s"] > 0  # the first run on the group built it
+    assert runs["warm"]["A2"].wall_split["data_s"] == 0  # later runs of the same data reuse it
+    assert runs["cold"]["B"].wall_split["data_s"] > 0
     assert all(r > 0 for r in runs["rss"])
 
 
@@ -182,7 +184,7 @@ def test_the_first_step_says_where_the_start_up_went(runs):
 
 def test_a_run_whose_worker_dies_is_retried_from_its_start_with_the_same_numbers(runs):
     warm = runs["warm"]
-    assert warm["big_killed"]["warm"]["restarts"] == 1
+    assert warm["big_killed"].warm.restarts == 1
     _same_passes(warm["big_killed"], warm["big"])
 
 
@@ -209,7 +211,7 @@ def test_two_worker_group_equals_the_cold_run_and_keeps_its_selected_checkpoint(
 
     cold, warm, tmp = two_workers
     _same_passes(warm, cold)
-    sel = warm["selected_pass"]
+    sel = warm.selected_pass
     (warm_ckpt,) = pass_checkpoints(str(tmp / "warm-a")).values()
     cold_ckpt = pass_checkpoints(str(tmp / "cold-a"))[sel]
     # the same files from both ranks, and the same weights as the cold run's checkpoint of that pass

@@ -19,6 +19,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from trainer.results import EVENTS_FILE
+
 
 class EventType(str, Enum):
     LIFECYCLE = "lifecycle"  # phase: started|resumed|pass_started|pass_finished|finished|failed; message;
@@ -141,7 +143,7 @@ def make_sink(
     """The sinks a run writes to: always the run dir's events.jsonl; stdout lines; the
     job's Redis Stream when the control plane launched the run (redis_url + job_id); and
     TensorBoard / MLflow when ``spec.metrics`` asks (:mod:`trainer.metrics.tracking`)."""
-    sinks: list[MetricsSink] = [JsonlFileSink(Path(run_dir) / "events.jsonl")]
+    sinks: list[MetricsSink] = [JsonlFileSink(Path(run_dir) / EVENTS_FILE)]
     if stdout:
         sinks.append(StdoutSink())
     if redis_url and job_id:

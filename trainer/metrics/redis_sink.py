@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from trainer.metrics import stream_keys as keys
+from trainer.results import RunResult
 
 BUFFER_MAX_EVENTS = 50_000  # about 25 MB at worst; oldest train_window events go first
 BATCH_MAX_EVENTS = 500
@@ -121,14 +122,14 @@ def progress_updates(event: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def progress_from_results(results: dict[str, Any]) -> dict[str, str]:
+def progress_from_results(results: RunResult) -> dict[str, str]:
     """The progress-hash fields for a finished run's ``results.json``."""
     out: dict[str, str] = {}
-    for p in results.get("passes", []):
-        p = {"type": "pass", **p}
-        out[keys.progress_pass_field(p.get("pass", 0))] = json.dumps(p, separators=(",", ":"))
-    if results.get("wall_split"):  # where the run's time went (trainer.report.wall_split)
-        out["wall_split"] = json.dumps(results["wall_split"], separators=(",", ":"))
+    for p in results.passes:
+        row = {"type": "pass", **p.model_dump(mode="json")}
+        out[keys.progress_pass_field(p.pass_)] = json.dumps(row, separators=(",", ":"))
+    if results.wall_split:  # where the run's time went (trainer.report.wall_split)
+        out["wall_split"] = json.dumps(results.wall_split, separators=(",", ":"))
     return out  # the summary (selected pass, oracle NE) is derived from the passes
 
 
