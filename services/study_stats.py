@@ -689,6 +689,9 @@ def search_sentence(s: dict[str, Any]) -> str:
     head += f"; chosen {name}={s['chosen']:g}" + (
         f" (mean Δ validation NE {dv:+.4f} over {best.get('seeds')} search seeds)" if dv is not None else ""
     )
+    if s["chosen"] in (s["low"], s["high"]):  # the search never looks past its range
+        end = "lower" if s["chosen"] == s["low"] else "upper"
+        head += f", at the {end} end of the range: the best strength may lie beyond it, widen the range to look"
     conf = s.get("confirmed") or {}
     d = conf.get("delta_test_ne_at_selected")
     seeds = ", ".join(map(str, s.get("confirmation_seeds") or []))

@@ -535,3 +535,27 @@ def test_holm_from_a_published_table_recovers_the_t_test_p(tmp_path, capsys):
         if d["ci_high"] < 0 or d["ci_low"] > 0:  # printed with its Holm p, from 4-decimal cells
             line = next(x for x in out.splitlines() if x.strip().startswith(r["label"] + " "))
             assert float(line.split("Holm p ")[1].lstrip("<")) == pytest.approx(d["p_adj"], abs=0.01)
+
+
+def test_a_search_that_chose_an_end_of_its_range_says_the_best_may_lie_beyond():
+    from services.study_stats import search_sentence
+
+    s = {
+        "variant": "sparse_l2",
+        "param": "sparse_l2.weight",
+        "low": 1e-6,
+        "high": 1e-2,
+        "scale": "log",
+        "rounds": [{}, {}],
+        "rounds_planned": 2,
+        "runs_used": 20,
+        "budget_runs": 24,
+        "search_seeds": [5, 6],
+        "points": [{"value": 1e-6, "val_delta_mean": -0.0003, "seeds": 4}, {"value": 1e-4, "seeds": 4}],
+        "chosen": 1e-6,
+        "confirmation_seeds": [0, 1],
+    }
+    assert "at the lower end of the range: the best strength may lie beyond it" in search_sentence(s)
+    inside = {**s, "chosen": 1e-4}
+    assert "end of the range" not in search_sentence(inside)
+    assert "at the upper end" in search_sentence({**s, "chosen": 1e-2})
