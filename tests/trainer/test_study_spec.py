@@ -161,7 +161,12 @@ def test_study_files_resolve_base_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "min_seeds"),
-    [("study.yaml", 3), ("study_movielens.yaml", 5), ("study_reset_min_count.yaml", 3), ("study_confirm.yaml", 5)],
+    [
+        ("study.yaml", 3),
+        ("study_movielens.yaml", 5),
+        ("study_reset_min_count.yaml", 3),
+        ("study_confirm.yaml", 5),
+    ],
 )
 def test_example_studies_load(name, min_seeds):
     exp = load_study(REPO / "examples" / name)
