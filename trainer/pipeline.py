@@ -163,9 +163,12 @@ class SparseDistPipeline(TrainPipelineSparseDist):
 
 def plain_steps(trainer: Trainer, batches: Iterator[Batch]) -> Iterator[tuple[Batch, torch.Tensor]]:
     """``training.pipeline: none``: (batch, logits) of each step, one step at a time."""
-    for batch in batches:
-        batch = batch.to(trainer.device, non_blocking=True)
-        yield batch, trainer.train_step(batch)
+    try:
+        for batch in batches:
+            batch = batch.to(trainer.device, non_blocking=True)
+            yield batch, trainer.train_step(batch)
+    finally:
+        _close(batches)
 
 
 def pipelined_steps(trainer: Trainer, batches: Iterator[Batch]) -> Iterator[tuple[Batch, torch.Tensor]]:
@@ -183,8 +186,24 @@ def pipelined_steps(trainer: Trainer, batches: Iterator[Batch]) -> Iterator[tupl
             trainer._nonfinite_loss(loss)
             yield batch, logits
     finally:
+        # stopped early (an exception in the loop: divergence, a failed checkpoint): the
+        # next batch's ids all-to-all, which every rank issued in the last step, is
+        # still in flight; settle it so no collective outlives the pass
+        for context in pipe.contexts:
+            for request in context.input_dist_tensors_requests.values():
+                request.wait()
         pipe.detach()
         pipe.reset()
+        _close(batches)
+
+
+def _close(batches: Iterator[Batch]) -> None:
+    """Close the pass's batch iterator now, also when the pass stopped early (its
+    prefetch thread stops building batches; left to the garbage collector, a traceback
+    that keeps the pass's frame alive would keep the thread running)."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
 
 
 def steps(trainer: Trainer, batches: Iterator[Batch]) -> Iterator[tuple[Batch, torch.Tensor]]:
