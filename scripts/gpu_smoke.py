@@ -9,6 +9,10 @@ Parts, each printed as it runs, each skipped (with the reason) where it cannot r
                 embedding estimate.
    ``regs``     the same with max_norm + sparse_l1 + sparse_l2 (the touched-rows hooks on
                 the GPU's row-wise plan); fails if a row is longer than max_norm's c after.
+   ``pipeline`` the quickstart with sparse_dropout + sse_se + freq_decay + max_norm, once
+                with ``training.pipeline: none`` and once with ``sparse_dist`` (TorchRec's
+                TrainPipelineSparseDist on CUDA streams): fails if the per-pass NE or the
+                embeddings differ (beyond 1e-4); reports sparse_dist / none examples/s.
 3. ``ray1``     the quickstart through Ray Train on 1 GPU (``trainer.launch.run_job``).
 4. ``ray2``     the same on 2 GPUs, when two are visible.
 5. ``bench``    ``rectrain bench --device cuda --no-scaling`` (Ray runs = GPUs visible).
@@ -35,7 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
-PARTS = ("install", "job", "regs", "ray1", "ray2", "bench")
+PARTS = ("install", "job", "regs", "pipeline", "ray1", "ray2", "bench")
 _GIB = 1024**3
 
 
@@ -89,13 +93,20 @@ def _need_gpus(ctx: dict[str, Any], n: int) -> None:
         raise Skip(f"needs {n} GPU(s), {ctx.get('gpus', 0)} visible")
 
 
-def _quickstart(num_workers: int, examples_per_day: int | None, regularizers: list | None = None):
+def _quickstart(
+    num_workers: int,
+    examples_per_day: int | None,
+    regularizers: list | None = None,
+    pipeline: str | None = None,
+):
     import yaml
 
     from trainer.spec import parse_spec
 
     data = yaml.safe_load(QUICKSTART.read_text())
     data["scaling"] = {"num_workers": num_workers, "use_gpu": True, "cpus_per_worker": 1}
+    if pipeline:
+        data.setdefault("training", {})["pipeline"] = pipeline
     if examples_per_day:
         data["data"]["synthetic"]["examples_per_day"] = examples_per_day
     if regularizers:
@@ -119,6 +130,52 @@ def part_regs(ctx: dict[str, Any]) -> dict[str, Any]:
         {"type": "sparse_l2", "weight": 1e-4},
     ]
     return _inprocess_job(ctx, regularizers=regs)
+
+
+def part_pipeline(ctx: dict[str, Any]) -> dict[str, Any]:
+    """``training.pipeline``: sparse_dist against none on one GPU, the KJT rewrites and
+    the TBE hooks on (docs/regularizers.md, "Order within a step")."""
+    _need_gpus(ctx, 1)
+    import torch
+    import torch.distributed as dist
+
+    from trainer.loop import LocalSession, Trainer
+    from trainer.regularizers.touched import find_tbes
+
+    regs = [
+        {"type": "sparse_dropout", "p": 0.1},
+        {"type": "sse_se", "p": 0.05},
+        {"type": "freq_decay", "alpha": 1e-3},
+        {"type": "max_norm", "c": MAX_NORM},
+    ]
+    runs: dict[str, Any] = {}
+    for mode in ("none", "sparse_dist"):
+        spec = _quickstart(1, ctx["examples"], regs, pipeline=mode)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"rectrain-gpu-smoke-{mode}-"))
+        try:
+            tr = Trainer(spec, LocalSession(run_dir, torch.device("cuda", 0)), run_dir)
+            passes = tr.run()
+            weights = [
+                w.detach().cpu().clone() for m in find_tbes(tr.dmp) for w in m.split_embedding_weights()
+            ]
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        runs[mode] = (passes, weights)
+    (pa, wa), (pb, wb) = runs["none"], runs["sparse_dist"]
+    ne_diff = max(abs(a["test_ne"] - b["test_ne"]) for a, b in zip(pa, pb, strict=True))
+    w_diff = max(float((x - y).abs().max()) for x, y in zip(wa, wb, strict=True))
+    ratio = [b["examples_per_s"] / a["examples_per_s"] for a, b in zip(pa, pb, strict=True)]
+    out = {
+        "regularizers": [r["type"] for r in regs],
+        "test_ne": {"none": [p["test_ne"] for p in pa], "sparse_dist": [p["test_ne"] for p in pb]},
+        "max_test_ne_diff": ne_diff,
+        "max_weight_diff": w_diff,
+        "sparse_dist_over_none_examples_per_s": [round(r, 3) for r in ratio],
+    }
+    if ne_diff > 1e-4 or w_diff > 1e-4:
+        raise RuntimeError(f"training.pipeline changed the results: {out}")
+    return out
 
 
 def _inprocess_job(ctx: dict[str, Any], regularizers: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from trainer import references
+from trainer import pipeline, references
 from trainer.checkpoint import (
     load_checkpoint,
     load_weights,
@@ -605,12 +605,9 @@ class Trainer:
         t_window, ex_window = t0, 0
         every_n = spec.training.checkpoint_every_steps
         step = start_step
-        for step, batch in enumerate(
-            prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches, pin=self._pin),
-            start=start_step,
-        ):
-            batch = batch.to(self.device, non_blocking=True)
-            logits = self.train_step(batch)
+        batches = prefetch(self.data.train_batches(p, start_step), spec.data.prefetch_batches, pin=self._pin)
+        # one step at a time, or TorchRec's sparse-dist pipeline (training.pipeline; drained at the end)
+        for step, (batch, logits) in enumerate(pipeline.steps(self, batches), start=start_step):
             self.regs.on_step_end(step + 1, steps)  # shrink
             ne.update(metrics, logits, batch)
             self.global_step += 1

@@ -446,6 +446,8 @@ class TrainingSpec(_Strict):
             :class:`InitFrom`); default: fresh weights.
         compile (bool): ``torch.compile`` the dense part (dense arch, interaction,
             over arch; never the sharded embeddings).
+        pipeline: ``auto`` | ``sparse_dist`` | ``none``: overlap the next batches' copy
+            and input distribution with the step (trainer/pipeline.py).
     """
 
     num_passes: int = Field(1, ge=1, le=1000)
@@ -469,6 +471,16 @@ class TrainingSpec(_Strict):
             "rounding, but dropout draws its masks from inductor's generator. On the CPU at "
             "26 x 100k x 64, batch 2048, dot interaction: about 1.07x the eager step "
             "(BENCHMARKS.md, 'torch.compile'); measured on the CPU only."
+        ),
+    )
+    pipeline: Literal["auto", "sparse_dist", "none"] = Field(
+        "auto",
+        description=(
+            "How training steps run. 'sparse_dist': TorchRec's TrainPipelineSparseDist, which "
+            "overlaps the next batch's device copy and input all-to-all with the current step "
+            "(same results as 'none': the lookups still read the embeddings after the previous "
+            "step's update); 'none': one step at a time; 'auto' (default): sparse_dist on CUDA, "
+            "none on the CPU, where it did not pay (BENCHMARKS.md, 'Sparse-dist pipeline')."
         ),
     )
     pass_checkpoints: Literal["every", "selected"] | None = Field(

@@ -165,6 +165,7 @@ def test_gpu_smoke_skips_cleanly_without_gpu(tmp_path):
     assert {k: v["status"] for k, v in rep.items() if k != "install"} == {
         "job": "skip",
         "regs": "skip",
+        "pipeline": "skip",
         "ray1": "skip",
         "ray2": "skip",
         "bench": "skip",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
 
 from trainer.data.chunk import Chunk, concat_chunks, gather_jagged
 from trainer.data.files import CriteoTSV, Table
@@ -52,8 +53,9 @@ def table_feature_name(feature: str, replica: int) -> str:
 
 
 @dataclass
-class Batch:
-    """One step's input on one rank."""
+class Batch(Pipelineable):
+    """One step's input on one rank (TorchRec's ``Pipelineable``: what its train
+    pipelines copy to the device, pin and mark for use on their streams)."""
 
     dense: torch.Tensor  # float32 [B, num_dense]
     sparse: KeyedJaggedTensor  # keys: table_feature_name(f, r)
@@ -72,6 +74,14 @@ class Batch:
             self.strata.to(device, non_blocking=non_blocking),
             None if self.probs is None else self.probs.to(device, non_blocking=non_blocking),
         )
+
+    def record_stream(self, stream: torch.Stream) -> None:
+        """Mark every tensor as used on ``stream`` (CUDA caching allocator; the
+        sparse-dist pipeline uses a batch on its copy, input-dist and main streams)."""
+        for t in (self.dense, self.labels, self.weights, self.strata, self.probs):
+            if t is not None:
+                t.record_stream(stream)  # type: ignore[arg-type]  # torch.cuda.Stream at run time
+        self.sparse.record_stream(stream)  # type: ignore[arg-type]
 
     def pin_memory(self) -> "Batch":
         """The batch in page-locked host memory (CUDA only), so that
