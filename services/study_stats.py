@@ -691,7 +691,9 @@ def search_sentence(s: dict[str, Any]) -> str:
     )
     if s["chosen"] in (s["low"], s["high"]):  # the search never looks past its range
         end = "lower" if s["chosen"] == s["low"] else "upper"
-        head += f", at the {end} end of the range: the best strength may lie beyond it, widen the range to look"
+        head += (
+            f", at the {end} end of the range: the best strength may lie beyond it, widen the range to look"
+        )
     conf = s.get("confirmed") or {}
     d = conf.get("delta_test_ne_at_selected")
     seeds = ", ".join(map(str, s.get("confirmation_seeds") or []))
