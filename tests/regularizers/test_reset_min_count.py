@@ -16,9 +16,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from reg_helpers import DIM, HASH, LR, RefEBC, make_spec, momenta, rowwise_adagr
 from two_ranks_reset import STEPS
 from two_ranks_reset import spec as two_rank_spec
 
-from tests.net import free_port
+from tests.gloo_ranks import run_two_ranks
 from trainer.data.dataset import RankData, make_source
 from trainer.data.hashing import replica_rows
 from trainer.data.min_count import RARE
@@ -54,32 +51,7 @@ def _draw(seed: int, name: str) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("two_ranks_reset")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    port = str(free_port())
-    script = Path(__file__).with_name("two_ranks_reset.py")
-    logs = [open(out / f"rank_{r}.log", "w") for r in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(r), "2", port, str(out)],
-            cwd=REPO,
-            env=env,
-            stdout=logs[r],
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(2)
-    ]
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-    if codes != [0, 0]:
-        tails = "\n".join((out / f"rank_{r}.log").read_text()[-3000:] for r in range(2))
-        pytest.fail(f"two-rank run failed with exit codes {codes}:\n{tails}")
+    run_two_ranks(Path(__file__).with_name("two_ranks_reset.py"), out, str(out))
     return [torch.load(out / f"rank_{r}.pt", weights_only=False) for r in range(2)]
 
 

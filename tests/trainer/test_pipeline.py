@@ -8,15 +8,12 @@ in the step or between passes (the one-process checks: test_pipeline_local.py)."
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.net import free_port
+from tests.gloo_ranks import run_two_ranks
 from tests.trainer.two_ranks import SPEC
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,31 +72,7 @@ def dumps(tmp_path_factory) -> dict[tuple[str, str], list[dict]]:
         for mode in MODES
     ]
     (out / "jobs.json").write_text(json.dumps(jobs))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    port = str(free_port())
-    logs = [open(out / f"rank_{r}.log", "w") for r in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), str(r), "2", port, str(out / "jobs.json"), str(out)],
-            cwd=REPO,
-            env=env,
-            stdout=logs[r],
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(2)
-    ]
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-    if codes != [0, 0]:
-        tails = "\n".join((out / f"rank_{r}.log").read_text()[-3000:] for r in range(2))
-        pytest.fail(f"two-rank run failed with exit codes {codes}:\n{tails}")
+    run_two_ranks(SCRIPT, out, str(out / "jobs.json"), str(out))
     return {
         (name, mode): [torch.load(out / f"{name}-{mode}_rank_{r}.pt", weights_only=False) for r in range(2)]
         for name in VARIANTS

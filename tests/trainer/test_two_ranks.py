@@ -5,16 +5,13 @@ every collective through the wrapper on the session device."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.net import free_port
+from tests.gloo_ranks import run_two_ranks
 from tests.trainer.two_ranks import SPEC, local_tables
 from trainer.loop import LocalSession, Trainer
 from trainer.spec import parse_spec
@@ -27,31 +24,7 @@ SCRIPT = Path(__file__).with_name("two_ranks.py")
 def ranks(tmp_path_factory) -> list[dict]:
     """Both ranks' records of one 2-process run (started once for the module)."""
     out = tmp_path_factory.mktemp("two_ranks")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    port = str(free_port())
-    logs = [open(out / f"rank_{r}.log", "w") for r in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), str(r), "2", port, str(out)],
-            cwd=REPO,
-            env=env,
-            stdout=logs[r],
-            stderr=subprocess.STDOUT,
-        )
-        for r in range(2)
-    ]
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for f in logs:
-            f.close()
-    if codes != [0, 0]:
-        tails = "\n".join((out / f"rank_{r}.log").read_text()[-3000:] for r in range(2))
-        pytest.fail(f"two-rank run failed with exit codes {codes}:\n{tails}")
+    run_two_ranks(SCRIPT, out, str(out))
     return [torch.load(out / f"rank_{r}.pt", weights_only=False) for r in range(2)]
 
 
