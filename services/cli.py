@@ -17,7 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.settings import ClientSettings
+from services.cli_common import api_client as _client
+from services.cli_common import check_response as _check
+from services.cli_common import format_ts as _ts
+from services.cli_common import run_client as _run_client
 
 # the API as uvicorn loads it (an import string: workers and reload need one)
 APP_FACTORY = "api.main:create_app"
@@ -172,51 +175,6 @@ def _serve(args: argparse.Namespace, settings, head) -> int:
 # ---------------------------------------------------------------------------- client
 
 
-def _client():
-    import httpx
-
-    c = ClientSettings()
-    return httpx.Client(
-        base_url=c.api_url.rstrip("/"), headers={"Authorization": f"Bearer {c.token}"}, timeout=30
-    )
-
-
-class _ApiError(Exception):
-    pass
-
-
-def _check(r) -> Any:
-    if r.status_code < 400:
-        return r.json() if r.content else None
-    try:
-        detail = r.json().get("detail")
-    except ValueError:
-        detail = r.text
-    if isinstance(detail, list):  # validation errors: one line each, field path first
-        lines = []
-        for d in detail:
-            loc = [str(p) for p in d.get("loc", []) if p not in ("body",)]
-            if loc[:1] == ["spec"]:
-                loc = loc[1:]
-            lines.append(f"  {'.'.join(loc) or 'body'}: {d.get('msg')}")
-        detail = "invalid job:\n" + "\n".join(lines)
-    raise _ApiError(f"{r.status_code}: {detail}")
-
-
-def _run_client(fn) -> int:
-    import httpx
-
-    try:
-        return fn()
-    except _ApiError as e:
-        print(f"rectrain: {e}", file=sys.stderr)
-        return 1
-    except httpx.TransportError as e:
-        url = ClientSettings().api_url
-        print(f"rectrain: cannot reach the API at {url} ({e}); is `rectrain serve` running?", file=sys.stderr)
-        return 1
-
-
 def _load(path: str) -> dict:
     import yaml
 
@@ -336,10 +294,6 @@ def _follow(c, job_id: str) -> int:
         print(format_pass_table(summary))
     print(f"\njob {job_id} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
     return 0 if job["status"] == "succeeded" else 1
-
-
-def _ts(iso: str | None) -> str:
-    return (iso or "")[:19].replace("T", " ")
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:

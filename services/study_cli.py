@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from services.cli_common import api_client, check_response, format_ts, run_client
 from services.settings import ClientSettings
 
 
@@ -93,13 +94,11 @@ def _service_up() -> bool:
 
 
 def _run_service(exp, name: str, follow: bool) -> int:
-    from services.cli import _check, _client, _run_client
-
     body = {"spec": exp.spec.model_dump(mode="json", exclude_none=True), "name": name}
 
     def go() -> int:
-        with _client() as c:
-            s = _check(c.post("/v1/studies", json=body))
+        with api_client() as c:
+            s = check_response(c.post("/v1/studies", json=body))
             print(
                 f"submitted study {s['id']} ({s['progress']['total']} runs, each an ordinary job)", flush=True
             )
@@ -107,7 +106,7 @@ def _run_service(exp, name: str, follow: bool) -> int:
                 return 0
             return _follow(c, s["id"])
 
-    return _run_client(go)
+    return run_client(go)
 
 
 def _progress_line(s: dict[str, Any]) -> str:
@@ -134,9 +133,7 @@ def _follow(c, study_id: str) -> int:
                 with c.stream("GET", f"/v1/studies/{study_id}/events", timeout=None) as r:
                     if r.status_code >= 400:
                         r.read()
-                        from services.cli import _check
-
-                        _check(r)
+                        check_response(r)
                     down_since = None
                     event, ended = None, False
                     for line in r.iter_lines():
@@ -163,9 +160,7 @@ def _follow(c, study_id: str) -> int:
             f"\nstopped following; study {study_id} keeps running (POST /v1/studies/{study_id}/cancel stops it)"
         )
         return 130
-    from services.cli import _check
-
-    s = _check(c.get(f"/v1/studies/{study_id}"))
+    s = check_response(c.get(f"/v1/studies/{study_id}"))
     print()
     print(format_table(s["results"]))
     if s.get("wall_totals"):
@@ -256,19 +251,17 @@ def _write_report(out: Path, doc: dict[str, Any]) -> Path:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from services.cli import _check, _client, _run_client, _ts
-
     def go() -> int:
-        with _client() as c:
-            page = _check(c.get("/v1/studies", params={"limit": args.limit}))
+        with api_client() as c:
+            page = check_response(c.get("/v1/studies", params={"limit": args.limit}))
         print(f"{'id':<16}  {'name':<28}  {'status':<10}  {'runs':>9}  created (UTC)")
         for s in page["data"]:
             p = s["progress"]
-            created = _ts(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s["created_at"])))
+            created = format_ts(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s["created_at"])))
             print(
                 f"{s['id']:<16}  {(s['name'] or '')[:28]:<28}  {s['status']:<10}  "
                 f"{p['finished']:>4}/{p['total']:<4}  {created}"
             )
         return 0
 
-    return _run_client(go)
+    return run_client(go)

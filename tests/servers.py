@@ -99,4 +99,4 @@ class ProcessServer(SubprocessServer):
     """``rectrain serve`` as a subprocess (so a test can kill and restart the API process)."""
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        return [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
