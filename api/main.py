@@ -97,8 +97,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         for t in tasks:
             t.cancel()
-        # bounded: a task stuck in a thread (or a dead Redis) must not hold the shutdown
-        await asyncio.wait(tasks, timeout=5)
+        # bounded: a task stuck in a thread (or a dead Redis) must not hold the shutdown;
+        # with the loops off, an external Redis and no metrics port there may be none
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         if metrics_server is not None:
             metrics_server.shutdown()
         for closing in (app.state.stream_hub.close(), redis.aclose(), stream_redis.aclose()):

@@ -77,6 +77,9 @@ def test_a_worker_process_dispatches_for_an_api_with_its_loops_off(split_env, re
             worker.kill()
             worker.wait(10)
         api.stop()
+    # the API with nothing in the background shuts down cleanly too
+    log = (tmp_path / "api.log").read_text()
+    assert "shutdown failed" not in log and "Traceback" not in log, log
 
 
 def test_two_workers_share_the_dispatcher_lease(split_env, redis_client, tmp_path):
