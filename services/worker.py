@@ -46,7 +46,7 @@ log = logging.getLogger("rectrain.worker")
 
 ControlLoopsMode = Literal["in-process", "off"]
 
-_METRICS_REFRESH_S = 10.0
+_METRICS_REFRESH_S = 5.0
 
 
 async def wake_on_submit(store: JobStore) -> None:

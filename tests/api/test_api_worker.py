@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import psutil
 import pytest
 from api_helpers import ALICE, REPO, TERMINAL, client_for, settings_env, wait_status
@@ -17,6 +18,7 @@ from test_api_basics import TINY
 
 from services import keys
 from services.cli import api_command
+from tests.net import free_port
 from tests.servers import ProcessServer, SubprocessServer
 
 
@@ -53,12 +55,27 @@ def test_a_worker_process_dispatches_for_an_api_with_its_loops_off(split_env, re
         assert redis_client.get(keys.dispatch_leader_key()) is None
         # a long tick: the worker's first tick (at its start) dispatches the queued job, and
         # only the wake-up through Redis can start the next one soon
-        worker = _worker(dict(split_env, RECTRAIN_DISPATCH_INTERVAL_S="30"), tmp_path / "worker.log")
+        metrics_port = free_port()
+        worker = _worker(
+            dict(split_env, RECTRAIN_DISPATCH_INTERVAL_S="30", RECTRAIN_METRICS_PORT=str(metrics_port)),
+            tmp_path / "worker.log",
+        )
         done = wait_status(c, jid, lambda s: s in TERMINAL, timeout=90)
         assert done["status"] == "succeeded", done["error"]
         assert done["passes_done"] == 2 and done["summary"]["test_ne_at_last"] is not None
         holder = redis_client.get(keys.dispatch_leader_key())
         assert holder and holder.split(":")[1] == str(worker.pid), holder  # the worker leads
+        # its own metrics: the queue wait of the job it dispatched, the lease it holds
+        deadline = time.monotonic() + 20
+        while True:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            # the gauges are refreshed every few seconds
+            if 'rectrain_jobs{status="succeeded"} 1.0' in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "rectrain_worker_dispatch_leader 1.0" in text, text
+        assert "rectrain_queue_wait_seconds_count 1.0" in text, text
+        assert 'rectrain_jobs{status="succeeded"} 1.0' in text, text
         # a second job submitted to the API wakes the worker's dispatcher through Redis
         t0 = time.monotonic()
         jid2 = c.post("/v1/jobs", json={"spec": TINY}).json()["id"]
