@@ -14,9 +14,9 @@ test: setup
 
 # ruff (lint + format) and mypy over the packages; CI runs it before the tests (fast first)
 lint: setup
-	.venv/bin/ruff check api services trainer bench tests examples scripts
-	.venv/bin/ruff format --check api services trainer bench tests examples scripts
-	$(PY) -m mypy api services trainer bench
+	.venv/bin/ruff check cli api services trainer bench tests examples scripts
+	.venv/bin/ruff format --check cli api services trainer bench tests examples scripts
+	$(PY) -m mypy cli api services trainer bench
 
 bench: setup
 	.venv/bin/rectrain bench

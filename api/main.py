@@ -1,6 +1,9 @@
 """The FastAPI application: wiring only (settings, Redis, middleware, routers).
 
-Run it with ``rectrain serve``, or ``uvicorn api.main:create_app --factory``.
+Run it with ``rectrain serve``, or ``uvicorn api.main:create_app --factory``. With
+``RECTRAIN_CONTROL_LOOPS=in-process`` (the default) its lifespan also runs the control
+loops (dispatcher, reaper, study reconciler: :mod:`services.worker`); with ``off`` a
+``rectrain worker`` process runs them and this process only answers requests.
 """
 
 from __future__ import annotations
@@ -23,12 +26,11 @@ from api.routes import health, jobs, studies
 from api.routes.health import refresh_job_gauges_loop, start_metrics_server
 from services.jobs import JobStore
 from services.launcher import JobLauncher
-from services.queue import Dispatcher, dispatch_loop
-from services.reaper import reaper_loop
 from services.redis_conn import EmbeddedRedis, RedisSupervisor, async_client
 from services.settings import Settings
 from services.stream_hub import StreamHub
-from services.studies import StudyStore, study_loop
+from services.studies import StudyStore
+from services.worker import ControlLoops
 from trainer.spec import FIELD_PATHS
 
 log = logging.getLogger("rectrain.api")
@@ -70,19 +72,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     app.state.launcher = JobLauncher(settings, url)
     app.state.studies = StudyStore(app.state.store)
-    tasks.append(
-        asyncio.create_task(reaper_loop(app.state.store, app.state.launcher, settings.reaper_interval_s))
-    )
-    tasks.append(
-        asyncio.create_task(
-            study_loop(app.state.studies, app.state.launcher, settings.study_reconcile_interval_s)
+    # the dispatcher, reaper and study reconciler: here, or in a `rectrain worker`
+    # (RECTRAIN_CONTROL_LOOPS=off; services/worker.py)
+    app.state.control_loops = None
+    app.state.dispatcher = None
+    if settings.control_loops == "in-process":
+        wait_hist = app.state.telemetry.queue_wait
+        loops = ControlLoops(
+            app.state.store,
+            app.state.studies,
+            app.state.launcher,
+            on_dispatch=lambda _id, waited: wait_hist.observe(waited),
         )
-    )
-    wait_hist = app.state.telemetry.queue_wait
-    app.state.dispatcher = Dispatcher(
-        app.state.store, app.state.launcher, on_dispatch=lambda _id, waited: wait_hist.observe(waited)
-    )
-    tasks.append(asyncio.create_task(dispatch_loop(app.state.dispatcher, settings.dispatch_interval_s)))
+        tasks += loops.start()
+        app.state.control_loops = loops
+        app.state.dispatcher = loops.dispatcher
+    else:
+        log.info("control loops off (RECTRAIN_CONTROL_LOOPS=off): a `rectrain worker` runs them")
     metrics_server = start_metrics_server(app, settings)
     if metrics_server is not None:
         tasks.append(asyncio.create_task(refresh_job_gauges_loop(app)))
@@ -91,8 +97,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         for t in tasks:
             t.cancel()
-        # bounded: a task stuck in a thread (or a dead Redis) must not hold the shutdown
-        await asyncio.wait(tasks, timeout=5)
+        # bounded: a task stuck in a thread (or a dead Redis) must not hold the shutdown;
+        # with the loops off, an external Redis and no metrics port there may be none
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
         if metrics_server is not None:
             metrics_server.shutdown()
         for closing in (app.state.stream_hub.close(), redis.aclose(), stream_redis.aclose()):

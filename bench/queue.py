@@ -76,7 +76,7 @@ class Serve:
             [
                 sys.executable,
                 "-m",
-                "trainer.cli",
+                "cli",
                 "serve",
                 "--port",
                 str(self.port),

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# rectrain container entrypoint: one image, three roles.
+# rectrain container entrypoint: one image, four roles.
 #
 #   api         the FastAPI control plane:  rectrain serve --host 0.0.0.0 --port 8000
+#               (the API and a worker process; `api --loops off`: the API alone, for
+#               deployments that run the worker role separately, e.g. the Helm chart)
+#   worker      the control loops (dispatcher, reaper, study reconciler): rectrain worker
 #   ray-head    a Ray head node with the dashboard (and its Jobs API) on 0.0.0.0:8265
 #   ray-worker  a Ray worker joining $RAY_HEAD_ADDRESS (host:port of the head's GCS)
 #
@@ -26,6 +29,9 @@ case "$role" in
   api)
     exec rectrain serve --host "${RECTRAIN_API_HOST:-0.0.0.0}" --port "${RECTRAIN_API_PORT:-8000}" "$@"
     ;;
+  worker)
+    exec rectrain worker "$@"
+    ;;
   ray-head)
     # shellcheck disable=SC2086  # extra args are meant to word-split
     exec ray start --head --block \
@@ -44,7 +50,7 @@ case "$role" in
       "${ray_resource_args[@]}" ${RAY_WORKER_EXTRA_ARGS:-} "$@"
     ;;
   -h|--help|help)
-    sed -n '2,16p' "$0"
+    sed -n '2,18p' "$0"
     ;;
   *)
     exec "$role" "$@"

@@ -276,7 +276,7 @@ def part_ray2(ctx: dict[str, Any]) -> dict[str, Any]:
 def part_bench(ctx: dict[str, Any]) -> dict[str, Any]:
     _need_gpus(ctx, 1)
     out_json = Path(ctx["out"]) / "bench-cuda.json"
-    cmd = [sys.executable, "-m", "trainer.cli", "bench", "--device", "cuda", "--no-scaling"]
+    cmd = [sys.executable, "-m", "cli", "bench", "--device", "cuda", "--no-scaling"]
     cmd += ["--out", str(out_json), "--no-markdown", *ctx["bench_args"]]
     try:
         import ray  # noqa: F401

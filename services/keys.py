@@ -29,7 +29,9 @@ Layout (``{id}`` is a job id, ``{owner}`` a token owner, ``{status}`` a JobStatu
     rectrain:queue:seq                     string counter of arrivals (FIFO within a priority)
     rectrain:queue:info                    hash   job id -> JSON {position, reason}, rewritten
                                                   by the dispatcher every tick
-    rectrain:queue:leader                  string the dispatching API replica's lease (TTL)
+    rectrain:queue:leader                  string the dispatching process's lease (TTL): an
+                                                  API replica's or a `rectrain worker`'s
+    rectrain:queue:wake                    channel (pub/sub) a job was queued: wake the dispatchers
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ def queue_info_key() -> str:
 
 def dispatch_leader_key() -> str:
     return f"{KEY_PREFIX}:queue:leader"
+
+
+def dispatch_wake_channel() -> str:
+    """Pub/sub channel: a job was queued (services.submit publishes, services.worker listens)."""
+    return f"{KEY_PREFIX}:queue:wake"
 
 
 def queue_score(priority: int, seq: int) -> float:

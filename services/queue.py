@@ -2,8 +2,10 @@
 
 Jobs wait in Redis (``keys.queue_owner_key``: one sorted set per owner, higher
 ``priority`` first, then first come; :meth:`services.jobs.JobStore.create` enqueues).
-Every API process runs :func:`dispatch_loop` beside the reaper; one of them at a time
-holds the dispatcher lease (``keys.dispatch_leader_key``) and, every tick:
+Every process that runs the control loops (a ``rectrain worker``, or an API process with
+``RECTRAIN_CONTROL_LOOPS=in-process``: :mod:`services.worker`) runs :func:`dispatch_loop`
+beside the reaper; one of them at a time holds the dispatcher lease
+(``keys.dispatch_leader_key``) and, every tick:
 
 1. reads the cluster's capacity (:mod:`services.capacity`) and adds up what the
    starting/running jobs hold;

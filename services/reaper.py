@@ -1,6 +1,7 @@
 """The reaper: finds jobs whose launcher died and settles them.
 
-Every API process runs :func:`reap_once` every ``reaper_interval_s``:
+Every process that runs the control loops (:mod:`services.worker`) runs :func:`reap_once`
+every ``reaper_interval_s``:
 
 - an active (starting/running) job without a live heartbeat is marked failed with the
   reason (or cancelled, if cancel had been requested) in one transaction that re-checks
@@ -15,7 +16,7 @@ away) makes the job ``succeeded``, with the events of its ``events.jsonl`` repla
 (de-duplicated) into the stream. Just after Redis (re)started — its uptime below twice
 the heartbeat TTL — a missing heartbeat proves nothing (runners are reconnecting, and
 the append-only file may have lost the last second): no job is declared lost then.
-Several API processes may reap at once: every step is atomic or idempotent.
+Several processes may reap at once: every step is atomic or idempotent.
 """
 
 from __future__ import annotations

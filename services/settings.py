@@ -132,6 +132,10 @@ class Settings(BaseSettings):
         gt=0,
         description="a runner silent this long is presumed dead (the reaper fails or re-adopts its job)",
     )
+    control_loops: Literal["in-process", "off"] = Field(
+        "in-process",
+        description="where the dispatcher, reaper and study reconciler run: `in-process` (in the API process) | `off` (not in the API: a `rectrain worker` runs them; `rectrain serve` and the Helm chart do this)",
+    )
     reaper_interval_s: float = Field(
         keys.REAPER_INTERVAL_S,
         gt=0,
@@ -155,7 +159,7 @@ class Settings(BaseSettings):
     study_reconcile_interval_s: float = Field(
         keys.STUDY_RECONCILE_INTERVAL_S,
         gt=0,
-        description="how often each API process reconciles active studies",
+        description="how often the control loops reconcile active studies",
     )
     study_poll_s: float = Field(
         keys.STUDY_POLL_S,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.cli_common import api_client, run_client
 from services.settings import ClientSettings
 
 if TYPE_CHECKING:
@@ -120,9 +121,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _service_up() -> bool:
-    from services.cli import _client
-
-    with _client() as c:
+    with api_client() as c:
         return c.health()
 
 
@@ -130,10 +129,8 @@ def _service_up() -> bool:
 
 
 def _run_service(exp, name: str, follow: bool) -> int:
-    from services.cli import _client, _run_client
-
     def go() -> int:
-        with _client() as c:
+        with api_client() as c:
             s = c.submit_study(exp.spec, name=name)
             p = s.progress
             runs = f"up to {p['planned_max']} runs in stages" if "planned_max" in p else f"{p['total']} runs"
@@ -142,7 +139,7 @@ def _run_service(exp, name: str, follow: bool) -> int:
                 return 0
             return _follow(c, s.id)
 
-    return _run_client(go)
+    return run_client(go)
 
 
 def _progress_line(s: dict[str, Any]) -> str:
@@ -317,10 +314,8 @@ def _write_report(out: Path, doc: dict[str, Any]) -> Path:
 
 
 def _cmd_studies(args: argparse.Namespace) -> int:
-    from services.cli import _client, _run_client
-
     def go() -> int:
-        with _client() as c:
+        with api_client() as c:
             page = c.list_studies(limit=args.limit)
         print(f"{'id':<16}  {'name':<28}  {'status':<10}  {'runs':>9}  created (UTC)")
         for s in page.data:
@@ -332,4 +327,4 @@ def _cmd_studies(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _run_client(go)
+    return run_client(go)

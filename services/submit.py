@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from services import keys
 from services.capacity import job_demand, never_fits
 from services.jobs import JobRecord, JobStore
 from services.launcher import JobLauncher
@@ -45,6 +46,8 @@ async def submit_job(
     :class:`trainer.errors.SpecError` when it asks for more than the service allows or
     reads data outside the data roots (:mod:`services.limits`), or when its
     ``training.init_from`` cannot be used (:mod:`services.model_lifecycle`).
+    The dispatchers of other processes (a ``rectrain worker``) are woken through
+    ``keys.dispatch_wake_channel``.
     """
     check_job_limits(spec, launcher.settings)
     spec.check_capacity()
@@ -72,4 +75,9 @@ async def submit_job(
         max_queued=settings.max_queued_per_owner,
     )
     notify_dispatchers()
+    # and those of every other process (a `rectrain worker`, other API replicas)
+    try:
+        await store.r.publish(keys.dispatch_wake_channel(), job.id)
+    except Exception as e:  # the job is queued: the dispatchers' next tick starts it anyway
+        log.debug("could not publish the dispatch wake-up: %s", e)
     return job

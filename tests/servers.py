@@ -96,7 +96,30 @@ class SubprocessServer:
 
 
 class ProcessServer(SubprocessServer):
-    """``rectrain serve`` as a subprocess (so a test can kill and restart the API process)."""
+    """``rectrain serve`` as a subprocess (so a test can kill and restart the API process).
+
+    serve runs the API and the worker as processes of its own; :meth:`stop` returns once
+    they are gone too (killed with serve, they die a moment after it: a restart on the
+    same port must not find the old API still listening)."""
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        return [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def stop(self, sig: str = "term") -> None:
+        import os
+
+        import psutil
+
+        kids: list[psutil.Process] = []
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                sid = os.getsid(self.proc.pid)
+                # its API and worker (its Redis and Ray head run in sessions of their own)
+                kids = [k for k in psutil.Process(self.proc.pid).children() if os.getsid(k.pid) == sid]
+            except (psutil.Error, OSError):
+                kids = []
+        super().stop(sig)
+        _gone, alive = psutil.wait_procs(kids, timeout=20)
+        for k in alive:
+            k.kill()
+        psutil.wait_procs(alive, timeout=5)

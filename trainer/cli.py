@@ -1,20 +1,22 @@
-"""The ``rectrain`` console command.
+"""The trainer's commands: ``run`` and ``predict``, and how every command ends.
 
-``rectrain run SPEC`` trains locally (or on the Ray cluster at ``RAY_ADDRESS``).
-Other packages add their subcommands through a ``register(subparsers)`` function:
-``services.cli`` (serve, submit, jobs, cancel) and ``bench.cli`` (bench).
+``rectrain run SPEC`` trains locally (or on the Ray cluster at ``RAY_ADDRESS``). The
+``rectrain`` console command itself is the top-level ``cli`` package, which adds these
+commands with :func:`register` beside those of ``services.cli`` and ``bench.cli`` and
+runs the chosen one through :func:`run_command`. ``python -m trainer.cli`` has the
+trainer's commands only (the local launcher runs ``python -m trainer.cli run``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 
 from trainer.errors import RectrainError
 
-_PLUGINS = ("services.cli", "bench.cli")
+DESCRIPTION = "rectrain: train recommender models (TorchRec + FBGEMM), locally or on Ray"
+EPILOG = "--debug (with any command): show the traceback of an unexpected error"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -66,13 +68,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rectrain",
-        description=__doc__.splitlines()[0],
-        epilog="--debug (with any command): show the traceback of an unexpected error",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``run`` and ``predict`` to a ``rectrain`` parser's subcommands."""
     r = sub.add_parser("run", help="train a job spec (YAML/JSON) and print NE per pass")
     r.add_argument("spec", help="path to a job spec (.yaml/.yml/.json)")
     r.add_argument(
@@ -108,14 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=4096)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_predict)
-    for mod in _PLUGINS:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # the plugin exists but its own import failed
-                raise
-            continue
-        m.register(sub)
+
+
+def new_parser() -> argparse.ArgumentParser:
+    """An empty ``rectrain`` parser: add command groups to ``parser.add_subparsers(...)``."""
+    return argparse.ArgumentParser(prog="rectrain", description=DESCRIPTION, epilog=EPILOG)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's commands alone (``python -m trainer.cli``)."""
+    p = new_parser()
+    register(p.add_subparsers(dest="command", required=True))
     return p
 
 
@@ -148,14 +148,15 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Every command ends bad input with one line on stderr and a non-zero exit: 2 for
-    what rectrain refused (the line names the file or field and what to change), 1 for
-    anything else (its type and first line); ``--debug`` (anywhere) shows the traceback."""
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen command. Every command ends bad
+    input with one line on stderr and a non-zero exit: 2 for what rectrain refused (the
+    line names the file or field and what to change), 1 for anything else (its type and
+    first line); ``--debug`` (anywhere) shows the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rectrain {args.command}: {_one_line(e)} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trainer.cli``: the trainer's commands (``rectrain`` is ``cli.main``)."""
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

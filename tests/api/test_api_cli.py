@@ -17,7 +17,7 @@ from services.settings import DEV_TOKEN
 def _cli(url, *args, token=DEV_TOKEN, timeout=60):
     env = dict(os.environ, RECTRAIN_API_URL=url, RECTRAIN_TOKEN=token)
     return subprocess.run(
-        [sys.executable, "-m", "trainer.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -56,7 +56,7 @@ def test_download_the_model_with_auth_and_ownership(server, alice, bob, settings
     # the CLI: rectrain export <job id> downloads it
     from api_helpers import ALICE, BOB
 
-    from trainer.cli import main
+    from cli.main import main
 
     monkeypatch.setenv("RECTRAIN_API_URL", server.url)
     monkeypatch.setenv("RECTRAIN_TOKEN", ALICE)

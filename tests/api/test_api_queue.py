@@ -220,7 +220,7 @@ def test_queue_survives_an_api_kill(qsettings, tmp_path):
         assert [after[j]["queue_position"] for j in q] == [1, 2, 3]
         # `rectrain jobs` shows the positions and why the head of the queue waits
         out = subprocess.run(
-            [sys.executable, "-m", "trainer.cli", "jobs"],
+            [sys.executable, "-m", "cli", "jobs"],
             env=dict(os.environ, RECTRAIN_API_URL=api.url, RECTRAIN_TOKEN=ALICE),
             capture_output=True,
             text=True,

@@ -110,7 +110,7 @@ def test_only_signed_checkpoints_are_read_by_path(bob, settings, trained_run, tm
     refused at submit (422 naming the field) and by `rectrain export` (one line, exit 2)."""
     import pickle
 
-    from trainer.cli import main
+    from cli.main import main
 
     data = Path(settings.data_dir)
     bad = data / "datasets" / "tampered"

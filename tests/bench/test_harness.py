@@ -78,7 +78,7 @@ def _bench(args: list[str], d: Path, markdown: Path | None = None) -> dict:
     out = d / "bench.json"
     md = ["--markdown", str(markdown)] if markdown else ["--no-markdown"]
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "bench", *args, "--out", str(out), *md],
+        [sys.executable, "-m", "cli", "bench", *args, "--out", str(out), *md],
         cwd=REPO,
         # an in-process test earlier in the session set MASTER_PORT for its own gloo
         # group (still bound by this process): the bench must pick its own port
@@ -164,7 +164,7 @@ def test_markdown_section_between_markers(result) -> None:
 
 
 def test_cli_registers_bench() -> None:
-    from trainer.cli import build_parser
+    from cli.main import build_parser
 
     args = build_parser().parse_args(
         [
@@ -324,7 +324,7 @@ def test_compile_flag_reaches_rectrains_spec_only() -> None:
     dense part in the warm-up); the workload records it for the report."""
     from bench.cli import config_from_args
     from bench.paths import Workload, make_spec
-    from trainer.cli import build_parser
+    from cli.main import build_parser
 
     cfg = config_from_args(
         build_parser().parse_args(["bench", "--tiny", "--compile"]), ["--tiny", "--compile"]

@@ -298,6 +298,14 @@ def test_entrypoint_api(stub_path):
     assert run_entrypoint(stub_path).stdout.strip() == "rectrain serve --host 0.0.0.0 --port 8000"
 
 
+def test_entrypoint_worker_and_a_split_api(stub_path):
+    r = run_entrypoint(stub_path, "worker")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "rectrain worker"
+    r = run_entrypoint(stub_path, "api", "--loops", "off")
+    assert r.stdout.strip() == "rectrain serve --host 0.0.0.0 --port 8000 --loops off"
+
+
 def test_entrypoint_ray_head(stub_path):
     r = run_entrypoint(stub_path, "ray-head")
     assert r.returncode == 0, r.stderr

@@ -288,7 +288,7 @@ def test_api_probes_and_resources(values_set):
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] in port_names
     assert port_names["http"] == 8000
-    assert c["args"] == ["api"]
+    assert c["args"] == ["api", "--loops", "off"]  # the worker Deployment runs the control loops
     assert c["resources"]["requests"] and c["resources"]["limits"]
 
 
@@ -304,6 +304,68 @@ def test_api_service_and_ingress():
     assert ing["spec"]["ingressClassName"] == "nginx"
     assert ing["spec"]["tls"][0]["secretName"] == "rectrain-tls"
     assert objs(render_set("default"), "Ingress") == []
+
+
+# --------------------------------------------------------------------------- worker pod
+
+_API_ONLY_ENV = {"RECTRAIN_API_PORT"}
+
+
+@pytest.mark.parametrize("values_set", SETS)
+def test_api_and_worker_are_separate_deployments_with_one_environment(values_set):
+    """The control loops run in their own Deployment (`rectrain worker`), with exactly
+    the API's settings but the API's own port; the API pods run with their loops off."""
+    docs = render_set(values_set)
+    api = one(docs, "Deployment", "-api")
+    worker = one(docs, "Deployment", "-worker")
+    assert worker["spec"]["replicas"] == 1
+    wspec = worker["spec"]["template"]["spec"]
+    [wc] = wspec["containers"]
+    [ac] = api["spec"]["template"]["spec"]["containers"]
+    assert wc["args"] == ["worker"] and ac["args"] == ["api", "--loops", "off"]
+    assert wc["image"] == ac["image"]
+    assert "ports" not in wc  # nothing to serve: no Service selects it
+    a_env, w_env = env_of(ac), env_of(wc)
+    assert {k: v for k, v in a_env.items() if k not in _API_ONLY_ENV} == w_env
+    assert wc.get("envFrom") == ac.get("envFrom")
+    assert {m["mountPath"] for m in wc["volumeMounts"]} == {"/tmp", "/data"}
+    assert wc["securityContext"]["readOnlyRootFilesystem"] is True
+    # the API Service and PodDisruptionBudgets do not select the worker
+    wlabels = worker["spec"]["template"]["metadata"]["labels"]
+    assert wlabels["app.kubernetes.io/component"] == "worker"
+    assert wlabels["rectrain.io/redis-client"] == "true"
+    svc = one(docs, "Service", "-api")
+    assert not svc["spec"]["selector"].items() <= wlabels.items()
+
+
+def test_api_replicas_scale_while_one_worker_dispatches():
+    docs = render({"api": {"replicaCount": 3}})
+    assert one(docs, "Deployment", "-api")["spec"]["replicas"] == 3
+    assert one(docs, "Deployment", "-worker")["spec"]["replicas"] == 1
+
+
+def test_without_the_worker_the_api_runs_the_control_loops():
+    docs = render({"worker": {"enabled": False}})
+    assert [d for d in objs(docs, "Deployment") if d["metadata"]["name"].endswith("-worker")] == []
+    api = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]
+    assert api["args"] == ["api", "--loops", "in-process"]
+    pol = one(docs, "NetworkPolicy", "-ray")
+    jobs_rule = pol["spec"]["ingress"][1]
+    [peer] = jobs_rule["from"]
+    assert peer["podSelector"]["matchExpressions"][0]["values"] == ["api"]
+
+
+def test_the_worker_arguments_are_what_the_cli_accepts():
+    """The chart's container arguments parse with the rectrain command (through the
+    image's entrypoint: `api` is `rectrain serve --host 0.0.0.0 --port 8000`)."""
+    from cli.main import build_parser
+
+    docs = render_set("default")
+    args = one(docs, "Deployment", "-api")["spec"]["template"]["spec"]["containers"][0]["args"]
+    parsed = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8000", *args[1:]])
+    assert parsed.loops == "off"
+    wargs = one(docs, "Deployment", "-worker")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert build_parser().parse_args(wargs).command == "worker"
 
 
 # --------------------------------------------------------------------------- security
@@ -452,9 +514,8 @@ def test_ray_pods_admit_only_each_other_and_the_api_on_the_jobs_port():
         lbl for lbl in pods if lbl.startswith("RayCluster/")
     }
     ray_rule, api_rule, gcs_rule = pol["spec"]["ingress"]  # ci-storage-s3: the autoscaler is on
-    # the API reaches the GCS (6379) only: its dispatcher asks the autoscaler for queued jobs
+    # the dispatcher's pod reaches the GCS (6379) only: it asks the autoscaler for queued jobs
     assert gcs_rule["ports"] == [{"protocol": "TCP", "port": 6379}]
-    assert gcs_rule["from"] == [{"podSelector": api_rule["from"][0]["podSelector"]}]
     assert "ports" not in ray_rule  # Ray's own ports between its pods
     [peer] = ray_rule["from"]
     assert {lbl for lbl, labels in pods.items() if selected(peer["podSelector"], labels)} == {
@@ -463,7 +524,11 @@ def test_ray_pods_admit_only_each_other_and_the_api_on_the_jobs_port():
     assert api_rule["ports"] == [{"protocol": "TCP", "port": 8265}]
     [api_peer] = api_rule["from"]
     assert {lbl for lbl, labels in pods.items() if selected(api_peer["podSelector"], labels)} == {
-        lbl for lbl in pods if lbl.startswith("Deployment/") and lbl.endswith("-api")
+        lbl for lbl in pods if lbl.startswith("Deployment/") and lbl.endswith(("-api", "-worker"))
+    }
+    # the GCS: only the worker, whose dispatcher asks the autoscaler
+    assert {lbl for lbl, labels in pods.items() if selected(gcs_rule["from"][0]["podSelector"], labels)} == {
+        lbl for lbl in pods if lbl.startswith("Deployment/") and lbl.endswith("-worker")
     }
     # Redis admits the external Ray namespace given in redisExtraFrom
     redis_peers = one(docs, "NetworkPolicy", "-redis")["spec"]["ingress"][0]["from"]

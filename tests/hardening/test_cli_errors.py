@@ -42,7 +42,7 @@ def table_model(tmp_path_factory):
 
 
 def _run(argv, capsys) -> tuple[int, str]:
-    from trainer.cli import main
+    from cli.main import main
 
     capsys.readouterr()
     rc = main(argv)
@@ -70,7 +70,7 @@ def test_predict_on_truncated_and_garbage_parquet_says_one_line(table_model, tmp
         assert err.count("\n") == 0 and "Traceback" not in err, err
         assert err.startswith(f"rectrain: data: {bad} cannot be read as a table: "), err
     # the same input with --debug: the traceback is shown (the error propagates)
-    from trainer.cli import main
+    from cli.main import main
     from trainer.errors import DataError
 
     with pytest.raises(DataError):

@@ -61,7 +61,7 @@ def test_variables_the_packages_read_are_in_the_registry():
     repo = README.parent
     read = {
         m.group(1)
-        for pkg in ("api", "services", "trainer", "bench")
+        for pkg in ("cli", "api", "services", "trainer", "bench")
         for p in (repo / pkg).rglob("*.py")
         for m in pattern.finditer(p.read_text())
     }

@@ -332,3 +332,35 @@ the API, which verifies them, and on the workers, which write them). */}}
       key: ray-auth-token
 {{- end }}
 {{- end }}
+
+{{/*
+The control plane's environment, the same on the API and the worker (services/settings.py
+reads it in both): Redis, Ray, tokens, data, storage, cluster secrets, autoscaling.
+*/}}
+{{- define "rectrain.controlPlaneEnv" -}}
+{{- include "rectrain.redisUrlEnv" . | nindent 0 }}
+- name: RAY_ADDRESS
+  value: {{ include "rectrain.rayAddress" . | quote }}
+- name: RECTRAIN_API_TOKENS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rectrain.tokenSecretName" . }}
+      key: {{ include "rectrain.tokenSecretKey" . }}
+- name: RECTRAIN_ENV
+  value: {{ .Values.api.environment | quote }}
+- name: RECTRAIN_DATA_DIR
+  value: /data
+- name: HOME
+  value: /tmp
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- include "rectrain.clusterSecretsEnv" . | nindent 0 }}
+{{- include "rectrain.storageEnv" . | nindent 0 }}
+{{- if and .Values.ray.enabled .Values.ray.enableInTreeAutoscaling }}
+# capacity is the worker group at maxReplicas; queued jobs ask the autoscaler through the GCS
+- name: RECTRAIN_AUTOSCALING_SHAPE
+  value: {{ include "rectrain.autoscalingShape" . | quote }}
+- name: RECTRAIN_RAY_GCS_ADDRESS
+  value: {{ include "rectrain.rayGcsAddress" . | quote }}
+{{- end }}
+{{- end }}
