@@ -10,6 +10,7 @@ trainer's commands only (the local launcher runs ``python -m trainer.cli run``).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -165,6 +166,11 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
             raise
         print(f"rectrain: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`rectrain ... | head`): not an error
+        # Python's own advice (docs: signal, "Note on SIGPIPE"): point stdout at devnull so
+        # the flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         _shutdown_ray()
         print("rectrain: cancelled" if _terminated else "rectrain: interrupted", file=sys.stderr)

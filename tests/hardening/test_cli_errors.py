@@ -114,3 +114,25 @@ def test_other_commands_end_bad_input_in_one_line(table_model, tmp_path, capsys)
         assert rc != 0, (argv, err)
         assert err.count("\n") == 0 and "Traceback" not in err, (argv, err)
         assert name in err, (argv, err)
+
+
+def test_output_piped_into_a_reader_that_stops_early_is_not_an_error():
+    """``rectrain study ... --plan | head -1``: the reader closes the pipe after one line;
+    rectrain exits 0 with nothing on stderr (it used to end with 'BrokenPipeError')."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cli", "study", "examples/study.yaml", "--plan"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert p.stdout is not None and p.stderr is not None
+    first = p.stdout.readline()
+    p.stdout.close()  # what `head -1` does after its line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0, err
+    assert first.startswith(b"study: 50 arms") and "BrokenPipe" not in err and err == "", err
