@@ -17,13 +17,15 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline, PubSub
+from redis.commands.core import AsyncScript
 
 from services import keys
-from services.metrics_bus import stream_fields
+from services.failure import split_failure
+from services.metrics_bus import read_events, read_events_raw, stream_fields
 from services.redis_conn import redis_fields, text, text_hash, text_list, transaction
 from trainer.errors import RectrainError
 from trainer.report import summarize_passes
@@ -505,3 +507,112 @@ class JobStore:
             pipe.zrem(keys.owner_status_key(owner, cur.value), job_id)
 
         await transaction(self.r, check, key)
+
+    # ------------------------------------------------------------------ for the callers outside
+    # What the routes, the dispatcher, the reaper and the runners need of Redis, so that
+    # none of them reaches the raw client (``self.r``): each is the same command(s) they
+    # sent themselves.
+
+    async def ping(self) -> bool:
+        return await self.r.ping()
+
+    async def redis_uptime_s(self) -> float:
+        """Seconds Redis has been up (``INFO server``); very large when it does not say."""
+        info = await self.r.info("server")
+        return float(info.get("uptime_in_seconds", 1e9))
+
+    async def put_stream_ticket(self, ticket: str, value: str, ttl_s: int) -> None:
+        await self.r.set(keys.stream_ticket_key(ticket), value, ex=ttl_s)
+
+    async def stream_ticket(self, ticket: str) -> str:
+        """What :meth:`put_stream_ticket` stored under ``ticket`` ("" when none or expired)."""
+        return text(await self.r.get(keys.stream_ticket_key(ticket)) or "")
+
+    async def events(self, job_id: str, after: str | None, limit: int) -> builtins.list[tuple[str, dict]]:
+        """A job's events after stream id ``after`` (:func:`services.metrics_bus.read_events`)."""
+        return await read_events(self.r, job_id, after, limit)
+
+    async def events_raw(self, job_id: str, after: str | None, limit: int) -> builtins.list[tuple[str, str]]:
+        """Like :meth:`events`, each as its stored JSON text."""
+        return await read_events_raw(self.r, job_id, after, limit)
+
+    async def record_progress(self, job_id: str, mapping: Mapping[str, str]) -> None:
+        """Write per-pass progress fields (``HSET`` of the job's progress hash)."""
+        await self.r.hset(keys.progress_key(job_id), mapping=redis_fields(mapping))
+
+    async def split_failure(self, job_id: str, raw: str | None) -> tuple[str, str | None]:
+        """``(error, error_log)`` of a failed job (:func:`services.failure.split_failure`)."""
+        return await split_failure(self.r, job_id, raw)
+
+    async def has_heartbeat(self, job_id: str) -> bool:
+        return bool(await self.r.exists(keys.heartbeat_key(job_id)))
+
+    async def hold_heartbeat(self, job_id: str, placeholder: str, ttl_ms: int) -> bool:
+        """Take the job's heartbeat key for ``placeholder`` if nobody holds it (``SET NX PX``)."""
+        return bool(await self.r.set(keys.heartbeat_key(job_id), placeholder, nx=True, px=ttl_ms))
+
+    async def count_attempt(self, job_id: str, field: str) -> int:
+        """Add one to a counter field of the job's record; the new count."""
+        return await self.r.hincrby(keys.job_key(job_id), field, 1)
+
+    def pubsub(self) -> PubSub:
+        """A pub/sub connection (subscribe messages not delivered)."""
+        return self.r.pubsub(ignore_subscribe_messages=True)
+
+    def register_script(self, lua: str) -> AsyncScript:
+        return self.r.register_script(lua)
+
+    async def dispatch_leader(self) -> str | None:
+        """The token of the dispatcher that holds the lease, if any."""
+        return cast("str | None", await self.r.get(keys.dispatch_leader_key()))
+
+    # queue (services.queue's dispatcher, the warm groups' next_warm_job)
+
+    async def queued_count(self) -> int:
+        return await self.r.zcard(keys.status_index_key(JobStatus.QUEUED.value))
+
+    async def queue_info_raw(self, job_ids: builtins.list[str]) -> builtins.list[str | None]:
+        """The dispatcher's last word (JSON) on each of the given queued jobs."""
+        return cast(builtins.list[str | None], await self.r.hmget(keys.queue_info_key(), job_ids))
+
+    async def set_queue_info(self, info: Mapping[str, str]) -> None:
+        """Replace the queue info with ``info`` (job id -> JSON), in one transaction."""
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.queue_info_key())
+            if info:
+                pipe.hset(keys.queue_info_key(), mapping=redis_fields(info))
+            await pipe.execute()
+
+    async def queue_owners(self) -> builtins.list[str]:
+        """Owners with a queue, in their turn order."""
+        return text_list(await self.r.zrange(keys.queue_owners_key(), 0, -1))
+
+    async def owner_queues(self, owners: builtins.list[str]) -> dict[str, builtins.list[str]]:
+        """Each owner's queued job ids in queue order (one pipeline)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for o in owners:
+                pipe.zrange(keys.queue_owner_key(o), 0, -1)
+            return dict(zip(owners, await pipe.execute(), strict=False))
+
+    async def owner_queue_head(self, owner: str) -> builtins.list[str]:
+        """The owner's next queued job id (a list of one, or empty)."""
+        return text_list(await self.r.zrange(keys.queue_owner_key(owner), 0, 0))
+
+    async def owner_queue_length(self, owner: str) -> int:
+        return await self.r.zcard(keys.queue_owner_key(owner))
+
+    async def owner_count_in_status(self, owner: str, status: JobStatus) -> int:
+        return await self.r.zcard(keys.owner_status_key(owner, status.value))
+
+    async def drop_from_owner_queue(self, owner: str, job_id: str) -> None:
+        """Remove a stale entry from the owner's queue."""
+        await self.r.zrem(keys.queue_owner_key(owner), job_id)
+
+    async def job_fields_many(
+        self, job_ids: builtins.list[str], *fields: str
+    ) -> builtins.list[builtins.list[str | None]]:
+        """``HMGET`` of the same fields of several jobs (one pipeline, no transaction)."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for i in job_ids:
+                pipe.hmget(keys.job_key(i), *fields)
+            return await pipe.execute()

@@ -45,10 +45,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services import keys
-from services.failure import split_failure
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.metrics_bus import progress_from_results
-from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA, text_list
+from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA
 from services.settings import Settings, env_var
 from trainer.lifecycle import read_results
 from trainer.results import EVENTS_FILE, RunResult
@@ -651,16 +650,15 @@ async def next_warm_job(store: JobStore, prev_id: str, settings: Settings) -> st
     prev = await store.get(prev_id)
     if prev is None or "study" not in prev.labels:
         return None
-    r = store.r
-    for owner in text_list(await r.zrange(keys.queue_owners_key(), 0, -1)):
-        if owner != prev.owner and await r.zcard(keys.queue_owner_key(owner)):
+    for owner in await store.queue_owners():
+        if owner != prev.owner and await store.owner_queue_length(owner):
             return None
     if settings.max_running_per_owner:
-        running = await r.zcard(keys.owner_status_key(prev.owner, JobStatus.RUNNING.value))
-        starting = await r.zcard(keys.owner_status_key(prev.owner, JobStatus.STARTING.value))
+        running = await store.owner_count_in_status(prev.owner, JobStatus.RUNNING)
+        starting = await store.owner_count_in_status(prev.owner, JobStatus.STARTING)
         if running + starting >= settings.max_running_per_owner:
             return None
-    head = text_list(await r.zrange(keys.queue_owner_key(prev.owner), 0, 0))
+    head = await store.owner_queue_head(prev.owner)
     if not head:
         return None
     nxt = await store.get(head[0])
@@ -840,9 +838,7 @@ async def _supervise(
         assert outcome is not None
         if outcome.ok:
             if outcome.results:
-                await _retry(
-                    store.r.hset, keys.progress_key(job_id), mapping=progress_from_results(outcome.results)
-                )
+                await _retry(store.record_progress, job_id, progress_from_results(outcome.results))
             await _retry(store.transition, job_id, JobStatus.SUCCEEDED)
             _log(job_id, "succeeded")
             return 0
@@ -851,7 +847,7 @@ async def _supervise(
             await _retry(store.transition, job_id, JobStatus.CANCELLED, error="cancelled on request")
             return 0
         # the trainer's own reason as the error; the log tail apart (services/failure.py)
-        error, error_log = await split_failure(store.r, job_id, outcome.reason)
+        error, error_log = await store.split_failure(job_id, outcome.reason)
         await _retry(store.transition, job_id, JobStatus.FAILED, error=error, error_log=error_log)
         _log(job_id, f"failed: {outcome.reason}")
         return 1

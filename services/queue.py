@@ -53,7 +53,7 @@ from services.capacity import (
 )
 from services.jobs import JobStatus, JobStore
 from services.launcher import JobLauncher
-from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA, text_list
+from services.redis_conn import LEASE_REFRESH_LUA, LEASE_RELEASE_LUA
 from trainer.spec import JobSpec
 
 log = logging.getLogger("rectrain.queue")
@@ -78,7 +78,7 @@ async def queue_info(store: JobStore, job_ids: list[str]) -> dict[str, QueueInfo
     """Position and wait reason of the given queued jobs (as of the last dispatcher tick)."""
     if not job_ids:
         return {}
-    raw = await store.r.hmget(keys.queue_info_key(), job_ids)
+    raw = await store.queue_info_raw(job_ids)
     out = {}
     for jid, v in zip(job_ids, raw, strict=False):
         if v:
@@ -88,7 +88,7 @@ async def queue_info(store: JobStore, job_ids: list[str]) -> dict[str, QueueInfo
 
 
 async def queue_length(store: JobStore) -> int:
-    return await store.r.zcard(keys.status_index_key(JobStatus.QUEUED.value))
+    return await store.queued_count()
 
 
 class Dispatcher:
@@ -109,8 +109,8 @@ class Dispatcher:
         self.on_dispatch = on_dispatch  # (job id, seconds it waited)
         self.wake = asyncio.Event()
         self.token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._lead = store.r.register_script(LEASE_REFRESH_LUA)
-        self._release = store.r.register_script(LEASE_RELEASE_LUA)
+        self._lead = store.register_script(LEASE_REFRESH_LUA)
+        self._release = store.register_script(LEASE_RELEASE_LUA)
         _DISPATCHERS.add(self)
         self.lease_ttl_s = max(keys.DISPATCH_LEASE_TTL_S, 3 * self.settings.dispatch_interval_s)
 
@@ -124,10 +124,7 @@ class Dispatcher:
 
     async def _demands(self, ids: list[str]) -> list[tuple[str | None, str | None, Demand | None]]:
         """(status, owner, demand) of each job; the demand rebuilt from the spec if missing."""
-        async with self.store.r.pipeline(transaction=False) as pipe:
-            for i in ids:
-                pipe.hmget(keys.job_key(i), "status", "owner", "demand", "spec")
-            rows = await pipe.execute()
+        rows = await self.store.job_fields_many(ids, "status", "owner", "demand", "spec")
         out = []
         for status, owner, demand, spec in rows:
             d = None
@@ -145,12 +142,10 @@ class Dispatcher:
         """One pass over the queue; returns the ids of the jobs it started."""
         if not await self.lead():
             return []
-        r = self.store.r
+        store = self.store
         s = self.settings
         cap: Capacity | None = await self.capacity.read()
-        active = [
-            i for st in (JobStatus.STARTING, JobStatus.RUNNING) for i in await self.store.ids_in_status(st)
-        ]
+        active = [i for st in (JobStatus.STARTING, JobStatus.RUNNING) for i in await store.ids_in_status(st)]
         used = Usage()
         running: Counter[str] = Counter()
         held: list[dict[str, float]] = []  # the active jobs' worker bundles
@@ -160,11 +155,8 @@ class Dispatcher:
                 held += d.bundles()
             if owner:
                 running[owner] += 1
-        owners = text_list(await r.zrange(keys.queue_owners_key(), 0, -1))
-        async with r.pipeline(transaction=False) as pipe:
-            for o in owners:
-                pipe.zrange(keys.queue_owner_key(o), 0, -1)
-            queues = dict(zip(owners, await pipe.execute(), strict=False))
+        owners = await store.queue_owners()
+        queues = await store.owner_queues(owners)
         queued = [i for o in owners for i in queues[o]]
         info = dict(zip(queued, await self._demands(queued), strict=False))
 
@@ -195,7 +187,7 @@ class Dispatcher:
                 status, _, d = info[jid]
                 if status != JobStatus.QUEUED.value:  # left the queue meanwhile / stale entry
                     if status is None:
-                        await r.zrem(keys.queue_owner_key(o), jid)
+                        await store.drop_from_owner_queue(o, jid)
                     continue
                 pos += 1
                 reason = None
@@ -241,12 +233,8 @@ class Dispatcher:
         for jid, _owner in to_start:
             if await self._start(jid):
                 started.append(jid)
-        async with r.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.queue_info_key())
-            left = {j: v for j, v in positions.items() if j not in started}
-            if left:
-                pipe.hset(keys.queue_info_key(), mapping={j: json.dumps(v) for j, v in left.items()})
-            await pipe.execute()
+        left = {j: v for j, v in positions.items() if j not in started}
+        await store.set_queue_info({j: json.dumps(v) for j, v in left.items()})
         return started
 
     async def _scale_reason(

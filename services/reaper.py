@@ -28,7 +28,7 @@ from services import keys
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
 from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, run_dir_for, stop_orphan
 from services.metrics_bus import progress_from_results, replay_events_file
-from services.redis_conn import redis_fields, sync_client
+from services.redis_conn import sync_client
 from trainer.lifecycle import read_results
 from trainer.results import EVENTS_FILE
 
@@ -42,31 +42,28 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
     done: dict[str, str] = {}
     settings = launcher.settings
     launcher.collect()
-    info = await store.r.info("server")
-    just_restarted = float(info.get("uptime_in_seconds", 1e9)) < 2 * settings.heartbeat_ttl_s
+    just_restarted = await store.redis_uptime_s() < 2 * settings.heartbeat_ttl_s
     for status in (JobStatus.STARTING, JobStatus.RUNNING):
         for job_id in await store.ids_in_status(status):
-            if await store.r.exists(keys.heartbeat_key(job_id)):
+            if await store.has_heartbeat(job_id):
                 continue
             job = await store.get(job_id)
             if job is None or not job.status.is_active:
                 continue
             if job.status == JobStatus.STARTING and not job.runner_pid and not job.cancel_requested:
-                attempts = await store.r.hincrby(keys.job_key(job_id), "dispatch_attempts", 1)
+                attempts = await store.count_attempt(job_id, "dispatch_attempts")
                 if attempts <= MAX_ADOPT_ATTEMPTS:
                     ttl_ms = int(keys.QUEUED_RELAUNCH_AFTER_S * 1000)
-                    if await store.r.set(
-                        keys.heartbeat_key(job_id), DISPATCHED_PLACEHOLDER, nx=True, px=ttl_ms
-                    ):
+                    if await store.hold_heartbeat(job_id, DISPATCHED_PLACEHOLDER, ttl_ms):
                         launcher.launch(job_id)
                         done[job_id] = "relaunch"
                     continue
             if job.launcher == "ray" and job.ray_submission_id and not job.cancel_requested:
-                attempts = await store.r.hincrby(keys.job_key(job_id), "adopt_attempts", 1)
+                attempts = await store.count_attempt(job_id, "adopt_attempts")
                 if attempts <= MAX_ADOPT_ATTEMPTS:
                     # reserve the lease for the adopting runner so the next sweep leaves it be
                     ttl_ms = int(settings.heartbeat_ttl_s * 1000) * 3
-                    if await store.r.set(keys.heartbeat_key(job_id), ADOPT_PLACEHOLDER, nx=True, px=ttl_ms):
+                    if await store.hold_heartbeat(job_id, ADOPT_PLACEHOLDER, ttl_ms):
                         launcher.launch(job_id, adopt=True)
                         done[job_id] = "adopt"
                     continue
@@ -106,7 +103,7 @@ async def reconcile_from_run_dir(store: JobStore, launcher: JobLauncher, job: Jo
             c.close()
 
     added = await asyncio.to_thread(replay)
-    await store.r.hset(keys.progress_key(job.id), mapping=redis_fields(progress_from_results(results)))
+    await store.record_progress(job.id, progress_from_results(results))
     try:
         await store.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.STARTING, JobStatus.RUNNING})
     except IllegalTransition:
