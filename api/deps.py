@@ -1,4 +1,5 @@
-"""FastAPI dependencies, as ``Annotated`` aliases: settings, store, launcher, the caller."""
+"""FastAPI dependencies, as ``Annotated`` aliases: settings, job and study stores, launcher,
+the caller; stream tickets and slots of the event-stream routes."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services import keys
+from api.models import StreamTicket
 from services.jobs import JobStore
 from services.launcher import JobLauncher
-from services.redis_conn import text
 from services.settings import Settings
 from services.stream_hub import StreamLimit, StreamSlot
+from services.studies import StudyStore
 
 bearer = HTTPBearer(auto_error=False, description="an API token from RECTRAIN_API_TOKENS")
 
@@ -31,9 +32,14 @@ def get_launcher(request: Request) -> JobLauncher:
     return request.app.state.launcher
 
 
+def get_studies(request: Request) -> StudyStore:
+    return request.app.state.studies
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 LauncherDep = Annotated[JobLauncher, Depends(get_launcher)]
+StudiesDep = Annotated[StudyStore, Depends(get_studies)]
 
 
 def _owner_of(settings: Settings, token: str | None) -> str:
@@ -79,11 +85,12 @@ def acquire_stream_slot(request: Request, owner: str) -> StreamSlot:
         ) from None
 
 
-async def issue_stream_ticket(store: JobStore, settings: Settings, owner: str, subject: str) -> str:
-    """A random ticket, valid ``stream_ticket_ttl_s`` for ``owner`` on ``subject`` only."""
+async def issue_stream_ticket(store: JobStore, settings: Settings, owner: str, subject: str) -> StreamTicket:
+    """A random ticket, valid ``stream_ticket_ttl_s`` for ``owner`` on ``subject``
+    (``job:<id>`` or ``study:<id>``) only."""
     ticket = secrets.token_hex(24)
-    await store.r.set(keys.stream_ticket_key(ticket), f"{owner} {subject}", ex=settings.stream_ticket_ttl_s)
-    return ticket
+    await store.put_stream_ticket(ticket, f"{owner} {subject}", settings.stream_ticket_ttl_s)
+    return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
 
 
 async def current_owner_sse(
@@ -105,7 +112,7 @@ async def current_owner_sse(
     """The owner of the bearer token, or of a short-lived stream ticket for this stream."""
     if creds is not None or not ticket:
         return _owner_of(settings, creds.credentials if creds else None)
-    value = text(await store.r.get(keys.stream_ticket_key(ticket)) or "") if ticket.isalnum() else ""
+    value = await store.stream_ticket(ticket) if ticket.isalnum() else ""
     owner, _, subject = value.partition(" ")
     if not value or not hmac.compare_digest(subject.encode(), _stream_subject(request).encode()):
         raise HTTPException(

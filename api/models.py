@@ -1,4 +1,5 @@
-"""Request and response models of the REST API: JobCreate -> JobPublic -> JobsPublic."""
+"""Request and response models of the REST API: JobCreate -> JobPublic -> JobsPublic;
+StudyCreate -> StudyPlan, StudyPublic -> StudiesPublic; the documented error responses."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ __all__ = [
     "PassResult",
     "RunResult",
     "RunSummary",
+    "StudiesPublic",
+    "StudyCreate",
+    "StudyPlan",
+    "StudyPublic",
 ]
 
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,62}$")]
@@ -144,6 +149,25 @@ class Message(BaseModel):
     detail: str
 
 
+# the error responses both route modules document
+COMMON_ERRORS: Responses = {
+    401: {"model": Message, "description": "missing or invalid token"},
+    413: {"model": Message, "description": "request body too large"},
+    503: {"model": Message, "description": "Redis unavailable"},
+}
+TOO_MANY_STREAMS: Responses = {429: {"model": Message, "description": "too many open event streams"}}
+
+
+def not_found(what: str) -> Responses:
+    """404 of a route about one ``what`` (job, study) of the caller's."""
+    return {404: {"model": Message, "description": f"no such {what} for this token's owner"}}
+
+
+def conflict(description: str) -> Responses:
+    """409: the action is refused in the resource's current status."""
+    return {409: {"model": Message, "description": description}}
+
+
 class Health(BaseModel):
     status: str
 
@@ -157,3 +181,70 @@ class StreamTicket(BaseModel):
 
     ticket: str
     expires_in: int = Field(description="seconds the ticket stays valid")
+
+
+# ---------------------------------------------------------------------- studies
+
+
+class StudyCreate(BaseModel):
+    """Body of ``POST /v1/studies`` and ``POST /v1/studies/plan``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(
+        description="a study spec: base (a job spec), variants (regularizers with grids), seeds, passes "
+        "(see trainer/study_spec.py and docs/studies.md)"
+    )
+    name: str | None = Field(None, min_length=1, max_length=200, description="display name")
+
+
+class StudyPlan(BaseModel):
+    """What a study expands to, before it runs."""
+
+    runs: int = Field(
+        description="jobs it will submit (arms x seeds; a staged study: at most, every stage at its budget)"
+    )
+    arms: int = Field(description="baseline + every variant at every grid point")
+    variants: int
+    seeds: list[int]
+    passes: int
+    arm_list: list[dict[str, Any]]
+    estimate: dict[str, Any] = Field(description="example-passes and a rough sequential duration")
+    stages: dict[str, Any] | None = Field(
+        None,
+        description="a staged study (a strength searched over a range, a tuned baseline): each stage's "
+        "runs at most, the search budgets and seeds (docs/studies.md, Strength search)",
+    )
+
+
+class StudyPublic(BaseModel):
+    """A study: plan, progress, its runs (jobs) and, when asked, its answer."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    name: str | None
+    owner: str
+    status: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
+    cancel_requested: bool
+    error: str | None = Field(None, description="why the study was stopped (its runs cannot run)")
+    waiting: str | None = Field(
+        None, description="why submitting its runs is paused (e.g. the queue is full)"
+    )
+    created_at: float
+    finished_at: float | None
+    spec: dict[str, Any]
+    plan: StudyPlan
+    progress: dict[str, int]
+    eta_seconds: float | None = Field(
+        None,
+        description="time left at the rate its runs have finished so far (null before the "
+        "first run ends and once the study has ended)",
+    )
+    runs: list[dict[str, Any]]
+    results: dict[str, Any] | None = Field(None, description="the answer (see docs/studies.md)")
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
+    count: int

@@ -48,7 +48,7 @@ async def read_health(request: Request):
 async def read_ready(store: StoreDep):
     """Readiness: Redis answers."""
     try:
-        await store.r.ping()
+        await store.ping()
     except Exception:
         return JSONResponse({"status": "redis unreachable"}, status_code=503)
     return Health(status="ok")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import iterate_in_threadpool
 
+from api import sse
 from api.deps import (
     CurrentOwner,
     CurrentOwnerSSE,
@@ -25,6 +24,8 @@ from api.deps import (
     issue_stream_ticket,
 )
 from api.models import (
+    COMMON_ERRORS,
+    TOO_MANY_STREAMS,
     JobCreate,
     JobPublic,
     JobsPublic,
@@ -32,10 +33,11 @@ from api.models import (
     MetricsPage,
     Responses,
     StreamTicket,
+    conflict,
+    not_found,
     sse_responses,
 )
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
-from services.metrics_bus import read_events, read_events_raw
 from services.model_lifecycle import ModelNotReady, iter_file, model_file
 from services.queue import queue_info
 from services.submit import submit_job
@@ -50,18 +52,10 @@ QUEUE_RETRY_AFTER_S = 30
 
 _CURSOR = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
 
-router = APIRouter(
-    prefix="/v1/jobs",
-    tags=["jobs"],
-    responses={
-        401: {"model": Message, "description": "missing or invalid token"},
-        413: {"model": Message, "description": "request body too large"},
-        503: {"model": Message, "description": "Redis unavailable"},
-    },
-)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=COMMON_ERRORS)
 
-_NOT_FOUND: Responses = {404: {"model": Message, "description": "no such job for this token's owner"}}
-_CONFLICT: Responses = {409: {"model": Message, "description": "not allowed in the job's current status"}}
+_NOT_FOUND = not_found("job")
+_CONFLICT = conflict("not allowed in the job's current status")
 
 
 async def _job_or_404(store: JobStore, job_id: str, owner: str) -> JobRecord:
@@ -183,13 +177,13 @@ async def delete_job(job_id: str, owner: CurrentOwner, store: StoreDep) -> Respo
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-_MODEL_DOC: dict[int | str, dict[str, Any]] = {
+_MODEL_DOC: Responses = {
     200: {
         "content": {"application/octet-stream": {}},
         "description": "the exported model file of the pass (docs/model-format.md); header X-Rectrain-Pass",
     },
     404: {"model": Message, "description": "no such job for this token's owner, or the pass is not kept"},
-    409: {"model": Message, "description": "the job has not succeeded"},
+    **conflict("the job has not succeeded"),
 }
 
 
@@ -237,7 +231,7 @@ async def read_job_metrics(
 ) -> Response:
     """Poll a job's events (NE by step, per-pass results, status changes) by cursor."""
     await _job_or_404(store, job_id, owner)
-    entries = await read_events_raw(store.r, job_id, after, limit)
+    entries = await store.events_raw(job_id, after, limit)
     nxt = entries[-1][0] if entries else (after or "0-0")
     # the events are stored as JSON already: splice them into the page instead of
     # decoding, validating and re-encoding every one (same shape as MetricsPage)
@@ -247,11 +241,6 @@ async def read_job_metrics(
 
 _PAGE = 500
 _TERMINAL = {s.value for s in JobStatus if s.is_terminal}
-
-
-def _sse(event_id: str | None, event: str, data: Any) -> str:
-    head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 _SSE_DOC = sse_responses(
@@ -278,14 +267,13 @@ async def create_stream_ticket(
     for clients that cannot send headers (browsers' EventSource): the API token itself
     never goes into a URL. It stays valid for ``expires_in`` seconds, for this job only."""
     await _job_or_404(store, job_id, owner)
-    ticket = await issue_stream_ticket(store, settings, owner, f"job:{job_id}")
-    return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
+    return await issue_stream_ticket(store, settings, owner, f"job:{job_id}")
 
 
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={**_SSE_DOC, 429: {"model": Message, "description": "too many open event streams"}},
+    responses={**_SSE_DOC, **TOO_MANY_STREAMS},
 )
 async def stream_job_events(
     job_id: str,
@@ -313,45 +301,39 @@ async def stream_job_events(
     async def events():
         cursor = last_event_id or after or "0-0"
         try:
-            yield "retry: 3000\n\n"
-            entries = await read_events(store.r, job_id, cursor, _PAGE)
+            yield sse.OPEN
+            entries = await store.events(job_id, cursor, _PAGE)
             while True:
                 ended = False
                 for eid, ev in entries:
                     cursor = eid
                     ended = ended or (ev.get("type") == "status" and ev.get("status") in _TERMINAL)
-                    yield _sse(eid, str(ev.get("type", "message")), ev)
+                    yield sse.event(str(ev.get("type", "message")), ev, eid)
                 if len(entries) >= _PAGE:  # still catching up
-                    entries = await read_events(store.r, job_id, cursor, _PAGE)
+                    entries = await store.events(job_id, cursor, _PAGE)
                     continue
                 if ended or not entries:
                     # quiet (or a terminal status went by): has the job finished?
                     job = await store.get(job_id)
                     if job is None or job.status.is_terminal:
-                        entries = await read_events(store.r, job_id, cursor, _PAGE)
+                        entries = await store.events(job_id, cursor, _PAGE)
                         if entries:
                             continue  # send what is left first
-                        yield _sse(None, "end", {"status": job.status.value if job else "deleted"})
+                        yield sse.event("end", {"status": job.status.value if job else "deleted"})
                         return
                 await hub.wait(job_id, cursor, keepalive_s)
                 got = hub.since(job_id, cursor)
-                entries = got if got is not None else await read_events(store.r, job_id, cursor, _PAGE)
+                entries = got if got is not None else await store.events(job_id, cursor, _PAGE)
                 if not entries:
                     if await request.is_disconnected():
                         return
-                    yield ": keepalive\n\n"
+                    yield sse.KEEPALIVE
         except RedisError as e:
             # never end a live stream silently: say why; the client reconnects with
             # Last-Event-ID after retry_ms and resumes where this stopped
             log.warning("SSE stream of job %s ended: Redis error %s", job_id, e)
-            yield _sse(None, "stream_error", {"detail": "Redis unavailable", "retry_ms": 3000})
+            yield sse.redis_error()
         finally:
             slot.release()
 
-    gen = events()
-    weakref.finalize(gen, slot.release)  # a response never started still frees its slot
-    return StreamingResponse(
-        gen,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse.response(events(), slot)

@@ -6,27 +6,39 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from api import sse
 from api.deps import (
     CurrentOwner,
     CurrentOwnerSSE,
     LauncherDep,
     SettingsDep,
     StoreDep,
+    StudiesDep,
     acquire_stream_slot,
     issue_stream_ticket,
 )
-from api.models import Message, Responses, StreamTicket, sse_responses
+from api.models import (
+    COMMON_ERRORS,
+    TOO_MANY_STREAMS,
+    Responses,
+    StreamTicket,
+    StudiesPublic,
+    StudyCreate,
+    StudyPlan,
+    StudyPublic,
+    conflict,
+    not_found,
+    sse_responses,
+)
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_report import render_report
 from services.study_stats import to_csv
@@ -35,85 +47,9 @@ from trainer.study_spec import Expansion, parse_study
 
 log = logging.getLogger("rectrain.api")
 
-router = APIRouter(
-    prefix="/v1/studies",
-    tags=["studies"],
-    responses={
-        401: {"model": Message, "description": "missing or invalid token"},
-        413: {"model": Message, "description": "request body too large"},
-        503: {"model": Message, "description": "Redis unavailable"},
-    },
-)
-_NOT_FOUND: Responses = {404: {"model": Message, "description": "no such study for this token's owner"}}
-_CONFLICT: Responses = {409: {"model": Message, "description": "not allowed in the study's current state"}}
-
-
-class StudyCreate(BaseModel):
-    """Body of ``POST /v1/studies`` and ``POST /v1/studies/plan``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    spec: dict[str, Any] = Field(
-        description="a study spec: base (a job spec), variants (regularizers with grids), seeds, passes "
-        "(see trainer/study_spec.py and docs/studies.md)"
-    )
-    name: str | None = Field(None, min_length=1, max_length=200, description="display name")
-
-
-class StudyPlan(BaseModel):
-    """What a study expands to, before it runs."""
-
-    runs: int = Field(
-        description="jobs it will submit (arms x seeds; a staged study: at most, every stage at its budget)"
-    )
-    arms: int = Field(description="baseline + every variant at every grid point")
-    variants: int
-    seeds: list[int]
-    passes: int
-    arm_list: list[dict[str, Any]]
-    estimate: dict[str, Any] = Field(description="example-passes and a rough sequential duration")
-    stages: dict[str, Any] | None = Field(
-        None,
-        description="a staged study (a strength searched over a range, a tuned baseline): each stage's "
-        "runs at most, the search budgets and seeds (docs/studies.md, Strength search)",
-    )
-
-
-class StudyPublic(BaseModel):
-    """A study: plan, progress, its runs (jobs) and, when asked, its answer."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    name: str | None
-    owner: str
-    status: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
-    cancel_requested: bool
-    error: str | None = Field(None, description="why the study was stopped (its runs cannot run)")
-    waiting: str | None = Field(
-        None, description="why submitting its runs is paused (e.g. the queue is full)"
-    )
-    created_at: float
-    finished_at: float | None
-    spec: dict[str, Any]
-    plan: StudyPlan
-    progress: dict[str, int]
-    eta_seconds: float | None = Field(
-        None,
-        description="time left at the rate its runs have finished so far (null before the "
-        "first run ends and once the study has ended)",
-    )
-    runs: list[dict[str, Any]]
-    results: dict[str, Any] | None = Field(None, description="the answer (see docs/studies.md)")
-
-
-class StudiesPublic(BaseModel):
-    data: list[StudyPublic]
-    count: int
-
-
-def get_studies(request: Request) -> StudyStore:
-    return request.app.state.studies
+router = APIRouter(prefix="/v1/studies", tags=["studies"], responses=COMMON_ERRORS)
+_NOT_FOUND = not_found("study")
+_CONFLICT = conflict("not allowed in the study's current state")
 
 
 def _expand(body: StudyCreate) -> Expansion:
@@ -145,14 +81,12 @@ async def plan_study(body: StudyCreate, owner: CurrentOwner) -> StudyPlan:
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=StudyPublic)
 async def create_study(
     body: StudyCreate,
-    request: Request,
     owner: CurrentOwner,
-    store: StoreDep,
+    studies: StudiesDep,
     launcher: LauncherDep,
     settings: SettingsDep,
 ) -> StudyPublic:
     """Submit a study: every run (arm x seed) becomes a job labelled ``study=<id>``."""
-    studies = get_studies(request)
     # the size is checked from the grid sizes before anything is built; the expansion
     # (every arm's spec validated) runs off the event loop
     exp = await asyncio.to_thread(_expand, body)
@@ -185,26 +119,24 @@ async def create_study(
 
 @router.get("", response_model=StudiesPublic)
 async def list_studies(
-    request: Request,
     owner: CurrentOwner,
+    studies: StudiesDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> StudiesPublic:
     """List the caller's studies, newest first (without their answers)."""
-    studies = get_studies(request)
     recs, count = await studies.list(owner, limit=limit, offset=offset)
     data = [StudyPublic.model_validate(await studies.snapshot(r, with_results=False)) for r in recs]
     return StudiesPublic(data=data, count=count)
 
 
 @router.get("/{study_id}", response_model=StudyPublic, responses=_NOT_FOUND)
-async def read_study(study_id: str, request: Request, owner: CurrentOwner) -> StudyPublic:
+async def read_study(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> StudyPublic:
     """A study's plan, progress, runs and answer (``results``): first the ``headline``,
     every arm at its runs' validation-selected pass vs the baseline at its own (paired Δ,
     95% t-interval, Holm-adjusted p, ranking and best arm chosen on validation NE, power);
     then per pass count each arm's mean NE and its paired Δ vs the same-seed baseline,
     per stratum too; strength curves; one answer sentence per pass count."""
-    studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
     return StudyPublic.model_validate(await studies.snapshot(rec))
 
@@ -224,9 +156,8 @@ def _conflict_as_409() -> Iterator[None]:
     response_model=StudyPublic,
     responses={**_NOT_FOUND, **_CONFLICT},
 )
-async def cancel_study(study_id: str, request: Request, owner: CurrentOwner) -> StudyPublic:
+async def cancel_study(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> StudyPublic:
     """Cancel a study: no more runs are submitted and every unfinished job is cancelled."""
-    studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
     with _conflict_as_409():
         await studies.cancel(rec)
@@ -240,9 +171,8 @@ async def cancel_study(study_id: str, request: Request, owner: CurrentOwner) -> 
     response_class=Response,
     responses={**_NOT_FOUND, **_CONFLICT},
 )
-async def delete_study(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+async def delete_study(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """Delete a finished (or cancelled) study with all its jobs."""
-    studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
     with _conflict_as_409():
         await studies.delete(rec)
@@ -259,9 +189,8 @@ _CSV_DOC: Responses = {
 
 
 @router.get("/{study_id}/export.csv", response_class=Response, responses=_CSV_DOC)
-async def export_study_csv(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+async def export_study_csv(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """The answer as CSV."""
-    studies = get_studies(request)
     snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
     return Response(
         to_csv(snap["results"]),
@@ -271,9 +200,8 @@ async def export_study_csv(study_id: str, request: Request, owner: CurrentOwner)
 
 
 @router.get("/{study_id}/export.json", responses=_NOT_FOUND)
-async def export_study_json(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+async def export_study_json(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """The whole study (plan, runs with per-pass NE, answer) as a JSON download."""
-    studies = get_studies(request)
     snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
     return Response(
         json.dumps(snap, indent=1),
@@ -294,9 +222,8 @@ _HTML_DOC: Responses = {
 
 
 @router.get("/{study_id}/report.html", response_class=Response, responses=_HTML_DOC)
-async def study_report_html(study_id: str, request: Request, owner: CurrentOwner) -> Response:
+async def study_report_html(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """The answer as one self-contained HTML page to save and share."""
-    studies = get_studies(request)
     snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
     return Response(
         render_report(snap),
@@ -324,29 +251,27 @@ _SSE_DOC = sse_responses(
     responses=_NOT_FOUND,
 )
 async def create_study_stream_ticket(
-    study_id: str, request: Request, owner: CurrentOwner, store: StoreDep, settings: SettingsDep
+    study_id: str, owner: CurrentOwner, studies: StudiesDep, store: StoreDep, settings: SettingsDep
 ) -> StreamTicket:
     """A short-lived ticket that opens this study's event stream (``GET .../events?ticket=``)
     for EventSource clients: the API token itself never goes into a URL."""
-    await _study_or_404(get_studies(request), study_id, owner)
-    ticket = await issue_stream_ticket(store, settings, owner, f"study:{study_id}")
-    return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
+    await _study_or_404(studies, study_id, owner)
+    return await issue_stream_ticket(store, settings, owner, f"study:{study_id}")
 
 
 @router.get(
     "/{study_id}/events",
     response_class=StreamingResponse,
-    responses={**_SSE_DOC, 429: {"model": Message, "description": "too many open event streams"}},
+    responses={**_SSE_DOC, **TOO_MANY_STREAMS},
 )
 async def stream_study_events(
-    study_id: str, request: Request, owner: CurrentOwnerSSE, settings: SettingsDep
+    study_id: str, request: Request, owner: CurrentOwnerSSE, studies: StudiesDep, settings: SettingsDep
 ) -> StreamingResponse:
     """Follow a study live: its progress and answer as runs finish passes.
 
     Streams are capped per owner and in total, job and study streams together (429). If
     the server cannot go on (Redis unavailable), a ``stream_error`` event (``data``:
     ``{"detail", "retry_ms"}``) is sent before closing: reconnect after ``retry_ms``."""
-    studies = get_studies(request)
     rec = await _study_or_404(studies, study_id, owner)
     slot = acquire_stream_slot(request, owner)
     poll_s = settings.study_poll_s
@@ -356,20 +281,20 @@ async def stream_study_events(
         last_sig = None
         quiet = 0.0
         try:
-            yield "retry: 3000\n\n"
+            yield sse.OPEN
             while True:
                 sig = await studies.change_signature(rec)
                 if sig != last_sig:
                     last_sig = sig
                     fresh = await studies.get(study_id)
                     if fresh is None:
-                        yield f"event: end\ndata: {json.dumps({'status': 'deleted'})}\n\n"
+                        yield sse.event("end", {"status": "deleted"})
                         return
                     snap = await studies.snapshot(fresh)
-                    yield f"event: study\ndata: {json.dumps(snap, separators=(',', ':'))}\n\n"
+                    yield sse.event("study", snap)
                     quiet = 0.0
                     if snap["status"] in ("succeeded", "failed", "cancelled"):
-                        yield f"event: end\ndata: {json.dumps({'status': snap['status']})}\n\n"
+                        yield sse.event("end", {"status": snap["status"]})
                         return
                 await asyncio.sleep(poll_s)
                 quiet += poll_s
@@ -377,18 +302,11 @@ async def stream_study_events(
                     quiet = 0.0
                     if await request.is_disconnected():
                         return
-                    yield ": keepalive\n\n"
+                    yield sse.KEEPALIVE
         except RedisError as e:
             log.warning("SSE stream of study %s ended: Redis error %s", study_id, e)
-            err = {"detail": "Redis unavailable", "retry_ms": 3000}
-            yield f"event: stream_error\ndata: {json.dumps(err)}\n\n"
+            yield sse.redis_error()
         finally:
             slot.release()
 
-    gen = events()
-    weakref.finalize(gen, slot.release)  # a response never started still frees its slot
-    return StreamingResponse(
-        gen,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return sse.response(events(), slot)
