@@ -117,7 +117,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from services.logs import setup_logging
-    from services.settings import Settings
+    from services.settings import Settings, env_var
 
     setup_logging()
     try:
@@ -133,7 +133,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         embedded = EmbeddedRedis(settings.data_dir)
         try:
-            os.environ["REDIS_URL"] = embedded.start()
+            os.environ[env_var(Settings, "redis_url")] = embedded.start()
         except (OSError, RuntimeError) as e:
             print(f"rectrain serve: could not start the embedded Redis: {e}", file=sys.stderr)
             return 1
@@ -155,13 +155,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             head = LocalRayHead(data_dir / "ray-head.log", nice=settings.trainer_nice, record=record)
             print(f"starting a local Ray head for the jobs (log: {head.log_path}) ...", flush=True)
             try:
-                os.environ["RAY_ADDRESS"] = head.start()
+                os.environ[env_var(Settings, "ray_address")] = head.start()
                 # warm study runs join the head as Ray drivers (services.launcher.WarmBackend)
-                os.environ["RECTRAIN_RAY_GCS_ADDRESS"] = head.address
+                os.environ[env_var(Settings, "ray_gcs_address")] = head.address
             except (OSError, RuntimeError) as e:
                 print(f"rectrain serve: could not start a local Ray: {e}", file=sys.stderr)
                 return 1
-            os.environ.setdefault("RECTRAIN_RAY_PYTHON", sys.executable)
+            os.environ.setdefault(env_var(Settings, "ray_python"), sys.executable)
         settings = Settings()
         return _serve(args, settings, head, embedded)
     finally:
@@ -227,7 +227,7 @@ class _Children:
 def _serve(args: argparse.Namespace, settings, head, embedded) -> int:
     import signal
 
-    from services.settings import DEV_TOKEN
+    from services.settings import DEV_TOKEN, Settings, env_var
 
     bind = args.host or settings.api_host
     port = args.port or settings.api_port
@@ -263,7 +263,8 @@ def _serve(args: argparse.Namespace, settings, head, embedded) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    env = dict(os.environ, RECTRAIN_CONTROL_LOOPS="in-process" if loops == "in-process" else "off")
+    env = dict(os.environ)
+    env[env_var(Settings, "control_loops")] = "in-process" if loops == "in-process" else "off"
     children = _Children()
     code = 0
     try:

@@ -216,7 +216,7 @@ class LocalBackend:
             self.redis_url,
             "--no-progress",
         ]
-        env = {k: v for k, v in os.environ.items() if k != "RECTRAIN_API_TOKENS"}
+        env = {k: v for k, v in os.environ.items() if k != env_var(Settings, "api_tokens")}
         env["PYTHONUNBUFFERED"] = "1"
         if self.job.dispatched_at:  # the first mark of the trainer's "startup" event
             env["RECTRAIN_DISPATCHED_AT"] = repr(self.job.dispatched_at)
@@ -338,7 +338,7 @@ class RayJobsBackend:
         env = {"PYTHONUNBUFFERED": "1", "RECTRAIN_SPEC_B64": spec_b64}
         root = self._storage_uri()
         if root is not None:  # checkpoints and results where export and init_from find them
-            env["RECTRAIN_STORAGE_URI"] = root
+            env[env_var(Settings, "storage_uri")] = root
         return env
 
     async def start(self) -> dict[str, Any]:

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.settings import Settings, env_var
+
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 # what keeps a Ray head (and everything it starts) on 127.0.0.1: the node IP every Ray
 # server binds and advertises; the dashboard's own host (its agents follow the node IP)
@@ -131,7 +133,9 @@ class LocalRayHead:
     def start(self, timeout_s: float = 180.0) -> str:
         """Start the head; returns its dashboard URL (the Ray Jobs API) once it answers."""
         ray_cli = Path(sys.executable).parent / "ray"
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RECTRAIN_API_TOKENS")}
+        # not Ray's RAY_ADDRESS (this head is its own cluster), nor the API's tokens
+        drop = ("RAY_ADDRESS", env_var(Settings, "api_tokens"))
+        env = {k: v for k, v in os.environ.items() if k not in drop}
         # the job drivers and Ray Train workers import this checkout's packages
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
