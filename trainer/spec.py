@@ -43,7 +43,7 @@ from trainer.data.config import (
     SyntheticSpec,
     TableColumns,
 )
-from trainer.errors import CapacityError, SpecError, parse_error_line
+from trainer.errors import CapacityError, FieldError, FieldPath, FieldValueError, SpecError, parse_error_line
 from trainer.memory import (
     GPU_RESERVE_FRACTION,
     GPU_RESERVE_MIN_BYTES,
@@ -139,6 +139,8 @@ __all__ = [
     "TableColumns",
     "TrainingSpec",
     "format_validation_error",
+    "is_spec_field",
+    "validation_errors",
     "gpu_reserve_bytes",
     "gpu_table_budget_bytes",
     "load_spec",
@@ -162,11 +164,12 @@ class JobSpec(_Strict):
     def _cross_checks(self) -> "JobSpec":
         per_rank_window = self.metrics.window_size // self.scaling.num_workers
         if per_rank_window < self.data.batch_size:
-            raise ValueError(
-                f"metrics.window_size: {self.metrics.window_size} gives "
+            raise FieldValueError(
+                ("metrics", "window_size"),
+                f"{self.metrics.window_size} gives "
                 f"{per_rank_window} examples per worker, below data.batch_size "
                 f"({self.data.batch_size}); raise it to at least "
-                f"{self.data.batch_size * self.scaling.num_workers}"
+                f"{self.data.batch_size * self.scaling.num_workers}",
             )
         check_regularizers(self.regularizers, self.data, self.training.num_passes, self.scaling.use_gpu)
         return self
@@ -208,31 +211,37 @@ class JobSpec(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line per problem, each starting with the dotted field path."""
-    lines = []
+def validation_errors(err: ValidationError) -> list[FieldError]:
+    """The field errors of a pydantic refusal of a job spec: a validator's own field
+    (:class:`FieldValueError`) where it names one, else pydantic's location (a
+    regularizer's union tag dropped: ``regularizers.0.max_norm.c`` -> ``regularizers.0.c``)."""
+    out = []
     for e in err.errors():
-        loc_parts = list(e["loc"])
-        # a regularizer's own fields: drop pydantic's union tag from the path
-        # (regularizers.0.max_norm.c -> regularizers.0.c)
-        if len(loc_parts) > 2 and loc_parts[0] == "regularizers" and loc_parts[2] in REGULARIZER_TYPES:
-            del loc_parts[2]
-        msg = e["msg"]
-        is_reg = bool(loc_parts) and loc_parts[0] == "regularizers"
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldValueError):
+            out.append(cause.error)
+            continue
+        loc = list(e["loc"])
+        if len(loc) > 2 and loc[0] == "regularizers" and loc[2] in REGULARIZER_TYPES:
+            del loc[2]
+        # a ValueError's own text, without pydantic's "Value error, " prefix
+        msg = str(cause) if isinstance(cause, ValueError) else e["msg"]
+        is_reg = bool(loc) and loc[0] == "regularizers"
         if is_reg and e["type"] == "union_tag_invalid":
-            loc_parts.append("type")
+            loc.append("type")
             msg = (
                 f"unknown regularizer type '{e['ctx']['tag']}'; choose one of {', '.join(REGULARIZER_TYPES)}"
             )
         elif is_reg and e["type"] == "union_tag_not_found":
-            loc_parts.append("type")
+            loc.append("type")
             msg = f"required (one of {', '.join(REGULARIZER_TYPES)})"
-        loc = ".".join(str(p) for p in loc_parts)
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        # model validators already name their field; avoid "x: x: ..."
-        lines.append(msg if (not loc or msg.split(":", 1)[0] in FIELD_PATHS) else f"{loc}: {msg}")
-    return "\n".join(lines)
+        out.append(FieldError(tuple(loc), msg))
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, each starting with the dotted field path."""
+    return "\n".join(e.line for e in validation_errors(err))
 
 
 def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -246,9 +255,15 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
     return out
 
 
-# every dotted field path of a job spec: validation messages that start with one are
-# reported at that field (here and by the API)
+# every dotted field path of a job spec (the list of regularizers: "regularizers" only)
 FIELD_PATHS = _field_paths(JobSpec) | {"regularizers", "model", "data"}
+_FIELD_LOCS = frozenset(tuple(p.split(".")) for p in FIELD_PATHS)
+
+
+def is_spec_field(loc: FieldPath) -> bool:
+    """Whether ``loc`` is a field of the job spec's sections (one regularizer's field is
+    not: the API reports those at the spec)."""
+    return tuple(loc) in _FIELD_LOCS
 
 
 def parse_spec(data: dict[str, Any], *, check_capacity: bool = True) -> JobSpec:
@@ -258,7 +273,7 @@ def parse_spec(data: dict[str, Any], *, check_capacity: bool = True) -> JobSpec:
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(format_validation_error(e)) from None
+        raise SpecError(errors=validation_errors(e)) from None
     if check_capacity:
         spec.check_capacity()
     return spec

@@ -30,8 +30,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.errors import SpecError, parse_error_line
-from trainer.spec import DataSource, JobSpec, Regularizer, format_validation_error
+from trainer.errors import FieldError, FieldValueError, SpecError, parse_error_line
+from trainer.spec import DataSource, JobSpec, Regularizer, validation_errors
 
 # A study never expands past this many runs, whoever submits it (the service also
 # applies a per-owner limit, RECTRAIN_STUDY_MAX_RUNS).
@@ -140,7 +140,7 @@ class TuneBaselineSpec(_Strict):
             if len(set(values)) != len(values):
                 raise ValueError(f"tune_baseline.grid.{path}: repeated values {values}; list each value once")
         if math.prod(len(x) for x in v.values()) > 100:
-            raise ValueError("tune_baseline.grid: more than 100 combinations; shorten the lists")
+            raise FieldValueError("tune_baseline.grid", "more than 100 combinations; shorten the lists")
         return v
 
 
@@ -195,12 +195,12 @@ class StudySpec(_Strict):
     def _seed_list(cls, v: int | list[int]) -> int | list[int]:
         if isinstance(v, list):
             if not v:
-                raise ValueError("seeds: give at least one seed (or a count, e.g. seeds: 3)")
+                raise FieldValueError("seeds", "give at least one seed (or a count, e.g. seeds: 3)")
             if len(v) > MAX_SEEDS:
-                raise ValueError(f"seeds: {len(v)} seeds; at most {MAX_SEEDS}")
+                raise FieldValueError("seeds", f"{len(v)} seeds; at most {MAX_SEEDS}")
             dup = sorted({s for s in v if v.count(s) > 1})
             if dup:
-                raise ValueError(f"seeds: repeated seeds {dup}; each seed once")
+                raise FieldValueError("seeds", f"repeated seeds {dup}; each seed once")
         return v
 
     @field_validator("labels")
@@ -208,7 +208,7 @@ class StudySpec(_Strict):
     def _no_reserved_labels(cls, v: dict[str, str]) -> dict[str, str]:
         bad = sorted(k for k in v if k.startswith("study"))
         if bad:
-            raise ValueError(f"labels: {bad} are set by the study itself; rename them")
+            raise FieldValueError("labels", f"{bad} are set by the study itself; rename them")
         return v
 
     def seed_list(self) -> list[int]:
@@ -535,17 +535,18 @@ def job_spec_dict(
     return d
 
 
-def _remap(line: str, arm: Arm, n_base: int) -> str:
-    """A job-spec error line of an arm, pointed at the study field it comes from."""
-    head, sep, rest = line.partition(":")
-    parts = head.split(".")
-    if sep and parts[0] == "regularizers" and len(parts) > 1 and parts[1].isdigit() and not arm.is_baseline:
-        j = int(parts[1]) - n_base
+def _remap(err: FieldError, arm: Arm, n_base: int) -> FieldError:
+    """A job-spec error of an arm, pointed at the study field it comes from."""
+    loc = err.loc
+    if len(loc) > 1 and loc[0] == "regularizers" and isinstance(loc[1], int) and not arm.is_baseline:
+        j = loc[1] - n_base
         if j >= 0:
-            head = ".".join([f"variants.{arm.variant_index}.regularizers.{j}", *parts[2:]])
-            return f"{head}:{rest} (at {arm.label})"
-    where = "base" if arm.is_baseline else f"variants.{arm.variant_index} ({arm.label})"
-    return f"{where}: {line}" if not arm.is_baseline else f"base.{line}"
+            return FieldError(
+                ("variants", arm.variant_index, "regularizers", j, *loc[2:]), f"{err.msg} (at {arm.label})"
+            )
+    if arm.is_baseline:
+        return err.under("base")
+    return FieldError((), f"variants.{arm.variant_index} ({arm.label}): {err.line}")
 
 
 def job_spec_for(
@@ -563,8 +564,7 @@ def job_spec_for(
     try:
         return JobSpec.model_validate(d)
     except ValidationError as e:
-        lines = format_validation_error(e).splitlines()
-        raise SpecError("\n".join(_remap(ln, arm, n_base) for ln in lines)) from None
+        raise SpecError(errors=[_remap(err, arm, n_base) for err in validation_errors(e)]) from None
 
 
 @dataclass
@@ -650,7 +650,7 @@ def expand(spec: StudySpec) -> Expansion:
             except SpecError as e:
                 where = ", ".join(f"{k}={_fmt(v)}" for k, v in combo.items())
                 raise SpecError(
-                    f"tune_baseline.grid: {e.message.removeprefix('base.')} (at {where})"
+                    f"{e.message.removeprefix('base.')} (at {where})", field=("tune_baseline", "grid")
                 ) from None
     runs = [Run(key=f"{a.key}/s{s}", arm=a.key, seed=s) for a in arms for s in seeds]
     exp = Expansion(spec=spec, arms=arms, runs=runs, seeds=seeds, passes=spec.num_passes())
@@ -776,27 +776,28 @@ def parse_study(data: Any, *, base_dir: Path | None = None) -> Expansion:
     try:
         data["base"] = base if isinstance(base, JobSpec) else JobSpec.model_validate(base)
     except ValidationError as e:
-        raise SpecError("\n".join("base." + ln for ln in format_validation_error(e).splitlines())) from None
+        raise SpecError(errors=[err.under("base") for err in validation_errors(e)]) from None
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(_format_study_errors(e)) from None
+        raise SpecError(errors=_study_errors(e)) from None
     return expand(spec)
 
 
-def _format_study_errors(err: ValidationError) -> str:
-    lines = []
+def _study_errors(err: ValidationError) -> list[FieldError]:
+    out = []
     for e in err.errors():
-        loc = list(e["loc"])
-        if loc[:1] == ["seeds"] and len(loc) > 1 and isinstance(loc[1], str):  # the int | list union
-            lines.append(
-                f"seeds: give a count (1..{MAX_SEEDS}) or a list of distinct integer seeds; got {e.get('input')!r}"
-            )
+        loc = tuple(e["loc"])
+        if loc[:1] == ("seeds",) and len(loc) > 1 and isinstance(loc[1], str):  # the int | list union
+            msg = f"give a count (1..{MAX_SEEDS}) or a list of distinct integer seeds; got {e.get('input')!r}"
+            out.append(FieldError(("seeds",), msg))
             continue
-        path = ".".join(str(p) for p in loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(msg if msg.split(":", 1)[0] == path else f"{path}: {msg}")
-    return "\n".join(dict.fromkeys(lines))
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldValueError):
+            out.append(cause.error)
+        else:  # a ValueError's own text, without pydantic's "Value error, " prefix
+            out.append(FieldError(loc, str(cause) if isinstance(cause, ValueError) else e["msg"]))
+    return list(dict.fromkeys(out))
 
 
 def load_study(path: str | Path) -> Expansion:

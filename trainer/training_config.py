@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from trainer.config_base import MAX_SEED, MAX_WALL_SECONDS
 from trainer.config_base import Strict as _Strict
+from trainer.errors import FieldValueError
 
 
 class SparseOptimizerSpec(_Strict):
@@ -90,9 +91,10 @@ class InitFrom(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> "InitFrom":
         if self.job is None and self.checkpoint is None:
-            raise ValueError(
-                "training.init_from: name the model to start from: training.init_from.job (a job id) "
-                "or training.init_from.checkpoint (a run directory or checkpoint URI)"
+            raise FieldValueError(
+                ("training", "init_from"),
+                "name the model to start from: training.init_from.job (a job id) "
+                "or training.init_from.checkpoint (a run directory or checkpoint URI)",
             )
         return self
 

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from trainer.config_base import MAX_DAY, MAX_DAYS, MAX_ID_UNIVERSE, MAX_SEED
 from trainer.config_base import Strict as _Strict
+from trainer.errors import FieldValueError
 
 
 class Shuffle(str, Enum):
@@ -167,20 +168,21 @@ class DataSpec(_Strict):
     @model_validator(mode="after")
     def _source_needs(self) -> "DataSpec":
         if self.source in (DataSource.CRITEO, DataSource.TABLE) and not self.path:
-            raise ValueError(f"data.path: required when data.source is '{self.source.value}'")
+            raise FieldValueError(("data", "path"), f"required when data.source is '{self.source.value}'")
         if self.source == DataSource.TABLE and self.columns is None:
-            raise ValueError("data.columns: required when data.source is 'table'")
+            raise FieldValueError(("data", "columns"), "required when data.source is 'table'")
         if self.source != DataSource.TABLE and self.columns is not None:
-            raise ValueError("data.columns: only allowed when data.source is 'table'")
+            raise FieldValueError(("data", "columns"), "only allowed when data.source is 'table'")
         if self.rare_max_count >= self.frequent_min_count:
-            raise ValueError(
-                "data.rare_max_count: must be below data.frequent_min_count "
-                f"({self.rare_max_count} >= {self.frequent_min_count})"
+            raise FieldValueError(
+                ("data", "rare_max_count"),
+                f"must be below data.frequent_min_count ({self.rare_max_count} >= {self.frequent_min_count})",
             )
         if self.validation_days and self.validation_fraction is not None:
-            raise ValueError(
-                "data.validation_fraction: set either data.validation_days (whole days) or "
-                "data.validation_fraction (the last part of the last training day), not both"
+            raise FieldValueError(
+                ("data", "validation_fraction"),
+                "set either data.validation_days (whole days) or "
+                "data.validation_fraction (the last part of the last training day), not both",
             )
         sets = (
             ("train_days", self.train_days),
@@ -191,15 +193,16 @@ class DataSpec(_Strict):
             for name_b, days_b in sets[i + 1 :]:
                 overlap = sorted(set(days_a) & set(days_b))
                 if overlap:
-                    raise ValueError(
-                        f"data.{name_b}: days {overlap} are also in data.{name_a}; "
-                        "training, validation and test days must not overlap"
+                    raise FieldValueError(
+                        ("data", name_b),
+                        f"days {overlap} are also in data.{name_a}; "
+                        "training, validation and test days must not overlap",
                     )
         names = self.sparse_feature_names()
         if self.stratum_feature is not None and self.stratum_feature not in names:
-            raise ValueError(
-                f"data.stratum_feature: '{self.stratum_feature}' is not a sparse feature; "
-                f"choose one of {names}"
+            raise FieldValueError(
+                ("data", "stratum_feature"),
+                f"'{self.stratum_feature}' is not a sparse feature; choose one of {names}",
             )
         return self
 

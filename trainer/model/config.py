@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from trainer.config_base import MAX_LAYER_WIDTH, MAX_LAYERS
 from trainer.config_base import Strict as _Strict
+from trainer.errors import FieldValueError
 
 
 class Interaction(str, Enum):
@@ -49,9 +50,10 @@ class ModelSpec(_Strict):
     @model_validator(mode="after")
     def _dot_needs_matching_width(self) -> "ModelSpec":
         if self.interaction == Interaction.DOT and self.dense_arch[-1] != self.embedding_dim:
-            raise ValueError(
-                f"model.dense_arch: the last layer ({self.dense_arch[-1]}) must equal "
+            raise FieldValueError(
+                ("model", "dense_arch"),
+                f"the last layer ({self.dense_arch[-1]}) must equal "
                 f"model.embedding_dim ({self.embedding_dim}) when interaction is 'dot'; "
-                "change one of them or use interaction: concat"
+                "change one of them or use interaction: concat",
             )
         return self

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from trainer.config_base import Strict as _Strict
 from trainer.data.config import DataSource, DataSpec
+from trainer.errors import FieldValueError
 
 _Prob = Annotated[float, Field(ge=0.0, lt=1.0)]
 _Factor = Annotated[float, Field(ge=0.0, le=100.0)]
@@ -332,37 +333,42 @@ def check_regularizers(
     kinds = [r.type for r in regularizers]
     dup = sorted({k for k in kinds if kinds.count(k) > 1})
     if dup:
-        raise ValueError(f"regularizers: each type may appear once; repeated: {dup}")
+        raise FieldValueError(("regularizers",), f"each type may appear once; repeated: {dup}")
     names = data.sparse_feature_names()
     passes = num_passes
     for i, r in enumerate(regularizers):
         if isinstance(r, SparseL2) and r.mode == "decouple_global" and not use_gpu:
-            raise ValueError(
-                f"regularizers.{i}.mode: decouple_global runs in FBGEMM's CUDA kernel only "
+            raise FieldValueError(
+                ("regularizers", i, "mode"),
+                "decouple_global runs in FBGEMM's CUDA kernel only "
                 "(fbgemm-gpu-cpu has no CPU kernel for it and rectrain no exact fallback); "
-                "set scaling.use_gpu: true or use mode: decouple"
+                "set scaling.use_gpu: true or use mode: decouple",
             )
         if isinstance(r, (SparseDropout, SseSe)):
             for f in r.per_feature:
                 if f not in names:
-                    raise ValueError(
-                        f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; choose among {names}"
+                    raise FieldValueError(
+                        ("regularizers", i, "per_feature"),
+                        f"'{f}' is not a sparse feature; choose among {names}",
                     )
         elif isinstance(r, Freeze) and r.from_pass >= passes:
-            raise ValueError(
-                f"regularizers.{i}.from_pass: {r.from_pass} is beyond training.num_passes "
-                f"({passes}); passes are numbered from 0, so use 0..{passes - 1}"
+            raise FieldValueError(
+                ("regularizers", i, "from_pass"),
+                f"{r.from_pass} is beyond training.num_passes "
+                f"({passes}); passes are numbered from 0, so use 0..{passes - 1}",
             )
         elif isinstance(r, Shrink) and not r.at_pass_end and r.every_steps is None:
-            raise ValueError(
-                f"regularizers.{i}.every_steps: shrink never runs with at_pass_end false and "
-                "no every_steps; set every_steps or at_pass_end: true"
+            raise FieldValueError(
+                ("regularizers", i, "every_steps"),
+                "shrink never runs with at_pass_end false and "
+                "no every_steps; set every_steps or at_pass_end: true",
             )
         elif isinstance(r, MaxEntropy):
             for f in r.per_feature:
                 if f not in names:
-                    raise ValueError(
-                        f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; choose among {names}"
+                    raise FieldValueError(
+                        ("regularizers", i, "per_feature"),
+                        f"'{f}' is not a sparse feature; choose among {names}",
                     )
         elif isinstance(r, SseGraph):
             _check_sse_graph(i, r, data)
@@ -371,100 +377,108 @@ def check_regularizers(
         elif isinstance(r, MinCount):
             for f in r.per_feature:
                 if f not in names:
-                    raise ValueError(
-                        f"regularizers.{i}.per_feature: '{f}' is not a sparse feature; choose among {names}"
+                    raise FieldValueError(
+                        ("regularizers", i, "per_feature"),
+                        f"'{f}' is not a sparse feature; choose among {names}",
                     )
         elif isinstance(r, LrSchedule):
             for field in ("sparse", "dense"):
                 n = len(getattr(r, field))
                 if n > passes:
-                    raise ValueError(
-                        f"regularizers.{i}.{field}: {n} factors for training.num_passes "
-                        f"= {passes}; give at most one factor per pass"
+                    raise FieldValueError(
+                        ("regularizers", i, field),
+                        f"{n} factors for training.num_passes = {passes}; give at most one factor per pass",
                     )
 
 
 def _check_embedding_reset(i: int, r: EmbeddingReset, names: list[str], passes: int) -> None:
     if r.every is not None and r.passes is not None:
-        raise ValueError(
-            f"regularizers.{i}.passes: give either every (reset every k-th pass) or passes "
-            "(the list of passes), not both"
+        raise FieldValueError(
+            ("regularizers", i, "passes"),
+            "give either every (reset every k-th pass) or passes (the list of passes), not both",
         )
     if r.passes is not None:
         late = sorted(p for p in r.passes if p >= passes)
         if late:
-            raise ValueError(
-                f"regularizers.{i}.passes: {late} are beyond training.num_passes ({passes}); "
-                f"passes are numbered from 0 and pass 0 starts fresh anyway, so use 1..{passes - 1}"
+            raise FieldValueError(
+                ("regularizers", i, "passes"),
+                f"{late} are beyond training.num_passes ({passes}); "
+                f"passes are numbered from 0 and pass 0 starts fresh anyway, so use 1..{passes - 1}",
             )
         if len(set(r.passes)) != len(r.passes):
-            raise ValueError(f"regularizers.{i}.passes: each pass may appear once")
+            raise FieldValueError(("regularizers", i, "passes"), "each pass may appear once")
     elif r.every is not None and r.every >= passes:
-        raise ValueError(
-            f"regularizers.{i}.every: {r.every} never resets with training.num_passes = {passes} "
-            f"(resets happen at passes every, 2*every, ... below num_passes); use 1..{max(passes - 1, 1)}"
+        raise FieldValueError(
+            ("regularizers", i, "every"),
+            f"{r.every} never resets with training.num_passes = {passes} "
+            f"(resets happen at passes every, 2*every, ... below num_passes); use 1..{max(passes - 1, 1)}",
         )
     elif r.every is None and passes < 2:
-        raise ValueError(
-            f"regularizers.{i}.type: embedding_reset resets at the start of passes after the "
-            "first, and training.num_passes is 1; raise num_passes"
+        raise FieldValueError(
+            ("regularizers", i, "type"),
+            "embedding_reset resets at the start of passes after the "
+            "first, and training.num_passes is 1; raise num_passes",
         )
     for f in r.features or []:
         if f not in names:
-            raise ValueError(
-                f"regularizers.{i}.features: '{f}' is not a sparse feature; choose among {names}"
+            raise FieldValueError(
+                ("regularizers", i, "features"), f"'{f}' is not a sparse feature; choose among {names}"
             )
     if r.features is not None and len(set(r.features)) != len(r.features):
-        raise ValueError(f"regularizers.{i}.features: each feature may appear once")
+        raise FieldValueError(("regularizers", i, "features"), "each feature may appear once")
 
 
 def _check_sse_graph(i: int, r: SseGraph, data: DataSpec) -> None:
     names = data.sparse_feature_names()
     src = data.source
     if src == DataSource.CRITEO:
-        raise ValueError(
-            f"regularizers.{i}.type: sse_graph needs a graph between ids, and the criteo "
+        raise FieldValueError(
+            ("regularizers", i, "type"),
+            "sse_graph needs a graph between ids, and the criteo "
             "source has none (its 26 columns are anonymous hashed categories); use sse_se "
-            "(uniform replacement) instead, or a table source with a graph_column"
+            "(uniform replacement) instead, or a table source with a graph_column",
         )
     if src == DataSource.SYNTHETIC:
         if r.graph_column is not None:
-            raise ValueError(
-                f"regularizers.{i}.graph_column: only for data.source 'table'; the synthetic "
-                "source's graph is its ground-truth clusters (remove graph_column)"
+            raise FieldValueError(
+                ("regularizers", i, "graph_column"),
+                "only for data.source 'table'; the synthetic "
+                "source's graph is its ground-truth clusters (remove graph_column)",
             )
         allowed = [f for f in SYNTHETIC_GRAPH_FEATURES if f in names]
         what = "have ground-truth clusters"
     else:
         if r.graph_column is None:
-            raise ValueError(
-                f"regularizers.{i}.graph_column: required for data.source 'table': the sparse "
-                f"column whose shared values link ids (e.g. a genre); choose among {names}"
+            raise FieldValueError(
+                ("regularizers", i, "graph_column"),
+                f"required for data.source 'table': the sparse "
+                f"column whose shared values link ids (e.g. a genre); choose among {names}",
             )
         if r.graph_column not in names:
-            raise ValueError(
-                f"regularizers.{i}.graph_column: '{r.graph_column}' is not a sparse column of "
-                f"data.columns; choose among {names}"
+            raise FieldValueError(
+                ("regularizers", i, "graph_column"),
+                f"'{r.graph_column}' is not a sparse column of data.columns; choose among {names}",
             )
         if r.features is None:
-            raise ValueError(
-                f"regularizers.{i}.features: required for data.source 'table': the sparse "
+            raise FieldValueError(
+                ("regularizers", i, "features"),
+                f"required for data.source 'table': the sparse "
                 f"features whose ids are replaced by neighbours through graph_column "
-                f"'{r.graph_column}'"
+                f"'{r.graph_column}'",
             )
         allowed = [f for f in names if f != r.graph_column]
         what = "can be linked through graph_column"
     for f in r.features or []:
         if f not in allowed:
-            raise ValueError(
-                f"regularizers.{i}.features: '{f}' is not a sparse feature that {what}; "
-                f"choose among {allowed}"
+            raise FieldValueError(
+                ("regularizers", i, "features"),
+                f"'{f}' is not a sparse feature that {what}; choose among {allowed}",
             )
     if r.features is not None and len(set(r.features)) != len(r.features):
-        raise ValueError(f"regularizers.{i}.features: each feature may appear once")
+        raise FieldValueError(("regularizers", i, "features"), "each feature may appear once")
     graph = r.features if r.features is not None else allowed
     for f in r.per_feature:
         if f not in graph:
-            raise ValueError(
-                f"regularizers.{i}.per_feature: '{f}' is not one of the sse_graph features {graph}"
+            raise FieldValueError(
+                ("regularizers", i, "per_feature"), f"'{f}' is not one of the sse_graph features {graph}"
             )
