@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 FieldPath = tuple[str | int, ...]
 
@@ -47,7 +48,7 @@ class FieldError:
         (for raisers that give a message only; new code passes ``field=``)."""
         head, sep, rest = line.partition(": ")
         if sep and _DOTTED.fullmatch(head):
-            return cls(tuple(head.split(".")), rest)
+            return cls(_as_loc(head), rest)
         return cls((), line)
 
 
@@ -55,7 +56,10 @@ _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
 def _as_loc(field: str | Sequence[str | int]) -> FieldPath:
-    return tuple(field.split(".")) if isinstance(field, str) else tuple(field)
+    """A path tuple from a dotted path (list positions as ints, as pydantic gives them)."""
+    if isinstance(field, str):
+        return tuple(int(p) if p.isdigit() else p for p in field.split("."))
+    return tuple(field)
 
 
 class FieldValueError(ValueError):
@@ -102,6 +106,11 @@ class SpecError(RectrainError):
             errs = [FieldError.from_line(ln) for ln in (message or "").splitlines()] or [FieldError((), "")]
         self.errors: list[FieldError] = errs
         super().__init__("\n".join(e.line for e in errs))
+
+    @classmethod
+    def at(cls, field: str | Sequence[str | int], msg: str) -> Self:
+        """One problem at ``field`` (a dotted path or a path tuple)."""
+        return cls(msg, field=field)
 
     def __reduce__(self):  # the field errors travel with it
         return (_rebuild_spec_error, (self.__class__, [(e.loc, e.msg) for e in self.errors]))

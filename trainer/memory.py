@@ -78,10 +78,11 @@ def gpu_embedding_bytes_per_worker(spec: JobSpec) -> int:
     return num_tables(spec) * rows * (spec.model.embedding_dim + 1) * _BYTES_PER_FLOAT
 
 
-def gpu_fit_error(spec: JobSpec, hbm_cap: int, where: str) -> str | None:
+def gpu_fit_problem(spec: JobSpec, hbm_cap: int, where: str) -> str | None:
     """Why the tables cannot fit GPUs whose planner topology says ``hbm_cap`` bytes
     (``where`` names the source of that figure), with the smallest
-    ``scaling.num_workers`` that would fit; None when they fit."""
+    ``scaling.num_workers`` that would fit; None when they fit. The problem is the
+    ``model`` field's (:data:`GPU_FIT_FIELD`); :func:`gpu_fit_error` is its line."""
     budget = gpu_table_budget_bytes(hbm_cap)
     need = gpu_embedding_bytes_per_worker(spec)
     if need <= budget:
@@ -94,7 +95,7 @@ def gpu_fit_error(spec: JobSpec, hbm_cap: int, where: str) -> str | None:
         more = f"raise scaling.num_workers to at least {math.ceil(m.hash_size / rows_per_gpu)} GPUs, or "
     total = num_tables(spec) * table_bytes(spec)
     return (
-        f"model: the embedding tables need {total / _GIB:.2f} GiB ({num_tables(spec)} tables x "
+        f"the embedding tables need {total / _GIB:.2f} GiB ({num_tables(spec)} tables x "
         f"{m.hash_size} rows x {m.embedding_dim} dims, with their AdaGrad state); split row-wise "
         f"over {w} GPU{'s' if w != 1 else ''} that is {need / _GIB:.2f} GiB per GPU, but {where} "
         f"({budget / _GIB:.1f} GiB for tables after the reserve and the planner's "
@@ -102,6 +103,15 @@ def gpu_fit_error(spec: JobSpec, hbm_cap: int, where: str) -> str | None:
         f"row-level regularizers need them on the device): {more}lower model.hash_size, "
         "model.embedding_dim or model.num_replicas"
     )
+
+
+GPU_FIT_FIELD = ("model",)
+
+
+def gpu_fit_error(spec: JobSpec, hbm_cap: int, where: str) -> str | None:
+    """:func:`gpu_fit_problem` as one line naming its field (``model: ...``)."""
+    why = gpu_fit_problem(spec, hbm_cap, where)
+    return None if why is None else CapacityError.at(GPU_FIT_FIELD, why).message
 
 
 def dense_param_count(spec: JobSpec) -> int:
@@ -206,11 +216,11 @@ def check_capacity(spec: JobSpec) -> None:
     gpu = spec.scaling.gpu_memory_gb
     if spec.scaling.use_gpu and gpu is not None:
         declared = int(gpu * _GIB)
-        why = gpu_fit_error(
+        why = gpu_fit_problem(
             spec, declared - gpu_reserve_bytes(declared), f"each GPU has {gpu:g} GiB (scaling.gpu_memory_gb)"
         )
         if why:
-            raise CapacityError(why)
+            raise CapacityError.at(GPU_FIT_FIELD, why)
     parts = memory_estimate_per_worker(spec)
     if spec.scaling.use_gpu:
         # tables, dense parameters and activations live in GPU memory (unset
@@ -230,8 +240,9 @@ def check_capacity(spec: JobSpec) -> None:
             f" ({num_tables(spec)} tables x {spec.model.hash_size} rows x "
             f"{spec.model.embedding_dim} dims over {spec.scaling.num_workers} workers)"
         )
-    raise CapacityError(
-        f"{field}: the job needs about {need / _GIB:.2f} GiB per worker, most of it "
+    raise CapacityError.at(
+        field,
+        f"the job needs about {need / _GIB:.2f} GiB per worker, most of it "
         f"{top}{detail} (GiB by part: {breakdown}), but each worker has "
-        f"{spec.scaling.memory_per_worker_gb:g} GiB (scaling.memory_per_worker_gb); {advice}"
+        f"{spec.scaling.memory_per_worker_gb:g} GiB (scaling.memory_per_worker_gb); {advice}",
     )

@@ -328,22 +328,24 @@ class RangeAxis:
 def _range_of(where: str, kind: str, param: str, value: dict[str, Any], fk: str) -> tuple[str, float, float]:
     keys = [k for k in value if k in RANGE_KINDS]
     if len(value) != 1 or len(keys) != 1:
-        raise SpecError(
-            f"{where}.{param}: a range is {{log_range: [low, high]}} or {{range: [low, high]}}; "
-            f"got keys {sorted(value)}"
+        raise SpecError.at(
+            f"{where}.{param}",
+            f"a range is {{log_range: [low, high]}} or {{range: [low, high]}}; got keys {sorted(value)}",
         )
     if fk != "number":
-        raise SpecError(f"{where}.{param}: a range is only allowed over numeric parameters; give one value")
+        raise SpecError.at(
+            f"{where}.{param}", "a range is only allowed over numeric parameters; give one value"
+        )
     (rk,) = keys
     bounds = value[rk]
     if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
-        raise SpecError(f"{where}.{param}.{rk}: give two numbers [low, high]; got {bounds!r}")
+        raise SpecError.at(f"{where}.{param}.{rk}", f"give two numbers [low, high]; got {bounds!r}")
     low, high = float(bounds[0]), float(bounds[1])
     if not low < high:
-        raise SpecError(f"{where}.{param}.{rk}: low ({low:g}) must be below high ({high:g})")
+        raise SpecError.at(f"{where}.{param}.{rk}", f"low ({low:g}) must be below high ({high:g})")
     if rk == "log_range" and low <= 0:
-        raise SpecError(
-            f"{where}.{param}.log_range: low must be > 0 on a log scale; got {low:g} (or use range)"
+        raise SpecError.at(
+            f"{where}.{param}.log_range", f"low must be > 0 on a log scale; got {low:g} (or use range)"
         )
     return ("log" if rk == "log_range" else "linear"), low, high
 
@@ -353,13 +355,14 @@ def _params_of(
 ) -> tuple[dict[str, list[Any]], dict[str, tuple[str, float, float]]]:
     """The grid and range parameters of one regularizer entry (checked)."""
     if not isinstance(entry, dict):
-        raise SpecError(f"{where}: each regularizer is a mapping like {{type: sparse_l2, weight: 1e-4}}")
+        raise SpecError.at(f"{where}", "each regularizer is a mapping like {type: sparse_l2, weight: 1e-4}")
     kind = entry.get("type")
     if kind not in models:
-        raise SpecError(
-            f"{where}.type: "
+        raise SpecError.at(
+            f"{where}.type",
+            ""
             + (f"unknown regularizer type '{kind}'" if kind is not None else "required")
-            + f"; choose one of {', '.join(models)}"
+            + f"; choose one of {', '.join(models)}",
         )
     model = models[kind]
     grids: dict[str, list[Any]] = {}
@@ -369,8 +372,8 @@ def _params_of(
             continue
         if param not in model.model_fields:
             known = [p for p in model.model_fields if p != "type"]
-            raise SpecError(
-                f"{where}.{param}: unknown parameter of {kind}; its parameters are {', '.join(known)}"
+            raise SpecError.at(
+                f"{where}.{param}", f"unknown parameter of {kind}; its parameters are {', '.join(known)}"
             )
         fk = _field_kind(model, param)
         if isinstance(value, dict) and (any(k in value for k in RANGE_KINDS) or fk == "number"):
@@ -382,21 +385,21 @@ def _params_of(
         if not is_grid:
             continue
         if not value:
-            raise SpecError(f"{where}.{param}: an empty grid; give at least one value")
+            raise SpecError.at(f"{where}.{param}", "an empty grid; give at least one value")
         if len(value) > MAX_GRID_VALUES:
-            raise SpecError(f"{where}.{param}: {len(value)} grid values; at most {MAX_GRID_VALUES}")
+            raise SpecError.at(f"{where}.{param}", f"{len(value)} grid values; at most {MAX_GRID_VALUES}")
         if fk == "number":
             bad = [x for x in value if not _is_number(x)]
             if bad:
-                raise SpecError(f"{where}.{param}: grid values must be numbers; got {bad[0]!r}")
+                raise SpecError.at(f"{where}.{param}", f"grid values must be numbers; got {bad[0]!r}")
         elif fk != "list":
-            raise SpecError(
-                f"{where}.{param}: a grid (list of values) is only allowed over numeric parameters; "
-                f"give one value"
+            raise SpecError.at(
+                f"{where}.{param}",
+                "a grid (list of values) is only allowed over numeric parameters; give one value",
             )
         canon = [json.dumps(x) for x in value]
         if len(set(canon)) != len(canon):
-            raise SpecError(f"{where}.{param}: repeated grid values {value}; list each value once")
+            raise SpecError.at(f"{where}.{param}", f"repeated grid values {value}; list each value once")
         grids[param] = value
     return grids, ranges
 
@@ -428,7 +431,9 @@ def _variant_params(spec: StudySpec) -> list[tuple[list[tuple[int, str, list[Any
     for i, v in enumerate(spec.variants):
         vname = _variant_name(v)
         if vname in names:
-            raise SpecError(f"variants.{i}.name: '{vname}' is used twice; give each variant its own name")
+            raise SpecError.at(
+                f"variants.{i}.name", f"'{vname}' is used twice; give each variant its own name"
+            )
         names.add(vname)
         axes: list[tuple[int, str, list[Any]]] = []
         rng: list[RangeAxis] = []
@@ -442,17 +447,19 @@ def _variant_params(spec: StudySpec) -> list[tuple[list[tuple[int, str, list[Any
                 is_int = ann is int or (int in typing.get_args(ann) and float not in typing.get_args(ann))
                 rng.append(RangeAxis(j, param, f"{entry['type']}.{param}", scale, low, high, is_int))
         if len(rng) > 1:
-            raise SpecError(
-                f"variants.{i}: {len(rng)} ranges ({', '.join(r.key for r in rng)}); a variant searches "
-                "one parameter: give the others one value, or split the variant"
+            raise SpecError.at(
+                f"variants.{i}",
+                f"{len(rng)} ranges ({', '.join(r.key for r in rng)}); a variant searches "
+                "one parameter: give the others one value, or split the variant",
             )
         if rng and axes:
-            raise SpecError(
-                f"variants.{i}: a range ({rng[0].key}) and a grid ({axes[0][1]}) in one variant; "
-                "give the grid parameter one value, or make it its own variant"
+            raise SpecError.at(
+                f"variants.{i}",
+                f"a range ({rng[0].key}) and a grid ({axes[0][1]}) in one variant; "
+                "give the grid parameter one value, or make it its own variant",
             )
         if not rng and v.search is not None:
-            raise SpecError(f"variants.{i}.search: this variant has no range to search; remove search")
+            raise SpecError.at(f"variants.{i}.search", "this variant has no range to search; remove search")
         out.append((axes, rng[0] if rng else None))
     return out
 
@@ -477,9 +484,10 @@ def check_size(spec: StudySpec, max_runs: int = MAX_STUDY_RUNS) -> int:
     n_runs = arms * seeds
     limit = min(max_runs, MAX_STUDY_RUNS)
     if n_runs > limit:
-        raise SpecError(
-            f"variants: {arms} arms (baseline included) x {seeds} seeds = {n_runs} runs; "
-            f"a study has at most {limit}: shrink the grids or the seeds"
+        raise SpecError.at(
+            "variants",
+            f"{arms} arms (baseline included) x {seeds} seeds = {n_runs} runs; "
+            f"a study has at most {limit}: shrink the grids or the seeds",
         )
     return n_runs
 
@@ -659,9 +667,10 @@ def expand(spec: StudySpec) -> Expansion:
 
         n = stage_budget(exp)["max_runs"]
         if n > MAX_STUDY_RUNS:
-            raise SpecError(
-                f"search: the study may run up to {n} runs; a study has at most {MAX_STUDY_RUNS}: "
-                "lower search.budget_runs, points or rounds"
+            raise SpecError.at(
+                "search",
+                f"the study may run up to {n} runs; a study has at most {MAX_STUDY_RUNS}: "
+                "lower search.budget_runs, points or rounds",
             )
     return exp
 
@@ -751,28 +760,28 @@ def parse_study(data: Any, *, base_dir: Path | None = None) -> Expansion:
     into the base before validation.
     """
     if not isinstance(data, dict):
-        raise SpecError("study: the top level must be a mapping (base, variants, seeds, passes, ...)")
+        raise SpecError.at("study", "the top level must be a mapping (base, variants, seeds, passes, ...)")
     data = dict(data)
     base = data.get("base", {})
     if isinstance(base, str):
         if base_dir is None:
-            raise SpecError(
-                "base: give the base job spec inline; a file name only works with `rectrain study FILE`"
+            raise SpecError.at(
+                "base", "give the base job spec inline; a file name only works with `rectrain study FILE`"
             )
         p = (base_dir / base).resolve()
         if not p.exists():
-            raise SpecError(f"base: job spec file {p} does not exist")
+            raise SpecError.at("base", f"job spec file {p} does not exist")
         try:
             base = (json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())) or {}
         except (ValueError, yaml.YAMLError) as e:
-            raise SpecError(f"base: {p} is not valid YAML/JSON: {parse_error_line(e)}") from None
+            raise SpecError.at("base", f"{p} is not valid YAML/JSON: {parse_error_line(e)}") from None
     overrides = data.pop("base_overrides", None)
     if overrides is not None:
         if not isinstance(overrides, dict) or not isinstance(base, dict):
-            raise SpecError("base_overrides: must be a mapping (a partial job spec)")
+            raise SpecError.at("base_overrides", "must be a mapping (a partial job spec)")
         base = _deep_merge(base, overrides)
     if not isinstance(base, (dict, JobSpec)):
-        raise SpecError("base: must be a job spec (a mapping of sections: model, data, training, ...)")
+        raise SpecError.at("base", "must be a job spec (a mapping of sections: model, data, training, ...)")
     try:
         data["base"] = base if isinstance(base, JobSpec) else JobSpec.model_validate(base)
     except ValidationError as e:
