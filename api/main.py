@@ -24,6 +24,7 @@ from api.logs import install_access_log_redaction
 from api.middleware import BodySizeLimit, RequestTelemetry, Telemetry
 from api.routes import health, jobs, studies
 from api.routes.health import refresh_job_gauges_loop, start_metrics_server
+from api.spec_errors import request_error_loc
 from services.jobs import JobStore
 from services.launcher import JobLauncher
 from services.redis_conn import EmbeddedRedis, RedisSupervisor, async_client
@@ -31,7 +32,6 @@ from services.settings import Settings
 from services.stream_hub import StreamHub
 from services.studies import StudyStore
 from services.worker import ControlLoops
-from trainer.spec import FIELD_PATHS
 
 log = logging.getLogger("rectrain.api")
 
@@ -110,22 +110,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await asyncio.to_thread(embedded.stop)
 
 
-def _spec_loc(err: dict) -> tuple[list, str]:
-    """Point a spec model-validator error at the field its message names."""
-    loc, msg = list(err.get("loc", ())), str(err.get("msg", ""))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    head = msg.split(":", 1)[0]
-    if loc[:2] == ["body", "spec"] and head in FIELD_PATHS:
-        loc = ["body", "spec", *head.split(".")]
-    return loc, msg
-
-
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # registered for this class only
     detail = []
     for e in exc.errors():
-        loc, msg = _spec_loc(e)
+        loc, msg = request_error_loc(e)
         detail.append({"loc": loc, "msg": msg, "type": e.get("type", "value_error")})
     return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
 

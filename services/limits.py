@@ -57,9 +57,10 @@ def check_job_limits(spec: JobSpec, settings: Settings) -> None:
     ]
     for field, value, limit, var in checks:
         if value > limit:
-            raise LimitExceeded(
-                f"{field}: {value:g} is above what this service allows one job ({limit:g}, {var}); "
-                f"ask for at most {limit:g}"
+            raise LimitExceeded.at(
+                field,
+                f"{value:g} is above what this service allows one job ({limit:g}, {var}); "
+                f"ask for at most {limit:g}",
             )
     from services.model_lifecycle import forbidden_roots
 

@@ -85,9 +85,10 @@ async def apply_tracking_defaults(
     own = m.mlflow
     if own is not None and own.tracking_uri != settings.mlflow_tracking_uri:
         if urlsplit(own.tracking_uri).scheme not in ("http", "https"):
-            raise SpecError(
-                "metrics.mlflow.tracking_uri: the service logs only to http(s):// MLflow servers "
-                f"(got {own.tracking_uri[:80]!r}); use one, or leave metrics.mlflow unset for the service's"
+            raise SpecError.at(
+                "metrics.mlflow.tracking_uri",
+                "the service logs only to http(s):// MLflow servers "
+                f"(got {own.tracking_uri[:80]!r}); use one, or leave metrics.mlflow unset for the service's",
             )
     update: dict[str, Any] = {}
     if m.tensorboard is None:

@@ -73,10 +73,11 @@ def check_data_path(
     :class:`DataPathRefused` naming ``field`` and the roots (same text whether or not
     the file exists). ``roots`` as given by :func:`parse_roots`."""
     roots = parse_roots(roots)
-    refused = DataPathRefused(
-        f"{field}: {path!r} is not under an allowed data root ({', '.join(roots) or 'none configured'}); "
+    refused = DataPathRefused.at(
+        field,
+        f"{path!r} is not under an allowed data root ({', '.join(roots) or 'none configured'}); "
         "use a path inside one of them (symlinks and '..' are resolved first), or ask the operator "
-        "to add its prefix to RECTRAIN_DATA_ROOTS"
+        "to add its prefix to RECTRAIN_DATA_ROOTS",
     )
     try:
         norm = _normalise(str(path))

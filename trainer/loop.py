@@ -45,7 +45,7 @@ from trainer.metrics.events import EventType, MetricsSink, Phase, make_event
 from trainer.model.dlrm import DLRM, batch_norm_statistics
 from trainer.model.embedding_init import init_embedding_tables
 from trainer.model.sharding import dense_named_parameters, make_dense_optimizer, shard_model
-from trainer.regularizers import RegularizerSet
+from trainer.regularizers.regset import RegularizerSet
 from trainer.results import PassResult
 from trainer.spec import JobSpec
 

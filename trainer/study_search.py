@@ -106,10 +106,11 @@ def stage_budget(exp: Expansion) -> dict[str, Any]:
         bound = sum(per_round)
         budget = cfg.budget_runs if cfg.budget_runs is not None else bound
         if budget < per_round[0]:
-            raise SpecError(
-                f"{where}.budget_runs: {budget} runs cannot hold round 1 of variants.{i} "
+            raise SpecError.at(
+                f"{where}.budget_runs",
+                f"{budget} runs cannot hold round 1 of variants.{i} "
                 f"(points {cfg.points} x seeds_per_round {cfg.seeds_per_round} = {per_round[0]} runs); "
-                f"raise it to at least {per_round[0]}, or lower points or seeds_per_round"
+                f"raise it to at least {per_round[0]}, or lower points or seeds_per_round",
             )
         runs = min(budget, bound)
         searches.append(

@@ -30,8 +30,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.errors import SpecError, parse_error_line
-from trainer.spec import DataSource, JobSpec, Regularizer, format_validation_error
+from trainer.errors import FieldError, FieldValueError, SpecError, parse_error_line
+from trainer.spec import DataSource, JobSpec, Regularizer, validation_errors
 
 # A study never expands past this many runs, whoever submits it (the service also
 # applies a per-owner limit, RECTRAIN_STUDY_MAX_RUNS).
@@ -140,7 +140,7 @@ class TuneBaselineSpec(_Strict):
             if len(set(values)) != len(values):
                 raise ValueError(f"tune_baseline.grid.{path}: repeated values {values}; list each value once")
         if math.prod(len(x) for x in v.values()) > 100:
-            raise ValueError("tune_baseline.grid: more than 100 combinations; shorten the lists")
+            raise FieldValueError("tune_baseline.grid", "more than 100 combinations; shorten the lists")
         return v
 
 
@@ -195,12 +195,12 @@ class StudySpec(_Strict):
     def _seed_list(cls, v: int | list[int]) -> int | list[int]:
         if isinstance(v, list):
             if not v:
-                raise ValueError("seeds: give at least one seed (or a count, e.g. seeds: 3)")
+                raise FieldValueError("seeds", "give at least one seed (or a count, e.g. seeds: 3)")
             if len(v) > MAX_SEEDS:
-                raise ValueError(f"seeds: {len(v)} seeds; at most {MAX_SEEDS}")
+                raise FieldValueError("seeds", f"{len(v)} seeds; at most {MAX_SEEDS}")
             dup = sorted({s for s in v if v.count(s) > 1})
             if dup:
-                raise ValueError(f"seeds: repeated seeds {dup}; each seed once")
+                raise FieldValueError("seeds", f"repeated seeds {dup}; each seed once")
         return v
 
     @field_validator("labels")
@@ -208,7 +208,7 @@ class StudySpec(_Strict):
     def _no_reserved_labels(cls, v: dict[str, str]) -> dict[str, str]:
         bad = sorted(k for k in v if k.startswith("study"))
         if bad:
-            raise ValueError(f"labels: {bad} are set by the study itself; rename them")
+            raise FieldValueError("labels", f"{bad} are set by the study itself; rename them")
         return v
 
     def seed_list(self) -> list[int]:
@@ -328,22 +328,24 @@ class RangeAxis:
 def _range_of(where: str, kind: str, param: str, value: dict[str, Any], fk: str) -> tuple[str, float, float]:
     keys = [k for k in value if k in RANGE_KINDS]
     if len(value) != 1 or len(keys) != 1:
-        raise SpecError(
-            f"{where}.{param}: a range is {{log_range: [low, high]}} or {{range: [low, high]}}; "
-            f"got keys {sorted(value)}"
+        raise SpecError.at(
+            f"{where}.{param}",
+            f"a range is {{log_range: [low, high]}} or {{range: [low, high]}}; got keys {sorted(value)}",
         )
     if fk != "number":
-        raise SpecError(f"{where}.{param}: a range is only allowed over numeric parameters; give one value")
+        raise SpecError.at(
+            f"{where}.{param}", "a range is only allowed over numeric parameters; give one value"
+        )
     (rk,) = keys
     bounds = value[rk]
     if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) for b in bounds)):
-        raise SpecError(f"{where}.{param}.{rk}: give two numbers [low, high]; got {bounds!r}")
+        raise SpecError.at(f"{where}.{param}.{rk}", f"give two numbers [low, high]; got {bounds!r}")
     low, high = float(bounds[0]), float(bounds[1])
     if not low < high:
-        raise SpecError(f"{where}.{param}.{rk}: low ({low:g}) must be below high ({high:g})")
+        raise SpecError.at(f"{where}.{param}.{rk}", f"low ({low:g}) must be below high ({high:g})")
     if rk == "log_range" and low <= 0:
-        raise SpecError(
-            f"{where}.{param}.log_range: low must be > 0 on a log scale; got {low:g} (or use range)"
+        raise SpecError.at(
+            f"{where}.{param}.log_range", f"low must be > 0 on a log scale; got {low:g} (or use range)"
         )
     return ("log" if rk == "log_range" else "linear"), low, high
 
@@ -353,13 +355,14 @@ def _params_of(
 ) -> tuple[dict[str, list[Any]], dict[str, tuple[str, float, float]]]:
     """The grid and range parameters of one regularizer entry (checked)."""
     if not isinstance(entry, dict):
-        raise SpecError(f"{where}: each regularizer is a mapping like {{type: sparse_l2, weight: 1e-4}}")
+        raise SpecError.at(f"{where}", "each regularizer is a mapping like {type: sparse_l2, weight: 1e-4}")
     kind = entry.get("type")
     if kind not in models:
-        raise SpecError(
-            f"{where}.type: "
+        raise SpecError.at(
+            f"{where}.type",
+            ""
             + (f"unknown regularizer type '{kind}'" if kind is not None else "required")
-            + f"; choose one of {', '.join(models)}"
+            + f"; choose one of {', '.join(models)}",
         )
     model = models[kind]
     grids: dict[str, list[Any]] = {}
@@ -369,8 +372,8 @@ def _params_of(
             continue
         if param not in model.model_fields:
             known = [p for p in model.model_fields if p != "type"]
-            raise SpecError(
-                f"{where}.{param}: unknown parameter of {kind}; its parameters are {', '.join(known)}"
+            raise SpecError.at(
+                f"{where}.{param}", f"unknown parameter of {kind}; its parameters are {', '.join(known)}"
             )
         fk = _field_kind(model, param)
         if isinstance(value, dict) and (any(k in value for k in RANGE_KINDS) or fk == "number"):
@@ -382,21 +385,21 @@ def _params_of(
         if not is_grid:
             continue
         if not value:
-            raise SpecError(f"{where}.{param}: an empty grid; give at least one value")
+            raise SpecError.at(f"{where}.{param}", "an empty grid; give at least one value")
         if len(value) > MAX_GRID_VALUES:
-            raise SpecError(f"{where}.{param}: {len(value)} grid values; at most {MAX_GRID_VALUES}")
+            raise SpecError.at(f"{where}.{param}", f"{len(value)} grid values; at most {MAX_GRID_VALUES}")
         if fk == "number":
             bad = [x for x in value if not _is_number(x)]
             if bad:
-                raise SpecError(f"{where}.{param}: grid values must be numbers; got {bad[0]!r}")
+                raise SpecError.at(f"{where}.{param}", f"grid values must be numbers; got {bad[0]!r}")
         elif fk != "list":
-            raise SpecError(
-                f"{where}.{param}: a grid (list of values) is only allowed over numeric parameters; "
-                f"give one value"
+            raise SpecError.at(
+                f"{where}.{param}",
+                "a grid (list of values) is only allowed over numeric parameters; give one value",
             )
         canon = [json.dumps(x) for x in value]
         if len(set(canon)) != len(canon):
-            raise SpecError(f"{where}.{param}: repeated grid values {value}; list each value once")
+            raise SpecError.at(f"{where}.{param}", f"repeated grid values {value}; list each value once")
         grids[param] = value
     return grids, ranges
 
@@ -428,7 +431,9 @@ def _variant_params(spec: StudySpec) -> list[tuple[list[tuple[int, str, list[Any
     for i, v in enumerate(spec.variants):
         vname = _variant_name(v)
         if vname in names:
-            raise SpecError(f"variants.{i}.name: '{vname}' is used twice; give each variant its own name")
+            raise SpecError.at(
+                f"variants.{i}.name", f"'{vname}' is used twice; give each variant its own name"
+            )
         names.add(vname)
         axes: list[tuple[int, str, list[Any]]] = []
         rng: list[RangeAxis] = []
@@ -442,17 +447,19 @@ def _variant_params(spec: StudySpec) -> list[tuple[list[tuple[int, str, list[Any
                 is_int = ann is int or (int in typing.get_args(ann) and float not in typing.get_args(ann))
                 rng.append(RangeAxis(j, param, f"{entry['type']}.{param}", scale, low, high, is_int))
         if len(rng) > 1:
-            raise SpecError(
-                f"variants.{i}: {len(rng)} ranges ({', '.join(r.key for r in rng)}); a variant searches "
-                "one parameter: give the others one value, or split the variant"
+            raise SpecError.at(
+                f"variants.{i}",
+                f"{len(rng)} ranges ({', '.join(r.key for r in rng)}); a variant searches "
+                "one parameter: give the others one value, or split the variant",
             )
         if rng and axes:
-            raise SpecError(
-                f"variants.{i}: a range ({rng[0].key}) and a grid ({axes[0][1]}) in one variant; "
-                "give the grid parameter one value, or make it its own variant"
+            raise SpecError.at(
+                f"variants.{i}",
+                f"a range ({rng[0].key}) and a grid ({axes[0][1]}) in one variant; "
+                "give the grid parameter one value, or make it its own variant",
             )
         if not rng and v.search is not None:
-            raise SpecError(f"variants.{i}.search: this variant has no range to search; remove search")
+            raise SpecError.at(f"variants.{i}.search", "this variant has no range to search; remove search")
         out.append((axes, rng[0] if rng else None))
     return out
 
@@ -477,9 +484,10 @@ def check_size(spec: StudySpec, max_runs: int = MAX_STUDY_RUNS) -> int:
     n_runs = arms * seeds
     limit = min(max_runs, MAX_STUDY_RUNS)
     if n_runs > limit:
-        raise SpecError(
-            f"variants: {arms} arms (baseline included) x {seeds} seeds = {n_runs} runs; "
-            f"a study has at most {limit}: shrink the grids or the seeds"
+        raise SpecError.at(
+            "variants",
+            f"{arms} arms (baseline included) x {seeds} seeds = {n_runs} runs; "
+            f"a study has at most {limit}: shrink the grids or the seeds",
         )
     return n_runs
 
@@ -535,17 +543,18 @@ def job_spec_dict(
     return d
 
 
-def _remap(line: str, arm: Arm, n_base: int) -> str:
-    """A job-spec error line of an arm, pointed at the study field it comes from."""
-    head, sep, rest = line.partition(":")
-    parts = head.split(".")
-    if sep and parts[0] == "regularizers" and len(parts) > 1 and parts[1].isdigit() and not arm.is_baseline:
-        j = int(parts[1]) - n_base
+def _remap(err: FieldError, arm: Arm, n_base: int) -> FieldError:
+    """A job-spec error of an arm, pointed at the study field it comes from."""
+    loc = err.loc
+    if len(loc) > 1 and loc[0] == "regularizers" and isinstance(loc[1], int) and not arm.is_baseline:
+        j = loc[1] - n_base
         if j >= 0:
-            head = ".".join([f"variants.{arm.variant_index}.regularizers.{j}", *parts[2:]])
-            return f"{head}:{rest} (at {arm.label})"
-    where = "base" if arm.is_baseline else f"variants.{arm.variant_index} ({arm.label})"
-    return f"{where}: {line}" if not arm.is_baseline else f"base.{line}"
+            return FieldError(
+                ("variants", arm.variant_index, "regularizers", j, *loc[2:]), f"{err.msg} (at {arm.label})"
+            )
+    if arm.is_baseline:
+        return err.under("base")
+    return FieldError((), f"variants.{arm.variant_index} ({arm.label}): {err.line}")
 
 
 def job_spec_for(
@@ -563,8 +572,7 @@ def job_spec_for(
     try:
         return JobSpec.model_validate(d)
     except ValidationError as e:
-        lines = format_validation_error(e).splitlines()
-        raise SpecError("\n".join(_remap(ln, arm, n_base) for ln in lines)) from None
+        raise SpecError(errors=[_remap(err, arm, n_base) for err in validation_errors(e)]) from None
 
 
 @dataclass
@@ -650,7 +658,7 @@ def expand(spec: StudySpec) -> Expansion:
             except SpecError as e:
                 where = ", ".join(f"{k}={_fmt(v)}" for k, v in combo.items())
                 raise SpecError(
-                    f"tune_baseline.grid: {e.message.removeprefix('base.')} (at {where})"
+                    f"{e.message.removeprefix('base.')} (at {where})", field=("tune_baseline", "grid")
                 ) from None
     runs = [Run(key=f"{a.key}/s{s}", arm=a.key, seed=s) for a in arms for s in seeds]
     exp = Expansion(spec=spec, arms=arms, runs=runs, seeds=seeds, passes=spec.num_passes())
@@ -659,9 +667,10 @@ def expand(spec: StudySpec) -> Expansion:
 
         n = stage_budget(exp)["max_runs"]
         if n > MAX_STUDY_RUNS:
-            raise SpecError(
-                f"search: the study may run up to {n} runs; a study has at most {MAX_STUDY_RUNS}: "
-                "lower search.budget_runs, points or rounds"
+            raise SpecError.at(
+                "search",
+                f"the study may run up to {n} runs; a study has at most {MAX_STUDY_RUNS}: "
+                "lower search.budget_runs, points or rounds",
             )
     return exp
 
@@ -751,52 +760,53 @@ def parse_study(data: Any, *, base_dir: Path | None = None) -> Expansion:
     into the base before validation.
     """
     if not isinstance(data, dict):
-        raise SpecError("study: the top level must be a mapping (base, variants, seeds, passes, ...)")
+        raise SpecError.at("study", "the top level must be a mapping (base, variants, seeds, passes, ...)")
     data = dict(data)
     base = data.get("base", {})
     if isinstance(base, str):
         if base_dir is None:
-            raise SpecError(
-                "base: give the base job spec inline; a file name only works with `rectrain study FILE`"
+            raise SpecError.at(
+                "base", "give the base job spec inline; a file name only works with `rectrain study FILE`"
             )
         p = (base_dir / base).resolve()
         if not p.exists():
-            raise SpecError(f"base: job spec file {p} does not exist")
+            raise SpecError.at("base", f"job spec file {p} does not exist")
         try:
             base = (json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())) or {}
         except (ValueError, yaml.YAMLError) as e:
-            raise SpecError(f"base: {p} is not valid YAML/JSON: {parse_error_line(e)}") from None
+            raise SpecError.at("base", f"{p} is not valid YAML/JSON: {parse_error_line(e)}") from None
     overrides = data.pop("base_overrides", None)
     if overrides is not None:
         if not isinstance(overrides, dict) or not isinstance(base, dict):
-            raise SpecError("base_overrides: must be a mapping (a partial job spec)")
+            raise SpecError.at("base_overrides", "must be a mapping (a partial job spec)")
         base = _deep_merge(base, overrides)
     if not isinstance(base, (dict, JobSpec)):
-        raise SpecError("base: must be a job spec (a mapping of sections: model, data, training, ...)")
+        raise SpecError.at("base", "must be a job spec (a mapping of sections: model, data, training, ...)")
     try:
         data["base"] = base if isinstance(base, JobSpec) else JobSpec.model_validate(base)
     except ValidationError as e:
-        raise SpecError("\n".join("base." + ln for ln in format_validation_error(e).splitlines())) from None
+        raise SpecError(errors=[err.under("base") for err in validation_errors(e)]) from None
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(_format_study_errors(e)) from None
+        raise SpecError(errors=_study_errors(e)) from None
     return expand(spec)
 
 
-def _format_study_errors(err: ValidationError) -> str:
-    lines = []
+def _study_errors(err: ValidationError) -> list[FieldError]:
+    out = []
     for e in err.errors():
-        loc = list(e["loc"])
-        if loc[:1] == ["seeds"] and len(loc) > 1 and isinstance(loc[1], str):  # the int | list union
-            lines.append(
-                f"seeds: give a count (1..{MAX_SEEDS}) or a list of distinct integer seeds; got {e.get('input')!r}"
-            )
+        loc = tuple(e["loc"])
+        if loc[:1] == ("seeds",) and len(loc) > 1 and isinstance(loc[1], str):  # the int | list union
+            msg = f"give a count (1..{MAX_SEEDS}) or a list of distinct integer seeds; got {e.get('input')!r}"
+            out.append(FieldError(("seeds",), msg))
             continue
-        path = ".".join(str(p) for p in loc)
-        msg = e["msg"].removeprefix("Value error, ")
-        lines.append(msg if msg.split(":", 1)[0] == path else f"{path}: {msg}")
-    return "\n".join(dict.fromkeys(lines))
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldValueError):
+            out.append(cause.error)
+        else:  # a ValueError's own text, without pydantic's "Value error, " prefix
+            out.append(FieldError(loc, str(cause) if isinstance(cause, ValueError) else e["msg"]))
+    return list(dict.fromkeys(out))
 
 
 def load_study(path: str | Path) -> Expansion:

@@ -37,6 +37,7 @@ from api.models import (
     not_found,
     sse_responses,
 )
+from api.spec_errors import capacity_detail, limit_detail
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, QueueFull
 from services.model_lifecycle import ModelNotReady, iter_file, model_file
 from services.queue import queue_info
@@ -95,20 +96,13 @@ async def create_job(
             priority=body.priority,
         )
     except CapacityError as e:
-        # the message starts with the field it is about ("scaling.num_workers: ...")
-        head = e.message.split(":", 1)[0]
-        field = head.split(".") if head.replace(".", "").replace("_", "").isalnum() else ["model"]
-        raise RequestValidationError(
-            [{"type": "capacity", "loc": ("body", "spec", *field), "msg": e.message, "input": None}]
-        ) from None
+        raise RequestValidationError(capacity_detail(e)) from None
     except QueueFull as e:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, e.message, headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)}
         ) from None
-    except SpecError as e:  # service limits and data roots: the message names the field
-        raise RequestValidationError(
-            [{"type": "limit", "loc": ("body", "spec"), "msg": e.message, "input": None}]
-        ) from None
+    except SpecError as e:  # service limits, data roots, init_from: at the field they name
+        raise RequestValidationError(limit_detail(e)) from None
     return await _public(store, job)
 
 

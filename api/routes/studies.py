@@ -39,6 +39,7 @@ from api.models import (
     not_found,
     sse_responses,
 )
+from api.spec_errors import study_base_detail, study_detail
 from services.studies import StudyConflict, StudyLimit, StudyNotFound, StudyRecord, StudyStore
 from services.study_report import render_report
 from services.study_stats import to_csv
@@ -56,12 +57,7 @@ def _expand(body: StudyCreate) -> Expansion:
     try:
         return parse_study(body.spec)
     except SpecError as e:
-        errors = []
-        for line in e.message.splitlines():
-            head, sep, msg = line.partition(": ")
-            loc = ("body", "spec", *head.split(".")) if sep and " " not in head else ("body", "spec")
-            errors.append({"type": "value_error", "loc": loc, "msg": line, "input": None})
-        raise RequestValidationError(errors) from None
+        raise RequestValidationError(study_detail(e)) from None
 
 
 async def _study_or_404(studies: StudyStore, study_id: str, owner: str) -> StudyRecord:
@@ -101,18 +97,8 @@ async def create_study(
         await studies.submit_runs(rec, launcher)
     except SpecError as e:  # no run of this study can ever start (capacity, init_from): nothing was submitted
         await studies.delete(await studies.get(rec.id) or rec, force=True)
-        head = e.message.split(":", 1)[0]
-        loc = ("body", "spec", "base", *head.split(".")) if " " not in head else ("body", "spec", "base")
-        raise RequestValidationError(
-            [
-                {
-                    "type": "capacity" if isinstance(e, CapacityError) else "value_error",
-                    "loc": loc,
-                    "msg": f"base.{e.message}",
-                    "input": None,
-                }
-            ]
-        ) from None
+        type_ = "capacity" if isinstance(e, CapacityError) else "value_error"
+        raise RequestValidationError(study_base_detail(e, type_)) from None
     rec = await studies.get(rec.id) or rec
     return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
 

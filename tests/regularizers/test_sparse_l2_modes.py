@@ -150,7 +150,7 @@ def test_modes_without_kernel_or_fallback_are_refused(make_trainer, monkeypatch)
         make_spec([{"type": "sparse_l2", "weight": LAM, "mode": "cowclip"}])
     # the trainer refuses a kernel-only mode where the kernel does not apply it (the
     # probe's answer faked: this CPU kernel applies counter)
-    monkeypatch.setattr("trainer.regularizers.fused_mode_works", lambda dev, mode: False)
+    monkeypatch.setattr("trainer.regularizers.regset.fused_mode_works", lambda dev, mode: False)
     with pytest.raises(RectrainError, match="rectrain computes only l2 and decouple by hand"):
         make_trainer([{"type": "sparse_l2", "weight": LAM, "mode": "counter", "counter_halflife": 3}])
     # l2 / decouple keep their exact fallback

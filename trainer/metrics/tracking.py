@@ -83,17 +83,19 @@ def tracking_sinks(
         try:
             sinks.append(TensorBoardSink(Path(run_dir) / "tensorboard", upload_to=job_store))
         except ImportError:
-            raise SpecError(
-                "metrics.tensorboard: the tensorboard package is not installed where the trainer runs; "
-                "pip install tensorboard, or set metrics.tensorboard: false"
+            raise SpecError.at(
+                "metrics.tensorboard",
+                "the tensorboard package is not installed where the trainer runs; "
+                "pip install tensorboard, or set metrics.tensorboard: false",
             ) from None
     if m.mlflow is not None:
         try:
             import mlflow  # noqa: F401
         except ImportError:
-            raise SpecError(
-                "metrics.mlflow: the mlflow package is not installed where the trainer runs; "
-                "pip install 'rectrain[mlflow]' there, or remove metrics.mlflow"
+            raise SpecError.at(
+                "metrics.mlflow",
+                "the mlflow package is not installed where the trainer runs; "
+                "pip install 'rectrain[mlflow]' there, or remove metrics.mlflow",
             ) from None
         sinks.append(
             MlflowSink(

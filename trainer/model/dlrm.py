@@ -20,6 +20,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.data.dataset import table_feature_name
 from trainer.model.interaction import dot_interaction, triu_flat_index
+from trainer.model.shapes import dense_shapes
 from trainer.spec import Interaction, JobSpec
 
 DenseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,7 +93,6 @@ class DLRM(nn.Module):
         self.replicas = m.num_replicas
         self.dim = m.embedding_dim
         self.interaction = m.interaction
-        num_dense = spec.data.num_dense_features()
         tables = [
             EmbeddingBagConfig(
                 name=table_name(f, r),
@@ -108,26 +108,21 @@ class DLRM(nn.Module):
         # model (trainer/export.py) builds whole tables on the CPU instead
         self.ebc = EmbeddingBagCollection(tables=tables, device=ebc_device or torch.device("meta"))
         with torch.device(dense_device or torch.device("cpu")):
+            shapes = dense_shapes(m, spec.data.num_dense_features(), len(self.features))
             self.dense_arch = (
                 MLP(
-                    num_dense,
-                    m.dense_arch,
+                    shapes.num_dense,
+                    list(shapes.dense_arch),
                     batch_norm=m.batch_norm,
                     dropout=dense_dropout,
                     xavier=m.xavier_init,
                 )
-                if num_dense > 0
+                if shapes.dense_arch
                 else None
             )
-            dense_out = m.dense_arch[-1] if num_dense > 0 else 0
-            n_vec = len(self.features) + (1 if dense_out else 0)
-            if self.interaction == Interaction.DOT:
-                inter_out = dense_out + n_vec * (n_vec - 1) // 2
-            else:
-                inter_out = dense_out + len(self.features) * m.embedding_dim
             self.over_arch = MLP(
-                inter_out,
-                [*m.over_arch, 1],
+                shapes.interaction_out,
+                list(shapes.over_arch),
                 batch_norm=m.batch_norm,
                 dropout=dense_dropout,
                 xavier=m.xavier_init,

@@ -23,6 +23,7 @@ from torchrec.distributed.types import ShardingType
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from trainer.errors import CapacityError
+from trainer.memory import GPU_FIT_FIELD, gpu_fit_problem
 from trainer.spec import DenseOptimizerType, JobSpec, gpu_reserve_bytes
 
 _GIB = 1024**3
@@ -80,9 +81,9 @@ def device_hbm_cap(spec: JobSpec, device: torch.device) -> int:
             src = f"scaling.gpu_memory_gb is {spec.scaling.gpu_memory_gb:g}"
     # by the plan the planner can make (row-wise splits a table over the GPUs), not by
     # whole tables per worker: a table larger than one GPU is split, not refused
-    why = spec.gpu_fit_error(cap, src)
+    why = gpu_fit_problem(spec, cap, src)
     if why:
-        raise CapacityError(why)
+        raise CapacityError.at(GPU_FIT_FIELD, why)
     return cap
 
 
