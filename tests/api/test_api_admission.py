@@ -107,7 +107,8 @@ def test_each_admission_check_runs_once_from_post_to_the_trainers_start(
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
     alice.post(f"/v1/jobs/{job_id}/cancel")  # the in-process dispatcher's stand-in trainer: not needed
-    service = {k: counts[k] for k in ("limits", "memory", "init_from", "tracking", "cluster", "queue_quota")}
+    assert set(admission.JOB_CHECKS) <= set(ONCE)
+    service = {k: counts[k] for k in admission.JOB_CHECKS}  # services/admission.py's, in order
     assert service == {k: 1 for k in service}, counts
 
     # 2. the trainer: what the local launcher runs (LocalBackend: the record's spec as
