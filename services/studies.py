@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from services import keys
+from services.admission import StudyLimit, check_study_runs  # noqa: F401  (StudyLimit: re-exported)
 from services.jobs import IllegalTransition, JobNotFound, JobRecord, JobStatus, JobStore, new_job_id
 from services.launcher import JobLauncher
 from services.redis_conn import redis_fields, text_list, transaction
@@ -53,10 +54,6 @@ class StudyNotFound(RectrainError):
 
 class StudyConflict(RectrainError):
     """Not allowed in the study's current state (e.g. delete while runs are active)."""
-
-
-class StudyLimit(RectrainError):
-    """The owner's active study runs would exceed the per-owner limit."""
 
 
 @dataclass
@@ -285,20 +282,10 @@ class StudyStore:
     # ------------------------------------------------------------------ create / submit
 
     async def create(self, owner: str, exp: Expansion, name: str | None, max_runs: int) -> StudyRecord:
-        """Record a study (after the per-owner limit check) and mark it active."""
-        n = exp.max_runs()  # a staged study: every stage at its budget
-        if n > max_runs:
-            raise StudyLimit(
-                f"variants: this study expands to {n} runs, over the per-owner limit of {max_runs} "
-                "(RECTRAIN_STUDY_MAX_RUNS); shrink the grids or the seeds"
-            )
-        busy = await self.active_runs_of_owner(owner)
-        if busy + n > max_runs:
-            raise StudyLimit(
-                f"variants: {n} runs with the {busy} unfinished runs of your active studies exceed the "
-                f"per-owner limit of {max_runs} (RECTRAIN_STUDY_MAX_RUNS); wait for them, cancel one, "
-                "or shrink this study"
-            )
+        """Record a study (after the per-owner limit check, :func:`services.admission.check_study_runs`)
+        and mark it active."""
+        # admission of the study as a whole (its runs are admitted one by one as jobs)
+        check_study_runs(exp.max_runs(), await self.active_runs_of_owner(owner), max_runs)
         now = time.time()
         rec = StudyRecord(
             id=new_job_id(),

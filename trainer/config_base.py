@@ -1,5 +1,5 @@
 """What every section of the job spec shares: the strict pydantic base and the spec's
-hard bounds (the service may allow less: see services/limits.py). Imports no torch."""
+hard bounds (the service may allow less: see services/admission.py). Imports no torch."""
 
 from __future__ import annotations
 

@@ -57,9 +57,9 @@ def _ensure_ray(spec: JobSpec, ray_address: str | None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return address.startswith(("127.", "localhost"))
-    # The local Ray gets this machine's CPUs, never more: a job that needs more is
-    # refused (check_local_fit) instead of being silently oversubscribed.
-    check_local_fit(spec)
+    # The local Ray gets this machine's CPUs, never more: a job that needs more was
+    # refused (check_local_fit, by the caller before Ray was imported) instead of being
+    # silently oversubscribed.
     # Worker logs stay in Ray's log files; the driver prints rank 0's events instead.
     ray.init(
         address="local",
@@ -205,6 +205,10 @@ def run_job(
     marks = startup_marks()
     ray_mod = sys.modules.get("ray")
     joining = ray_address or env_ray_address() or (ray_mod is not None and ray_mod.is_initialized())
+    if job_id is None:
+        # a run the service did not admit (rectrain run): its memory estimate is checked
+        # here, once; the service's jobs were admitted at submit (services/admission.py)
+        spec.check_capacity()
     if not joining:
         check_local_fit(spec)  # before importing Ray: a refusal costs nothing
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -231,6 +235,7 @@ def run_job(
             "stdout_sink": not local,
             "job_store": job_store,  # where rank 0 copies its TensorBoard files at the end
             "startup_marks": marks,
+            "init_from_checked": True,  # by prepare_run: the workers use it as it is
         },
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -302,11 +307,13 @@ def startup_marks() -> dict[str, float]:
 def prepare_run(
     spec: JobSpec, run_dir: str | Path | None, job_id: str | None, storage_uri: str | None
 ) -> tuple[JobSpec, Path, str | None, str]:
-    """Before a run starts (Ray Train's or a warm worker group's): the spec checked and
-    resolved (capacity, ``training.init_from``, an absolute ``data.path``), the run
-    directory made with its ``spec.yaml``; returns (spec, run_dir, storage root, the
-    job's store: its storage location, or the run directory)."""
-    spec.check_capacity()
+    """Before a run starts (Ray Train's or a warm worker group's): the spec resolved
+    (``training.init_from`` checked again, once for the run: what can have changed since
+    admission; an absolute ``data.path``), the run directory made with its
+    ``spec.yaml``; returns (spec, run_dir, storage root, the job's store: its storage
+    location, or the run directory). The spec was admitted before: by the service at
+    submit (services/admission.py), by :func:`run_job` for ``rectrain run``, by a local
+    study's expansion (every arm's spec checked)."""
     # warm start: the checkpoint resolved and checked up front (a job of the service was
     # resolved at submit: its location must not have changed since)
     spec = prepare_init_from(spec, pinned=job_id is not None)

@@ -205,11 +205,14 @@ class Trainer:
         *,
         data: RankData | None = None,
         pass_checkpoints: str = "every",
+        init_from_checked: bool = False,
     ) -> None:
         """``data``: this rank's data already built for ``spec`` (a warm worker's cache,
         :meth:`RankData.for_spec`); built here when None. ``pass_checkpoints``: "every"
         pass end is checkpointed (and reported), or only a pass that may be the
-        "selected" one (see :func:`keeps_pass_checkpoint`)."""
+        "selected" one (see :func:`keeps_pass_checkpoint`). ``init_from_checked``: the
+        driver resolved and checked ``training.init_from`` just before this run's workers
+        started (:func:`trainer.launch.prepare_run`): it is used as it is, not checked again."""
         if pass_checkpoints not in PASS_CHECKPOINTS:
             raise ValueError(f"pass_checkpoints: {pass_checkpoints!r} is not one of {PASS_CHECKPOINTS}")
         t0 = time.perf_counter()
@@ -222,6 +225,7 @@ class Trainer:
         self.sink = sink if session.rank == 0 else None
         self.device = session.device
         self.pass_checkpoints = pass_checkpoints
+        self.init_from_checked = init_from_checked
         self.collectives = Collectives(self.device)  # every collective of the loop goes through it
         self._pin = self.device.type == "cuda"  # page-locked host batches: async H2D copies
         torch.manual_seed(spec.training.seed)
@@ -479,10 +483,11 @@ class Trainer:
         from trainer import storage
         from trainer.lifecycle import prepare_init_from
 
-        # the driver resolved it already (trainer/launch.py: canonical, so a path that
-        # changed since is refused here); in-process runs resolve here
-        given = init.checkpoint or ""
-        init = prepare_init_from(self.spec, pinned=os.path.isabs(given)).training.init_from
+        if not self.init_from_checked:
+            # in-process runs (no driver) resolve and check it here; a driver's workers use
+            # what the driver checked (trainer/launch.py), once per run (docs/admission.md)
+            given = init.checkpoint or ""
+            init = prepare_init_from(self.spec, pinned=os.path.isabs(given)).training.init_from
         assert init is not None and init.checkpoint is not None
         location, at = init.checkpoint, init.pass_
         with tempfile.TemporaryDirectory(prefix="rectrain-init-") as tmp:
@@ -726,6 +731,7 @@ def train_worker(config: dict[str, Any]) -> None:
         job_store=config.get("job_store"),
         pass_checkpoints=spec.training.pass_checkpoints or "every",
         marks={**config.get("startup_marks", {}), "worker": worker_start},
+        init_from_checked=config.get("init_from_checked", False),
     )
 
 
@@ -741,13 +747,15 @@ def run_worker(
     data: RankData | None = None,
     pass_checkpoints: str = "every",
     marks: dict[str, float] | None = None,
+    init_from_checked: bool = False,
 ) -> Trainer:
     """One run on this worker, the body shared by a one-run Ray Train worker
     (:func:`train_worker`) and a warm worker that trains run after run
     (:mod:`trainer.warm`): the pid files, the torch threads, rank 0's metrics sink, a
     fresh :class:`Trainer` and its passes. ``marks``: the start-up's earlier wall-clock
     marks (names of :data:`STARTUP_LABELS`); ``job_store``: the job's storage location
-    (rank 0 copies its TensorBoard files there). Returns the finished Trainer."""
+    (rank 0 copies its TensorBoard files there); ``init_from_checked``: see
+    :class:`Trainer`. Returns the finished Trainer."""
     from trainer.metrics.events import make_sink
 
     node_id = getattr(session, "node_id", None)
@@ -776,7 +784,15 @@ def run_worker(
             run_dir, stdout=stdout_sink, redis_url=redis_url, job_id=job_id, spec=spec, job_store=job_store
         )
     try:
-        trainer = Trainer(spec, session, run_dir, sink=sink, data=data, pass_checkpoints=pass_checkpoints)
+        trainer = Trainer(
+            spec,
+            session,
+            run_dir,
+            sink=sink,
+            data=data,
+            pass_checkpoints=pass_checkpoints,
+            init_from_checked=init_from_checked,
+        )
         trainer.startup_marks = {**(marks or {}), **trainer.startup_marks}
         trainer.run()
     finally:

@@ -240,6 +240,7 @@ class WarmWorker:
                 data=data,
                 pass_checkpoints=keep,
                 marks=marks,
+                init_from_checked=job.get("init_from_checked", False),
             )
             timings = dict(trainer.timings, data_s=data_s)
             out: dict[str, Any] = {"ok": True, "passes": trainer.passes, "timings": timings}
@@ -431,6 +432,7 @@ class WarmGroup:
             "job_id": job_id,
             "redis_url": redis_url,
             "stdout_sink": self.stdout_sink,
+            "init_from_checked": True,  # by prepare_run, just now
             "marks": {**({"dispatched": dispatched_at} if dispatched_at else {}), "group_run": time.time()},
         }
         self._cancelled = False

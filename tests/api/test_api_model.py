@@ -130,7 +130,7 @@ def test_init_from_job_is_resolved_and_checked_at_submit(alice, bob, settings, t
     # another job's storage by path, even inside the data roots: only through init_from.job
     import asyncio
 
-    from services.model_lifecycle import resolve_init_from
+    from services.admission import resolve_init_from
     from services.settings import Settings
     from trainer.errors import SpecError
     from trainer.spec import parse_spec

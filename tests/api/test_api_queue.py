@@ -43,7 +43,7 @@ def qsettings(settings):
             "reserve_memory_gb": 0,
             "max_queued_per_owner": 4,
             "dispatch_interval_s": 0.2,
-            # the per-job ceilings (services.limits) out of the way: the cluster fit answers
+            # the per-job ceilings (services.admission) out of the way: the cluster fit answers
             "max_workers": 1024,
         }
     )
