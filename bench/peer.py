@@ -148,7 +148,7 @@ def equal_work(tp: TrainerPaths, peer: PeerPath, batches: list[Any], steps: int)
     float32 rounding (the two forwards sum in another order)."""
     import torch.nn.functional as F
 
-    from trainer.loop import reset_sparse_optimizer_state
+    from trainer.regularizers.schedule import reset_sparse_optimizer_state
 
     # the peer was just built from the trainer's weights with fresh optimizer state:
     # give the trainer fresh state too (zero AdaGrad accumulators, no Adam moments)

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +45,7 @@ from trainer.model.dlrm import DLRM, batch_norm_statistics
 from trainer.model.embedding_init import init_embedding_tables
 from trainer.model.sharding import dense_named_parameters, make_dense_optimizer, shard_model
 from trainer.regularizers.regset import RegularizerSet
+from trainer.regularizers.schedule import reset_optimizer_state
 from trainer.results import PassResult
 from trainer.spec import JobSpec
 
@@ -135,21 +135,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def reset_sparse_optimizer_state(dmp: torch.nn.Module, tables: Collection[str] | None = None) -> None:
-    """Zero the fused row-wise AdaGrad accumulators (local shards, in place); with
-    ``tables``, only those of the tables so named (``t_<feature>__r<replica>``)."""
-    with torch.no_grad():
-        # DistributedModelParallel.fused_optimizer (torch types Module.__getattr__ as Tensor | Module)
-        for key, states in dmp.fused_optimizer.state_dict()["state"].items():  # type: ignore[union-attr]
-            if (
-                tables is not None and key.rsplit(".", 2)[-2] not in tables
-            ):  # "ebc.embedding_bags.<table>.weight"
-                continue
-            for st in states.values():
-                for shard in getattr(st, "local_shards", lambda: [])():
-                    shard.tensor.zero_()
 
 
 PASS_CHECKPOINTS = ("every", "selected")
@@ -519,9 +504,8 @@ class Trainer:
         refs = references.for_run(spec, self.data) if self.session.rank == 0 else None
         for p in range(start_pass, spec.training.num_passes):
             if start_step == 0:
-                if p > 0 and spec.training.reset_lr_each_pass:
-                    reset_sparse_optimizer_state(self.dmp)
-                    self.dense_opt.state.clear()
+                if p > 0 and spec.training.reset_lr_each_pass:  # what lr_schedule.reset does
+                    reset_optimizer_state(self.dmp, self.dense_opt)
                 self.regs.on_pass_start(p, self.dmp, self.dense_opt)
             else:  # resumed inside pass p: re-apply its learning rates (lr is not checkpointed), no resets
                 self.regs.on_pass_start(p, self.dmp, self.dense_opt, resumed=True)

@@ -197,3 +197,26 @@ def test_freeze_of_dense_freezes_batch_norm_statistics(make_trainer, what):
         tr.dmp.eval()
         eval_logits = tr.dmp(batch.dense, batch.sparse)
     assert torch.equal(train_logits, eval_logits) is frozen
+
+
+def test_reset_lr_each_pass_trains_exactly_like_lr_schedule_reset(tmp_path):
+    """``training.reset_lr_each_pass`` and ``lr_schedule.reset`` are one setting twice
+    (trainer/regularizers/schedule.py reset_optimizer_state): the same seed gives the
+    same weights after 2 passes either way, and not those of a run with neither."""
+    from reg_helpers import make_spec
+
+    from trainer.loop import LocalSession, Trainer
+
+    adam = {"dense_optimizer": {"type": "adam"}, "num_passes": 2}
+    runs = {
+        "training": make_spec(None, training={**adam, "reset_lr_each_pass": True}),
+        "schedule": make_spec([{"type": "lr_schedule", "reset": True}], training=adam),
+        "neither": make_spec(None, training=adam),
+    }
+    out = {}
+    for name, spec in runs.items():
+        tr = Trainer(spec, LocalSession(tmp_path / name), tmp_path / name)  # a session each: no resume
+        tr.run()
+        out[name] = {**snapshot(tr.dmp), **dense_snapshot(tr)}
+    assert all(torch.equal(out["training"][k], out["schedule"][k]) for k in out["training"])
+    assert _changed(out["training"], out["neither"])

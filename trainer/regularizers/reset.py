@@ -11,7 +11,7 @@ tables), every local shard of the chosen tables is rewritten by
 :func:`reset_seed` (training.seed, pass), so a reset is as reproducible as the initial
 draw (the same on any world size, plan or rank), yet differs from it and from the
 other passes' resets; the tables' row-wise AdaGrad accumulators are zeroed
-(:func:`trainer.loop.reset_sparse_optimizer_state`). Dense weights, dense optimizer
+(:func:`trainer.regularizers.schedule.reset_sparse_optimizer_state`). Dense weights, dense optimizer
 state and batch-norm statistics are untouched. Cost: one pass over the local rows of
 the chosen tables per reset, nothing between resets.
 """
@@ -49,8 +49,8 @@ class EmbeddingResetter:
     def apply(self, pass_idx: int, dmp: torch.nn.Module) -> list[str]:
         """Reset the chosen tables' local shards and their AdaGrad state (no collective);
         return the names of the tables this rank reset."""
-        from trainer.loop import reset_sparse_optimizer_state  # loop imports us
         from trainer.model.embedding_init import init_embedding_tables  # it imports this package
+        from trainer.regularizers.schedule import reset_sparse_optimizer_state
 
         names = init_embedding_tables(dmp, reset_seed(self.seed, pass_idx), tables_only=self.tables)
         reset_sparse_optimizer_state(dmp, tables=self.tables)

@@ -12,6 +12,8 @@ on the weights (``w <- 1 * w - 0 * g``), also with ``sparse_l2`` in either mode.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from trainer.regularizers.touched import find_tbes
@@ -56,10 +58,7 @@ class PassSchedule:
     ) -> float:
         """Set this pass's learning rates (and resets); return the sparse lr."""
         if self.lr is not None and self.lr.reset and pass_idx > 0 and not resumed:
-            from trainer.loop import reset_sparse_optimizer_state  # loop imports us
-
-            reset_sparse_optimizer_state(dmp)
-            dense_opt.state.clear()
+            reset_optimizer_state(dmp, dense_opt)
         sparse, dense = self.factors(pass_idx)
         sparse_lr = self.sparse_base * sparse
         set_sparse_lr(dmp, sparse_lr)
@@ -77,3 +76,26 @@ def set_sparse_lr(dmp: torch.nn.Module, lr: float) -> None:
             g["lr"] = lr
     for m in find_tbes(dmp):
         m.set_learning_rate(lr)
+
+
+def reset_sparse_optimizer_state(dmp: torch.nn.Module, tables: Collection[str] | None = None) -> None:
+    """Zero the fused row-wise AdaGrad accumulators (local shards, in place); with
+    ``tables``, only those of the tables so named (``t_<feature>__r<replica>``)."""
+    with torch.no_grad():
+        # DistributedModelParallel.fused_optimizer (torch types Module.__getattr__ as Tensor | Module)
+        for key, states in dmp.fused_optimizer.state_dict()["state"].items():  # type: ignore[union-attr]
+            if (
+                tables is not None and key.rsplit(".", 2)[-2] not in tables
+            ):  # "ebc.embedding_bags.<table>.weight"
+                continue
+            for st in states.values():
+                for shard in getattr(st, "local_shards", lambda: [])():
+                    shard.tensor.zero_()
+
+
+def reset_optimizer_state(dmp: torch.nn.Module, dense_opt: torch.optim.Optimizer) -> None:
+    """Start both optimizers' state afresh (the fused AdaGrad accumulators and the dense
+    optimizer's moments), keeping every weight: what ``lr_schedule.reset`` and
+    ``training.reset_lr_each_pass`` both do at the start of each pass after the first."""
+    reset_sparse_optimizer_state(dmp)
+    dense_opt.state.clear()
