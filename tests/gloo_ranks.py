@@ -47,3 +47,19 @@ def run_two_ranks(script: Path, out: Path, *args: str, timeout_s: float = 300) -
     if codes != [0, 0]:
         tails = "\n".join((out / f"rank_{r}.log").read_text()[-3000:] for r in range(2))
         pytest.fail(f"two-rank run failed with exit codes {codes}:\n{tails}")
+
+
+class RankSession:
+    """The trainer's session inside a rank script: this rank of a CPU gloo world, no
+    checkpoints, nothing reported (the script dumps what the test reads)."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        import torch
+
+        self.rank, self.world_size, self.device = rank, world_size, torch.device("cpu")
+
+    def checkpoint_dir(self):
+        return None
+
+    def report(self, metrics, checkpoint_dir) -> None:
+        pass

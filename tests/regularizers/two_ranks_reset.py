@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.gloo_ranks import RankSession
+
 STEPS = 20
 REGS = [{"type": "embedding_reset", "every": 1}, {"type": "min_count", "k": 3}]
 
@@ -43,19 +45,6 @@ def local_states(dmp) -> dict[str, list[tuple[int, "torch.Tensor"]]]:  # noqa: F
     return out
 
 
-class _Session:
-    def __init__(self, rank: int, world_size: int) -> None:
-        import torch
-
-        self.rank, self.world_size, self.device = rank, world_size, torch.device("cpu")
-
-    def checkpoint_dir(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir) -> None:
-        pass
-
-
 def main() -> None:
     rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -69,7 +58,7 @@ def main() -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     with tempfile.TemporaryDirectory() as run_dir:
-        tr = Trainer(spec(), _Session(rank, world), run_dir)
+        tr = Trainer(spec(), RankSession(rank, world), run_dir)
         tr.regs.on_pass_start(0, tr.dmp, tr.dense_opt)
         tr._train_pass(0, 0)
         before = {"tables": local_tables(tr.dmp), "states": local_states(tr.dmp)}

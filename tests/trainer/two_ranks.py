@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.gloo_ranks import RankSession
+
 SPEC = {
     "model": {
         "embedding_dim": 8,
@@ -56,19 +58,6 @@ def local_tables(dmp) -> dict[str, list[tuple[int, "torch.Tensor"]]]:  # noqa: F
     return out
 
 
-class _Session:
-    def __init__(self, rank: int, world_size: int) -> None:
-        import torch
-
-        self.rank, self.world_size, self.device = rank, world_size, torch.device("cpu")
-
-    def checkpoint_dir(self):
-        return None
-
-    def report(self, metrics, checkpoint_dir) -> None:
-        pass
-
-
 def main() -> None:
     rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -96,7 +85,7 @@ def main() -> None:
             super()._run(fn, tensors, *args, **kwargs)
 
     spec = parse_spec(SPEC)
-    session = _Session(rank, world)
+    session = RankSession(rank, world)
     with tempfile.TemporaryDirectory() as run_dir:
         tr = Trainer(spec, session, run_dir)
         tr.collectives = Recording(session.device)
