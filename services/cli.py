@@ -114,17 +114,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     from services.logs import setup_logging
-    from services.settings import Settings, env_var
+    from services.settings import Settings, env_var, settings_or_errors
 
     setup_logging()
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        for err in e.errors():
-            print(f"rectrain serve: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+    settings = settings_or_errors("serve")
+    if settings is None:
         return 2
     embedded = None
     if not settings.redis_url:

@@ -462,6 +462,17 @@ def get_settings() -> Settings:
     return Settings()
 
 
+def settings_or_errors(command: str) -> Settings | None:
+    """The service's settings for a long-running command (``rectrain serve``, ``rectrain
+    worker``), or None after printing each refused setting as one line on stderr."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"rectrain {command}: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return None
+
+
 class ClientSettings(BaseSettings):
     """What the CLI's client commands (``rectrain submit | jobs | follow | study ...``) read."""
 

@@ -39,7 +39,7 @@ from services.launcher import JobLauncher
 from services.queue import Dispatcher, dispatch_loop, notify_dispatchers
 from services.reaper import reaper_loop
 from services.redis_conn import EmbeddedRedis, async_client
-from services.settings import Settings
+from services.settings import Settings, settings_or_errors
 from services.studies import StudyStore, study_loop
 
 log = logging.getLogger("rectrain.worker")
@@ -215,16 +215,11 @@ async def _serve_until_signalled(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``rectrain worker`` / ``python -m services.worker``: the control loops until
     SIGTERM or Ctrl-C; exit 0 after a clean stop, 2 for settings it refuses."""
-    from pydantic import ValidationError
-
     from services.logs import setup_logging
 
     setup_logging()
-    try:
-        settings = Settings()
-    except ValidationError as e:
-        for err in e.errors():
-            print(f"rectrain worker: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+    settings = settings_or_errors("worker")
+    if settings is None:
         return 2
     asyncio.run(_serve_until_signalled(settings))
     return 0

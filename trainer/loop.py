@@ -272,18 +272,29 @@ class Trainer:
     def train_step(self, batch) -> torch.Tensor:
         """One step: forward, weighted BCE, backward (fused sparse update), dense step."""
         batch = self.regs.transform(batch, step=self.global_step)
-        logits = self.dmp(batch.dense, batch.sparse)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights)
-        loss = self.regs.add_penalty(loss)  # max_entropy
+        loss, logits = self.forward_loss(batch)
         self.dense_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.after_backward()
+        self._nonfinite_loss(loss)
+        return logits
+
+    def forward_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of a batch already transformed: the weighted BCE plus the
+        penalty regularizers (max_entropy). Shared by :meth:`train_step` and the
+        sparse-dist pipeline (trainer/pipeline.py)."""
+        logits = self.dmp(batch.dense, batch.sparse)
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights)
+        return self.regs.add_penalty(loss), logits
+
+    def after_backward(self) -> None:
+        """The rest of a step once backward has run (the fused sparse update with it):
+        dense gradient clipping, the dense step, the post-step regularizers."""
         clip = self.spec.training.dense_grad_clip_norm
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(self.dense_params, clip)
         self.dense_opt.step()
         self.regs.after_step(self.dmp)
-        self._nonfinite_loss(loss)
-        return logits
 
     # ---- divergence (training.on_divergence) -------------------------------------
 

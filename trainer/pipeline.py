@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.train_pipeline.runtime_forwards import PipelinedForward
 from torchrec.distributed.types import ShardedModule
@@ -77,8 +76,7 @@ class _EbcInput(torch.nn.Module):
 
 class StepOptimizer:
     """The pipeline's ``optimizer``: ``zero_grad`` before the forward, ``step`` after
-    backward. ``step`` is the rest of :meth:`Trainer.train_step` after backward: dense
-    gradient clipping, the dense step, the post-step regularizers."""
+    backward: :meth:`Trainer.after_backward`, the rest of a plain step."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
@@ -87,12 +85,7 @@ class StepOptimizer:
         self.t.dense_opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        t = self.t
-        clip = t.spec.training.dense_grad_clip_norm
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(t.dense_params, clip)
-        t.dense_opt.step()
-        t.regs.after_step(t.dmp)
+        self.t.after_backward()
 
 
 class SparseDistPipeline(TrainPipelineSparseDist):
@@ -122,10 +115,7 @@ class SparseDistPipeline(TrainPipelineSparseDist):
     def _forward(self, batch: Batch | None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, Batch]]:
         """Forward and loss of one batch: (loss, (loss, logits, batch))."""
         assert batch is not None
-        t = self._trainer
-        logits = t.dmp(batch.dense, batch.sparse)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights)
-        loss = t.regs.add_penalty(loss)  # max_entropy
+        loss, logits = self._trainer.forward_loss(batch)
         return loss, (loss, logits, batch)
 
     def _backward(self, losses: torch.Tensor) -> None:

@@ -363,7 +363,7 @@ def check_regularizers(
                 "shrink never runs with at_pass_end false and "
                 "no every_steps; set every_steps or at_pass_end: true",
             )
-        elif isinstance(r, MaxEntropy):
+        elif isinstance(r, (MaxEntropy, MinCount)):  # per_feature: feature name -> its value
             for f in r.per_feature:
                 if f not in names:
                     raise FieldValueError(
@@ -374,13 +374,6 @@ def check_regularizers(
             _check_sse_graph(i, r, data)
         elif isinstance(r, EmbeddingReset):
             _check_embedding_reset(i, r, names, passes)
-        elif isinstance(r, MinCount):
-            for f in r.per_feature:
-                if f not in names:
-                    raise FieldValueError(
-                        ("regularizers", i, "per_feature"),
-                        f"'{f}' is not a sparse feature; choose among {names}",
-                    )
         elif isinstance(r, LrSchedule):
             for field in ("sparse", "dense"):
                 n = len(getattr(r, field))
