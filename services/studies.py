@@ -310,13 +310,16 @@ class StudyStore:
             await pipe.execute()
         return rec
 
-    async def submit_runs(self, study: StudyRecord, launcher: JobLauncher) -> int:
+    async def submit_runs(
+        self, study: StudyRecord, launcher: JobLauncher, runs: RunList | None = None
+    ) -> int:
         """Submit every run without a job or claim; returns how many were submitted. A
-        staged study's runs are those of the stages its ended runs have reached."""
+        staged study's runs are those of the stages its ended runs have reached
+        (``runs``: :meth:`stages` already read by the caller)."""
         exp = study.expansion()
         runs_key = keys.study_runs_key(study.id)
         done = 0
-        all_runs, _, _ = await self.stages(study)
+        all_runs = runs if runs is not None else (await self.stages(study))[0]
         for run in all_runs:
             if await self.r.hget(keys.study_key(study.id), "cancel_requested") == "1":
                 break
@@ -379,6 +382,12 @@ class StudyStore:
 
         return await transaction(self.r, check, runs_key)
 
+    async def _read_stages(self, study: StudyRecord) -> tuple[dict[str, JobRecord], RunList, bool]:
+        """The study's jobs, its runs now and whether more will come (:meth:`stages`)."""
+        jobs = await self._jobs_of(study)
+        all_runs, more, _ = await self.stages(study, jobs)
+        return jobs, all_runs, more
+
     async def reconcile(self, launcher: JobLauncher) -> dict[str, str]:
         """One sweep over active studies: resolve stale claims, submit missing runs,
         settle finished studies. Safe to run from several API processes."""
@@ -400,9 +409,12 @@ class StudyStore:
             s = await self.get(sid)
             if s is None:
                 continue
+            # a staged study's stages come from its ended jobs' results: read them once for
+            # the sweep (submission and settling); a fixed study's jobs only when settling
+            staged = await self._read_stages(s) if s.expansion().staged else None
             if not s.cancel_requested:
                 try:
-                    n = await self.submit_runs(s, launcher)
+                    n = await self.submit_runs(s, launcher, runs=staged[1] if staged else None)
                 except SpecError as e:  # runs that can never be submitted: fail, never wait
                     await self.fail(s, e.message)
                     done[sid] = "cannot run"
@@ -410,8 +422,7 @@ class StudyStore:
                 if n:
                     done[sid] = f"submitted {n}"
                     continue
-            jobs = await self._jobs_of(s)
-            all_runs, more, _ = await self.stages(s, jobs)
+            jobs, all_runs, more = staged or await self._read_stages(s)
             if s.cancel_requested:  # a job submitted while the cancel ran: cancel it too
                 for j in jobs.values():
                     if not j.status.is_terminal and not j.cancel_requested:
