@@ -89,7 +89,7 @@ async def issue_stream_ticket(store: JobStore, settings: Settings, owner: str, s
     """A random ticket, valid ``stream_ticket_ttl_s`` for ``owner`` on ``subject``
     (``job:<id>`` or ``study:<id>``) only."""
     ticket = secrets.token_hex(24)
-    await store.put_stream_ticket(ticket, f"{owner} {subject}", settings.stream_ticket_ttl_s)
+    await store.events.put_stream_ticket(ticket, f"{owner} {subject}", settings.stream_ticket_ttl_s)
     return StreamTicket(ticket=ticket, expires_in=settings.stream_ticket_ttl_s)
 
 
@@ -112,7 +112,7 @@ async def current_owner_sse(
     """The owner of the bearer token, or of a short-lived stream ticket for this stream."""
     if creds is not None or not ticket:
         return _owner_of(settings, creds.credentials if creds else None)
-    value = await store.stream_ticket(ticket) if ticket.isalnum() else ""
+    value = await store.events.stream_ticket(ticket) if ticket.isalnum() else ""
     owner, _, subject = value.partition(" ")
     if not value or not hmac.compare_digest(subject.encode(), _stream_subject(request).encode()):
         raise HTTPException(

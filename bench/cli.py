@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]):
-    from bench.harness import BenchConfig, tiny_config
+    from bench.config import BenchConfig, tiny_config
 
     cfg = tiny_config() if args.tiny else BenchConfig()
     w = cfg.workload

@@ -39,7 +39,7 @@ def main(threads: int = 2, rounds: int = 12, block: int = 4, check_steps: int = 
     import torch
 
     from bench.paths import TrainerPaths, Workload
-    from trainer.data.dataset import prefetch
+    from trainer.data.prefetch import prefetch
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)

@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 TOKEN = "bench-token-0123456789abcdef0123"
 
@@ -57,6 +58,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _window_event(step: int) -> dict[str, Any]:
+    """A train_window event as a trainer writes it (fixed NE; the benchmarks time its path)."""
+    return {
+        "type": "train_window",
+        "step": step,
+        "pass": 0,
+        "ts": time.time(),
+        "ne_window": 0.9,
+        "ne_lifetime": 0.9,
+        "examples": 1024,
+        "examples_per_s": 1e5,
+        "steps_in_pass": step,
+    }
+
+
 async def _setup_job(redis_url: str, n_events: int) -> str:
     from services.jobs import JobStore
     from services.metrics_bus import RedisStreamSink
@@ -69,19 +85,7 @@ async def _setup_job(redis_url: str, n_events: int) -> str:
         await r.aclose()
     sink = RedisStreamSink(redis_url, job.id)
     for i in range(n_events):
-        sink.emit(
-            {
-                "type": "train_window",
-                "step": i,
-                "pass": 0,
-                "ts": time.time(),
-                "ne_window": 0.9,
-                "ne_lifetime": 0.9,
-                "examples": 1024,
-                "examples_per_s": 1e5,
-                "steps_in_pass": i,
-            }
-        )
+        sink.emit(_window_event(i))
     sink.emit(
         {
             "type": "pass",
@@ -221,17 +225,7 @@ def bench_bus(redis_url: str, n: int) -> float:
     job = "f" * 16
     r = redis.Redis.from_url(redis_url)
     r.delete(keys.events_stream_key(job))
-    ev = {
-        "type": "train_window",
-        "step": 0,
-        "pass": 0,
-        "ts": time.time(),
-        "ne_window": 0.9,
-        "ne_lifetime": 0.9,
-        "examples": 1024,
-        "examples_per_s": 1e5,
-        "steps_in_pass": 0,
-    }
+    ev = _window_event(0)
     sink = RedisStreamSink(redis_url, job, maxlen=max(n, 100_000), buffer_max=n + 1)
     t0 = time.perf_counter()
     for i in range(n):
@@ -273,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
-    from services.cli import api_command
     from services.redis_conn import EmbeddedRedis
+    from services.serve import api_command
 
     repo = Path(__file__).resolve().parents[1]
     load_before = os.getloadavg()

@@ -2,7 +2,9 @@
 
 Every path sees the same ids: the rectrain trainer's own data loader produces the
 batches (synthetic Criteo-like source: 26 one-hot sparse features, 13 dense) and
-the kernel, baseline and ceiling paths replay those batches' KJT values.
+the kernel, baseline and ceiling paths replay those batches' KJT values. Here: the
+workload and its job spec, the rectrain trainer's paths, the FBGEMM kernel and the
+gather ceiling; the plain-PyTorch baseline is :mod:`bench.baseline`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 NUM_SPARSE = 26
 NUM_DENSE = 13
@@ -89,7 +89,7 @@ def make_spec(
     )
 
 
-def _sync(device: str) -> None:
+def sync_device(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
 
@@ -146,7 +146,7 @@ class TrainerPaths:
         return self.prebuilt
 
     def _batches(self, n: int):
-        from trainer.data.dataset import prefetch
+        from trainer.data.prefetch import prefetch
 
         if self._cursor + n > self.steps_per_pass:
             self._cursor, self._pass = 0, self._pass + 1
@@ -183,13 +183,13 @@ class TrainerPaths:
                             examples_per_s=0.0,
                             steps_in_pass=done + 1,
                         )
-                    _sync(self.device)
+                    sync_device(self.device)
                     self.metrics_seconds += time.perf_counter() - tm
                 tr.global_step += 1
                 done += 1
                 if done >= n:
                     break
-            _sync(self.device)
+            sync_device(self.device)
         finally:
             it.close()
         return done * self.w.batch, time.perf_counter() - t0
@@ -198,12 +198,12 @@ class TrainerPaths:
         """``n`` train steps on batches already in memory (no loader, no metrics)."""
         tr = self.trainer
         batches = [b.to(tr.device) for b in self.prebuilt[:n]] if self.device == "cuda" else self.prebuilt
-        _sync(self.device)
+        sync_device(self.device)
         t0 = time.perf_counter()
         for i in range(n):
             tr.train_step(batches[i % len(batches)])
             tr.global_step += 1
-        _sync(self.device)
+        sync_device(self.device)
         return n * self.w.batch, time.perf_counter() - t0
 
     def loader_only(self, n: int) -> tuple[int, float]:
@@ -217,7 +217,7 @@ class TrainerPaths:
                 done += 1
                 if done >= n:
                     break
-            _sync(self.device)
+            sync_device(self.device)
         finally:
             it.close()
         return done * self.w.batch, time.perf_counter() - t0
@@ -314,95 +314,13 @@ class KernelPath:
         return weights, moms
 
     def loop(self, n: int) -> tuple[int, float]:
-        _sync(self.device)
+        sync_device(self.device)
         t0 = time.perf_counter()
         for i in range(n):
             idx, off = self.inputs[i % len(self.inputs)]
             out = self.tbe(idx, off)
             out.backward(self.grad)
-        _sync(self.device)
-        return n * self.w.batch, time.perf_counter() - t0
-
-
-# --------------------------------------------------------------------------- plain PyTorch
-
-
-class PlainDLRM(nn.Module):
-    """What a user writes without TorchRec/FBGEMM: one ``nn.EmbeddingBag(sparse=True)``
-    per table, the same dense arch, interaction and over arch as rectrain's DLRM
-    (``dot``: the strict upper triangle of the Gram matrix of [dense out, pooled...]
-    beside the dense output; ``concat``: the dense output and every pooled embedding
-    side by side, as trainer/model/dlrm.py)."""
-
-    def __init__(self, w: Workload) -> None:
-        super().__init__()
-        self.embs = nn.ModuleList(
-            nn.EmbeddingBag(w.rows, w.dim, mode="sum", sparse=True) for _ in range(w.tables)
-        )
-        layers: list[nn.Module] = []
-        d_in = w.dense
-        for h in (*w.dense_arch, w.dim):
-            layers += [nn.Linear(d_in, h), nn.ReLU()]
-            d_in = h
-        self.dense_arch = nn.Sequential(*layers)
-        n_vec = w.tables + 1
-        self.concat = w.interaction == "concat"
-        self.register_buffer("triu", torch.triu_indices(n_vec, n_vec, offset=1), persistent=False)
-        layers = []
-        d_in = w.dim + (w.tables * w.dim if self.concat else n_vec * (n_vec - 1) // 2)
-        for h in w.over_arch:
-            layers += [nn.Linear(d_in, h), nn.ReLU()]
-            d_in = h
-        layers.append(nn.Linear(d_in, 1))
-        self.over_arch = nn.Sequential(*layers)
-        self.T, self.B = w.tables, w.batch
-
-    def forward(
-        self, dense: torch.Tensor, idx: torch.Tensor, per_table_offsets: torch.Tensor
-    ) -> torch.Tensor:
-        d = self.dense_arch(dense)
-        ix = idx.view(self.T, -1)
-        vecs = [d] + [emb(ix[t], per_table_offsets) for t, emb in enumerate(self.embs)]
-        if self.concat:
-            return self.over_arch(torch.cat(vecs, dim=1)).squeeze(1)
-        stacked = torch.stack(vecs, dim=1)
-        gram = torch.bmm(stacked, stacked.transpose(1, 2))
-        triu: torch.Tensor = self.triu  # type: ignore[assignment]  # a buffer
-        return self.over_arch(torch.cat([d, gram[:, triu[0], triu[1]]], dim=1)).squeeze(1)
-
-
-class BaselinePath:
-    """PlainDLRM + ``torch.optim.Adagrad`` on the embeddings (sparse gradients) + Adam on
-    the dense layers (rectrain's default dense optimizer)."""
-
-    def __init__(self, w: Workload, device: str) -> None:
-        self.w, self.device = w, device
-        self.model = PlainDLRM(w).to(device)
-        self.sparse_opt = torch.optim.Adagrad(list(self.model.embs.parameters()), lr=0.04, eps=1e-8)
-        dense = [p for n, p in self.model.named_parameters() if not n.startswith("embs.")]
-        self.dense_opt = torch.optim.Adam(dense, lr=1e-3)
-        self.offsets = torch.arange(w.batch, device=device)
-        self.inputs: list[tuple[torch.Tensor, ...]] = []
-
-    def set_batches(self, batches: list[Any]) -> None:
-        self.inputs = [
-            (b.dense.to(self.device), b.sparse.values().to(self.device), b.labels.to(self.device))
-            for b in batches
-        ]
-
-    def loop(self, n: int) -> tuple[int, float]:
-        _sync(self.device)
-        t0 = time.perf_counter()
-        for i in range(n):
-            dense, idx, labels = self.inputs[i % len(self.inputs)]
-            logits = self.model(dense, idx, self.offsets)
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
-            self.sparse_opt.zero_grad(set_to_none=True)
-            self.dense_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.sparse_opt.step()
-            self.dense_opt.step()
-        _sync(self.device)
+        sync_device(self.device)
         return n * self.w.batch, time.perf_counter() - t0
 
 

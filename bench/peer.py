@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.paths import TrainerPaths, Workload, _sync
+from bench.paths import TrainerPaths, Workload, sync_device
 
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
@@ -118,11 +118,11 @@ class PeerPath:
         self._it = itertools.cycle(tb)
 
     def loop(self, n: int) -> tuple[int, float]:
-        _sync(self.device.type)
+        sync_device(self.device.type)
         t0 = time.perf_counter()
         for _ in range(n):
             self.pipeline.progress(self._it)
-        _sync(self.device.type)
+        sync_device(self.device.type)
         return n * self.w.batch, time.perf_counter() - t0
 
     def losses(self, n: int) -> list[float]:

@@ -149,7 +149,7 @@ def _loader_batch(tr, i: int):
     rng = None
     if d.graph is not None:
         rng = np.random.default_rng([tr.spec.training.seed, 1, d.rank, k, 0x55E6])
-    return d._batch(d.train, rows, graph_rng=rng)
+    return d.batcher.build(d.train, rows, graph_rng=rng)
 
 
 def timed_step(tr, batch, name: str = "", i: int = 0) -> tuple[float, float]:

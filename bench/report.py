@@ -32,7 +32,7 @@ def _x(x: float | None) -> str:
 
 
 def _rows(res: dict[str, Any]) -> list[list[str]]:
-    from bench.harness import PATH_LABELS
+    from bench.config import PATH_LABELS
 
     main = res["main"]
     p, r = main["paths"], main["ratios"]

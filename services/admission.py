@@ -1,7 +1,7 @@
 """Admission: whether a job, or a study's run, may run. The one place that decides.
 
 Every job enters through :func:`services.submit.submit_job` (``POST /v1/jobs``, and each
-run of a study: :meth:`services.studies.StudyStore.submit_runs`), which calls
+run of a study: :meth:`services.study_runs.StudyRuns.submit`), which calls
 :func:`admit_job` before the job is recorded. Its checks, in this order, each once:
 
 1. **limits** (:func:`check_job_limits`): what the service allows one job
@@ -258,7 +258,9 @@ async def admit_job(
     # roots) with the same model, resolved to its checkpoint now
     spec = await resolve_init_from(store, settings, owner, spec)
     # the service's TensorBoard / MLflow defaults where the spec leaves them unset
-    spec = await apply_tracking_defaults(store.r, settings, spec, owner=owner, name=name, labels=labels)
+    spec = await apply_tracking_defaults(
+        store.study_tracking, settings, spec, owner=owner, name=name, labels=labels
+    )
     demand = job_demand(spec, settings)
     cap = await launcher.capacity.read()
     if cap is not None:  # unknown (Ray away): admit; the queue shows why it waits

@@ -173,7 +173,7 @@ def wait_reason(d: Demand, free: Usage) -> str | None:
     return None
 
 
-def _ray_totals(address: str, allow_empty: bool = False) -> tuple[float, float, float, float, float]:
+def ray_totals(address: str, allow_empty: bool = False) -> tuple[float, float, float, float, float]:
     """(cpus, gpus, memory bytes, largest node's cpus, its gpus) of Ray's alive nodes;
     ``allow_empty``: zeros when no node has CPUs (an autoscaling cluster at zero workers)."""
     from ray.util.state import list_nodes
@@ -202,7 +202,7 @@ def _machine_totals() -> tuple[float, float, float, float, float]:
 
 
 def _shape_totals(groups: list[WorkerGroupShape]) -> tuple[float, float, float, float, float]:
-    """The worker groups at their maximum, as :func:`_ray_totals` reports alive nodes."""
+    """The worker groups at their maximum, as :func:`ray_totals` reports alive nodes."""
     cpus = sum(g.replicas * g.cpus for g in groups)
     gpus = sum(g.replicas * g.gpus for g in groups)
     mem = sum(g.replicas * g.memory_gb * GIB for g in groups)
@@ -236,7 +236,7 @@ class CapacityReader:
                 totals = _shape_totals(s.worker_groups)
                 source = "the autoscaling worker groups at their maximum (RECTRAIN_AUTOSCALING_SHAPE)"
             elif s.ray_address:  # a dashboard URL (Ray Jobs launcher) or a GCS address (local)
-                totals = await asyncio.to_thread(_ray_totals, s.ray_address)
+                totals = await asyncio.to_thread(ray_totals, s.ray_address)
                 source = f"ray at {s.ray_address}"
             else:
                 totals, source = _machine_totals(), "this machine"
@@ -270,7 +270,7 @@ class CapacityReader:
             return self._live
         s = self.settings
         try:
-            cpus, gpus, mem, _, _ = await asyncio.to_thread(_ray_totals, s.ray_address or "", True)
+            cpus, gpus, mem, _, _ = await asyncio.to_thread(ray_totals, s.ray_address or "", True)
         except Exception as e:
             self.live_error = f"cannot read the live nodes from Ray at {s.ray_address}: {e}"
             log.warning("%s", self.live_error)

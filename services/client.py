@@ -12,7 +12,9 @@
 Jobs carry their summary as :class:`trainer.results.RunSummary` (passes as
 :class:`trainer.results.PassResult`), the types the trainer writes to ``results.json``.
 A 4xx/5xx answer raises :class:`ApiError` (``status``, ``message``, the API's
-``detail``); an API that cannot be reached raises :class:`ApiUnreachable`.
+``detail``); an API that cannot be reached raises :class:`ApiUnreachable`. The models
+and errors are services/client_models.py's, the event-stream reader services/client_sse.py's;
+this module is the HTTP methods.
 """
 
 from __future__ import annotations
@@ -20,14 +22,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from services.client_models import (
+    ApiError,
+    ApiUnreachable,
+    Event,
+    Job,
+    JobPage,
+    Study,
+    StudyPage,
+    raise_for_status,
+)
+from services.client_sse import read_events
 from trainer.results import PassResult, RunResult, RunSummary
 
 __all__ = [
@@ -45,127 +56,6 @@ __all__ = [
 ]
 
 RECONNECT_FOR_S = 120.0  # an event stream reconnects for this long before giving up
-
-
-class ApiError(Exception):
-    """The API answered with an error: ``status`` (HTTP), ``message`` (readable, one
-    line per validation error) and ``detail`` (the API's ``detail`` as it came)."""
-
-    def __init__(self, status: int, message: str, detail: Any = None) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
-        self.detail = detail
-
-
-class ApiUnreachable(ConnectionError):
-    """No answer from the API at ``url`` (not running, wrong address, network)."""
-
-    def __init__(self, url: str, cause: Exception) -> None:
-        super().__init__(f"cannot reach the API at {url} ({cause}); is `rectrain serve` running?")
-        self.url = url
-
-
-class Job(BaseModel):
-    """A job as ``GET /v1/jobs/{id}`` returns it (api/models.py ``JobPublic``)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    name: str | None = None
-    owner: str
-    status: str = Field(description="queued | starting | running | succeeded | failed | cancelled")
-    labels: dict[str, str] = Field(default_factory=dict)
-    spec: dict[str, Any] = Field(default_factory=dict)
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    error: str | None = None
-    error_log: str | None = None
-    cancel_requested: bool = False
-    passes_done: int = 0
-    num_passes: int = 0
-    summary: RunSummary = Field(default_factory=RunSummary)
-    priority: int = 0
-    queue_position: int | None = None
-    wait_reason: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
-
-
-class JobPage(BaseModel):
-    data: list[Job]
-    count: int = Field(description="jobs matching the filter in all")
-
-
-class Study(BaseModel):
-    """A study as ``GET /v1/studies/{id}`` returns it; ``results`` is its answer
-    (docs/studies.md), present when read one by one."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    name: str | None = None
-    owner: str
-    status: str
-    cancel_requested: bool = False
-    error: str | None = None
-    waiting: str | None = None
-    created_at: float
-    finished_at: float | None = None
-    spec: dict[str, Any] = Field(default_factory=dict)
-    plan: dict[str, Any] = Field(default_factory=dict)
-    progress: dict[str, int] = Field(default_factory=dict)
-    eta_seconds: float | None = None
-    runs: list[dict[str, Any]] = Field(default_factory=list)
-    results: dict[str, Any] | None = None
-    wall_totals: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in ("succeeded", "failed", "cancelled")
-
-
-class StudyPage(BaseModel):
-    data: list[Study]
-    count: int
-
-
-@dataclass(frozen=True)
-class Event:
-    """One message of an event stream: ``type`` (a job's ``train_window``, ``pass``,
-    ``lifecycle``, ``status``; a study's ``study``), its stream ``id`` (jobs) and ``data``."""
-
-    type: str
-    data: dict[str, Any]
-    id: str | None = None
-
-
-def _message(detail: Any) -> str:
-    if isinstance(detail, list):  # validation errors: one line each, field path first
-        lines = []
-        for d in detail:
-            d = d if isinstance(d, dict) else {"msg": str(d)}
-            loc = [str(p) for p in d.get("loc", []) if p not in ("body",)]
-            if loc[:1] == ["spec"]:
-                loc = loc[1:]
-            lines.append(f"  {'.'.join(loc) or 'body'}: {d.get('msg')}")
-        return "invalid job:\n" + "\n".join(lines)
-    return str(detail)
-
-
-def raise_for_status(r: httpx.Response) -> None:
-    """:class:`ApiError` for a 4xx/5xx response (whose body must have been read)."""
-    if r.status_code < 400:
-        return
-    try:
-        body = r.json()
-        detail = body.get("detail", body) if isinstance(body, dict) else body
-    except ValueError:
-        detail = r.text
-    raise ApiError(r.status_code, _message(detail), detail)
 
 
 def _body(spec: Mapping[str, Any] | BaseModel | Path) -> dict[str, Any]:
@@ -289,7 +179,9 @@ class Client:
         stopped (``Last-Event-ID``) for up to ``reconnect_for_s``; ``on_reconnect`` is
         told each time. An event a resumed trainer wrote twice is yielded once."""
         seen: set[tuple[Any, ...]] = set()
-        for ev in self._sse(f"/v1/jobs/{job_id}/events", after, reconnect_for_s, on_reconnect):
+        for ev in read_events(
+            self._http, self.url, f"/v1/jobs/{job_id}/events", after, reconnect_for_s, on_reconnect
+        ):
             d = ev.data
             key = (d.get("type"), d.get("step"), d.get("pass"), d.get("status"))
             if key in seen:
@@ -372,7 +264,9 @@ class Client:
     ) -> Iterator[Study]:
         """The study as it changes (a snapshot when a run changes status or finishes a
         pass), until it has finished; reconnects like :meth:`job_events`."""
-        for ev in self._sse(f"/v1/studies/{study_id}/events", None, reconnect_for_s, on_reconnect):
+        for ev in read_events(
+            self._http, self.url, f"/v1/studies/{study_id}/events", None, reconnect_for_s, on_reconnect
+        ):
             if ev.type == "study":
                 yield Study.model_validate(ev.data)
 
@@ -400,62 +294,3 @@ class Client:
         for path, text in files.values():
             path.write_text(text, encoding="utf-8")
         return {k: path for k, (path, _) in files.items()}
-
-    # ------------------------------------------------------------------ SSE
-
-    def _sse(
-        self,
-        path: str,
-        after: str | None,
-        reconnect_for_s: float,
-        on_reconnect: Callable[[Exception], None] | None,
-    ) -> Iterator[Event]:
-        """The messages of an event stream (after stream id ``after``) until its ``end``
-        event; reconnects, resuming after the last id received, when the connection is
-        lost or the server says ``stream_error``."""
-        down_since: float | None = None
-        last = after
-        while True:
-            headers = {"Accept": "text/event-stream"}
-            if last:
-                headers["Last-Event-ID"] = last
-            retry_s = 1.0
-            try:
-                with self._http.stream("GET", path, headers=headers, timeout=None) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        raise_for_status(r)
-                    down_since = None
-                    for ev in _parse_sse(r.iter_lines()):
-                        if ev.type == "end":
-                            return
-                        if ev.type == "stream_error":  # the server cannot go on: resume later
-                            retry_s = float(ev.data.get("retry_ms", 1000)) / 1000
-                            raise httpx.RemoteProtocolError(str(ev.data.get("detail", "stream error")))
-                        last = ev.id or last
-                        yield ev
-                raise httpx.RemoteProtocolError("the stream closed before its end")
-            except httpx.TransportError as e:
-                down_since = down_since or time.monotonic()
-                if time.monotonic() - down_since > reconnect_for_s:
-                    raise ApiUnreachable(self.url, e) from e
-                if on_reconnect is not None:
-                    on_reconnect(e)
-                time.sleep(retry_s)
-
-
-def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
-    event, data, eid = None, None, None
-    for line in lines:
-        if line == "":
-            if data is not None:
-                yield Event(type=event or "message", data=json.loads(data), id=eid)
-            event, data, eid = None, None, None
-        elif line.startswith(":"):
-            continue  # a comment (keep-alive)
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data = line[5:].strip() if data is None else data + "\n" + line[5:].strip()
-        elif line.startswith("id:"):
-            eid = line[3:].strip()

@@ -208,11 +208,11 @@ class LocalRayHead:
                 )
             time.sleep(0.2)
         # serve only once Ray reports the node and its resources (admission reads them)
-        from services.capacity import _ray_totals
+        from services.capacity import ray_totals
 
         while True:
             try:
-                _ray_totals(self.dashboard_url)
+                ray_totals(self.dashboard_url)
                 self._jobs_api_ready()
                 return self.dashboard_url
             except Exception as e:

@@ -78,7 +78,7 @@ async def queue_info(store: JobStore, job_ids: list[str]) -> dict[str, QueueInfo
     """Position and wait reason of the given queued jobs (as of the last dispatcher tick)."""
     if not job_ids:
         return {}
-    raw = await store.queue_info_raw(job_ids)
+    raw = await store.queues.queue_info_raw(job_ids)
     out = {}
     for jid, v in zip(job_ids, raw, strict=False):
         if v:
@@ -88,7 +88,7 @@ async def queue_info(store: JobStore, job_ids: list[str]) -> dict[str, QueueInfo
 
 
 async def queue_length(store: JobStore) -> int:
-    return await store.queued_count()
+    return await store.queues.queued_count()
 
 
 class Dispatcher:
@@ -109,8 +109,8 @@ class Dispatcher:
         self.on_dispatch = on_dispatch  # (job id, seconds it waited)
         self.wake = asyncio.Event()
         self.token = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._lead = store.register_script(LEASE_REFRESH_LUA)
-        self._release = store.register_script(LEASE_RELEASE_LUA)
+        self._lead = store.leases.register_script(LEASE_REFRESH_LUA)
+        self._release = store.leases.register_script(LEASE_RELEASE_LUA)
         _DISPATCHERS.add(self)
         self.lease_ttl_s = max(keys.DISPATCH_LEASE_TTL_S, 3 * self.settings.dispatch_interval_s)
 
@@ -124,7 +124,7 @@ class Dispatcher:
 
     async def _demands(self, ids: list[str]) -> list[tuple[str | None, str | None, Demand | None]]:
         """(status, owner, demand) of each job; the demand rebuilt from the spec if missing."""
-        rows = await self.store.job_fields_many(ids, "status", "owner", "demand", "spec")
+        rows = await self.store.queues.job_fields_many(ids, "status", "owner", "demand", "spec")
         out = []
         for status, owner, demand, spec in rows:
             d = None
@@ -145,7 +145,9 @@ class Dispatcher:
         store = self.store
         s = self.settings
         cap: Capacity | None = await self.capacity.read()
-        active = [i for st in (JobStatus.STARTING, JobStatus.RUNNING) for i in await store.ids_in_status(st)]
+        active = [
+            i for st in (JobStatus.STARTING, JobStatus.RUNNING) for i in await store.queues.ids_in_status(st)
+        ]
         used = Usage()
         running: Counter[str] = Counter()
         held: list[dict[str, float]] = []  # the active jobs' worker bundles
@@ -155,8 +157,8 @@ class Dispatcher:
                 held += d.bundles()
             if owner:
                 running[owner] += 1
-        owners = await store.queue_owners()
-        queues = await store.owner_queues(owners)
+        owners = await store.queues.queue_owners()
+        queues = await store.queues.owner_queues(owners)
         queued = [i for o in owners for i in queues[o]]
         info = dict(zip(queued, await self._demands(queued), strict=False))
 
@@ -187,7 +189,7 @@ class Dispatcher:
                 status, _, d = info[jid]
                 if status != JobStatus.QUEUED.value:  # left the queue meanwhile / stale entry
                     if status is None:
-                        await store.drop_from_owner_queue(o, jid)
+                        await store.queues.drop_from_owner_queue(o, jid)
                     continue
                 pos += 1
                 reason = None
@@ -234,7 +236,7 @@ class Dispatcher:
             if await self._start(jid):
                 started.append(jid)
         left = {j: v for j, v in positions.items() if j not in started}
-        await store.set_queue_info({j: json.dumps(v) for j, v in left.items()})
+        await store.queues.set_queue_info({j: json.dumps(v) for j, v in left.items()})
         return started
 
     async def _scale_reason(

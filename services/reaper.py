@@ -25,8 +25,11 @@ import asyncio
 import logging
 
 from services import keys
+from services.backends import stop_orphan
+from services.heartbeat import ADOPT_PLACEHOLDER
 from services.jobs import DISPATCHED_PLACEHOLDER, IllegalTransition, JobRecord, JobStatus, JobStore
-from services.launcher import ADOPT_PLACEHOLDER, JobLauncher, run_dir_for, stop_orphan
+from services.launch_env import run_dir_for
+from services.launcher import JobLauncher
 from services.metrics_bus import progress_from_results, replay_events_file
 from services.redis_conn import sync_client
 from trainer.lifecycle import read_results
@@ -42,28 +45,28 @@ async def reap_once(store: JobStore, launcher: JobLauncher) -> dict[str, str]:
     done: dict[str, str] = {}
     settings = launcher.settings
     launcher.collect()
-    just_restarted = await store.redis_uptime_s() < 2 * settings.heartbeat_ttl_s
+    just_restarted = await store.leases.redis_uptime_s() < 2 * settings.heartbeat_ttl_s
     for status in (JobStatus.STARTING, JobStatus.RUNNING):
-        for job_id in await store.ids_in_status(status):
-            if await store.has_heartbeat(job_id):
+        for job_id in await store.queues.ids_in_status(status):
+            if await store.leases.has_heartbeat(job_id):
                 continue
             job = await store.get(job_id)
             if job is None or not job.status.is_active:
                 continue
             if job.status == JobStatus.STARTING and not job.runner_pid and not job.cancel_requested:
-                attempts = await store.count_attempt(job_id, "dispatch_attempts")
+                attempts = await store.leases.count_attempt(job_id, "dispatch_attempts")
                 if attempts <= MAX_ADOPT_ATTEMPTS:
                     ttl_ms = int(keys.QUEUED_RELAUNCH_AFTER_S * 1000)
-                    if await store.hold_heartbeat(job_id, DISPATCHED_PLACEHOLDER, ttl_ms):
+                    if await store.leases.hold_heartbeat(job_id, DISPATCHED_PLACEHOLDER, ttl_ms):
                         launcher.launch(job_id)
                         done[job_id] = "relaunch"
                     continue
             if job.launcher == "ray" and job.ray_submission_id and not job.cancel_requested:
-                attempts = await store.count_attempt(job_id, "adopt_attempts")
+                attempts = await store.leases.count_attempt(job_id, "adopt_attempts")
                 if attempts <= MAX_ADOPT_ATTEMPTS:
                     # reserve the lease for the adopting runner so the next sweep leaves it be
                     ttl_ms = int(settings.heartbeat_ttl_s * 1000) * 3
-                    if await store.hold_heartbeat(job_id, ADOPT_PLACEHOLDER, ttl_ms):
+                    if await store.leases.hold_heartbeat(job_id, ADOPT_PLACEHOLDER, ttl_ms):
                         launcher.launch(job_id, adopt=True)
                         done[job_id] = "adopt"
                     continue
@@ -103,7 +106,7 @@ async def reconcile_from_run_dir(store: JobStore, launcher: JobLauncher, job: Jo
             c.close()
 
     added = await asyncio.to_thread(replay)
-    await store.record_progress(job.id, progress_from_results(results))
+    await store.events.record_progress(job.id, progress_from_results(results))
     try:
         await store.transition(job.id, JobStatus.SUCCEEDED, expect={JobStatus.STARTING, JobStatus.RUNNING})
     except IllegalTransition:

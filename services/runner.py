@@ -1,7 +1,8 @@
 """``python -m services.runner JOB_ID [--adopt]``: the per-job launcher process.
 
-Started (detached) by the API for each job; see :mod:`services.launcher`. Its settings
-come from the environment the API passes (:func:`services.launcher.settings_env`).
+Started (detached) by the API for each job (:mod:`services.launcher`); what it does is
+:func:`services.job_runner.run_job`. Its settings come from the environment the API
+passes (:func:`services.launch_env.settings_env`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import signal
 import sys
 
-from services.launcher import run_job
+from services.job_runner import run_job
 from services.logs import setup_logging
 from services.settings import Settings
 

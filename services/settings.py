@@ -4,7 +4,7 @@
 (the CLI talking to an API) each name every variable with its default and one line
 (``Field(description=...)``); a field `x` is read from ``RECTRAIN_X`` (``env_prefix``) but
 for REDIS_URL and RAY_ADDRESS. :func:`env_var` gives a field's variable; the launcher
-builds its runners' environment from every field (``services.launcher.settings_env``);
+builds its runners' environment from every field (``services.launch_env.settings_env``);
 :func:`settings_table` renders the README's settings
 table (``python -m services.settings`` rewrites it; a test fails when it is stale).
 Production refuses the dev token, placeholder or short tokens, and embedded Redis.

@@ -25,14 +25,13 @@ from scipy import stats
 from services.study_stats import (
     CHOICE_NOTE,
     STRATA,
-    _ci,
-    _f,
-    _headline_rows,
     fmt_p,
     power_sentence,
     references_line,
     selected_extra_cells,
 )
+from services.study_stats.sentences import fmt_ci, fmt_num
+from services.study_stats.tables import headline_rows
 
 VENDOR = Path(__file__).resolve().parents[1] / "api" / "static" / "vendor"
 MAX_ARMS_CHARTED = 10  # the baseline and the best strength of each variant (validation's choice)
@@ -189,7 +188,7 @@ def _headline_table(results: dict[str, Any]) -> str:
         *(f"<th>{_e(x)}</th>" for x in head),
         "</tr></thead><tbody>",
     ]
-    for r in _headline_rows(results):
+    for r in headline_rows(results):
         d = r.get("delta_test_ne_at_selected") or {}
         dv = r.get("delta_val_ne_at_selected") or {}
         is_base = r["arm"] == results.get("baseline")
@@ -199,12 +198,12 @@ def _headline_table(results: dict[str, Any]) -> str:
             "" if r.get("rank") is None else str(r["rank"]),
             r["label"] + (" ★" if r["arm"] == h.get("best") else ""),
             ", ".join("–" if p is None else str(p) for p in r["selected_pass_per_seed"].values()),
-            _f(dv.get("mean"), "+.4f") if dv else "",
-            _f(r.get("mean_test_ne_at_selected")),
-            "baseline" if is_base else _f(d.get("mean"), "+.4f"),
-            f"seed sd {_f(r.get('sd_test_ne_at_selected'))}" if is_base else _ci(d),
+            fmt_num(dv.get("mean"), "+.4f") if dv else "",
+            fmt_num(r.get("mean_test_ne_at_selected")),
+            "baseline" if is_base else fmt_num(d.get("mean"), "+.4f"),
+            f"seed sd {fmt_num(r.get('sd_test_ne_at_selected'))}" if is_base else fmt_ci(d),
             "" if is_base else fmt_p(d.get("p_adj")),
-            "" if is_base else _f(d.get("sd")),
+            "" if is_base else fmt_num(d.get("sd")),
             "" if is_base or not d else f"{d['favouring']}/{d['n']}",
             *selected_extra_cells(r, st),
         ]
@@ -228,10 +227,10 @@ def _same_pass_table(results: dict[str, Any]) -> str:
             r = pp["arms"][i]
             d = r.get("delta_test_ne")
             if d is None:
-                out.append(f"<td>{_e(_f(r.get('mean_test_ne')))}</td>")
+                out.append(f"<td>{_e(fmt_num(r.get('mean_test_ne')))}</td>")
                 continue
             cls = (d.get("verdict") or "").replace(" ", "-")
-            text = f"{d['mean']:+.4f} {_ci(d)} {fmt_p(d.get('p_adj'))}"
+            text = f"{d['mean']:+.4f} {fmt_ci(d)} {fmt_p(d.get('p_adj'))}"
             out.append(f"<td class='{_e(cls)}'>{_e(text)}</td>")
         out.append("</tr>")
     out.append("</tbody></table>")
@@ -318,7 +317,7 @@ def _stages_html(res: dict[str, Any]) -> str:
         rows = "".join(
             "<tr>"
             + "".join(f"<td>{_e(p['values'][k])}</td>" for k in keys)
-            + f"<td>{_f(p.get('mean_val_ne'))}</td><td>{_e(p['n'])}</td>"
+            + f"<td>{fmt_num(p.get('mean_val_ne'))}</td><td>{_e(p['n'])}</td>"
             + f"<td>{'chosen' if p['values'] == tb.get('chosen') else ''}</td></tr>"
             for p in tb.get("points") or []
         )
@@ -333,7 +332,7 @@ def _stages_html(res: dict[str, Any]) -> str:
         name = srch["param"].split(".", 1)[-1]
         rows = "".join(
             f"<tr><td>{p['value']:.4g}</td><td>{_e(p.get('first_round'))}</td><td>{_e(p['seeds'])}</td>"
-            f"<td>{_f(p.get('val_delta_mean'), '+.4f')}</td>"
+            f"<td>{fmt_num(p.get('val_delta_mean'), '+.4f')}</td>"
             f"<td>{'chosen' if p['value'] == srch.get('chosen') else ''}</td></tr>"
             for p in srch.get("points") or []
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services import keys
 from services.admission import admit_job
 from services.jobs import JobRecord, JobStore
 from services.launcher import JobLauncher
@@ -59,7 +58,7 @@ async def submit_job(
     notify_dispatchers()
     # and those of every other process (a `rectrain worker`, other API replicas)
     try:
-        await store.r.publish(keys.dispatch_wake_channel(), job.id)
+        await store.queues.wake_dispatchers(job.id)
     except Exception as e:  # the job is queued: the dispatchers' next tick starts it anyway
         log.debug("could not publish the dispatch wake-up: %s", e)
     return job

@@ -15,14 +15,11 @@ import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-
 from services import keys
 from services.settings import Settings
+from services.study_record import StudyTracking
 from trainer.errors import SpecError
 from trainer.spec import JobSpec, MlflowSpec
-
-_PARENT_FIELD = "mlflow_parent_run_id"
 
 
 def _create_parent_run(uri: str, experiment: str, study_id: str, study_name: str) -> str:
@@ -41,34 +38,29 @@ def _delete_run(uri: str, run_id: str) -> None:
     MlflowClient(tracking_uri=uri).delete_run(run_id)
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
-
-
 async def study_parent_run(
-    r: aioredis.Redis, uri: str, experiment: str, study_id: str, owner: str
+    studies: StudyTracking, uri: str, experiment: str, study_id: str, owner: str
 ) -> str | None:
     """The study's MLflow parent run: created once (a concurrent creator's extra run is
-    deleted again), its id kept in the study's hash (deleted with the study). None when
+    deleted again), its id kept with the study (:class:`StudyTracking`). None when
     ``owner`` does not own that study (a job's labels are the submitter's to write)."""
     if not keys.is_study_id(study_id):
         return None
-    skey = keys.study_key(study_id)
-    if _s(await r.hget(skey, "owner")) != owner:
+    study_owner, name = await studies.owner_and_name(study_id)
+    if study_owner != owner:
         return None
-    known = await r.hget(skey, _PARENT_FIELD)
+    known = await studies.parent_run(study_id)
     if known:
-        return _s(known)
-    name = _s(await r.hget(skey, "name"))
+        return known
     run_id = await asyncio.to_thread(_create_parent_run, uri, experiment, study_id, name)
-    if await r.hsetnx(skey, _PARENT_FIELD, run_id):
+    if await studies.set_parent_run(study_id, run_id):
         return run_id
     await asyncio.to_thread(_delete_run, uri, run_id)  # another submission won the race
-    return _s(await r.hget(skey, _PARENT_FIELD))
+    return await studies.parent_run(study_id)
 
 
 async def apply_tracking_defaults(
-    r: aioredis.Redis,
+    studies: StudyTracking,
     settings: Settings,
     spec: JobSpec,
     *,
@@ -102,7 +94,7 @@ async def apply_tracking_defaults(
     study_id = labels.get("study")
     parent = None
     if mlflow is not None and study_id and mlflow.parent_run_id is None:
-        parent = await study_parent_run(r, mlflow.tracking_uri, mlflow.experiment, str(study_id), owner)
+        parent = await study_parent_run(studies, mlflow.tracking_uri, mlflow.experiment, str(study_id), owner)
     if mlflow is not None and parent is not None:
         tags = {
             **mlflow.tags,

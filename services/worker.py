@@ -53,7 +53,7 @@ async def wake_on_submit(store: JobStore) -> None:
     """Wake this process's dispatchers whenever any process publishes on the wake
     channel (:func:`services.submit.submit_job` does after queueing a job)."""
     while True:
-        pubsub = store.pubsub()
+        pubsub = store.queues.pubsub()
         try:
             await pubsub.subscribe(keys.dispatch_wake_channel())
             while True:
@@ -137,10 +137,10 @@ class WorkerTelemetry:
     async def refresh_loop(self, store: JobStore, dispatcher: Dispatcher) -> None:
         while True:
             try:
-                counts = await store.count_by_status()
+                counts = await store.queues.count_by_status()
                 for st in JobStatus:
                     self.jobs.labels(status=st.value).set(counts.get(st, 0))
-                holder = await store.dispatch_leader()
+                holder = await store.leases.dispatch_leader()
                 self.leader.set(1 if holder == dispatcher.token else 0)
                 self.redis_up.set(1)
             except asyncio.CancelledError:

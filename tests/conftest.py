@@ -89,10 +89,12 @@ def ray_address(tmp_path_factory):
     finally:
         import signal
 
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        # `ray start --block` took the whole 20 s it used to be given to exit on SIGTERM
+        # (the session's last test paid it); nothing outlives the session, so 5 s, then KILL
+        for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 20)):
             try:
                 os.killpg(proc.pid, sig)
-                proc.wait(20)
+                proc.wait(wait_s)
                 break
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 continue

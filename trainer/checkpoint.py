@@ -25,22 +25,22 @@ storage: a shared path or ``s3://``) holds:
 Column-wise sharded tables cannot change world size: their row-wise AdaGrad state
 holds one value per row *per column shard*, which does not map onto another column
 split, so such a resume is refused with the world size to use.
+
+Every file is read with readers that run no code (:mod:`trainer.checkpoint_readers`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import pickle
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from trainer.errors import RectrainError, first_line
+from trainer.checkpoint_readers import one_line_errors, safe_planner, safe_reader, safe_torch_load
+from trainer.errors import RectrainError
 from trainer.integrity import write_manifest
 
 FORMAT = "rectrain-dcp-1"
@@ -102,7 +102,7 @@ def _sharded_state(dmp: torch.nn.Module, regs: dict[str, Any] | None = None) -> 
 
 def _saved_regs(directory: Path, regs: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``regs`` that the checkpoint in ``directory`` holds."""
-    have = _safe_reader(directory).read_metadata().state_dict_metadata  # no code from the file
+    have = safe_reader(directory).read_metadata().state_dict_metadata  # no code from the file
     return {k: v for k, v in regs.items() if f"regs.{k}" in have}
 
 
@@ -137,148 +137,6 @@ def save_checkpoint(
         out = {**(meta or {}), "format": FORMAT, "world_size": world_size, "sharding": sharding_types(dmp)}
         (d / META_FILE).write_text(json.dumps(out, indent=1))
     write_manifest(d, rank)  # last: signs every file this rank wrote (trainer/integrity.py)
-
-
-# ---------------------------------------------------------------- readers that run no code
-#
-# A checkpoint is files; whoever can write them must not be able to run code in the
-# process that reads them (a warm start reads checkpoints under the data roots, which
-# tenants may write). torch.load(weights_only=True) refuses every pickled global that is
-# not a tensor, a container or one of the numpy types a rank's random state holds; DCP's
-# own reader unpickles .metadata with pickle.load and its default planner loads the
-# non-tensor items of a checkpoint with weights_only=False, so both are replaced here by
-# subclasses (DCP has no option for either).
-
-_DCP_METADATA_TYPES = {
-    "torch.distributed.checkpoint.metadata": {
-        "Metadata",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "TensorProperties",
-        "MetadataIndex",
-        "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
-    },
-    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-    "torch.serialization": {"_get_layout"},
-    "torch": {"Size"},
-    "pathlib": {"PosixPath", "PurePosixPath", "Path"},
-    "collections": {"OrderedDict"},
-    "builtins": {"set", "frozenset", "slice"},
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata``: the allow-list of the types DCP metadata holds
-    (its dataclasses, ``torch.Size``, dtypes, layouts, paths); anything else is refused."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if name in _DCP_METADATA_TYPES.get(module, ()):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not a type DCP metadata holds")
-
-
-def _safe_reader(directory: str | Path) -> Any:
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
-    class SafeReader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            path = self._get_metadata_path(kwargs.get("rank"))
-            with self.fs.create_stream(path, "rb") as f:
-                try:
-                    md = _MetadataUnpickler(f).load()
-                except Exception as e:  # any unpickling failure: one line, no traceback of it
-                    raise CheckpointRefused(
-                        f"checkpoint: {path} is not DCP metadata rectrain can read ({_first_line(e)})"
-                    ) from None
-            if type(md).__name__ != "Metadata" or not hasattr(md, "storage_data"):
-                raise CheckpointRefused(f"checkpoint: {path} is not DCP metadata")
-            if getattr(md, "storage_meta", None) is None:
-                md.storage_meta = StorageMeta()
-            md.storage_meta.load_id = self.load_id
-            return md
-
-    return SafeReader(str(directory))
-
-
-def _safe_bytes(value: Any, where: str) -> Any:
-    try:
-        return torch.load(value, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointRefused(
-            f"checkpoint: an item in {where} is not plain data ({_first_line(e)})"
-        ) from None
-
-
-def _safe_planner(empty: bool, where: str) -> Any:
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
-
-    base = _EmptyStateDictLoadPlanner if empty else DefaultLoadPlanner
-
-    class SafePlanner(base):  # type: ignore[valid-type,misc]
-        def load_bytes(self, read_item: Any, value: Any) -> None:
-            obj = _safe_bytes(value, where)
-            if self.flatten_state_dict:
-                from torch.distributed.checkpoint._traverse import set_element
-
-                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-            else:
-                self.state_dict[read_item.dest_index.fqn] = obj
-
-    return SafePlanner()
-
-
-def _first_line(e: BaseException) -> str:
-    return first_line(e)
-
-
-def _numpy_safe_globals() -> list[Any]:
-    """The numpy types a rank's random state pickles (numpy's legacy RNG state)."""
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    kinds = (np.uint32, np.uint64, np.int64, np.int32, np.float64, np.float32, np.bool_, np.uint8)
-    return [np.dtype, np.ndarray, _reconstruct, *{type(np.dtype(k)) for k in kinds}]
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` of a checkpoint file with ``weights_only=True`` (numpy's RNG state
-    types allowed): a crafted pickle is refused in one line, its code never runs."""
-    try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointRefused(f"checkpoint: {path} is not a plain tensor file ({_first_line(e)})") from None
-
-
-class CheckpointRefused(RectrainError):
-    """A checkpoint file the safe readers refuse (it holds something that is not data)."""
-
-
-@contextlib.contextmanager
-def _one_line_errors(d: Path) -> Iterator[None]:
-    """DCP wraps every reader error in a CheckpointException (a BaseException whose text
-    is a traceback per rank): say the first cause in one line instead."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        yield
-    except RectrainError:
-        raise
-    except CheckpointException as e:
-        causes = [exc for exc, _ in e.failures.values()]
-        first = causes[0] if causes else e
-        if isinstance(first, RectrainError):
-            raise first.__class__(first.message) from None
-        raise CheckpointRefused(f"checkpoint: {d} cannot be read ({_first_line(first)})") from None
-    except Exception as e:
-        raise CheckpointRefused(f"checkpoint: {d} cannot be read ({_first_line(e)})") from None
 
 
 def _check_source(d: Path, field: str) -> None:
@@ -318,7 +176,7 @@ def load_weights(
     """Collective: restore the sharded model and (unless ``dense_opt`` is None) both
     optimizers' state from a checkpoint saved at any world size; return that world size.
     Only a checkpoint rectrain signed (or, where the operator allows, a foreign one) is
-    read, and only with the readers above.
+    read, and only with the readers that run no code (:mod:`trainer.checkpoint_readers`).
 
     ``regs`` (regularizer state, with ``dense_opt``): its entries that the checkpoint
     holds are loaded in place and the others removed from the dict, so the caller
@@ -327,7 +185,7 @@ def load_weights(
 
     d = Path(directory)
     _check_source(d, field)
-    _safe_reader(d).read_metadata()  # refused here in one line (DCP would log a fallback)
+    safe_reader(d).read_metadata()  # refused here in one line (DCP would log a fallback)
     meta_path = d / META_FILE
     if not meta_path.exists():
         raise RectrainError(
@@ -358,8 +216,8 @@ def load_weights(
         for k in set(regs) - set(found):
             del regs[k]
     sd = _sharded_state(dmp, regs) if dense_opt is not None else {"model": dmp.state_dict()}
-    with torch.no_grad(), _one_line_errors(d):
-        dcp.load(sd, storage_reader=_safe_reader(d), planner=_safe_planner(False, str(d)))
+    with torch.no_grad(), one_line_errors(d):
+        dcp.load(sd, storage_reader=safe_reader(d), planner=safe_planner(False, str(d)))
         dmp.load_state_dict(sd["model"])
         if dense_opt is not None:
             dmp.fused_optimizer.load_state_dict(sd["sparse_opt"])  # type: ignore[union-attr]
@@ -378,19 +236,17 @@ def read_model_state(directory: str | Path, field: str = "checkpoint") -> dict[s
 
     d = Path(directory)
     _check_source(d, field)
-    _safe_reader(d).read_metadata()  # refused here in one line (DCP would log a fallback)
+    safe_reader(d).read_metadata()  # refused here in one line (DCP would log a fallback)
     # what dcp_to_torch_save does, with the readers that run no code, in memory
     sd: dict[str, Any] = {}
-    with _one_line_errors(d):
-        _load_state_dict(
-            sd, storage_reader=_safe_reader(d), planner=_safe_planner(True, str(d)), no_dist=True
-        )
+    with one_line_errors(d):
+        _load_state_dict(sd, storage_reader=safe_reader(d), planner=safe_planner(True, str(d)), no_dist=True)
     return dict(sd["model"])
 
 
 def shard_owners(directory: str | Path) -> dict[str, set[int]]:
     """Model tensor name -> the ranks whose files hold (non-empty) parts of it."""
-    md = _safe_reader(directory).read_metadata()
+    md = safe_reader(directory).read_metadata()
     out: dict[str, set[int]] = {}
     for index, info in md.storage_data.items():
         if not index.fqn.startswith("model."):

@@ -11,8 +11,9 @@ manifest lists are never read by a load (DCP reads the ``.distcp`` files the sig
 A checkpoint that is not ours (a *foreign* one: written elsewhere, by hand, by an older
 rectrain, or altered since) is refused unless the operator sets
 ``RECTRAIN_ALLOW_FOREIGN_CHECKPOINTS=true``. Either way every checkpoint file is read
-with readers that run no code (:mod:`trainer.checkpoint`: weights-only ``torch.load``, a
-restricted unpickler for DCP's ``.metadata``); the manifest says who wrote the weights.
+with readers that run no code (:mod:`trainer.checkpoint_readers`: weights-only
+``torch.load``, a restricted unpickler for DCP's ``.metadata``); the manifest says who
+wrote the weights.
 
 The secret: ``RECTRAIN_CHECKPOINT_SECRET`` (the service sets it from its settings; on a
 cluster every Ray node and the API need the same value, from one Kubernetes Secret).

@@ -2,7 +2,7 @@
 
 ``run_job`` starts a local Ray when neither ``ray_address`` nor ``RAY_ADDRESS`` is
 set (the embedded default), else joins that cluster; then a ``TorchTrainer`` runs
-:func:`trainer.loop.train_worker` on ``scaling.num_workers`` workers with gloo on
+:func:`trainer.worker.train_worker` on ``scaling.num_workers`` workers with gloo on
 CPU or NCCL on GPU, restarting from the last checkpoint up to
 ``training.max_failures`` times.
 
@@ -27,12 +27,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer import storage
+from trainer import shared_storage, storage
 from trainer.errors import CapacityError, RectrainError
 from trainer.lifecycle import prepare_init_from
 from trainer.report import wall_split
 from trainer.results import EVENTS_FILE, RESULTS_FILE, RunResult, RunSummary, WarmInfo
 from trainer.spec import JobSpec, spec_to_yaml
+
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's
+# default 2 s), and a worker's ``ray.train.report`` with a checkpoint waits for that poll:
+# every pass end paid it, and the run's end once more. A short poll costs the controller
+# one small actor call per worker per interval. ``python -m bench.ray_poll_ab`` measures
+# both in one run (BENCHMARKS.md). A value the user set is kept.
+RAY_TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+RAY_TRAIN_POLL_S = 0.2
 
 
 def env_ray_address() -> str | None:
@@ -214,7 +222,7 @@ def run_job(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainer.loop import train_worker
+    from trainer.worker import train_worker
 
     marks["ray_imported"] = time.time()
 
@@ -225,6 +233,8 @@ def run_job(
     storage_path, storage_fs = storage.ray_storage(storage.join(job_store, "ray"))
 
     scaling = spec.scaling
+    # read by fit() and handed to the controller and the workers (Ray Train propagates it)
+    os.environ.setdefault(RAY_TRAIN_POLL_ENV, str(RAY_TRAIN_POLL_S))
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -339,7 +349,7 @@ def connect_ray(spec: JobSpec, ray_address: str | None) -> bool:
 
 def publish_spec(spec: JobSpec, run_dir: Path, root: str | None, job_store: str) -> None:
     """The job's store must be reachable from every worker; it gets ``spec.yaml`` too."""
-    storage.check_shared(job_store, explicit=root is not None)
+    shared_storage.check_shared(job_store, explicit=root is not None)
     if job_store != str(run_dir):
         storage.write_text(storage.join(job_store, "spec.yaml"), spec_to_yaml(spec))
 

@@ -39,7 +39,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.train_pipeline.runtime_forwards import PipelinedForward
 from torchrec.distributed.types import ShardedModule
 
-from trainer.data.dataset import Batch
+from trainer.data.batch import Batch
 from trainer.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def pipelined_steps(trainer: Trainer, batches: Iterator[Batch]) -> Iterator[tupl
                 loss, logits, batch = pipe.progress(batches)
             except StopIteration:
                 return
-            trainer._nonfinite_loss(loss)
+            trainer.divergence.note(loss, trainer.global_step)
             yield batch, logits
     finally:
         # stopped early (an exception in the loop: divergence, a failed checkpoint): the

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from trainer.data.batch import Batch, BatchBuilder
 from trainer.data.chunk import Chunk
-from trainer.data.dataset import Batch, _Part, make_source, table_feature_name
+from trainer.data.part import Part
+from trainer.data.shard import make_source
 from trainer.errors import DataError, RectrainError
 from trainer.export import ExportedModel, load_model
 from trainer.spec import DataSource, DataSpec, JobSpec
@@ -154,40 +155,13 @@ def _frames_lenient(path: str, cols) -> Iterator[Any]:
             yield df
 
 
-def _batches(spec: JobSpec, part: _Part, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
-    features = spec.data.sparse_feature_names()
-    replicas = spec.model.num_replicas
-    keys = [table_feature_name(f, r) for f in features for r in range(replicas)]
-    from trainer.data.chunk import gather_jagged
-
+def _batches(spec: JobSpec, part: Part, batch_size: int) -> Iterator[tuple[np.ndarray, Batch]]:
+    """The part's rows in order, ``batch_size`` at a time, built as training builds them."""
+    builder = BatchBuilder(spec.data.sparse_feature_names(), spec.model.num_replicas)
     n = len(part)
     for start in range(0, n, batch_size):
         rows = np.arange(start, min(start + batch_size, n))
-        lengths_all, values_all = [], []
-        for f in features:
-            lengths = part.lengths[f][rows]
-            for r in range(replicas):
-                table_rows = part.rows[f][r]
-                values = (
-                    table_rows[rows] if part.single[f] else gather_jagged(table_rows, part.offsets[f], rows)
-                )
-                values_all.append(values)
-                lengths_all.append(lengths)
-        kjt = KeyedJaggedTensor.from_lengths_sync(
-            keys=keys,
-            values=torch.from_numpy(np.concatenate(values_all)),
-            lengths=torch.from_numpy(np.concatenate(lengths_all)),
-        )
-        yield (
-            rows,
-            Batch(
-                dense=torch.from_numpy(np.ascontiguousarray(part.dense[rows])),
-                sparse=kjt,
-                labels=torch.from_numpy(part.label[rows]),
-                weights=torch.ones(len(rows)),
-                strata=torch.zeros(len(rows), dtype=torch.long),
-            ),
-        )
+        yield rows, builder.build(part, rows)
 
 
 def _readable(chunks: Iterator[Any], what: str) -> Iterator[Any]:
@@ -267,7 +241,7 @@ def predict(
                 raise DataError(
                     f"data: {chunk.dense.shape[1]} dense features, the model reads {spec.data.num_dense_features()}"
                 )
-            part = _Part(
+            part = Part(
                 chunk, np.full(len(chunk), day), np.zeros(len(chunk), dtype=np.int64), spec, features, kept
             )
             for rows, batch in _batches(spec, part, batch_size):

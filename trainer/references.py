@@ -45,7 +45,8 @@ from scipy.special import expit, log_expit
 from threadpoolctl import threadpool_limits
 
 if TYPE_CHECKING:
-    from trainer.data.dataset import RankData, _Part
+    from trainer.data.dataset import RankData
+    from trainer.data.part import Part
     from trainer.spec import JobSpec
 
 VERSION = 1
@@ -107,7 +108,7 @@ def _auc(prob: np.ndarray, label: np.ndarray) -> float | None:
 # ------------------------------------------------------------------ design matrix
 
 
-def design_matrix(part: _Part, features: list[str], replicas: int, hash_size: int) -> sp.csr_matrix:
+def design_matrix(part: Part, features: list[str], replicas: int, hash_size: int) -> sp.csr_matrix:
     """One row per example, one column per (feature, replica, table row): the count of
     that row among the example's ids (the model sums a bag's embeddings)."""
     n = len(part)
@@ -130,7 +131,7 @@ class _Inputs:
     columns the training rows use (a column no training row has keeps weight 0 under any
     L2 penalty, so dropping it changes nothing), plus the standardised dense features."""
 
-    def __init__(self, train: _Part, others: list[_Part | None], spec: JobSpec) -> None:
+    def __init__(self, train: Part, others: list[Part | None], spec: JobSpec) -> None:
         features = spec.data.sparse_feature_names()
         args = (features, spec.model.num_replicas, spec.model.hash_size)
         xt = design_matrix(train, *args)
@@ -140,7 +141,7 @@ class _Inputs:
         mean = train.dense.mean(axis=0) if train.dense.shape[1] else None
         sd = train.dense.std(axis=0) if train.dense.shape[1] else None
 
-        def build(part: _Part, x: sp.csr_matrix | None = None) -> sp.csr_matrix:
+        def build(part: Part, x: sp.csr_matrix | None = None) -> sp.csr_matrix:
             x = design_matrix(part, *args) if x is None else x
             x = x[:, used]
             if mean is not None and sd is not None:

@@ -12,8 +12,8 @@ the job store.
 ``RECTRAIN_STORAGE_URI`` names the root under which every job gets its own directory
 (``<root>/runs/<job id or run name>``): Ray Train's storage (checkpoints) and a copy of
 ``spec.yaml`` and ``results.json``. Unset, each run keeps everything in its local run
-directory — fine on one machine, refused (see :func:`check_shared`) when Ray workers run
-on other nodes.
+directory — fine on one machine, refused (see
+:func:`trainer.shared_storage.check_shared`) when Ray workers run on other nodes.
 
 Torch-free: the control plane imports it too.
 """
@@ -330,61 +330,6 @@ def storage_root() -> str | None:
 def job_location(root: str, name: str) -> str:
     """A job's directory under a storage root."""
     return join(root, "runs", name)
-
-
-def check_shared(location: str, *, explicit: bool) -> None:
-    """Refuse a storage location the Ray workers cannot reach; call with Ray connected.
-
-    Object stores are shared by nature. A local path is fine when every node that can
-    run a worker is this one; otherwise it must be a mount present on every node
-    (an RWX volume), which only an explicit ``RECTRAIN_STORAGE_URI`` can promise — and
-    we check it: every worker node must see a marker file written here.
-    """
-    import ray
-
-    if not is_local(location):
-        return
-    me = ray.get_runtime_context().get_node_id()
-    others = [
-        n
-        for n in ray.nodes()
-        if n.get("Alive")
-        and n["NodeID"] != me
-        and any(n.get("Resources", {}).get(r, 0) > 0 for r in ("CPU", "GPU"))
-    ]
-    if not others:
-        return
-    path = resolve(location)[1]
-    if not explicit:
-        raise StorageError(
-            f"storage: this run's directory {path} is local to the Ray head, but Ray workers run on "
-            f"{len(others)} other node(s) and cannot reach it; set {ENV_STORAGE_URI} to shared storage "
-            "(s3://bucket/prefix, or a ReadWriteMany volume mounted at the same path on every node)"
-        )
-    marker = Path(path, f".rectrain-shared-{os.getpid()}-{os.urandom(4).hex()}")
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text("")
-    try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        @ray.remote(num_cpus=0)
-        def _sees(p: str) -> bool:
-            return os.path.exists(p)
-
-        refs = {
-            n["NodeManagerAddress"] + " " + n["NodeID"][:8]: _sees.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ).remote(str(marker))
-            for n in others
-        }
-        blind = [name for name, ref in refs.items() if not ray.get(ref, timeout=120)]
-    finally:
-        marker.unlink(missing_ok=True)
-    if blind:
-        raise StorageError(
-            f"storage: {ENV_STORAGE_URI}={location} is not shared: Ray node(s) {', '.join(blind)} do not "
-            "see files written there; mount the same ReadWriteMany volume on every node or use s3://"
-        )
 
 
 def download_dir(location: str | Path, dest: str | Path) -> Path:

@@ -32,6 +32,10 @@ Stages, in order:
 
 Search seeds and tuning seeds come after the study's largest seed (``max(seeds) + 1 …``)
 and never overlap them. Everything here reads validation NE only.
+
+The plan these stages follow (each search's settings, its seeds, the strengths it tries
+and each stage's most runs) is :mod:`trainer.study_search_plan`; this module runs the
+rounds.
 """
 
 from __future__ import annotations
@@ -41,101 +45,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.errors import SpecError
-from trainer.study_spec import (
-    BASELINE,
-    Arm,
-    Expansion,
-    RangeAxis,
-    Run,
-    SearchSpec,
-    _fmt,
-    fmt_value,
-    range_arm,
-    tune_points,
-)
+from trainer.study_expand import Expansion, fmt_value, range_arm, tune_points
+from trainer.study_grid import RangeAxis, fmt_param
+from trainer.study_models import BASELINE, Arm, Run, SearchSpec
+from trainer.study_search_plan import between, extra_seeds, grid_points, schedule_runs, search_config
+from trainer.study_search_plan import stage_budget as stage_budget  # importable from here as before
 
 # run key -> the run's per-pass results once it has ended (None or [] when it failed)
 Finished = Mapping[str, list[dict[str, Any]] | None]
-
-
-def search_config(exp: Expansion, variant_index: int) -> SearchSpec:
-    return exp.spec.variants[variant_index].search or exp.spec.search or SearchSpec()
-
-
-def extra_seeds(exp: Expansion, n: int) -> list[int]:
-    """The first ``n`` seeds after the study's own (search and tuning seeds)."""
-    first = max(exp.seeds) + 1
-    return [first + k for k in range(n)]
-
-
-def schedule_runs(cfg: SearchSpec) -> list[int]:
-    """The most runs each round of one searched variant needs (refinement included)."""
-    s = cfg.seeds_per_round
-    n_active = cfg.points
-    out = [cfg.points * s]
-    for r in range(1, cfg.rounds):
-        keep = math.ceil(n_active / 2)
-        out.append(keep * s + 2 * (r + 1) * s)
-        n_active = keep + 2
-    return out
-
-
-def stage_budget(exp: Expansion) -> dict[str, Any]:
-    """The plan of a staged study: each stage's runs at most, and the total; raises
-    :class:`SpecError` when a budget cannot hold a search's first round."""
-    spec = exp.spec
-    out: dict[str, Any] = {"fixed_runs": len(exp.runs), "confirmation_seeds": list(exp.seeds)}
-    total = len(exp.runs)
-    tb = spec.tune_baseline
-    if tb is not None:
-        n = len(tune_points(tb)) * tb.seeds
-        out["tune_baseline"] = {
-            "grid": tb.grid,
-            "passes": tb.passes,
-            "seeds": extra_seeds(exp, tb.seeds),
-            "runs": n,
-        }
-        total += n
-    searches = []
-    base_seeds = 0
-    for i, rng in exp.ranges.items():
-        cfg = search_config(exp, i)
-        where = f"variants.{i}.search" if spec.variants[i].search is not None else "search"
-        per_round = schedule_runs(cfg)
-        bound = sum(per_round)
-        budget = cfg.budget_runs if cfg.budget_runs is not None else bound
-        if budget < per_round[0]:
-            raise SpecError.at(
-                f"{where}.budget_runs",
-                f"{budget} runs cannot hold round 1 of variants.{i} "
-                f"(points {cfg.points} x seeds_per_round {cfg.seeds_per_round} = {per_round[0]} runs); "
-                f"raise it to at least {per_round[0]}, or lower points or seeds_per_round",
-            )
-        runs = min(budget, bound)
-        searches.append(
-            {
-                "variant": exp.spec.variants[i].name
-                or "+".join(str(r.get("type")) for r in spec.variants[i].regularizers),
-                "variant_index": i,
-                **rng.to_dict(),
-                "points": cfg.points,
-                "rounds": cfg.rounds,
-                "seeds_per_round": cfg.seeds_per_round,
-                "budget_runs": budget,
-                "max_runs_per_round": per_round,
-                "max_runs": runs,
-                "confirm_runs": len(exp.seeds),
-            }
-        )
-        total += runs + len(exp.seeds)
-        base_seeds = max(base_seeds, cfg.rounds * cfg.seeds_per_round)
-    if searches:
-        out["search"] = searches
-        out["search_baseline_runs"] = base_seeds
-        total += base_seeds
-    out["max_runs"] = total
-    return out
 
 
 # --------------------------------------------------------------------------- scoring
@@ -215,29 +132,6 @@ def _ended(runs: list[Run], finished: Finished) -> bool:
     return all(r.key in finished for r in runs)
 
 
-def _grid_points(rng: RangeAxis, n: int) -> list[float]:
-    if rng.scale == "log":
-        lo, hi = math.log(rng.low), math.log(rng.high)
-        raw = [math.exp(lo + (hi - lo) * k / (n - 1)) for k in range(n)]
-    else:
-        raw = [rng.low + (rng.high - rng.low) * k / (n - 1) for k in range(n)]
-    out: list[float] = []
-    for x in raw:
-        v = _round(rng, x)
-        if v not in out:
-            out.append(v)
-    return out
-
-
-def _round(rng: RangeAxis, x: float) -> float:
-    v = float(round(x)) if rng.integer else float(fmt_value(x))
-    return min(max(v, rng.low), rng.high)
-
-
-def _between(rng: RangeAxis, a: float, b: float) -> float:
-    return _round(rng, math.sqrt(a * b) if rng.scale == "log" else (a + b) / 2)
-
-
 def next_runs(exp: Expansion, finished: Finished) -> Stages:
     """Every run of a staged study known from the results so far (pure; deterministic).
 
@@ -257,7 +151,7 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
                 key=f"tune.{j}",
                 variant=BASELINE,
                 variant_index=-1,
-                label="baseline " + " ".join(f"{k}={_fmt(v)}" for k, v in combo.items()),
+                label="baseline " + " ".join(f"{k}={fmt_param(v)}" for k, v in combo.items()),
                 params=dict(combo),
             )
             for j, combo in enumerate(pts)
@@ -307,7 +201,7 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
     for i, rng in exp.ranges.items():
         cfg = search_config(exp, i)
         s = _Search(i, rng, cfg, extra_seeds(exp, cfg.rounds * cfg.seeds_per_round))
-        s.active = _grid_points(rng, cfg.points)
+        s.active = grid_points(rng, cfg.points)
         searches.append(s)
 
     def base_runs(seeds: set[int]) -> list[Run]:
@@ -383,7 +277,7 @@ def next_runs(exp: Expansion, finished: Finished) -> Stages:
             for nb in (values[at - 1] if at > 0 else None, values[at + 1] if at + 1 < len(values) else None):
                 if nb is None:
                     continue
-                mid = _between(s.rng, top, nb)
+                mid = between(s.rng, top, nb)
                 if mid not in s.evaluated and mid not in refine:
                     refine.append(mid)
             sp = s.cfg.seeds_per_round

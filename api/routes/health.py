@@ -57,7 +57,7 @@ async def read_ready(store: StoreDep):
 async def refresh_job_gauges(app) -> None:
     telemetry = app.state.telemetry
     try:
-        counts = await app.state.store.count_by_status()
+        counts = await app.state.store.queues.count_by_status()
         for s, n in counts.items():
             telemetry.jobs.labels(status=s.value).set(n)
         telemetry.queue_length.set(counts[JobStatus.QUEUED])

@@ -68,7 +68,7 @@ async def _job_or_404(store: JobStore, job_id: str, owner: str) -> JobRecord:
 
 async def _public(store: JobStore, job: JobRecord) -> JobPublic:
     info = await queue_info(store, [job.id]) if job.status == JobStatus.QUEUED else {}
-    return JobPublic.from_record(job, await store.summary(job.id), info.get(job.id))
+    return JobPublic.from_record(job, await store.events.summary(job.id), info.get(job.id))
 
 
 _QUEUE_FULL: Responses = {
@@ -118,7 +118,7 @@ async def list_jobs(
 ) -> JobsPublic:
     """List the caller's jobs, newest first."""
     jobs, count = await store.list(owner, status_, limit=limit, offset=offset)
-    summaries = await store.summaries([j.id for j in jobs])
+    summaries = await store.events.summaries([j.id for j in jobs])
     queue = await queue_info(store, [j.id for j in jobs if j.status == JobStatus.QUEUED])
     return JobsPublic(
         data=[JobPublic.from_record(j, s, queue.get(j.id)) for j, s in zip(jobs, summaries, strict=False)],
@@ -225,7 +225,7 @@ async def read_job_metrics(
 ) -> Response:
     """Poll a job's events (NE by step, per-pass results, status changes) by cursor."""
     await _job_or_404(store, job_id, owner)
-    entries = await store.events_raw(job_id, after, limit)
+    entries = await store.events.read_raw(job_id, after, limit)
     nxt = entries[-1][0] if entries else (after or "0-0")
     # the events are stored as JSON already: splice them into the page instead of
     # decoding, validating and re-encoding every one (same shape as MetricsPage)
@@ -296,7 +296,7 @@ async def stream_job_events(
         cursor = last_event_id or after or "0-0"
         try:
             yield sse.OPEN
-            entries = await store.events(job_id, cursor, _PAGE)
+            entries = await store.events.read(job_id, cursor, _PAGE)
             while True:
                 ended = False
                 for eid, ev in entries:
@@ -304,20 +304,20 @@ async def stream_job_events(
                     ended = ended or (ev.get("type") == "status" and ev.get("status") in _TERMINAL)
                     yield sse.event(str(ev.get("type", "message")), ev, eid)
                 if len(entries) >= _PAGE:  # still catching up
-                    entries = await store.events(job_id, cursor, _PAGE)
+                    entries = await store.events.read(job_id, cursor, _PAGE)
                     continue
                 if ended or not entries:
                     # quiet (or a terminal status went by): has the job finished?
                     job = await store.get(job_id)
                     if job is None or job.status.is_terminal:
-                        entries = await store.events(job_id, cursor, _PAGE)
+                        entries = await store.events.read(job_id, cursor, _PAGE)
                         if entries:
                             continue  # send what is left first
                         yield sse.event("end", {"status": job.status.value if job else "deleted"})
                         return
                 await hub.wait(job_id, cursor, keepalive_s)
                 got = hub.since(job_id, cursor)
-                entries = got if got is not None else await store.events(job_id, cursor, _PAGE)
+                entries = got if got is not None else await store.events.read(job_id, cursor, _PAGE)
                 if not entries:
                     if await request.is_disconnected():
                         return

@@ -94,13 +94,13 @@ async def create_study(
         ) from None
     await asyncio.to_thread(rec.expansion)  # cached for the reconciler's sweeps
     try:
-        await studies.submit_runs(rec, launcher)
+        await studies.runs.submit(rec, launcher)
     except SpecError as e:  # no run of this study can ever start (capacity, init_from): nothing was submitted
         await studies.delete(await studies.get(rec.id) or rec, force=True)
         type_ = "capacity" if isinstance(e, CapacityError) else "value_error"
         raise RequestValidationError(study_base_detail(e, type_)) from None
     rec = await studies.get(rec.id) or rec
-    return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
+    return StudyPublic.model_validate(await studies.view.snapshot(rec, with_results=False))
 
 
 @router.get("", response_model=StudiesPublic)
@@ -112,7 +112,7 @@ async def list_studies(
 ) -> StudiesPublic:
     """List the caller's studies, newest first (without their answers)."""
     recs, count = await studies.list(owner, limit=limit, offset=offset)
-    data = [StudyPublic.model_validate(await studies.snapshot(r, with_results=False)) for r in recs]
+    data = [StudyPublic.model_validate(await studies.view.snapshot(r, with_results=False)) for r in recs]
     return StudiesPublic(data=data, count=count)
 
 
@@ -124,7 +124,7 @@ async def read_study(study_id: str, owner: CurrentOwner, studies: StudiesDep) ->
     then per pass count each arm's mean NE and its paired Δ vs the same-seed baseline,
     per stratum too; strength curves; one answer sentence per pass count."""
     rec = await _study_or_404(studies, study_id, owner)
-    return StudyPublic.model_validate(await studies.snapshot(rec))
+    return StudyPublic.model_validate(await studies.view.snapshot(rec))
 
 
 @contextmanager
@@ -148,7 +148,7 @@ async def cancel_study(study_id: str, owner: CurrentOwner, studies: StudiesDep) 
     with _conflict_as_409():
         await studies.cancel(rec)
     rec = await _study_or_404(studies, study_id, owner)
-    return StudyPublic.model_validate(await studies.snapshot(rec, with_results=False))
+    return StudyPublic.model_validate(await studies.view.snapshot(rec, with_results=False))
 
 
 @router.delete(
@@ -177,7 +177,7 @@ _CSV_DOC: Responses = {
 @router.get("/{study_id}/export.csv", response_class=Response, responses=_CSV_DOC)
 async def export_study_csv(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """The answer as CSV."""
-    snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
+    snap = await studies.view.snapshot(await _study_or_404(studies, study_id, owner))
     return Response(
         to_csv(snap["results"]),
         media_type="text/csv; charset=utf-8",
@@ -188,7 +188,7 @@ async def export_study_csv(study_id: str, owner: CurrentOwner, studies: StudiesD
 @router.get("/{study_id}/export.json", responses=_NOT_FOUND)
 async def export_study_json(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """The whole study (plan, runs with per-pass NE, answer) as a JSON download."""
-    snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
+    snap = await studies.view.snapshot(await _study_or_404(studies, study_id, owner))
     return Response(
         json.dumps(snap, indent=1),
         media_type="application/json",
@@ -210,7 +210,7 @@ _HTML_DOC: Responses = {
 @router.get("/{study_id}/report.html", response_class=Response, responses=_HTML_DOC)
 async def study_report_html(study_id: str, owner: CurrentOwner, studies: StudiesDep) -> Response:
     """The answer as one self-contained HTML page to save and share."""
-    snap = await studies.snapshot(await _study_or_404(studies, study_id, owner))
+    snap = await studies.view.snapshot(await _study_or_404(studies, study_id, owner))
     return Response(
         render_report(snap),
         media_type="text/html; charset=utf-8",
@@ -269,14 +269,14 @@ async def stream_study_events(
         try:
             yield sse.OPEN
             while True:
-                sig = await studies.change_signature(rec)
+                sig = await studies.view.change_signature(rec)
                 if sig != last_sig:
                     last_sig = sig
                     fresh = await studies.get(study_id)
                     if fresh is None:
                         yield sse.event("end", {"status": "deleted"})
                         return
-                    snap = await studies.snapshot(fresh)
+                    snap = await studies.view.snapshot(fresh)
                     yield sse.event("study", snap)
                     quiet = 0.0
                     if snap["status"] in ("succeeded", "failed", "cancelled"):

@@ -70,10 +70,11 @@ def test_each_admission_check_runs_once_from_post_to_the_trainers_start(
     import services.admission as admission
     import trainer.launch as launch
     import trainer.lifecycle as lifecycle
-    import trainer.loop as loop
+    import trainer.worker as worker
     from services.jobs import JobStore
-    from trainer import storage
+    from trainer import shared_storage
     from trainer.cli import main
+    from trainer.session import LocalSession
     from trainer.spec import JobSpec
 
     source = _finished_job(alice, settings, trained_run)  # a succeeded job to start from
@@ -127,10 +128,10 @@ def test_each_admission_check_runs_once_from_post_to_the_trainers_start(
 
         def fit(self):
             ran["config"] = self.config
-            self.fn(self.config)  # trainer.loop.train_worker, a world of one in this process
+            self.fn(self.config)  # trainer.worker.train_worker, a world of one in this process
             return SimpleNamespace(metrics={"passes": ran["passes"], "timings": {}})
 
-    real_run_worker = loop.run_worker
+    real_run_worker = worker.run_worker
 
     def run_worker(*a, **k):
         t = real_run_worker(*a, **k)
@@ -138,10 +139,10 @@ def test_each_admission_check_runs_once_from_post_to_the_trainers_start(
         return t
 
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", TorchTrainer)
-    monkeypatch.setattr(loop, "run_worker", run_worker)
-    monkeypatch.setattr(loop, "RaySession", lambda use_gpu: loop.LocalSession(run_dir))
+    monkeypatch.setattr(worker, "run_worker", run_worker)
+    monkeypatch.setattr(worker, "RaySession", lambda use_gpu: LocalSession(run_dir))
     monkeypatch.setattr(ray, "init", lambda *a, **k: None)  # a local Ray "started": none is
-    monkeypatch.setattr(storage, "check_shared", lambda *a, **k: None)  # (needs Ray)
+    monkeypatch.setattr(shared_storage, "check_shared", lambda *a, **k: None)  # (needs Ray)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RECTRAIN_STORAGE_URI", raising=False)
     sigterm = signal.getsignal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""Study runs through the service on warm worker groups (services/launcher.py
+"""Study runs through the service on warm worker groups (services/warm_backend.py
 WarmBackend, trainer/warm.py), on real Ray with the real trainer, one CPU of capacity
 so the runs queue: a group takes the study's next run while no other owner waits, each
 run keeps its own job (status, events, results), a diverging arm fails alone and the

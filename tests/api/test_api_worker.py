@@ -17,7 +17,7 @@ from api_helpers import ALICE, REPO, TERMINAL, client_for, settings_env, wait_st
 from test_api_basics import TINY
 
 from services import keys
-from services.cli import api_command
+from services.serve import api_command
 from tests.net import free_port
 from tests.servers import ProcessServer, SubprocessServer
 

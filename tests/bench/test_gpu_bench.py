@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from bench.harness import _fits, ray_worker_counts
+from bench.measure import fits
 from bench.paths import Workload
-from trainer.loop import local_backend
+from bench.ray_runs import ray_worker_counts
+from trainer.session import local_backend
 
 
 def test_in_process_trainer_uses_nccl_on_cuda():
@@ -27,7 +28,7 @@ def test_ray_runs_one_worker_per_gpu():
 def test_fit_check_reads_gpu_memory_on_cuda(monkeypatch):
     w = Workload(rows=1_000_000, dim=128)  # ~13 GiB of tables
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (8 * 1024**3, 80 * 1024**3))
-    ok, why = _fits(w, copies=1, device="cuda")
+    ok, why = fits(w, copies=1, device="cuda")
     assert not ok and "GPU memory" in why
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (70 * 1024**3, 80 * 1024**3))
-    assert _fits(w, copies=1, device="cuda")[0]
+    assert fits(w, copies=1, device="cuda")[0]

@@ -224,7 +224,8 @@ def test_plain_pytorch_model_has_rectrains_layer_shapes_for_each_interaction() -
     Gram matrix's upper triangle; concat: every pooled embedding) and the same logits shape."""
     from torch import nn
 
-    from bench.paths import PlainDLRM, Workload, make_spec
+    from bench.baseline import PlainDLRM
+    from bench.paths import Workload, make_spec
     from trainer.model.dlrm import DLRM
 
     for interaction in ("dot", "concat"):
@@ -243,8 +244,10 @@ def test_ray_rows_strong_scaling_and_worker_memory(ray_session) -> None:
     """The Ray rows at tiny size on the session cluster: 1 worker at batch B, 2 at B/2
     (same global batch), CPU-seconds per example of pass 2 from the trainer's results,
     each worker's peak RSS net of its RSS before the Trainer; the targets and the text."""
-    from bench.harness import _targets, ray_scaling, run_ray, tiny_config
+    from bench.config import tiny_config
+    from bench.ray_runs import ray_scaling, run_ray
     from bench.report import format_text
+    from bench.targets import check_targets
 
     cfg = tiny_config(ray_steps=3)
     ray = {f"w{k}": run_ray(cfg.workload, cfg, k, log=lambda _: None) for k in (1, 2)}
@@ -275,7 +278,7 @@ def test_ray_rows_strong_scaling_and_worker_memory(ray_session) -> None:
         "metrics_share": 0.01,
         "memory": {"increase_vs_full_estimate": 1.1},
     }
-    targets = {t["name"]: t for t in _targets(res)}
+    targets = {t["name"]: t for t in check_targets(res)}
     assert targets["scaling_cpu_per_example"]["value"] == sc["cpu_per_example_2w_vs_1w"]
     worst = max(r["worker_increase_vs_full_estimate"] for r in ray.values())
     assert targets["ray_memory_vs_estimate"]["value"] == worst

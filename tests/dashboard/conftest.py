@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.cli import api_command
+from services.serve import api_command
 from tests.servers import SubprocessServer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from trainer.data.dataset import Batch
+from trainer.data.batch import Batch
 from trainer.loop import Trainer
 from trainer.model.dlrm import DLRM
 from trainer.model.sharding import dense_named_parameters

@@ -27,9 +27,10 @@ from two_ranks_reset import STEPS
 from two_ranks_reset import spec as two_rank_spec
 
 from tests.gloo_ranks import run_two_ranks
-from trainer.data.dataset import RankData, make_source
+from trainer.data.dataset import RankData
 from trainer.data.hashing import replica_rows
 from trainer.data.min_count import RARE
+from trainer.data.shard import make_source
 from trainer.loop import LocalSession, Trainer
 from trainer.model.dlrm import DLRM
 from trainer.model.embedding_init import table_rows

@@ -175,7 +175,7 @@ _CLIP = {
 
 def _with_repeat_in_a_bag(batch, key: str = "ad_history__r0"):
     """The batch with the first multi-id bag of ``key`` holding its first id twice."""
-    from trainer.data.dataset import Batch
+    from trainer.data.batch import Batch
 
     kjt = batch.sparse
     values = kjt.values().clone()

@@ -9,13 +9,9 @@ import pytest
 from svc_helpers import open_store, run
 
 from services import keys
-from services.jobs import (
-    TRANSITIONS,
-    IllegalTransition,
-    JobNotFound,
-    JobStatus,
-    summarize_progress,
-)
+from services.job_events import summarize_progress
+from services.job_record import TRANSITIONS
+from services.jobs import IllegalTransition, JobNotFound, JobStatus
 
 SPEC = {"training": {"num_passes": 2}}
 S = JobStatus
@@ -128,7 +124,7 @@ def test_list_pages_by_owner_and_status(redis_url, redis_client):
             assert count == 1 and page[0].id == ids[0]
             page, count = await store.list("alice", S.QUEUED, limit=3)
             assert count == 4 and len(page) == 3
-            assert (await store.count_by_status())[S.QUEUED] == 5
+            assert (await store.queues.count_by_status())[S.QUEUED] == 5
             with pytest.raises(JobNotFound):
                 await store.get_for_owner(ids[1], "bob")
 

@@ -32,7 +32,7 @@ def create(settings, labels=None):
 def get(settings, job_id):
     async def go():
         async with open_store(settings.redis_url) as store:
-            return await store.get(job_id), await store.summary(job_id)
+            return await store.get(job_id), await store.events.summary(job_id)
 
     return run(go())
 

@@ -12,7 +12,7 @@ import redis
 from svc_helpers import open_store, run
 
 from services import keys
-from services.jobs import summarize_progress
+from services.job_events import summarize_progress
 from services.metrics_bus import RedisStreamSink, read_events, wait_events
 from tests.net import free_port, wait_port
 

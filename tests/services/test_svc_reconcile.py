@@ -64,7 +64,7 @@ def test_reaper_reconciles_a_finished_job_from_its_run_dir(settings, redis_clien
     async def reap():
         async with open_store(settings.redis_url) as store:
             done = await reap_once(store, launcher)
-            return done, await store.get(jid), await store.summary(jid)
+            return done, await store.get(jid), await store.events.summary(jid)
 
     done, job, summary = run(reap())
     assert done[jid] == "succeeded" and job.status == JobStatus.SUCCEEDED and not job.error

@@ -54,9 +54,10 @@ def test_variables_the_packages_read_are_in_the_registry():
     import re
 
     registry = {env_var(m, n) for m in (Settings, ClientSettings) for n in m.model_fields}
-    internal = {"RECTRAIN_SPEC_B64"}  # the launcher's own hand-over to a Ray job's driver
+    # the launcher's own hand-overs to a job's driver: the spec (Ray Jobs) and the dispatch time
+    internal = {"RECTRAIN_SPEC_B64", "RECTRAIN_DISPATCHED_AT"}
     pattern = re.compile(
-        r"""(?:environ(?:\.get)?\(?\[?|getenv\(|ENV_[A-Z_]+ = )["']((?:RECTRAIN_[A-Z0-9_]+)|RAY_ADDRESS|REDIS_URL)["']"""
+        r"""(?:environ(?:\.get)?\(?\[?|getenv\(|(?:ENV_[A-Z_]+|[A-Z_]+_ENV) = )["']((?:RECTRAIN_[A-Z0-9_]+)|RAY_ADDRESS|REDIS_URL)["']"""
     )
     repo = README.parent
     read = {

@@ -40,7 +40,7 @@ def test_totals_and_median_overhead():
 
 
 def test_a_finished_runs_wall_split_reaches_its_job_summary():
-    from services.jobs import summarize_progress
+    from services.job_events import summarize_progress
     from services.metrics_bus import progress_from_results
     from trainer.results import RunResult
 

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from services import keys
 from services.settings import Settings
+from services.study_record import StudyTracking
 from services.tracking import apply_tracking_defaults
 from tests.trainer.specs import tiny_spec_dict
 from trainer.spec import parse_spec
@@ -25,7 +26,7 @@ def _apply(redis_url, settings, spec, **kw):
     async def go():
         r = aioredis.Redis.from_url(redis_url)
         try:
-            return await apply_tracking_defaults(r, settings, spec, **kw)
+            return await apply_tracking_defaults(StudyTracking(r), settings, spec, **kw)
         finally:
             await r.aclose()
 

@@ -24,3 +24,14 @@ def test_one_worker_pass_reports_cpu_seconds_consistent_with_its_wall_time(tmp_p
     assert p["cpu_seconds_per_example"] == pytest.approx(cpu / p["train_examples"])
     # the same span as examples_per_s
     assert p["examples_per_s"] == pytest.approx(p["train_examples"] / wall)
+
+
+def test_mid_pass_checkpoints_leave_the_passs_cpu_seconds_alone(tmp_path):
+    # a mid-pass checkpoint's timer once overwrote the pass's CPU clock: cpu_seconds
+    # came out as process time minus a wall-clock reading
+    spec = parse_spec(tiny_spec_dict(training={"num_passes": 1, "checkpoint_every_steps": 3}))
+    t = Trainer(spec, LocalSession(tmp_path), tmp_path)
+    p = t.run()[0]
+    assert t.timings["checkpoint_s"] > 0  # mid-pass checkpoints were taken
+    cpu, wall = p["cpu_seconds"], p["train_seconds"]
+    assert 0 < cpu <= wall * (torch.get_num_threads() + 1) * 1.25 + 0.05, (cpu, wall)

@@ -283,7 +283,7 @@ def test_prefetch_pins_batches_in_its_thread_only_when_asked():
     (torch refuses pin_memory without an accelerator), so a stand-in records the calls."""
     import threading
 
-    from trainer.data.dataset import prefetch
+    from trainer.data.prefetch import prefetch
 
     class Item:
         def __init__(self, i: int, pinned_by: str | None = None) -> None:

@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 
 from tests.trainer.specs import tiny_spec_dict
 from trainer.collectives import Collectives
-from trainer.data.dataset import STRATA
+from trainer.data.batch import STRATA
 from trainer.loop import LocalSession, Trainer
 from trainer.metrics import ne
 from trainer.metrics.auc import ExactAUC

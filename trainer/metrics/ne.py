@@ -15,7 +15,7 @@ import torch
 from torchrec.metrics.metric_module import RecMetricModule, generate_metric_module
 from torchrec.metrics.metrics_config import MetricsConfig, RecMetricDef, RecMetricEnum, RecTaskInfo
 
-from trainer.data.dataset import STRATA, Batch
+from trainer.data.batch import STRATA, Batch
 
 TASK = RecTaskInfo(name="ctr", label_name="label", prediction_name="prediction", weight_name="weight")
 

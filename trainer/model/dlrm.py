@@ -18,7 +18,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer.data.dataset import table_feature_name
+from trainer.data.batch import table_feature_name
 from trainer.model.interaction import dot_interaction, triu_flat_index
 from trainer.model.shapes import dense_shapes
 from trainer.spec import Interaction, JobSpec

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainer.data.dataset import Batch
+from trainer.data.batch import Batch
 from trainer.errors import RectrainError
 from trainer.regularizers import dense, entropy, ids, post_step
 from trainer.regularizers.freq_decay import FreqDecay
