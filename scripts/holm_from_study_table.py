@@ -23,6 +23,8 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.study_stats import fmt_p, holm  # noqa: E402
 
+# Hand-edited docs write the typographic minus (U+2212); cells are read with it as "-".
+MINUS = str.maketrans({"\u2212": "-"})
 CELL = re.compile(r"\**([+-]\d+\.\d+) \[([+-]\d+\.\d+), ([+-]\d+\.\d+)\](?: p=[<\d.]+)? (\d+)/(\d+)\**")
 
 
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
         for col in range(1, len(head)):
             cells = []
             for r in rows:
-                m = CELL.fullmatch(r[col]) if col < len(r) else None
+                m = CELL.fullmatch(r[col].translate(MINUS)) if col < len(r) else None
                 cells.append(None if m is None else (r[0], float(m[1]), float(m[2]), float(m[3]), int(m[5])))
             ps = [None if c is None else cell_p(c[1], c[2], c[3], c[4]) for c in cells]
             adj = holm(ps)

@@ -527,9 +527,15 @@ def test_holm_from_a_published_table_recovers_the_t_test_p(tmp_path, capsys):
             runs.append({"key": f"{k}/s{s}", "arm": k, "seed": s})
             passes[f"{k}/s{s}"] = [{"pass": 0, "test_ne": float(v[s])}]
     res = analyze(arms_list, runs, passes, 1)
-    (tmp_path / "r.md").write_text(to_markdown(res))
+    md = to_markdown(res)
+    (tmp_path / "r.md").write_text(md)
     assert mod.main(["x", str(tmp_path / "r.md")]) == 0
     out = capsys.readouterr().out
+    # the same table as hand-edited docs write it, with the typographic minus, reads the same
+    assert "-0." in md
+    (tmp_path / "u.md").write_text(md.replace("-0.", "\u22120."))
+    assert mod.main(["x", str(tmp_path / "u.md")]) == 0
+    assert capsys.readouterr().out == out
     for r in res["per_pass"][0]["arms"][1:]:
         d = r["delta_test_ne"]
         if d["ci_high"] < 0 or d["ci_low"] > 0:  # printed with its Holm p, from 4-decimal cells
