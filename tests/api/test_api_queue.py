@@ -1,8 +1,9 @@
 """The job queue through the real API (uvicorn, Redis, runner processes): bursts wait for
 capacity and start in a fair order, limits answer 422/429, queued jobs can be cancelled,
 survive an API kill, and two API replicas start every job exactly once. The stand-in
-trainer (tests/services/fake_trainer.py) keeps the scheduling tests fast; the last test
-trains real jobs on the Ray head that ``rectrain serve`` owns."""
+trainer (tests/services/fake_trainer.py) keeps the scheduling tests fast; real jobs on the
+Ray head that ``rectrain serve`` owns are trained in tests/hardening/test_serve_loopback.py
+(with the serve it starts there)."""
 
 from __future__ import annotations
 
@@ -274,41 +275,3 @@ def test_two_api_replicas_start_each_job_exactly_once(qsettings, redis_client):
         bob.close()
         one.stop()
         two.stop()
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_serve_owns_one_local_ray_and_runs_real_jobs_on_it(tmp_path):
-    """The embedded default: ``rectrain serve`` starts one Ray head, jobs run on it through
-    the Ray Jobs API (no ray.init of their own), capacity comes from Ray, and the head stops
-    with the service. (One real job: the scheduling itself is tested above, fast.)"""
-    from ray.job_submission import JobSubmissionClient
-
-    from services.settings import DEV_TOKEN
-    from tests.net import wait_port
-
-    drop = ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_API_TOKENS", "RECTRAIN_ENV", "RECTRAIN_LAUNCHER")
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("RECTRAIN_CAPACITY")}
-    env.update(RECTRAIN_DATA_DIR=str(tmp_path / "data"), RECTRAIN_RESERVE_MEMORY_GB="1")
-    api = ProcessServer(env).start(tmp_path / "serve.log", timeout_s=240)
-    c = client_for(api.url, DEV_TOKEN)
-    try:
-        banner = (tmp_path / "serve.log").read_text()
-        assert "local Ray head owned by this process" in banner, banner
-        dash = re.search(r"Ray Jobs API at (http://\S+)\)", banner).group(1)
-        cpus = len(os.sched_getaffinity(0))
-        r = c.post("/v1/jobs", json={"spec": _workers(cpus + 1)})
-        assert r.status_code == 422, r.text
-        assert f"{cpus + 1} workers x 1 CPU > {cpus} CPUs in the cluster" in r.json()["detail"][0]["msg"]
-        one_pass = {**TINY, "training": {"num_passes": 1}}
-        jid = c.post("/v1/jobs", json={"spec": one_pass, "name": "real"}).json()["id"]
-        done = wait_status(c, jid, lambda s: s in TERMINAL, 300)
-        assert done["status"] == "succeeded", done["error"]
-        assert done["passes_done"] == 1 and done["summary"]["test_ne_at_last"] > 0
-        assert JobSubmissionClient(dash).get_job_status(f"rectrain-{jid}").value == "SUCCEEDED"
-    finally:
-        c.close()
-        api.stop()
-    port = int(dash.rsplit(":", 1)[1])
-    with pytest.raises(TimeoutError):  # the head went away with the service
-        wait_port(port, 0.5)

@@ -263,17 +263,21 @@ def test_sigterm_cancels_the_run(ray_address, tmp_path):
     assert not (run_dir / "results.json").exists()
 
 
-def test_a_relative_data_path_is_read_from_the_drivers_directory(ray_session, tmp_path, monkeypatch):
-    """Ray Train workers run in directories of their own: a relative ``data.path`` (as
-    examples/movielens.yaml has) names the file under the directory the run was started
+def test_piped_output_is_plain_lines_and_a_relative_data_path_is_read_from_the_drivers_directory(
+    ray_address, tmp_path
+):
+    """``rectrain run`` on a pipe (as in ``make demo > log`` or CI) asks for nothing and
+    still gets no progress bar: whole lines only, no carriage returns, one per event.
+
+    The same run (one cold job serves both checks) is started from a directory of its own
+    with a relative ``data.path`` (as examples/movielens.yaml has): Ray Train workers run in
+    directories of their own, yet the file is read under the directory the run was started
     from, and the recorded spec says where that was."""
     import numpy as np
     import pandas as pd
 
-    from trainer.spec import parse_spec
-
     rng = np.random.default_rng(0)
-    n = 2000
+    n = 4000  # 2000 training rows: 8 steps of 256, so a periodic step line is printed
     (tmp_path / "data").mkdir()
     pd.DataFrame(
         {
@@ -289,23 +293,14 @@ def test_a_relative_data_path_is_read_from_the_drivers_directory(ray_session, tm
         training={"num_passes": 1},
     )
     d["data"].pop("synthetic")
-    monkeypatch.chdir(tmp_path)
-    result = run_job(parse_spec(d), run_dir=tmp_path / "run", progress=False)
-    assert result.passes[0].test_ne is not None
-    recorded = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
-    assert recorded["data"]["path"] == str(tmp_path / "data" / "t.csv")
-
-
-def test_piped_output_is_plain_lines_without_a_progress_bar(ray_address, tmp_path):
-    """``rectrain run`` on a pipe (as in ``make demo > log`` or CI) asks for nothing and
-    still gets no progress bar: whole lines only, no carriage returns, one per event."""
-    d = tiny_spec_dict(training={"num_passes": 1})
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(d))
+    env = _cli_env(ray_address)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     r = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "run", str(spec_path), "--run-dir", str(tmp_path / "run")],
-        env=_cli_env(ray_address),
-        cwd=REPO,
+        [sys.executable, "-m", "trainer.cli", "run", "spec.yaml", "--run-dir", str(tmp_path / "run")],
+        env=env,
+        cwd=tmp_path,  # the driver's directory: data/t.csv is under it, not under the repo
         capture_output=True,
         text=True,
         timeout=300,
@@ -316,3 +311,7 @@ def test_piped_output_is_plain_lines_without_a_progress_bar(ray_address, tmp_pat
     lines = r.stdout.splitlines()
     assert any(ln.startswith("[pass 1] train NE") for ln in lines), r.stdout
     assert any(ln.startswith("[pass 1] step") for ln in lines), r.stdout  # periodic step lines
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["passes"][0]["test_ne"] is not None
+    recorded = yaml.safe_load((tmp_path / "run" / "spec.yaml").read_text())
+    assert recorded["data"]["path"] == str(tmp_path / "data" / "t.csv")
