@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
+    from services.launch_env import pythonpath_with
     from services.redis_conn import EmbeddedRedis
     from services.serve import api_command
 
@@ -291,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             RECTRAIN_CONTROL_LOOPS="off" if a.loops == "split" else "in-process",
         )
         if a.trainer_path:
-            path = str(Path(a.trainer_path).resolve())
-            env["PYTHONPATH"] = os.pathsep.join(x for x in (path, env.get("PYTHONPATH", "")) if x)
+            env["PYTHONPATH"] = pythonpath_with(Path(a.trainer_path).resolve(), env=env)
         env.pop("RAY_ADDRESS", None)
         api = subprocess.Popen(
             api_command(port, "--log-level", "warning", "--no-access-log"), env=env, cwd=str(repo)

@@ -62,12 +62,14 @@ class Serve:
     """``rectrain serve`` in a subprocess (its own process group: stops its Ray head too)."""
 
     def __init__(self, mode: str, workdir: Path) -> None:
+        from services.launch_env import pythonpath_with
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         drop = ("REDIS_URL", "RAY_ADDRESS", "RECTRAIN_ENV", "RECTRAIN_LAUNCHER")
         env = {k: v for k, v in os.environ.items() if k not in drop}
         env.update(RECTRAIN_API_TOKENS=f"{TOKEN}:bench", RECTRAIN_DATA_DIR=str(workdir / "data"))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = pythonpath_with(REPO, env=env)
         if mode == "local":
             env["RECTRAIN_LAUNCHER"] = "local"
         self.log_path = workdir / "serve.log"

@@ -51,6 +51,7 @@ with tempfile.TemporaryDirectory() as tmp:
 
 
 def _one_head(arm: str, jobs: int, tmp: str) -> list[dict]:
+    from services.launch_env import pythonpath_with
     from services.local_ray import LocalRayHead
 
     saved = os.environ.pop(PRELOAD_ENV, None)
@@ -60,7 +61,7 @@ def _one_head(arm: str, jobs: int, tmp: str) -> list[dict]:
     try:
         head.start()
         env = {**os.environ, "RAY_ADDRESS": head.address, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = pythonpath_with(REPO, env=env)
         out = subprocess.run(
             [sys.executable, "-c", _DRIVER, head.address, str(jobs)],
             env=env,

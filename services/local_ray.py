@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from services.launch_env import pythonpath_with
 from services.settings import Settings, env_var
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +138,7 @@ class LocalRayHead:
         drop = ("RAY_ADDRESS", env_var(Settings, "api_tokens"))
         env = {k: v for k, v in os.environ.items() if k not in drop}
         # the job drivers and Ray Train workers import this checkout's packages
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = pythonpath_with(_REPO_ROOT, env=env)
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         env.update(LOOPBACK_ENV)
         os.environ.update(LOOPBACK_ENV)  # this process's own Ray clients and its runners agree

@@ -63,13 +63,14 @@ def _start_cluster_once(
 ) -> LocalCluster:
     # a short path: Ray's Unix sockets live under it (108-byte limit)
     tmpdir = tempfile.mkdtemp(prefix="rtc-", dir="/tmp")
+    from services.launch_env import pythonpath_with
     from services.local_ray import LOOPBACK_ENV
 
     # its nodes bind and advertise 127.0.0.1 (one machine), like every test Ray
     full_env = {**os.environ, **(env or {}), **LOOPBACK_ENV, "RAY_TMPDIR": tmpdir}
     full_env.pop("RAY_ADDRESS", None)
     repo = str(Path(__file__).resolve().parents[1])
-    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, full_env.get("PYTHONPATH", "")) if p)
+    full_env["PYTHONPATH"] = pythonpath_with(repo, env=full_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.ray_cluster", str(head_cpus), str(cpus_per_node), str(num_nodes)],
         stdin=subprocess.PIPE,

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.launch_env import pythonpath_with
 from services.serve import api_command
 from tests.servers import SubprocessServer
 
@@ -112,7 +113,7 @@ def dashboard_api(redis_url, ray_address):
             "RECTRAIN_LAUNCHER": "local",  # `rectrain run` subprocesses ...
             "RAY_ADDRESS": ray_address,  # ... that join the session's Ray cluster
             "RECTRAIN_DATA_DIR": str(data_dir),
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": pythonpath_with(REPO, env=env),
         }
     )
     server = ApiServer(env, data_dir / "api.log")

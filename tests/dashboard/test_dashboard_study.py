@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from services.launch_env import pythonpath_with
 from tests.dashboard.conftest import ARTIFACTS, OWNER, REPO, TOKEN, ApiServer
 
 pytestmark = [pytest.mark.browser]
@@ -50,9 +51,7 @@ def study_api(redis_url):
             "RECTRAIN_DATA_DIR": str(data_dir),
             "RECTRAIN_STUDY_POLL_S": "0.3",
             "RECTRAIN_CAPACITY_CPUS": "8",  # the stand-in trainer barely uses a CPU: run all 8 at once
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO), str(REPO / "tests" / "services"), env.get("PYTHONPATH", "")) if p
-            ),
+            "PYTHONPATH": pythonpath_with(REPO, REPO / "tests" / "services", env=env),
         }
     )
     server = ApiServer(env, data_dir / "api.log")

@@ -199,3 +199,15 @@ def test_split_failure_prefers_the_trainers_reason(redis_url, redis_client):
     assert error == "training.init_from.checkpoint: not a checkpoint this service wrote"
     assert log is not None and "\x1b" not in log and "exit code 2" in log
     assert error2 == "trainer exited with code 1"
+
+
+def test_pythonpath_with_puts_the_dirs_first_and_never_an_empty_entry(tmp_path):
+    """A child's PYTHONPATH: the given directories, then the parent's own entries; no
+    empty entry (it would put the child's working directory on its path)."""
+    from services.launch_env import pythonpath_with
+
+    sep = os.pathsep
+    assert pythonpath_with(tmp_path, "/b", env={}) == f"{tmp_path}{sep}/b"
+    assert pythonpath_with("/a", env={"PYTHONPATH": ""}) == "/a"
+    assert pythonpath_with("/a", env={"PYTHONPATH": f"/x{sep}/y"}) == f"/a{sep}/x{sep}/y"
+    assert pythonpath_with("", "/a", env={"PYTHONPATH": "/x"}) == f"/a{sep}/x"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.launch_env import pythonpath_with
 from tests.trainer.specs import REPO, tiny_spec_dict
 from trainer.launch import run_job
 from trainer.spec import load_spec
@@ -296,7 +297,7 @@ def test_piped_output_is_plain_lines_and_a_relative_data_path_is_read_from_the_d
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(d))
     env = _cli_env(ray_address)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = pythonpath_with(REPO, env=env)
     r = subprocess.run(
         [sys.executable, "-m", "trainer.cli", "run", "spec.yaml", "--run-dir", str(tmp_path / "run")],
         env=env,
