@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import threading
 import time
 from typing import Any
 
@@ -21,6 +23,10 @@ from services.jobs import JobRecord, JobStatus, JobStore
 from services.launch_env import run_dir_for
 from services.settings import Settings
 from trainer.results import RunResult
+
+_log = logging.getLogger("rectrain.runner")
+# beyond the cancel grace, how long stop() waits for a cancelled warm run's thread
+_STOP_WAIT_S = 30.0
 
 
 class WarmState:
@@ -86,8 +92,10 @@ class WarmBackend:
         self.redis_url = trainer_redis_url
         self.run_dir = run_dir_for(settings, job.id)
         self.task: asyncio.Task | None = None
-        self.group: Any = None
-        self.stopping = False
+        # set by stop(): the run's thread gives up at its next look (WarmGroup.run's
+        # ``cancel``), wherever it is — joining Ray, waiting for the group's resources,
+        # starting the group or training — and ends the group's workers itself
+        self.cancel = threading.Event()
 
     def _run(self) -> RunResult:
         from trainer.errors import RectrainError
@@ -95,8 +103,7 @@ class WarmBackend:
 
         spec = JobSpec.model_validate(self.job.spec)
         pool = WarmState.get_pool(self.settings, spec)
-        self.group = pool.group(spec)
-        if self.stopping:
+        if self.cancel.is_set():
             raise RectrainError("cancelled")
         waiting = max(0.0, (self.job.dispatched_at or time.time()) - self.job.created_at)
         return pool.run(
@@ -106,6 +113,7 @@ class WarmBackend:
             redis_url=self.redis_url,
             waiting_s=waiting,
             dispatched_at=self.job.dispatched_at,
+            cancel=self.cancel,
         )
 
     async def start(self) -> dict[str, Any]:
@@ -124,7 +132,7 @@ class WarmBackend:
         except Exception as e:
             from trainer.errors import RectrainError
 
-            if self.stopping:
+            if self.cancel.is_set():
                 return Outcome(ok=False, reason="cancelled")
             reason = e.message if isinstance(e, RectrainError) else f"{type(e).__name__}: {e}"
             return Outcome(ok=False, reason=reason)
@@ -134,12 +142,21 @@ class WarmBackend:
         assert self.task is not None
         if self.task.done():
             return
-        self.stopping = True
-        if self.group is not None:
-            self.group.cancel()  # the workers end; the run's call returns at once
-        # the run must be over before this runner's group takes another: wait for it
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self.task)
+        self.cancel.set()  # the run's thread ends the workers within WarmGroup's poll
+        # the run must be over before this runner's group takes another: wait for it, but
+        # not for ever (a thread still joining Ray cannot give up): then this runner takes
+        # no further run, and the job is cancelled all the same
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout=grace_s + _STOP_WAIT_S)
+        except TimeoutError:
+            WarmState.used = False
+            _log.warning(
+                "the warm run did not end within %g s of its cancel; this runner takes no further run",
+                grace_s + _STOP_WAIT_S,
+                extra={"job_id": self.job.id},
+            )
+        except Exception:
+            pass  # the run's own error: poll() reports it
 
 
 async def next_warm_job(store: JobStore, prev_id: str, settings: Settings) -> str | None:

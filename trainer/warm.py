@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ from trainer.warm_worker import WarmWorker
 # after one rank failed, how long the others may take to fail too before the group is
 # taken for stuck (a rank blocked in a collective) and replaced
 _PEER_FAIL_WAIT_S = 60.0
+# how often a run's waits on Ray look at its cancel flag
+_CANCEL_POLL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -86,29 +89,48 @@ class WarmGroup:
         self.startup_s = 0.0
         self.runs = 0
         self.restarts = 0
-        self._cancelled = False
+        # the run in progress's cancel flag (run()'s ``cancel``, else one of its own)
+        self._cancel = threading.Event()
 
     # ---- life cycle
 
     def cancel(self) -> None:
-        """Stop the run in progress now (from another thread): the workers end and the
-        run raises "cancelled"; the group starts again for a later run."""
-        self._cancelled = True
-        self.close()
+        """Stop the run in progress (from another thread): it raises "cancelled" within
+        :data:`_CANCEL_POLL_S`, having ended the workers (the group starts again for a
+        later run). The run's own thread ends them: Ray calls on this group stay on one
+        thread, so a cancel that lands while the group starts leaves nothing behind."""
+        self._cancel.set()
 
-    def start(self) -> float:
-        """Place and start the workers and form their process group; the seconds it took."""
+    def _wait(self, refs: list[Any], cancel: threading.Event) -> list[Any]:
+        """``ray.get(refs)``, given up (the group closed, "cancelled" raised) as soon as
+        ``cancel`` is set: a placement group may wait for resources indefinitely (a
+        cluster scaling up, or busy)."""
+        import ray
+
+        pending = list(refs)
+        while pending:
+            if cancel.is_set():
+                self.close()
+                raise RectrainError("cancelled")
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=_CANCEL_POLL_S)
+            ray.get(ready)  # one that failed raises now, not once all are done
+        return list(ray.get(refs))
+
+    def start(self, cancel: threading.Event | None = None) -> float:
+        """Place and start the workers and form their process group; the seconds it took.
+        ``cancel``: set from another thread, the start is given up ("cancelled" raised)."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        cancel = cancel or threading.Event()
         t0 = time.perf_counter()
         sh = self.shape
         bundle: dict[str, float] = {"CPU": sh.cpus_per_worker}
         if sh.use_gpu:
             bundle["GPU"] = 1
         self._pg = placement_group([dict(bundle) for _ in range(sh.num_workers)], strategy="PACK")
-        ray.get(self._pg.ready())
+        self._wait([self._pg.ready()], cancel)
         actor_cls = ray.remote(WarmWorker)
         self.actors = [
             actor_cls.options(
@@ -123,7 +145,7 @@ class WarmGroup:
             for i in range(sh.num_workers)
         ]
         try:
-            infos = ray.get([a.address.remote() for a in self.actors])
+            infos = self._wait([a.address.remote() for a in self.actors], cancel)
             # ranks grouped by node in order of first appearance, as Ray Train orders them
             nodes = list(dict.fromkeys(i[0] for i in infos))
             order = sorted(range(len(infos)), key=lambda i: nodes.index(infos[i][0]))
@@ -146,7 +168,7 @@ class WarmGroup:
                         sh.use_gpu,
                     )
                 )
-            ray.get(calls)
+            self._wait(calls, cancel)
         except Exception:
             self.close()
             raise
@@ -176,7 +198,7 @@ class WarmGroup:
 
     # ---- runs
 
-    def _call_run(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+    def _call_run(self, job: dict[str, Any], cancel: threading.Event) -> list[dict[str, Any]]:
         import ray
         from ray.exceptions import RayActorError
 
@@ -185,8 +207,13 @@ class WarmGroup:
         deadline: float | None = None
         done_out: dict[Any, dict[str, Any]] = {}
         while pending:
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout)
+            if cancel.is_set():  # the workers end with the group; the run is over
+                self.close()
+                raise RectrainError("cancelled")
+            left = _CANCEL_POLL_S if deadline is None else min(_CANCEL_POLL_S, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(left, 0.0))
+            if not ready and (deadline is None or time.monotonic() < deadline):
+                continue
             if not ready:  # the other ranks never finished: stuck in a collective
                 self.close()
                 raise RectrainError(
@@ -214,10 +241,13 @@ class WarmGroup:
         storage_uri: str | None = None,
         waiting_s: float = 0.0,
         dispatched_at: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> RunResult:
         """Train ``spec`` on this group (started if needed) and return its results.
         ``waiting_s``: how long it was queued; ``dispatched_at``: when the service
-        dispatched it (the first mark of its "startup" event)."""
+        dispatched it (the first mark of its "startup" event); ``cancel``: the run's
+        cancel flag, which :meth:`cancel` sets (the caller's own: a cancel set before the
+        run begins is not lost) — once set, the run raises "cancelled"."""
         from trainer.launch import prepare_run, publish_spec, record_results
 
         if Shape.of(spec) != self.shape:
@@ -234,19 +264,20 @@ class WarmGroup:
             "init_from_checked": True,  # by prepare_run, just now
             "marks": {**({"dispatched": dispatched_at} if dispatched_at else {}), "group_run": time.time()},
         }
-        self._cancelled = False
+        self._cancel = cancel = cancel if cancel is not None else threading.Event()
+        if cancel.is_set():
+            raise RectrainError("cancelled")
         t0 = time.perf_counter()
         started = 0.0  # group start-ups inside this call: in _pending_startup_s, not in the wall
         outs: list[dict[str, Any]] | None = None
         for attempt in (1, 2):
             if not self.actors:
-                started += self.start()
+                started += self.start(cancel)
             try:
-                outs = self._call_run(job)
+                outs = self._call_run(job, cancel)
                 break
             except WorkerDied:
-                if self._cancelled:
-                    self._cancelled = False
+                if cancel.is_set():
                     raise RectrainError("cancelled") from None
                 self.restarts += 1
                 if attempt == 2:

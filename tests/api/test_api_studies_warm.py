@@ -70,14 +70,22 @@ def warm_api(settings, ray_address):
     srv.stop()
 
 
-def _wait(c, sid: str, cond, timeout: float) -> dict:
+def _wait(c, settings, sid: str, cond, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         s = c.get(f"/v1/studies/{sid}").json()
         if cond(s):
             return s
         time.sleep(0.5)
-    raise AssertionError(f"study {sid}: condition not met in {timeout} s: {s['progress']}")
+    # what the unfinished runs' runners last said: where each one is stuck
+    logs = []
+    for run in s["runs"]:
+        log = run_dir_for(settings, run["job_id"]) / "runner.log" if run.get("job_id") else None
+        if run["status"] not in ("succeeded", "failed", "cancelled") and log and log.exists():
+            logs.append(f"--- {run['key']} ({run['status']}) runner.log:\n" + log.read_text()[-3000:])
+    raise AssertionError(
+        f"study {sid}: condition not met in {timeout} s: {s['progress']}\n" + "\n".join(logs)
+    )
 
 
 def _t(v: str | None) -> float:
@@ -91,11 +99,11 @@ def test_study_runs_on_warm_groups_fairly_and_cancel(warm_api):
         assert r.status_code == 201, r.text
         sid = r.json()["id"]
         # once the first run has finished, bob's job arrives while 5 runs still wait
-        _wait(alice, sid, lambda s: s["progress"]["finished"] >= 1, 300)
+        _wait(alice, settings, sid, lambda s: s["progress"]["finished"] >= 1, 300)
         bj = bob.post("/v1/jobs", json={"spec": {**TINY, "training": {"num_passes": 1}}})
         assert bj.status_code in (200, 201), bj.text
         bob_id = bj.json()["id"]
-        s = _wait(alice, sid, lambda s: s["status"] not in ("queued", "running"), 600)
+        s = _wait(alice, settings, sid, lambda s: s["status"] not in ("queued", "running"), 600)
         job = bob.get(f"/v1/jobs/{bob_id}").json()
         while job["status"] not in ("succeeded", "failed", "cancelled"):
             time.sleep(0.5)
@@ -131,10 +139,11 @@ def test_study_runs_on_warm_groups_fairly_and_cancel(warm_api):
         # cancel: a second study stops; nothing of it is left running or queued
         r = alice.post("/v1/studies", json={"spec": {**STUDY, "variants": [], "seeds": 2}})
         sid2 = r.json()["id"]
-        _wait(alice, sid2, lambda s: s["progress"]["running"] + s["progress"]["finished"] >= 1, 300)
+        _wait(alice, settings, sid2, lambda s: s["progress"]["running"] + s["progress"]["finished"] >= 1, 300)
         assert alice.post(f"/v1/studies/{sid2}/cancel").status_code in (200, 202)
         s2 = _wait(
             alice,
+            settings,
             sid2,
             lambda s: all(x["status"] in ("succeeded", "failed", "cancelled") for x in s["runs"]),
             120,

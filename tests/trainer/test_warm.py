@@ -222,3 +222,78 @@ def test_two_worker_group_equals_the_cold_run_and_keeps_its_selected_checkpoint(
     assert w.keys() == c.keys()
     for k in w:
         assert torch.equal(w[k], c[k]), k
+
+
+# ---- cancel (services/warm_backend.py WarmBackend.stop sets the run's cancel flag)
+
+
+def _pg_state(pg) -> str:
+    from ray.util import placement_group_table
+
+    return placement_group_table(pg)["state"]
+
+
+def _run_in_thread(group, spec, run_dir, cancel) -> tuple[threading.Thread, dict]:
+    out: dict = {}
+
+    def go():
+        try:
+            out["result"] = group.run(spec, run_dir, cancel=cancel)
+        except Exception as e:
+            out["error"] = e
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t, out
+
+
+def _until(cond, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def test_a_cancel_set_before_the_run_begins_is_not_lost(ray_session, tmp_path):
+    # the service's runner may set it while this thread still joins Ray: nothing starts
+    group = WarmGroup(Shape.of(_spec(ARM_A)))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(RectrainError, match="^cancelled$"):
+        group.run(_spec(ARM_A), tmp_path / "r", cancel=cancel)
+    assert group.actors == [] and group._pg is None
+
+
+def test_a_cancel_while_the_group_waits_for_resources_gives_them_back(ray_session, tmp_path):
+    # more CPUs per worker than the cluster has: its placement group waits for ever
+    spec = _spec(ARM_A)
+    spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"cpus_per_worker": 200.0})})
+    group, cancel = WarmGroup(Shape.of(spec)), threading.Event()
+    t, out = _run_in_thread(group, spec, tmp_path / "r", cancel)
+    _until(lambda: group._pg is not None)
+    pg = group._pg
+    time.sleep(1.0)
+    assert t.is_alive() and _pg_state(pg) == "PENDING"
+    cancel.set()
+    t.join(10)
+    assert not t.is_alive(), "the run did not end on cancel"
+    assert str(out["error"]) == "cancelled" and group.actors == [] and group._pg is None
+    _until(lambda: _pg_state(pg) == "REMOVED", 10)
+
+
+def test_a_cancel_while_the_workers_start_ends_them(ray_session, tmp_path):
+    import ray
+
+    spec = _spec(ARM_A)
+    group = WarmGroup(Shape.of(spec))
+    t, out = _run_in_thread(group, spec, tmp_path / "r", None)
+    _until(lambda: bool(group.actors))  # placed; the worker processes are starting
+    actors, pg = list(group.actors), group._pg
+    group.cancel()
+    t.join(10)
+    assert not t.is_alive(), "the run did not end on cancel"
+    assert str(out["error"]) == "cancelled" and group.actors == [] and group._pg is None
+    _until(lambda: _pg_state(pg) == "REMOVED", 10)
+    for a in actors:  # killed, not left holding their CPUs
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(a.address.remote(), timeout=30)
