@@ -146,10 +146,12 @@ class StudyStore:
             if s is None:
                 await self.r.zrem(keys.active_studies_key(), sid)
                 continue
-            done.update(await self.runs.resolve_stale_claims(s, now))
-            s = await self.get(sid)
-            if s is None:
-                continue
+            resolved = await self.runs.resolve_stale_claims(s, now)
+            if resolved:  # its runs changed: read it again
+                done.update(resolved)
+                s = await self.get(sid)
+                if s is None:
+                    continue
             # a staged study's stages come from its ended jobs' results: read them once for
             # the sweep (submission and settling); a fixed study's jobs only when settling
             staged = await self.runs.read_stages(s) if s.expansion().staged else None
