@@ -98,7 +98,9 @@ class WarmGroup:
         """Stop the run in progress (from another thread): it raises "cancelled" within
         :data:`_CANCEL_POLL_S`, having ended the workers (the group starts again for a
         later run). The run's own thread ends them: Ray calls on this group stay on one
-        thread, so a cancel that lands while the group starts leaves nothing behind."""
+        thread. (Ending them from the caller's thread raced with :meth:`start`: a
+        placement group removed between its ``ready()`` and the actors' creation left
+        actors that Ray never schedules, and the start waited for them for ever.)"""
         self._cancel.set()
 
     def _wait(self, refs: list[Any], cancel: threading.Event) -> list[Any]:
