@@ -98,13 +98,10 @@ class WarmBackend:
         self.cancel = threading.Event()
 
     def _run(self) -> RunResult:
-        from trainer.errors import RectrainError
         from trainer.spec import JobSpec
 
         spec = JobSpec.model_validate(self.job.spec)
-        pool = WarmState.get_pool(self.settings, spec)
-        if self.cancel.is_set():
-            raise RectrainError("cancelled")
+        pool = WarmState.get_pool(self.settings, spec)  # a cancel meanwhile: pool.run raises it
         waiting = max(0.0, (self.job.dispatched_at or time.time()) - self.job.created_at)
         return pool.run(
             spec,

@@ -103,6 +103,12 @@ class WarmGroup:
         actors that Ray never schedules, and the start waited for them for ever.)"""
         self._cancel.set()
 
+    def _end_if_cancelled(self, cancel: threading.Event) -> None:
+        """Once ``cancel`` is set: end the workers (on this, the run's thread) and raise "cancelled"."""
+        if cancel.is_set():
+            self.close()
+            raise RectrainError("cancelled")
+
     def _wait(self, refs: list[Any], cancel: threading.Event) -> list[Any]:
         """``ray.get(refs)``, given up (the group closed, "cancelled" raised) as soon as
         ``cancel`` is set: a placement group may wait for resources indefinitely (a
@@ -111,9 +117,7 @@ class WarmGroup:
 
         pending = list(refs)
         while pending:
-            if cancel.is_set():
-                self.close()
-                raise RectrainError("cancelled")
+            self._end_if_cancelled(cancel)
             ready, pending = ray.wait(pending, num_returns=len(pending), timeout=_CANCEL_POLL_S)
             ray.get(ready)  # one that failed raises now, not once all are done
         return list(ray.get(refs))
@@ -209,9 +213,7 @@ class WarmGroup:
         deadline: float | None = None
         done_out: dict[Any, dict[str, Any]] = {}
         while pending:
-            if cancel.is_set():  # the workers end with the group; the run is over
-                self.close()
-                raise RectrainError("cancelled")
+            self._end_if_cancelled(cancel)
             left = _CANCEL_POLL_S if deadline is None else min(_CANCEL_POLL_S, deadline - time.monotonic())
             ready, pending = ray.wait(pending, num_returns=1, timeout=max(left, 0.0))
             if not ready and (deadline is None or time.monotonic() < deadline):
@@ -254,6 +256,9 @@ class WarmGroup:
 
         if Shape.of(spec) != self.shape:
             raise ValueError(f"spec of shape {Shape.of(spec)} on a worker group of shape {self.shape}")
+        self._cancel = cancel = cancel if cancel is not None else threading.Event()
+        if cancel.is_set():  # nothing begun: the group (idle or not started) stays as it is
+            raise RectrainError("cancelled")
         spec, run_dir, root, job_store = prepare_run(spec, run_dir, job_id, storage_uri)
         publish_spec(spec, run_dir, root, job_store)
         job = {
@@ -266,9 +271,6 @@ class WarmGroup:
             "init_from_checked": True,  # by prepare_run, just now
             "marks": {**({"dispatched": dispatched_at} if dispatched_at else {}), "group_run": time.time()},
         }
-        self._cancel = cancel = cancel if cancel is not None else threading.Event()
-        if cancel.is_set():
-            raise RectrainError("cancelled")
         t0 = time.perf_counter()
         started = 0.0  # group start-ups inside this call: in _pending_startup_s, not in the wall
         outs: list[dict[str, Any]] | None = None
