@@ -24,7 +24,7 @@ from scipy import stats
 
 from services.study_stats import (
     CHOICE_NOTE,
-    STRATA,
+    SELECTED_EXTRA_HEAD,
     fmt_p,
     power_sentence,
     references_line,
@@ -178,10 +178,7 @@ def _headline_table(results: dict[str, Any]) -> str:
         "Holm p",
         "sd Δ",
         "seeds favouring",
-        "train NE",
-        "calibration",
-        "AUC",
-        *(f"Δ {s}" for s in STRATA),
+        *SELECTED_EXTRA_HEAD,
     ]
     out = [
         "<table id='headline-table'><thead><tr>",

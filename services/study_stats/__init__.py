@@ -62,6 +62,7 @@ from services.study_stats.sentences import (
     tuned_sentence,
 )
 from services.study_stats.tables import (
+    SELECTED_EXTRA_HEAD,
     format_table,
     search_text,
     selected_extra_cells,
@@ -95,6 +96,7 @@ __all__ = [
     "search_sentence",
     "search_text",
     "seeds_needed",
+    "SELECTED_EXTRA_HEAD",
     "selected_extra_cells",
     "selected_pass",
     "strength_curves",

@@ -19,6 +19,10 @@ def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows + [r for r in sel if r["arm"] not in order]
 
 
+# the headers of selected_extra_cells' cells, in their order
+SELECTED_EXTRA_HEAD = ("train NE", "calibration", "AUC", *(f"Δ {s}" for s in STRATA))
+
+
 def selected_extra_cells(r: dict[str, Any], strata: dict[str, Any]) -> list[str]:
     """An arm's cells beside its headline Δ (Markdown and the HTML report alike): train
     NE, calibration and AUC at the selected pass, then each frequency stratum's Δ test NE
@@ -234,10 +238,7 @@ def to_markdown(results: dict[str, Any]) -> str:
             "Holm p",
             "sd Δ",
             "seeds favouring",
-            "train NE",
-            "calibration",
-            "AUC",
-            *(f"Δ {s}" for s in STRATA),
+            *SELECTED_EXTRA_HEAD,
         ]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in headline_rows(results):
